@@ -1,0 +1,82 @@
+//! The `rbee` command line: parses arguments, calls rbee-core, renders results.
+//!
+//! Exit codes (all commands): 0 success / in sync; 1 error (nothing or not everything could
+//! be checked or done); 2 drift or changes pending; 3 partial failure.
+#![warn(missing_docs)]
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use output::Exit;
+
+/// rbee: make a fleet of GPU hosts match hives.conf.
+#[derive(Debug, Parser)]
+#[command(name = "rbee", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config directory (holding rbee.conf and hives.conf) or a hives.conf file.
+    /// Default: $RBEE_CONFIG_DIR, else ~/.config/rbee.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make every declared host match the config.
+    Sync(SyncArgs),
+    /// Check the config files; lists every problem with file:line:column.
+    Validate,
+    /// Config helpers.
+    Config {
+        /// What to show.
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+/// `rbee config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema of rbee.conf and hives.conf.
+    Schema,
+}
+
+/// `rbee sync` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SyncArgs {
+    /// Show the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this hive (repeatable).
+    #[arg(long = "hive", value_name = "ALIAS")]
+    pub hives: Vec<String>,
+    /// Reinstall every binary and restart every hive.
+    #[arg(long)]
+    pub force: bool,
+    /// Remove workers that are installed but not declared.
+    #[arg(long)]
+    pub remove_extra: bool,
+}
+
+/// Runs the CLI with these arguments and returns the process exit code.
+pub fn main_impl(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Error.into();
+        }
+    };
+    runtime.block_on(commands::run(cli)).into()
+}

@@ -1,0 +1,295 @@
+//! Artifact sources and resolution: config + source → [`Desired`], every artifact pinned to a
+//! version and a sha256.
+//!
+//! A source is a directory laid out as
+//!
+//! ```text
+//! {source}/latest                 one line: the newest version, e.g. 0.2.0
+//! {source}/{version}/SHA256SUMS   `sha256sum` output: "<hex>  <artifact>" per line
+//! {source}/{version}/{artifact}   rbee-hive, rbee-worker-llama-cpp, ...
+//! ```
+//!
+//! (a GitHub release maps onto it: one release per version, SHA256SUMS as an asset). A
+//! directory without a `latest` file is a *build directory*, such as cargo's `target/debug`:
+//! it holds one version, the version of this rbee, with the artifacts side by side. That is
+//! the default source, so a fresh checkout syncs offline right after `cargo build`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, VersionReq};
+use crate::layout::{HIVE_BINARY, Layout};
+use crate::state::{Artifact, Desired, DesiredHive};
+
+/// The version of this rbee build.
+pub const RBEE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why artifacts could not be resolved or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The source cannot be used at all.
+    #[error("artifact source {source_name}: {reason}")]
+    Source {
+        /// The source.
+        source_name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A requested version does not exist in the source.
+    #[error("version {version} of {artifact} is not in {source_name} (it has {available}); pin another version or use \"latest\"")]
+    NoSuchVersion {
+        /// The artifact.
+        artifact: String,
+        /// The requested version.
+        version: String,
+        /// The source.
+        source_name: String,
+        /// What it has.
+        available: String,
+    },
+    /// The artifact is not in the source.
+    #[error("{artifact} {version} is not in {source_name}: {hint}")]
+    Missing {
+        /// The artifact.
+        artifact: String,
+        /// Its version.
+        version: String,
+        /// The source.
+        source_name: String,
+        /// What to do.
+        hint: String,
+    },
+    /// Reading failed.
+    #[error("could not read {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes do not have the pinned digest.
+    #[error("sha256 mismatch for {artifact} {version}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The artifact.
+        artifact: String,
+        /// Its version.
+        version: String,
+        /// The pinned digest.
+        expected: String,
+        /// The digest of the bytes read.
+        actual: String,
+    },
+}
+
+/// Where artifacts come from.
+#[derive(Debug)]
+pub struct ArtifactSource {
+    root: PathBuf,
+    kind: SourceKind,
+    digests: Mutex<BTreeMap<PathBuf, (String, u64)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SourceKind {
+    /// `latest` + `{version}/SHA256SUMS`.
+    Releases,
+    /// A build directory holding only [`RBEE_VERSION`].
+    Build,
+}
+
+impl ArtifactSource {
+    /// The source named by `[package] source`, or the directory of the running executable.
+    pub fn from_config(config: &Config) -> Result<Self, ArtifactError> {
+        match &config.package.source {
+            Some(s) if s.starts_with("http://") || s.starts_with("https://") => Err(ArtifactError::Source {
+                source_name: s.clone(),
+                reason: "http(s) sources are not supported yet; download the release into a directory and set [package] source to it".into(),
+            }),
+            Some(s) => Ok(Self::directory(s)),
+            None => {
+                let exe = std::env::current_exe().map_err(|e| ArtifactError::Source {
+                    source_name: "the directory of the running executable".into(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Self::directory(exe.parent().unwrap_or(Path::new("."))))
+            }
+        }
+    }
+
+    /// A directory source: a release tree if it has a `latest` file, else a build directory.
+    pub fn directory(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let kind = if root.join("latest").is_file() { SourceKind::Releases } else { SourceKind::Build };
+        Self { root, kind, digests: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// For messages.
+    pub fn name(&self) -> String {
+        match self.kind {
+            SourceKind::Releases => self.root.display().to_string(),
+            SourceKind::Build => format!("build directory {}", self.root.display()),
+        }
+    }
+
+    fn latest(&self) -> Result<String, ArtifactError> {
+        match self.kind {
+            SourceKind::Build => Ok(RBEE_VERSION.to_owned()),
+            SourceKind::Releases => {
+                let path = self.root.join("latest");
+                let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io { path, source })?;
+                Ok(text.trim().to_owned())
+            }
+        }
+    }
+
+    fn path_of(&self, name: &str, version: &str) -> PathBuf {
+        match self.kind {
+            SourceKind::Build => self.root.join(name),
+            SourceKind::Releases => self.root.join(version).join(name),
+        }
+    }
+
+    /// Pins `name` at `req`.
+    pub fn resolve(&self, name: &str, req: &VersionReq) -> Result<Artifact, ArtifactError> {
+        let version = match req {
+            VersionReq::Latest => self.latest()?,
+            VersionReq::Exact(v) => v.to_string(),
+        };
+        let path = self.path_of(name, &version);
+        let hint = match self.kind {
+            SourceKind::Build => "build the workspace (`cargo build`) or set [package] source in rbee.conf".to_owned(),
+            SourceKind::Releases => format!("expected {}", path.display()),
+        };
+        if self.kind == SourceKind::Build && version != RBEE_VERSION {
+            return Err(ArtifactError::NoSuchVersion {
+                artifact: name.to_owned(),
+                version,
+                source_name: self.name(),
+                available: format!("only {RBEE_VERSION}"),
+            });
+        }
+        let meta = std::fs::metadata(&path).map_err(|_| ArtifactError::Missing {
+            artifact: name.to_owned(),
+            version: version.clone(),
+            source_name: self.name(),
+            hint: hint.clone(),
+        })?;
+        let sha256 = match self.kind {
+            SourceKind::Build => self.digest_of(&path)?.0,
+            SourceKind::Releases => self.sum_from_file(name, &version)?,
+        };
+        Ok(Artifact { name: name.to_owned(), version, sha256, size: meta.len() })
+    }
+
+    fn sum_from_file(&self, name: &str, version: &str) -> Result<String, ArtifactError> {
+        let path = self.root.join(version).join("SHA256SUMS");
+        let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
+        text.lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(_, file)| file.trim_start().trim_start_matches('*') == name)
+            .map(|(sum, _)| sum.to_ascii_lowercase())
+            .ok_or_else(|| ArtifactError::Missing {
+                artifact: name.to_owned(),
+                version: version.to_owned(),
+                source_name: self.name(),
+                hint: format!("{} has no line for it", path.display()),
+            })
+    }
+
+    fn digest_of(&self, path: &Path) -> Result<(String, u64), ArtifactError> {
+        if let Some(hit) = self.digests.lock().expect("digest cache").get(path) {
+            return Ok(hit.clone());
+        }
+        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
+        let entry = (sha256_hex(&bytes), bytes.len() as u64);
+        self.digests.lock().expect("digest cache").insert(path.to_owned(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Reads an artifact's bytes and checks them against its pinned digest.
+    pub fn fetch(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
+        let path = self.path_of(&artifact.name, &artifact.version);
+        let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
+        let actual = sha256_hex(&bytes);
+        if actual != artifact.sha256 {
+            return Err(ArtifactError::DigestMismatch {
+                artifact: artifact.name.clone(),
+                version: artifact.version.clone(),
+                expected: artifact.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Config + source → desired state. The hive binary always follows `latest`.
+pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, ArtifactError> {
+    let mut desired = Desired::default();
+    let hive = source.resolve(HIVE_BINARY, &VersionReq::Latest)?;
+    for h in &config.hives {
+        let mut workers = BTreeMap::new();
+        for w in &h.workers {
+            workers.insert(w.kind.clone(), source.resolve(&Layout::worker_file_name(&w.kind), &w.version)?);
+        }
+        desired.hives.insert(
+            h.alias.clone(),
+            DesiredHive {
+                alias: h.alias.clone(),
+                hostname: h.hostname.clone(),
+                transport: h.transport,
+                hive_port: h.hive_port,
+                auto_start: h.auto_start,
+                hive: hive.clone(),
+                workers,
+            },
+        );
+    }
+    Ok(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_tree_resolves_latest_and_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path().join("0.2.0");
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(dir.path().join("latest"), "0.2.0\n").unwrap();
+        std::fs::write(v.join("rbee-hive"), b"hello").unwrap();
+        std::fs::write(v.join("SHA256SUMS"), format!("{}  rbee-hive\n", sha256_hex(b"hello"))).unwrap();
+        let src = ArtifactSource::directory(dir.path());
+        let a = src.resolve("rbee-hive", &VersionReq::Latest).unwrap();
+        assert_eq!((a.version.as_str(), a.size), ("0.2.0", 5));
+        assert_eq!(src.fetch(&a).unwrap(), b"hello");
+        let err = src.resolve("rbee-worker-vllm", &VersionReq::Latest).unwrap_err();
+        assert!(err.to_string().contains("is not in"), "{err}");
+        std::fs::write(v.join("rbee-hive"), b"tampered").unwrap();
+        assert!(matches!(src.fetch(&a), Err(ArtifactError::DigestMismatch { .. })));
+    }
+
+    #[test]
+    fn build_directory_has_only_this_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = ArtifactSource::directory(dir.path());
+        let err = src.resolve("rbee-hive", &VersionReq::Exact("9.9.9".parse().unwrap())).unwrap_err();
+        assert!(err.to_string().contains("only"), "{err}");
+        let err = src.resolve("rbee-hive", &VersionReq::Latest).unwrap_err();
+        assert!(err.to_string().contains("cargo build"), "{err}");
+    }
+}

@@ -1,0 +1,482 @@
+//! Reading and validating the two config files.
+//!
+//! ```text
+//! rbee.conf ─┐  toml + deny_unknown_fields   validate (all problems at once)
+//!            ├──────────────────────────────▶ ─────────────────────────────▶ Config
+//! hives.conf ┘  (a syntax error stops here)   every Diagnostic has file:line:col
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use toml::Spanned;
+
+use super::model::{
+    Config, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq,
+    WORKER_TYPES, WorkerSpec, is_localhost,
+};
+use super::schema::{HivesConfFile, RbeeConfFile};
+
+/// File name of the settings file.
+pub const RBEE_CONF: &str = "rbee.conf";
+/// File name of the fleet file.
+pub const HIVES_CONF: &str = "hives.conf";
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// The file, as the user named it.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// hives.conf does not exist; never treated as an empty fleet.
+    #[error(
+        "no hives.conf at {path}: create it with at least one [[hive]] entry \
+         (see `rbee config schema`), e.g.\n\n[[hive]]\nalias = \"local\"\nhostname = \"localhost\"\n\n\
+         or point rbee at another directory with --config or RBEE_CONFIG_DIR"
+    )]
+    MissingHivesConf {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A file exists but could not be read.
+    #[error("could not read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The files were read but are not valid.
+    #[error("{}", render_diagnostics(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The diagnostics, if the error is about file contents.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => d,
+            _ => &[],
+        }
+    }
+}
+
+fn render_diagnostics(diags: &[Diagnostic]) -> String {
+    let lines: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// Where the config directory is: `--config` (a directory, or a hives.conf whose directory
+/// is used), else `RBEE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/rbee`, else `~/.config/rbee`.
+pub fn config_dir(cli: Option<&Path>) -> PathBuf {
+    if let Some(path) = cli {
+        return if path.is_file() {
+            path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        } else {
+            path.to_path_buf()
+        };
+    }
+    if let Some(dir) = std::env::var_os("RBEE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(xdg).join("rbee");
+    }
+    home_dir().join(".config").join("rbee")
+}
+
+/// `$HOME`, or `/` when unset.
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+/// The two files to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFiles {
+    /// rbee.conf (optional: defaults apply when it does not exist).
+    pub rbee_conf: PathBuf,
+    /// hives.conf (required).
+    pub hives_conf: PathBuf,
+}
+
+impl ConfigFiles {
+    /// Both files in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self { rbee_conf: dir.join(RBEE_CONF), hives_conf: dir.join(HIVES_CONF) }
+    }
+
+    /// The files `--config` names: a directory holding both, or a hives.conf file with
+    /// rbee.conf beside it. Without `--config`, the files in [`config_dir`].
+    pub fn locate(cli: Option<&Path>) -> Self {
+        match cli {
+            Some(path) if path.is_file() => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                Self { rbee_conf: dir.join(RBEE_CONF), hives_conf: path.to_path_buf() }
+            }
+            _ => Self::in_dir(&config_dir(cli)),
+        }
+    }
+}
+
+/// Loads `rbee.conf` (optional; defaults apply) and `hives.conf` (required) from `dir`.
+pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
+    load(&ConfigFiles::in_dir(dir))
+}
+
+/// Loads and validates the two files.
+pub fn load(files: &ConfigFiles) -> Result<Config, ConfigError> {
+    let rbee_path = files.rbee_conf.clone();
+    let hives_path = files.hives_conf.clone();
+    let rbee = match std::fs::read_to_string(&rbee_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(ConfigError::Read { path: rbee_path, source }),
+    };
+    let hives = match std::fs::read_to_string(&hives_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::MissingHivesConf { path: hives_path });
+        }
+        Err(source) => return Err(ConfigError::Read { path: hives_path, source }),
+    };
+    let rbee = rbee.as_deref().map(|text| (rbee_path.as_path(), text));
+    parse(rbee, (&hives_path, &hives))
+}
+
+/// Parses and validates config text. Each file is given with the name its diagnostics use.
+pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config, ConfigError> {
+    let mut diags = Vec::new();
+    let rbee_file = match rbee {
+        Some((path, text)) => parse_toml::<RbeeConfFile>(path, text, &mut diags),
+        None => Some(RbeeConfFile::default()),
+    };
+    let hives_file = parse_toml::<HivesConfFile>(hives.0, hives.1, &mut diags);
+    let (Some(rbee_file), Some(hives_file)) = (rbee_file, hives_file) else {
+        return Err(ConfigError::Invalid(diags));
+    };
+    let mut v = Validator { diags, file: PathBuf::new(), text: "" };
+    let (queen, package, ssh) = match rbee {
+        Some((path, text)) => v.with_file(path, text, |v| v.settings(&rbee_file)),
+        None => v.with_file(Path::new(RBEE_CONF), "", |v| v.settings(&rbee_file)),
+    };
+    let hives_list = v.with_file(hives.0, hives.1, |v| v.hives(&hives_file));
+    if v.diags.is_empty() {
+        Ok(Config { queen, package, ssh, hives: hives_list })
+    } else {
+        Err(ConfigError::Invalid(v.diags))
+    }
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match toml::from_str::<T>(text) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            let (line, column) = err.span().map_or((1, 1), |s| line_col(text, s.start));
+            diags.push(Diagnostic {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: err.message().trim().to_owned(),
+            });
+            None
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+struct Validator<'a> {
+    diags: Vec<Diagnostic>,
+    file: PathBuf,
+    text: &'a str,
+}
+
+impl<'a> Validator<'a> {
+    fn with_file<R>(&mut self, file: &Path, text: &'a str, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.file = file.to_path_buf();
+        self.text = text;
+        f(self)
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn int_in(&mut self, key: &str, value: &Spanned<i64>, range: Range<i64>) -> i64 {
+        let v = *value.get_ref();
+        if !range.contains(&v) {
+            let max = range.end - 1;
+            self.error(
+                value.span(),
+                format!("{key} = {v} is out of range: use {}..={max}", range.start),
+            );
+            return range.start;
+        }
+        v
+    }
+
+    fn port(&mut self, key: &str, value: &Spanned<i64>) -> u16 {
+        u16::try_from(self.int_in(key, value, 1..65536)).unwrap_or(1)
+    }
+
+    fn settings(&mut self, file: &RbeeConfFile) -> (QueenSettings, PackageSettings, SshSettings) {
+        let queen = QueenSettings {
+            mode: file.queen.mode,
+            port: self.port("port", &file.queen.port),
+            auto_start: file.queen.auto_start,
+        };
+        let p = &file.package;
+        let concurrency = self.int_in("max_concurrent_installs", &p.max_concurrent_installs, 1..1025);
+        let ssh_timeout = self.int_in("ssh_timeout", &p.ssh_timeout, 1..86_401);
+        let health = self.int_in("health_check_timeout", &p.health_check_timeout, 1..86_401);
+        let source = p.source.as_ref().map(|s| {
+            if s.get_ref().trim().is_empty() {
+                self.error(s.span(), "source is empty: give a directory or an http(s) URL, or leave it out");
+            }
+            s.get_ref().clone()
+        });
+        let package = PackageSettings {
+            max_concurrent_installs: usize::try_from(concurrency).unwrap_or(1),
+            ssh_timeout: Duration::from_secs(ssh_timeout.unsigned_abs()),
+            health_check_timeout: Duration::from_secs(health.unsigned_abs()),
+            source,
+        };
+        let ssh = SshSettings {
+            host_key_policy: file.ssh.host_key_policy,
+            known_hosts: file.ssh.known_hosts.as_ref().map(PathBuf::from),
+        };
+        (queen, package, ssh)
+    }
+
+    fn hives(&mut self, file: &HivesConfFile) -> Vec<HiveConfig> {
+        let mut seen_alias: BTreeMap<String, usize> = BTreeMap::new();
+        let mut local_ports: BTreeMap<(Option<String>, u16), String> = BTreeMap::new();
+        let mut out = Vec::new();
+        for entry in &file.hive {
+            let alias = entry.alias.get_ref();
+            if let Some(problem) = alias_problem(alias) {
+                self.error(entry.alias.span(), format!("alias {alias:?} {problem}"));
+            }
+            let (line, _) = line_col(self.text, entry.alias.span().start);
+            if let Some(first) = seen_alias.insert(alias.clone(), line) {
+                self.error(
+                    entry.alias.span(),
+                    format!("duplicate alias {alias:?} (first declared at line {first}): aliases must be unique"),
+                );
+                seen_alias.insert(alias.clone(), first);
+            }
+            let hostname = entry.hostname.get_ref();
+            if let Some(problem) = hostname_problem(hostname) {
+                self.error(entry.hostname.span(), format!("hostname {hostname:?} {problem}"));
+            }
+            let ssh_port = self.port("ssh_port", &entry.ssh_port);
+            let hive_port = self.port("hive_port", &entry.hive_port);
+            let workers = self.workers(entry);
+            let local = is_localhost(hostname);
+            let ssh_options =
+                entry.ssh_user.is_some() || entry.ssh_key.is_some() || *entry.ssh_port.get_ref() != 22;
+            let transport = match entry.transport {
+                Some(TransportKind::Local) if !local => {
+                    self.error(
+                        entry.hostname.span(),
+                        format!("transport = \"local\" needs hostname \"localhost\" or \"127.0.0.1\", not {hostname:?}"),
+                    );
+                    TransportKind::Local
+                }
+                Some(kind) => kind,
+                None if local && !ssh_options => TransportKind::Local,
+                None => TransportKind::Ssh,
+            };
+            if transport == TransportKind::Ssh && entry.local_home.is_some() {
+                self.error(
+                    entry.alias.span(),
+                    format!("hive {alias:?} sets local_home but is reached over SSH: remove local_home or set transport = \"local\""),
+                );
+            }
+            if transport == TransportKind::Local {
+                let key = (entry.local_home.clone(), hive_port);
+                if let Some(other) = local_ports.insert(key, alias.clone()) {
+                    self.error(
+                        entry.hive_port.span(),
+                        format!("hive {alias:?} and hive {other:?} are both local with the same home and hive_port {hive_port}: give one a different hive_port or local_home"),
+                    );
+                }
+            }
+            out.push(HiveConfig {
+                alias: alias.clone(),
+                hostname: hostname.clone(),
+                ssh_user: entry.ssh_user.clone(),
+                ssh_port,
+                ssh_key: entry.ssh_key.as_ref().map(PathBuf::from),
+                hive_port,
+                workers,
+                auto_start: entry.auto_start,
+                transport,
+                local_home: entry.local_home.as_ref().map(PathBuf::from),
+            });
+        }
+        out
+    }
+
+    fn workers(&mut self, entry: &super::schema::HiveEntry) -> Vec<WorkerSpec> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut out = Vec::new();
+        for w in &entry.workers {
+            let kind = w.kind.get_ref().as_str();
+            if !WORKER_TYPES.contains(&kind) {
+                self.error(
+                    w.kind.span(),
+                    format!("unknown worker type {kind:?}: use one of {}", WORKER_TYPES.join(", ")),
+                );
+            }
+            let (line, _) = line_col(self.text, w.kind.span().start);
+            if let Some(first) = seen.insert(kind, line) {
+                self.error(
+                    w.kind.span(),
+                    format!(
+                        "worker type {kind:?} appears twice in hive {:?} (first at line {first}): keep one",
+                        entry.alias.get_ref()
+                    ),
+                );
+            }
+            let raw = w.version.get_ref();
+            let version = if raw == "latest" {
+                VersionReq::Latest
+            } else {
+                match semver::Version::parse(raw) {
+                    Ok(v) => VersionReq::Exact(v),
+                    Err(e) => {
+                        self.error(
+                            w.version.span(),
+                            format!("version {raw:?} is neither \"latest\" nor a semver version like \"1.2.3\" ({e})"),
+                        );
+                        VersionReq::Latest
+                    }
+                }
+            };
+            out.push(WorkerSpec { kind: kind.to_owned(), version });
+        }
+        out.sort_by(|a, b| a.kind.cmp(&b.kind));
+        out
+    }
+}
+
+/// Why an alias is unusable, if it is. Aliases become file names and shell words.
+fn alias_problem(alias: &str) -> Option<&'static str> {
+    let mut chars = alias.chars();
+    match chars.next() {
+        None => return Some("is empty: give each hive a short name like \"gpu-1\""),
+        Some(c) if !(c.is_ascii_lowercase() || c.is_ascii_digit()) => {
+            return Some("must start with a lowercase letter or digit ([a-z0-9][a-z0-9._-]*)");
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')) {
+        return Some("may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)");
+    }
+    if alias.len() > 63 {
+        return Some("is longer than 63 characters");
+    }
+    None
+}
+
+/// Why a hostname is unusable, if it is.
+fn hostname_problem(host: &str) -> Option<&'static str> {
+    if host.is_empty() {
+        return Some("is empty: give a DNS name, an IP address or an ~/.ssh/config alias");
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    if host.len() > 253 {
+        return Some("is longer than 253 characters");
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Some("has an empty label (two dots in a row, or a leading or trailing dot)");
+        }
+        if label.len() > 63 {
+            return Some("has a label longer than 63 characters");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some("has a label that starts or ends with '-'");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Some("may only contain letters, digits, '-', '_' and '.'");
+        }
+    }
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Some("looks like an IPv4 address but is not a valid one");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncdé f", 8), (2, 5));
+        assert_eq!(line_col("", 0), (1, 1));
+    }
+
+    #[test]
+    fn aliases() {
+        for ok in ["a", "gpu-1", "0", "x.y_z"] {
+            assert_eq!(alias_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "-a", "A", "a b", "a/b", "a;rm"] {
+            assert!(alias_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostnames() {
+        for ok in ["localhost", "10.0.0.1", "::1", "gpu-1.lab.example", "my_box"] {
+            assert_eq!(hostname_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "a..b", "-a", "a b", "300.1.1.1", "x/y"] {
+            assert!(hostname_problem(bad).is_some(), "{bad}");
+        }
+    }
+}

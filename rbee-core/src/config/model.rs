@@ -1,0 +1,122 @@
+//! The validated configuration: what the rest of rbee works with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use super::schema::{HostKeyPolicy, QueenMode, TransportKind};
+
+/// The worker types rbee knows how to install. Each maps to a binary `rbee-worker-<type>`.
+pub const WORKER_TYPES: &[&str] = &["llama-cpp", "vllm", "comfyui"];
+
+/// A validated `rbee.conf` + `hives.conf`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// `[queen]`.
+    pub queen: QueenSettings,
+    /// `[package]`.
+    pub package: PackageSettings,
+    /// `[ssh]`.
+    pub ssh: SshSettings,
+    /// The fleet, in file order.
+    pub hives: Vec<HiveConfig>,
+}
+
+impl Config {
+    /// The hive declared with this alias.
+    pub fn hive(&self, alias: &str) -> Option<&HiveConfig> {
+        self.hives.iter().find(|h| h.alias == alias)
+    }
+}
+
+/// `[queen]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueenSettings {
+    /// How the queen runs.
+    pub mode: QueenMode,
+    /// HTTP port of the queen.
+    pub port: u16,
+    /// Start the queen when a command needs it.
+    pub auto_start: bool,
+}
+
+/// `[package]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageSettings {
+    /// Hives installed at the same time.
+    pub max_concurrent_installs: usize,
+    /// Deadline for connecting and for each remote step.
+    pub ssh_timeout: Duration,
+    /// Deadline for a started hive to become healthy.
+    pub health_check_timeout: Duration,
+    /// Where artifacts come from; `None` means the directory of the running executable.
+    pub source: Option<String>,
+}
+
+/// `[ssh]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SshSettings {
+    /// Unknown host keys: refuse or record.
+    pub host_key_policy: HostKeyPolicy,
+    /// known_hosts file, if not the default.
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// One declared hive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HiveConfig {
+    /// Unique, path- and shell-safe name.
+    pub alias: String,
+    /// Where the host is.
+    pub hostname: String,
+    /// SSH user, if set.
+    pub ssh_user: Option<String>,
+    /// SSH port.
+    pub ssh_port: u16,
+    /// Identity file, if set.
+    pub ssh_key: Option<PathBuf>,
+    /// Port of the hive daemon.
+    pub hive_port: u16,
+    /// Declared workers, sorted by type.
+    pub workers: Vec<WorkerSpec>,
+    /// Start the hive after installing.
+    pub auto_start: bool,
+    /// How the host is reached (resolved: never ambiguous).
+    pub transport: TransportKind,
+    /// Home directory of a local hive, if not `$HOME`.
+    pub local_home: Option<PathBuf>,
+}
+
+/// A declared worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerSpec {
+    /// One of [`WORKER_TYPES`].
+    pub kind: String,
+    /// Requested version.
+    pub version: VersionReq,
+}
+
+/// A requested version: the newest, or exactly this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum VersionReq {
+    /// Whatever the source calls newest, resolved when planning.
+    Latest,
+    /// Exactly this version.
+    Exact(semver::Version),
+}
+
+impl std::fmt::Display for VersionReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionReq::Latest => f.write_str("latest"),
+            VersionReq::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// True for hostnames that name this machine.
+pub fn is_localhost(hostname: &str) -> bool {
+    matches!(hostname, "localhost" | "127.0.0.1" | "::1")
+}

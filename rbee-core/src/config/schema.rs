@@ -1,0 +1,217 @@
+//! The file formats of `rbee.conf` and `hives.conf`, exactly as written on disk.
+//!
+//! These types are what serde reads (with `deny_unknown_fields`, so a typo is an error) and
+//! what `rbee config schema` publishes. Values the validator has to point at keep their
+//! location as a [`toml::Spanned`]; the validated, location-free form is in
+//! [`super::model`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// `rbee.conf`: settings of the queen and the package manager. Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RbeeConfFile {
+    /// The coordinator daemon.
+    #[serde(default)]
+    pub queen: QueenSection,
+    /// How `rbee sync` installs things.
+    #[serde(default)]
+    pub package: PackageSection,
+    /// How hosts are reached over SSH.
+    #[serde(default)]
+    pub ssh: SshSection,
+}
+
+/// `[queen]` in `rbee.conf`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueenSection {
+    /// `standalone`, or `attached-hive` to also run a hive on the queen's host.
+    #[serde(default)]
+    pub mode: QueenMode,
+    /// TCP port of the queen's HTTP API on 127.0.0.1.
+    #[serde(default = "default_queen_port")]
+    #[schemars(with = "u16")]
+    pub port: Spanned<i64>,
+    /// Start the queen automatically when a command needs it.
+    #[serde(default = "default_true")]
+    pub auto_start: bool,
+}
+
+impl Default for QueenSection {
+    fn default() -> Self {
+        Self { mode: QueenMode::default(), port: default_queen_port(), auto_start: true }
+    }
+}
+
+/// How the queen runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueenMode {
+    /// The queen only coordinates.
+    #[default]
+    Standalone,
+    /// The queen also runs a hive on its own host.
+    AttachedHive,
+}
+
+/// `[package]` in `rbee.conf`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSection {
+    /// How many hives are installed at the same time.
+    #[serde(default = "default_concurrency")]
+    #[schemars(with = "u32")]
+    pub max_concurrent_installs: Spanned<i64>,
+    /// Deadline in seconds for connecting to a host and for each remote step.
+    #[serde(default = "default_ssh_timeout")]
+    #[schemars(with = "u32")]
+    pub ssh_timeout: Spanned<i64>,
+    /// Deadline in seconds for a started hive to answer `/health`.
+    #[serde(default = "default_health_timeout")]
+    #[schemars(with = "u32")]
+    pub health_check_timeout: Spanned<i64>,
+    /// Where artifacts come from: a directory or an http(s) base URL laid out as
+    /// `{source}/{version}/{artifact}`, `{source}/{version}/SHA256SUMS` and `{source}/latest`.
+    /// Default: the directory of the running `rbee` executable.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub source: Option<Spanned<String>>,
+}
+
+impl Default for PackageSection {
+    fn default() -> Self {
+        Self {
+            max_concurrent_installs: default_concurrency(),
+            ssh_timeout: default_ssh_timeout(),
+            health_check_timeout: default_health_timeout(),
+            source: None,
+        }
+    }
+}
+
+/// `[ssh]` in `rbee.conf`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    /// `strict` (default): unknown or changed host keys are refused. `accept-new`: unknown
+    /// keys are recorded, changed keys are still refused.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+    /// The known_hosts file. Default `~/.ssh/known_hosts`.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+}
+
+/// What to do with a host key that is not in known_hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Refuse unknown keys.
+    #[default]
+    Strict,
+    /// Record unknown keys on first contact; refuse changed ones.
+    AcceptNew,
+}
+
+/// `hives.conf`: the fleet.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HivesConfFile {
+    /// One entry per host.
+    #[serde(default)]
+    pub hive: Vec<HiveEntry>,
+}
+
+/// One `[[hive]]` in `hives.conf`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HiveEntry {
+    /// Unique name of the host in rbee; `[a-z0-9][a-z0-9._-]*`.
+    #[schemars(with = "String")]
+    pub alias: Spanned<String>,
+    /// DNS name, IP address or `~/.ssh/config` host alias.
+    #[schemars(with = "String")]
+    pub hostname: Spanned<String>,
+    /// SSH user. Default: the user from `~/.ssh/config`, else the current user.
+    #[serde(default)]
+    pub ssh_user: Option<String>,
+    /// SSH port.
+    #[serde(default = "default_ssh_port")]
+    #[schemars(with = "u16")]
+    pub ssh_port: Spanned<i64>,
+    /// Identity file for this host.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    /// Port the hive daemon listens on.
+    #[serde(default = "default_hive_port")]
+    #[schemars(with = "u16")]
+    pub hive_port: Spanned<i64>,
+    /// The workers this hive must have.
+    #[serde(default)]
+    pub workers: Vec<WorkerEntry>,
+    /// Start the hive after installing it.
+    #[serde(default = "default_true")]
+    pub auto_start: bool,
+    /// `local` or `ssh`. Default: `local` for localhost with no SSH options, else `ssh`.
+    #[serde(default)]
+    pub transport: Option<TransportKind>,
+    /// For a `local` hive: the directory used as its home (default: `$HOME`). Lets several
+    /// local hives live side by side on one machine.
+    #[serde(default)]
+    pub local_home: Option<String>,
+}
+
+/// One entry of `workers = [...]`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerEntry {
+    /// Worker type: `llama-cpp`, `vllm` or `comfyui`.
+    #[serde(rename = "type")]
+    #[schemars(with = "String")]
+    pub kind: Spanned<String>,
+    /// `latest` or an exact semver version.
+    #[serde(default = "default_latest")]
+    #[schemars(with = "String")]
+    pub version: Spanned<String>,
+}
+
+/// How a host is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// Commands run on this machine.
+    Local,
+    /// Commands run over SSH.
+    Ssh,
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_queen_port() -> Spanned<i64> {
+    unspanned(8500)
+}
+fn default_concurrency() -> Spanned<i64> {
+    unspanned(10)
+}
+fn default_ssh_timeout() -> Spanned<i64> {
+    unspanned(30)
+}
+fn default_health_timeout() -> Spanned<i64> {
+    unspanned(60)
+}
+fn default_ssh_port() -> Spanned<i64> {
+    unspanned(22)
+}
+fn default_hive_port() -> Spanned<i64> {
+    unspanned(8600)
+}
+fn default_latest() -> Spanned<String> {
+    unspanned("latest".to_owned())
+}

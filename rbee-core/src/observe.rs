@@ -1,0 +1,175 @@
+//! Observing a host: ONE command through any transport, whose output is parsed by a pure
+//! function. The script hashes every binary rbee manages, reads the install manifest, checks
+//! the hive's pid and asks the running hive for `/health` (through the installed hive binary,
+//! so the probe runs on the host and needs no open port towards the caller).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::layout::{Layout, WORKER_PREFIX};
+use crate::state::{HiveState, Installed, Observed};
+use crate::transport::{RemoteCommand, Transport};
+
+/// The observation script. `$1` is the hive port. Output, one fact per line:
+/// `file SHA PATH`, `manifest JSON`, `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
+pub(crate) const OBSERVE_SCRIPT: &str = r#"set -u
+cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
+echo "rbee-observe 1"
+digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
+for f in .local/bin/rbee-hive .local/share/rbee/workers/rbee-worker-*; do
+  [ -f "$f" ] && echo "file $(digest "$f") $f"
+done
+if [ -f .local/state/rbee/manifest.json ]; then printf 'manifest '; tr -d '\n' < .local/state/rbee/manifest.json; echo; fi
+pid=$(cat .local/state/rbee/hive.pid 2>/dev/null || true)
+case "$pid" in
+  ''|*[!0-9]*) ;;
+  *) if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'rbee-hive'; then
+       echo "running $pid"
+       if [ -x .local/bin/rbee-hive ]; then
+         if h=$(.local/bin/rbee-hive probe --port "$1" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
+       fi
+     fi ;;
+esac
+echo "end"
+"#;
+
+/// The install manifest: which version each installed digest is.
+#[derive(Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    /// sha256 → version.
+    pub versions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Health {
+    version: Option<String>,
+    sha256: Option<String>,
+}
+
+/// Observes one host. Failures to reach or read it become [`HiveState::Unreachable`] with the
+/// reason; this never fails and never guesses.
+pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Duration) -> HiveState {
+    let cmd = RemoteCommand::script(OBSERVE_SCRIPT, [hive_port.to_string()], deadline);
+    match transport.run(cmd).await {
+        Err(e) => HiveState::Unreachable { reason: e.to_string() },
+        Ok(out) if !out.success() => HiveState::Unreachable {
+            reason: format!(
+                "observing {} failed with exit status {}: {}{}",
+                transport.describe(),
+                out.status,
+                out.stdout_text().trim(),
+                out.stderr_text()
+            ),
+        },
+        Ok(out) => match parse_observation(&out.stdout_text()) {
+            Ok(observed) => HiveState::Reachable(observed),
+            Err(reason) => HiveState::Unreachable { reason: format!("observing {}: {reason}", transport.describe()) },
+        },
+    }
+}
+
+/// Parses the observation script's output.
+pub fn parse_observation(text: &str) -> Result<Observed, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some("rbee-observe 1") {
+        return Err(format!("unexpected output {:?}", text.lines().next().unwrap_or("")));
+    }
+    let mut observed = Observed::default();
+    let mut manifest = Manifest::default();
+    let mut files = Vec::new();
+    let mut complete = false;
+    for line in lines {
+        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match tag {
+            "file" => {
+                let (sha, path) = rest.split_once(' ').ok_or_else(|| format!("bad line {line:?}"))?;
+                files.push((sha.to_owned(), path.to_owned()));
+            }
+            "manifest" => manifest = serde_json::from_str(rest).unwrap_or_default(),
+            "running" => {
+                observed.running = true;
+                observed.pid = rest.trim().parse().ok();
+            }
+            "health" => {
+                observed.healthy = true;
+                if let Ok(h) = serde_json::from_str::<Health>(rest) {
+                    observed.running_version = h.version;
+                    observed.running_sha256 = h.sha256;
+                }
+            }
+            "unhealthy" => observed.healthy = false,
+            "end" => complete = true,
+            _ => {}
+        }
+    }
+    if !complete {
+        return Err("observation output was cut short".to_owned());
+    }
+    let hive_path = Layout::hive_binary();
+    let worker_dir = format!("{}/{WORKER_PREFIX}", Layout::WORKERS_DIR);
+    for (sha256, path) in files {
+        let installed = Installed { version: manifest.versions.get(&sha256).cloned(), sha256 };
+        if path == hive_path {
+            observed.hive_binary = Some(installed);
+        } else if let Some(kind) = path.strip_prefix(&worker_dir) {
+            observed.workers.insert(kind.to_owned(), installed);
+        }
+    }
+    Ok(observed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{CommandOutput, LocalTransport, MockTransport, TransportError};
+
+    #[test]
+    fn parses_a_full_observation() {
+        let text = "rbee-observe 1\nfile aaa .local/bin/rbee-hive\nfile bbb .local/share/rbee/workers/rbee-worker-vllm\n\
+                    manifest {\"versions\":{\"aaa\":\"0.1.0\"}}\nrunning 42\nhealth {\"status\":\"ok\",\"version\":\"0.1.0\",\"sha256\":\"aaa\"}\nend\n";
+        let o = parse_observation(text).unwrap();
+        assert_eq!(o.hive_binary, Some(Installed { sha256: "aaa".into(), version: Some("0.1.0".into()) }));
+        assert_eq!(o.workers["vllm"], Installed { sha256: "bbb".into(), version: None });
+        assert!(o.running && o.healthy);
+        assert_eq!(o.pid, Some(42));
+        assert_eq!(o.running_sha256.as_deref(), Some("aaa"));
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        assert!(parse_observation("rbee-observe 1\nfile aaa .local/bin/rbee-hive\n").is_err());
+        assert!(parse_observation("Welcome to my server!\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn observing_is_one_round_trip() {
+        let mock = MockTransport::new("h1").on_run("rbee-observe", Ok(CommandOutput::ok("rbee-observe 1\nend\n")));
+        let state = observe(&mock, 8600, Duration::from_secs(1)).await;
+        assert_eq!(state, HiveState::Reachable(Observed::default()));
+        assert_eq!(mock.calls().len(), 1);
+        mock.verify().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_says_why() {
+        let mock = MockTransport::new("h1").on_run(
+            "rbee-observe",
+            Err(TransportError::Connect { host: "h1".into(), reason: "connection refused".into() }),
+        );
+        let HiveState::Unreachable { reason } = observe(&mock, 8600, Duration::from_secs(1)).await else { panic!() };
+        assert_eq!(reason, "cannot connect to h1: connection refused");
+    }
+
+    #[tokio::test]
+    async fn observes_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".local/share/rbee/workers")).unwrap();
+        std::fs::write(dir.path().join(".local/share/rbee/workers/rbee-worker-vllm"), b"hello").unwrap();
+        let state = observe(&LocalTransport::new(dir.path()), 1, Duration::from_secs(5)).await;
+        let HiveState::Reachable(o) = state else { panic!("{state:?}") };
+        assert_eq!(o.workers["vllm"].sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert!(!o.running && o.hive_binary.is_none());
+    }
+}

@@ -1,0 +1,290 @@
+//! The wire contract keeper → queen → hive: one [`Operation`] per request.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a client can ask rbee to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Operation {
+    // --- package manager (the queen) ---
+    /// Make the hosts match the config.
+    PackageSync {
+        /// Config directory or hives.conf; `None` for the default.
+        config_path: Option<PathBuf>,
+        /// Plan only.
+        dry_run: bool,
+        /// Remove undeclared workers.
+        remove_extra: bool,
+        /// Reinstall and restart everything.
+        force: bool,
+        /// Only these hives (empty: all).
+        #[serde(default)]
+        hive_aliases: Vec<String>,
+    },
+    /// Report drift between config and hosts.
+    PackageStatus {
+        /// Config directory or hives.conf.
+        config_path: Option<PathBuf>,
+        /// Include per-file detail.
+        verbose: bool,
+    },
+    /// Install (without removing extras) one hive or all.
+    PackageInstall {
+        /// Config directory or hives.conf.
+        config_path: Option<PathBuf>,
+        /// Reinstall even if in sync.
+        force: bool,
+        /// One hive, or all.
+        hive_alias: Option<String>,
+    },
+    /// Stop and remove what rbee installed.
+    PackageUninstall {
+        /// One hive, or all.
+        hive_alias: Option<String>,
+        /// Also remove rbee's state on the host.
+        purge: bool,
+    },
+    /// Validate the config files.
+    PackageValidate {
+        /// Config directory or hives.conf.
+        config_path: Option<PathBuf>,
+    },
+    /// Write a hives.conf describing what runs now.
+    PackageMigrate {
+        /// Where to write it.
+        output_path: PathBuf,
+    },
+
+    // --- hive daemons (the queen) ---
+    /// Start a hive daemon.
+    HiveStart {
+        /// The hive.
+        alias: String,
+    },
+    /// Stop a hive daemon.
+    HiveStop {
+        /// The hive.
+        alias: String,
+    },
+    /// All known hives.
+    HiveList,
+    /// One hive's registry entry.
+    HiveGet {
+        /// The hive.
+        alias: String,
+    },
+    /// One hive's live status.
+    HiveStatus {
+        /// The hive.
+        alias: String,
+    },
+    /// One hive's hardware.
+    HiveCapabilities {
+        /// The hive.
+        alias: String,
+    },
+
+    // --- worker processes (forwarded to the hive) ---
+    /// Start a worker process.
+    WorkerSpawn {
+        /// The hive.
+        hive_alias: String,
+        /// Worker type.
+        worker_type: String,
+        /// Model path on the host.
+        model: String,
+        /// `cpu` or `cuda:N`.
+        device: String,
+    },
+    /// The hive's worker processes.
+    WorkerProcessList {
+        /// The hive.
+        hive_alias: String,
+    },
+    /// One worker process.
+    WorkerProcessGet {
+        /// The hive.
+        hive_alias: String,
+        /// The worker.
+        worker_id: String,
+    },
+    /// Stop a worker process.
+    WorkerProcessDelete {
+        /// The hive.
+        hive_alias: String,
+        /// The worker.
+        worker_id: String,
+    },
+    /// Re-read the worker catalog after a sync changed it.
+    WorkerCatalogRefresh {
+        /// The hive.
+        hive_alias: String,
+    },
+
+    // --- models (forwarded) ---
+    /// Download a model onto a hive.
+    ModelDownload {
+        /// The hive.
+        hive_alias: String,
+        /// http(s) URL or local path.
+        source: String,
+        /// Expected sha256, if known.
+        sha256: Option<String>,
+    },
+    /// Models on a hive.
+    ModelList {
+        /// The hive.
+        hive_alias: String,
+    },
+    /// One model.
+    ModelGet {
+        /// The hive.
+        hive_alias: String,
+        /// The model.
+        name: String,
+    },
+    /// Delete a model.
+    ModelDelete {
+        /// The hive.
+        hive_alias: String,
+        /// The model.
+        name: String,
+    },
+
+    // --- inference (forwarded to the chosen hive) ---
+    /// Run a prompt on a worker serving `model`.
+    Infer {
+        /// Restrict to this hive.
+        hive_alias: Option<String>,
+        /// The model.
+        model: String,
+        /// The prompt.
+        prompt: String,
+        /// Token limit.
+        max_tokens: Option<u32>,
+    },
+
+    // --- removed imperative operations: rejected with guidance ---
+    /// Removed: declare the hive in hives.conf and run `rbee sync`.
+    HiveInstall {
+        /// Ignored.
+        #[serde(default)]
+        alias: Option<String>,
+    },
+    /// Removed: remove the hive from hives.conf and run `rbee uninstall --hive`.
+    HiveUninstall {
+        /// Ignored.
+        #[serde(default)]
+        alias: Option<String>,
+    },
+    /// Removed: declare the worker in hives.conf and run `rbee sync`.
+    WorkerDownload {
+        /// Ignored.
+        #[serde(default)]
+        worker_type: Option<String>,
+    },
+    /// Removed: declare the worker in hives.conf and run `rbee sync`.
+    WorkerBuild {
+        /// Ignored.
+        #[serde(default)]
+        worker_type: Option<String>,
+    },
+    /// Removed: remove the worker from hives.conf and run `rbee sync --remove-extra`.
+    WorkerBinaryDelete {
+        /// Ignored.
+        #[serde(default)]
+        worker_type: Option<String>,
+    },
+}
+
+/// A removed imperative operation, with what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} was removed: {instead}")]
+pub struct RemovedOperation {
+    /// The operation's wire name.
+    pub name: &'static str,
+    /// The declarative replacement.
+    pub instead: &'static str,
+}
+
+impl Operation {
+    /// True for operations the queen forwards to a hive's API; package and hive-daemon
+    /// operations always stay in the queen.
+    pub fn should_forward_to_hive(&self) -> bool {
+        matches!(
+            self,
+            Operation::WorkerSpawn { .. }
+                | Operation::WorkerProcessList { .. }
+                | Operation::WorkerProcessGet { .. }
+                | Operation::WorkerProcessDelete { .. }
+                | Operation::WorkerCatalogRefresh { .. }
+                | Operation::ModelDownload { .. }
+                | Operation::ModelList { .. }
+                | Operation::ModelGet { .. }
+                | Operation::ModelDelete { .. }
+                | Operation::Infer { .. }
+        )
+    }
+
+    /// `Err` for the removed imperative operations, naming `rbee sync`.
+    pub fn check_supported(&self) -> Result<(), RemovedOperation> {
+        let (name, instead) = match self {
+            Operation::HiveInstall { .. } => {
+                ("hive_install", "declare the hive in hives.conf, then run `rbee sync`")
+            }
+            Operation::HiveUninstall { .. } => (
+                "hive_uninstall",
+                "remove the hive from hives.conf and run `rbee uninstall --hive ALIAS`; `rbee sync` keeps the rest in shape",
+            ),
+            Operation::WorkerDownload { .. } => {
+                ("worker_download", "declare the worker in the hive's `workers` in hives.conf, then run `rbee sync`")
+            }
+            Operation::WorkerBuild { .. } => {
+                ("worker_build", "declare the worker in the hive's `workers` in hives.conf, then run `rbee sync`")
+            }
+            Operation::WorkerBinaryDelete { .. } => {
+                ("worker_binary_delete", "remove the worker from hives.conf, then run `rbee sync --remove-extra`")
+            }
+            _ => return Ok(()),
+        };
+        Err(RemovedOperation { name, instead })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_tagged_snake_case() {
+        let op = Operation::WorkerProcessList { hive_alias: "gpu-1".into() };
+        let json = serde_json::to_string(&op).unwrap();
+        assert_eq!(json, r#"{"type":"worker_process_list","hive_alias":"gpu-1"}"#);
+        assert_eq!(serde_json::from_str::<Operation>(&json).unwrap(), op);
+    }
+
+    #[test]
+    fn removed_operations_name_rbee_sync() {
+        for json in [
+            r#"{"type":"hive_install","alias":"x"}"#,
+            r#"{"type":"hive_uninstall"}"#,
+            r#"{"type":"worker_download"}"#,
+            r#"{"type":"worker_build"}"#,
+            r#"{"type":"worker_binary_delete"}"#,
+        ] {
+            let op: Operation = serde_json::from_str(json).unwrap();
+            let err = op.check_supported().unwrap_err().to_string();
+            assert!(err.contains("rbee sync") || err.contains("rbee uninstall"), "{err}");
+            assert!(err.contains("was removed"), "{err}");
+        }
+    }
+
+    #[test]
+    fn forwarding() {
+        assert!(Operation::ModelList { hive_alias: "a".into() }.should_forward_to_hive());
+        assert!(!Operation::HiveList.should_forward_to_hive());
+        assert!(!Operation::PackageUninstall { hive_alias: None, purge: false }.should_forward_to_hive());
+    }
+}

@@ -1,0 +1,105 @@
+//! Desired and actual state: the two inputs of the planner. Plain data, no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TransportKind;
+
+/// An artifact pinned to one version and one digest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Artifact {
+    /// File name in the source and on the host, e.g. `rbee-hive`, `rbee-worker-vllm`.
+    pub name: String,
+    /// Resolved version (never `latest`).
+    pub version: String,
+    /// Lowercase hex sha256 of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Artifact {
+    /// The first 12 hex digits of the digest, for display.
+    pub fn short_digest(&self) -> &str {
+        short(&self.sha256)
+    }
+}
+
+pub(crate) fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// What the config wants, with every artifact resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// By alias.
+    pub hives: BTreeMap<String, DesiredHive>,
+}
+
+/// What one host must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredHive {
+    /// The hive's alias.
+    pub alias: String,
+    /// Where it is (for display).
+    pub hostname: String,
+    /// How it is reached.
+    pub transport: TransportKind,
+    /// Port of the hive daemon.
+    pub hive_port: u16,
+    /// Start it after installing.
+    pub auto_start: bool,
+    /// The hive binary.
+    pub hive: Artifact,
+    /// Worker binaries by worker type.
+    pub workers: BTreeMap<String, Artifact>,
+}
+
+/// What the hosts have, as observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actual {
+    /// By alias. A hive missing here was not observed (e.g. filtered out).
+    pub hives: BTreeMap<String, HiveState>,
+}
+
+/// One host as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum HiveState {
+    /// The host could not be observed.
+    Unreachable {
+        /// Why, in words a user can act on.
+        reason: String,
+    },
+    /// The host answered.
+    Reachable(Observed),
+}
+
+/// An installed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// Its sha256 as computed on the host.
+    pub sha256: String,
+    /// The version the install manifest records for this digest, if any.
+    pub version: Option<String>,
+}
+
+/// The state of a reachable host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The hive binary, if installed.
+    pub hive_binary: Option<Installed>,
+    /// Worker binaries in the catalog, by worker type.
+    pub workers: BTreeMap<String, Installed>,
+    /// The hive process is alive (per its pid file).
+    pub running: bool,
+    /// Pid of the running hive.
+    pub pid: Option<u32>,
+    /// The hive answered `/health`.
+    pub healthy: bool,
+    /// Digest of the binary the running hive was started from, as it reports it.
+    pub running_sha256: Option<String>,
+    /// Version the running hive reports.
+    pub running_version: Option<String>,
+}

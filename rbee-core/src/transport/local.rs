@@ -1,0 +1,166 @@
+//! [`LocalTransport`]: this machine, with a chosen directory as the host's home.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{CommandOutput, Progress, RemoteCommand, Transport, TransportError};
+
+static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Runs commands on this machine with `HOME` set to `home`, so several "hosts" can live side
+/// by side in different directories (tests do exactly that).
+#[derive(Debug, Clone)]
+pub struct LocalTransport {
+    home: PathBuf,
+}
+
+impl LocalTransport {
+    /// A host whose home directory is `home` (created when needed).
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Self { home: home.into() }
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.home.join(path)
+    }
+
+    fn remote_err(&self, what: &str, e: &std::io::Error) -> TransportError {
+        TransportError::Remote { host: self.describe(), what: what.to_owned(), reason: e.to_string() }
+    }
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    fn describe(&self) -> String {
+        format!("local:{}", self.home.display())
+    }
+
+    async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
+        let what = command.argv.first().cloned().unwrap_or_default();
+        tokio::fs::create_dir_all(&self.home).await.map_err(|e| self.remote_err("creating home", &e))?;
+        let mut cmd = tokio::process::Command::new(&what);
+        cmd.args(&command.argv[1..])
+            .env("HOME", &self.home)
+            .current_dir(&self.home)
+            .stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| self.remote_err(&what, &e))?;
+        let stdin_data = command.stdin.clone();
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let work = async {
+            let feed = async {
+                if let (Some(mut pipe), Some(data)) = (stdin.take(), stdin_data) {
+                    // A command that exits without reading its input is not an error here.
+                    let _ = pipe.write_all(&data).await;
+                }
+            };
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let (_, o, e) = tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            o.and(e).map_err(|e| self.remote_err(&what, &e))?;
+            let status = child.wait().await.map_err(|e| self.remote_err(&what, &e))?;
+            Ok(CommandOutput { status: status.code().unwrap_or(-1), stdout: out, stderr: err })
+        };
+        match tokio::time::timeout(command.deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: command.deadline }),
+        }
+    }
+
+    async fn upload(
+        &self,
+        data: &[u8],
+        path: &str,
+        mode: u32,
+        deadline: Duration,
+        progress: Progress<'_>,
+    ) -> Result<(), TransportError> {
+        use std::os::unix::fs::PermissionsExt;
+        let target = self.resolve(path);
+        let what = format!("upload to {path}");
+        let work = async {
+            if let Some(dir) = target.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
+            let tmp = target.with_file_name(format!(".{name}.upload-{}-{seq}", std::process::id()));
+            let result = async {
+                let mut file = tokio::fs::File::create(&tmp).await?;
+                let mut sent = 0u64;
+                for chunk in data.chunks(1 << 20) {
+                    file.write_all(chunk).await?;
+                    sent += chunk.len() as u64;
+                    progress(sent);
+                }
+                file.sync_all().await?;
+                tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await?;
+                tokio::fs::rename(&tmp, &target).await
+            }
+            .await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            result
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result.map_err(|e| self.remote_err(&what, &e)),
+            Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: deadline }),
+        }
+    }
+
+    async fn read_file(&self, path: &str, max: u64, _deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
+        let file = match tokio::fs::File::open(self.resolve(path)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.remote_err(&format!("reading {path}"), &e)),
+        };
+        let mut buf = Vec::new();
+        file.take(max).read_to_end(&mut buf).await.map_err(|e| self.remote_err(&format!("reading {path}"), &e))?;
+        Ok(Some(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_in_its_home_and_uploads_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTransport::new(dir.path());
+        let out = t.run(RemoteCommand::script("echo \"$HOME\"; pwd", Vec::<String>::new(), Duration::from_secs(5))).await.unwrap();
+        let home = dir.path().display().to_string();
+        assert_eq!(out.stdout_text(), format!("{home}\n{home}\n"));
+        let seen = std::sync::Mutex::new(Vec::new());
+        t.upload(&[7u8; 3_000_000], "a/b/file", 0o755, Duration::from_secs(5), &|n| seen.lock().unwrap().push(n)).await.unwrap();
+        assert_eq!(seen.lock().unwrap().last(), Some(&3_000_000));
+        assert_eq!(t.read_file("a/b/file", 10, Duration::from_secs(1)).await.unwrap().unwrap().len(), 10);
+        assert_eq!(t.read_file("missing", 10, Duration::from_secs(1)).await.unwrap(), None);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec!["file"], "no temporary file left behind");
+    }
+
+    #[tokio::test]
+    async fn deadline_kills_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTransport::new(dir.path());
+        let err = t.run(RemoteCommand::new(["sleep", "5"], Duration::from_millis(100))).await.unwrap_err();
+        assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+        assert!(err.is_transient());
+    }
+}

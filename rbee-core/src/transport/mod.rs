@@ -1,0 +1,172 @@
+//! How rbee reaches a host: three primitives (run a command, upload a file, read a small
+//! file). Composite steps such as an atomic, verified install are functions built on these
+//! (see `crate::install`), never methods each transport re-implements.
+
+mod local;
+mod mock;
+mod shell;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use local::LocalTransport;
+pub use mock::{MockCall, MockTransport};
+pub use shell::{quote, shell_line};
+
+/// A command to run on a host, from argv (never a string spliced into a shell).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCommand {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Bytes fed to standard input.
+    pub stdin: Option<Vec<u8>>,
+    /// The command is killed after this long, on the host itself where the transport
+    /// allows, so that a cancelled step does not keep running there.
+    pub deadline: Duration,
+}
+
+impl RemoteCommand {
+    /// A command with no stdin.
+    pub fn new<I, S>(argv: I, deadline: Duration) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self { argv: argv.into_iter().map(Into::into).collect(), stdin: None, deadline }
+    }
+
+    /// `sh -c SCRIPT sh ARGS...`: a fixed script whose inputs arrive as positional
+    /// parameters, so no value is ever parsed by the shell.
+    pub fn script<I, S>(script: &str, args: I, deadline: Duration) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "sh".to_owned()];
+        argv.extend(args.into_iter().map(Into::into));
+        Self { argv, stdin: None, deadline }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Exit status; -1 when killed by a signal.
+    pub status: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+impl CommandOutput {
+    /// A successful output with this stdout.
+    pub fn ok(stdout: impl Into<Vec<u8>>) -> Self {
+        Self { status: 0, stdout: stdout.into(), stderr: Vec::new() }
+    }
+    /// True on exit status 0.
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+    /// Stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// Stderr as text (lossy), trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_owned()
+    }
+}
+
+/// Why a transport call failed. [`TransportError::is_transient`] says whether a retry may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The host could not be reached.
+    #[error("cannot connect to {host}: {reason}")]
+    Connect {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// A deadline passed.
+    #[error("{what} on {host} did not finish within {}s", .after.as_secs())]
+    Timeout {
+        /// The host.
+        host: String,
+        /// What was running.
+        what: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The connection dropped mid-way.
+    #[error("connection to {host} lost: {reason}")]
+    Disconnected {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The host refused or failed the request itself (permissions, disk full, no such file).
+    #[error("{what} on {host} failed: {reason}")]
+    Remote {
+        /// The host.
+        host: String,
+        /// What was attempted.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The host is not accepted (e.g. changed host key); nothing was run.
+    #[error("refusing {host}: {reason}")]
+    Refused {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The transport for this host does not exist yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl TransportError {
+    /// True for failures a retry may fix: connecting, deadlines, dropped connections.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Connect { .. }
+                | TransportError::Timeout { .. }
+                | TransportError::Disconnected { .. }
+        )
+    }
+}
+
+/// Called with the number of bytes transferred so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// One host's primitives. Paths are relative to the home directory of the user rbee acts as
+/// (absolute paths are used as given).
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// A short description for messages, e.g. `local:/srv/h1` or `ssh root@gpu-1:22`.
+    fn describe(&self) -> String;
+
+    /// Runs a command in the home directory and waits for it (or its deadline).
+    async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError>;
+
+    /// Writes `data` to `path` with `mode`, atomically: `path` is either untouched or complete.
+    /// Parent directories are created. `progress` gets the bytes sent so far.
+    async fn upload(
+        &self,
+        data: &[u8],
+        path: &str,
+        mode: u32,
+        deadline: Duration,
+        progress: Progress<'_>,
+    ) -> Result<(), TransportError>;
+
+    /// Reads a file of at most `max` bytes; `None` if it does not exist.
+    async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError>;
+}

@@ -1,0 +1,78 @@
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// rbee-hive: the daemon rbee runs on every host.
+#[derive(Debug, Parser)]
+#[command(name = "rbee-hive", version, args_conflicts_with_subcommands = true)]
+struct Args {
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8600)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Pid file to write once listening.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Ask the hive on this host for /health; prints its JSON, exit 1 if it does not answer.
+    Probe {
+        /// Its port.
+        #[arg(long, default_value_t = 8600)]
+        port: u16,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Some(Cmd::Probe { port, timeout_ms }) => match rbee_hive::probe(port, Duration::from_millis(timeout_ms)).await {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let config = rbee_hive::HiveConfig { addr: SocketAddr::new(args.bind, args.port), pid_file: args.pid_file };
+            match rbee_hive::serve(config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        msg.push_str(&format!(": {s}"));
+                        src = s.source();
+                    }
+                    eprintln!("rbee-hive: {msg}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

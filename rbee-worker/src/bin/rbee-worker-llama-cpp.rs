@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    rbee_worker::launch(rbee_worker::Engine::LlamaCpp)
+}

@@ -1,0 +1,141 @@
+//! Worker launchers: `rbee-worker-<type>` takes the worker contract's arguments and launches
+//! the real engine installed on the host with the matching arguments. When the engine is not
+//! installed it fails with a message naming what is missing.
+//!
+//! Not built yet: bridging the engine's health and API to the contract (heartbeats to the
+//! hive, the contract's `/health`); the launcher currently hands the port to the engine.
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The worker contract's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+pub struct WorkerArgs {
+    /// Id the hive gave this worker.
+    #[arg(long)]
+    pub worker_id: String,
+    /// Model file or directory.
+    #[arg(long)]
+    pub model: String,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Port to serve on.
+    #[arg(long)]
+    pub port: u16,
+    /// The hive's URL, for heartbeats.
+    #[arg(long)]
+    pub hive_url: Option<String>,
+}
+
+/// An engine a launcher starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// llama.cpp's `llama-server`.
+    LlamaCpp,
+    /// `vllm serve`.
+    Vllm,
+    /// ComfyUI's `main.py`, from `$COMFYUI_DIR`.
+    ComfyUi,
+}
+
+impl Engine {
+    /// The program and arguments that start the engine for `args`.
+    pub fn command(self, args: &WorkerArgs) -> (String, Vec<String>) {
+        let port = args.port.to_string();
+        match self {
+            Engine::LlamaCpp => {
+                let mut argv = vec!["--model".into(), args.model.clone(), "--host".into(), "127.0.0.1".into(), "--port".into(), port];
+                argv.extend(["--n-gpu-layers".into(), if args.device == "cpu" { "0".into() } else { "999".into() }]);
+                ("llama-server".into(), argv)
+            }
+            Engine::Vllm => {
+                let argv = vec!["serve".into(), args.model.clone(), "--host".into(), "127.0.0.1".into(), "--port".into(), port];
+                ("vllm".into(), argv)
+            }
+            Engine::ComfyUi => {
+                let dir = std::env::var("COMFYUI_DIR").unwrap_or_else(|_| "ComfyUI".into());
+                let mut argv = vec![format!("{dir}/main.py"), "--listen".into(), "127.0.0.1".into(), "--port".into(), port];
+                if args.device == "cpu" {
+                    argv.push("--cpu".into());
+                }
+                ("python3".into(), argv)
+            }
+        }
+    }
+
+    /// What must be installed, in words.
+    pub fn requirement(self) -> &'static str {
+        match self {
+            Engine::LlamaCpp => "llama.cpp's `llama-server` on PATH (https://github.com/ggml-org/llama.cpp)",
+            Engine::Vllm => "vLLM's `vllm` command on PATH (`pip install vllm`)",
+            Engine::ComfyUi => "ComfyUI checked out at $COMFYUI_DIR (default ./ComfyUI) with `python3` on PATH",
+        }
+    }
+
+    /// `Err` naming what is missing when the engine is not installed.
+    pub fn check_installed(self, args: &WorkerArgs) -> Result<(), String> {
+        let (program, argv) = self.command(args);
+        if find_in_path(&program).is_none() {
+            return Err(format!("`{program}` not found: this worker needs {}", self.requirement()));
+        }
+        if self == Engine::ComfyUi && !std::path::Path::new(&argv[0]).is_file() {
+            return Err(format!("{} not found: this worker needs {}", argv[0], self.requirement()));
+        }
+        Ok(())
+    }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+}
+
+/// The whole launcher: parse, check, run the engine and pass on its exit status.
+pub fn launch(engine: Engine) -> ExitCode {
+    let args = WorkerArgs::parse();
+    if let Err(msg) = engine.check_installed(&args) {
+        eprintln!("error: {msg}");
+        return ExitCode::from(127);
+    }
+    let (program, argv) = engine.command(&args);
+    match std::process::Command::new(&program).args(&argv).status() {
+        Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: cannot start {program}: {e}");
+            ExitCode::from(127)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(device: &str) -> WorkerArgs {
+        WorkerArgs { worker_id: "w1".into(), model: "/m/model.gguf".into(), device: device.into(), port: 9001, hive_url: None }
+    }
+
+    #[test]
+    fn llama_cpp_arguments() {
+        let (p, a) = Engine::LlamaCpp.command(&args("cuda:0"));
+        assert_eq!(p, "llama-server");
+        assert_eq!(a.join(" "), "--model /m/model.gguf --host 127.0.0.1 --port 9001 --n-gpu-layers 999");
+    }
+
+    #[test]
+    fn vllm_arguments() {
+        let (p, a) = Engine::Vllm.command(&args("cuda:0"));
+        assert_eq!((p.as_str(), a.join(" ")), ("vllm", "serve /m/model.gguf --host 127.0.0.1 --port 9001".into()));
+    }
+
+    #[test]
+    fn missing_engine_is_named() {
+        let err = Engine::Vllm.check_installed(&args("cpu"));
+        if find_in_path("vllm").is_none() {
+            assert!(err.unwrap_err().contains("`vllm` not found"));
+        }
+    }
+}
