@@ -13,8 +13,13 @@ use crate::{Cli, Command, ConfigCommand, SyncArgs};
 pub(crate) async fn run(cli: Cli) -> Exit {
     match &cli.command {
         Command::Validate => validate(&cli),
-        Command::Config { what: ConfigCommand::Schema } => {
-            println!("{}", serde_json::to_string_pretty(&config::json_schema()).unwrap_or_default());
+        Command::Config {
+            what: ConfigCommand::Schema,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::json_schema()).unwrap_or_default()
+            );
             Exit::Ok
         }
         Command::Sync(args) => sync(&cli, args).await,
@@ -22,7 +27,8 @@ pub(crate) async fn run(cli: Cli) -> Exit {
 }
 
 fn load(cli: &Cli) -> Result<Config, Exit> {
-    config::load(&config::ConfigFiles::locate(cli.config.as_deref())).map_err(|e| report_config_error(cli.json, &e))
+    config::load(&config::ConfigFiles::locate(cli.config.as_deref()))
+        .map_err(|e| report_config_error(cli.json, &e))
 }
 
 fn report_config_error(json: bool, e: &ConfigError) -> Exit {
@@ -36,7 +42,10 @@ fn report_config_error(json: bool, e: &ConfigError) -> Exit {
                 eprintln!("{d}");
             }
             let n = diags.len();
-            eprintln!("error: the config has {n} problem{}", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "error: the config has {n} problem{}",
+                if n == 1 { "" } else { "s" }
+            );
             Exit::Error
         }
         other => error(json, &other.to_string()),
@@ -52,7 +61,12 @@ fn validate(cli: &Cli) -> Exit {
     if cli.json {
         println!("{}", serde_json::json!({ "ok": true, "hives": aliases }));
     } else {
-        println!("config is valid: {} hive{} ({})", aliases.len(), if aliases.len() == 1 { "" } else { "s" }, aliases.join(", "));
+        println!(
+            "config is valid: {} hive{} ({})",
+            aliases.len(),
+            if aliases.len() == 1 { "" } else { "s" },
+            aliases.join(", ")
+        );
     }
     Exit::Ok
 }
@@ -65,7 +79,10 @@ fn selection(config: &Config, hives: &[String]) -> Result<Option<BTreeSet<String
     for alias in hives {
         if config.hive(alias).is_none() {
             let known: Vec<&str> = config.hives.iter().map(|h| h.alias.as_str()).collect();
-            return Err(format!("no hive {alias:?} in hives.conf (declared: {})", known.join(", ")));
+            return Err(format!(
+                "no hive {alias:?} in hives.conf (declared: {})",
+                known.join(", ")
+            ));
         }
     }
     Ok(Some(hives.iter().cloned().collect()))
@@ -80,18 +97,35 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Exit {
         Ok(only) => only,
         Err(msg) => return error(cli.json, &msg),
     };
-    let desired = match ArtifactSource::from_config(&config).and_then(|src| resolve(&config, &src)) {
+    let desired = match ArtifactSource::from_config(&config).and_then(|src| resolve(&config, &src))
+    {
         Ok(d) => d,
         Err(e) => return error(cli.json, &e.to_string()),
     };
-    let actual = observe_fleet(&config, &LocalConnector, only.as_ref(), config.package.ssh_timeout).await;
-    let options = PlanOptions { force: args.force, remove_extra: args.remove_extra, only };
+    let actual = observe_fleet(
+        &config,
+        &LocalConnector,
+        only.as_ref(),
+        config.package.ssh_timeout,
+    )
+    .await;
+    let options = PlanOptions {
+        force: args.force,
+        remove_extra: args.remove_extra,
+        only,
+    };
     let plan = plan(&desired, &actual, &options);
     if !args.dry_run {
-        return error(cli.json, "applying a plan is not built yet; run `rbee sync --dry-run` to see the plan");
+        return error(
+            cli.json,
+            "applying a plan is not built yet; run `rbee sync --dry-run` to see the plan",
+        );
     }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&plan.to_json()).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan.to_json()).unwrap_or_default()
+        );
     } else {
         print!("{plan}");
     }

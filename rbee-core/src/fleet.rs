@@ -24,10 +24,12 @@ pub struct LocalConnector;
 impl Connector for LocalConnector {
     fn connect(&self, hive: &HiveConfig) -> Result<Arc<dyn Transport>, TransportError> {
         match hive.transport {
-            TransportKind::Local => {
-                Ok(Arc::new(LocalTransport::new(hive.local_home.clone().unwrap_or_else(home_dir))))
-            }
-            TransportKind::Ssh => Err(TransportError::Unsupported("SSH transport not built yet".to_owned())),
+            TransportKind::Local => Ok(Arc::new(LocalTransport::new(
+                hive.local_home.clone().unwrap_or_else(home_dir),
+            ))),
+            TransportKind::Ssh => Err(TransportError::Unsupported(
+                "SSH transport not built yet".to_owned(),
+            )),
         }
     }
 }
@@ -40,11 +42,16 @@ pub async fn observe_fleet(
     only: Option<&BTreeSet<String>>,
     deadline: Duration,
 ) -> Actual {
-    let selected = config.hives.iter().filter(|h| only.is_none_or(|o| o.contains(&h.alias)));
+    let selected = config
+        .hives
+        .iter()
+        .filter(|h| only.is_none_or(|o| o.contains(&h.alias)));
     let tasks = selected.map(|hive| async move {
         let state = match connector.connect(hive) {
             Ok(t) => observe(t.as_ref(), hive.hive_port, deadline).await,
-            Err(e) => HiveState::Unreachable { reason: e.to_string() },
+            Err(e) => HiveState::Unreachable {
+                reason: e.to_string(),
+            },
         };
         (hive.alias.clone(), state)
     });
@@ -53,7 +60,9 @@ pub async fn observe_fleet(
 }
 
 /// Runs futures concurrently and returns their outputs in input order.
-pub(crate) async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut set = Vec::new();
     for f in futures {
         set.push(Box::pin(f));
@@ -69,8 +78,15 @@ pub(crate) async fn join_all<F: std::future::Future>(futures: impl IntoIterator<
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
-    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

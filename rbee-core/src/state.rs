@@ -1,6 +1,7 @@
 //! Desired and actual state: the two inputs of the planner. Plain data, no I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +51,10 @@ pub struct DesiredHive {
     pub hive_port: u16,
     /// Start it after installing.
     pub auto_start: bool,
-    /// The hive binary.
-    pub hive: Artifact,
+    /// The hive binary (shared: every hive of a fleet usually wants the same one).
+    pub hive: Arc<Artifact>,
     /// Worker binaries by worker type.
-    pub workers: BTreeMap<String, Artifact>,
+    pub workers: BTreeMap<String, Arc<Artifact>>,
 }
 
 /// What the hosts have, as observed.

@@ -39,18 +39,23 @@ enum Cmd {
 async fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Some(Cmd::Probe { port, timeout_ms }) => match rbee_hive::probe(port, Duration::from_millis(timeout_ms)).await {
-            Ok(body) => {
-                println!("{body}");
-                ExitCode::SUCCESS
+        Some(Cmd::Probe { port, timeout_ms }) => {
+            match rbee_hive::probe(port, Duration::from_millis(timeout_ms)).await {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         None => {
-            let config = rbee_hive::HiveConfig { addr: SocketAddr::new(args.bind, args.port), pid_file: args.pid_file };
+            let config = rbee_hive::HiveConfig {
+                addr: SocketAddr::new(args.bind, args.port),
+                pid_file: args.pid_file,
+            };
             match rbee_hive::serve(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -18,6 +18,7 @@
 mod render;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +98,7 @@ pub enum ActionKind {
         #[serde(flatten)]
         change: Change,
         /// What goes there.
-        artifact: Artifact,
+        artifact: Arc<Artifact>,
     },
     /// Remove a worker binary that is not declared.
     RemoveWorker {
@@ -232,7 +233,10 @@ impl Plan {
             }
             for action in &hive.actions {
                 match &action.kind {
-                    ActionKind::InstallBinary { change: Change::Install, .. } => s.install += 1,
+                    ActionKind::InstallBinary {
+                        change: Change::Install,
+                        ..
+                    } => s.install += 1,
                     ActionKind::InstallBinary { .. } => s.upgrade += 1,
                     ActionKind::RemoveWorker { .. } | ActionKind::Uninstall { .. } => s.remove += 1,
                     ActionKind::StartHive { .. } => s.start += 1,
@@ -257,7 +261,10 @@ pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
         .hives
         .values()
         .map(|want| {
-            let selected = options.only.as_ref().is_none_or(|only| only.contains(&want.alias));
+            let selected = options
+                .only
+                .as_ref()
+                .is_none_or(|only| only.contains(&want.alias));
             let mut hp = HivePlan {
                 alias: want.alias.clone(),
                 hostname: want.hostname.clone(),
@@ -272,10 +279,14 @@ pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
             }
             match actual.hives.get(&want.alias) {
                 None => {
-                    hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() };
+                    hp.status = HiveStatus::Unreachable {
+                        reason: "not observed".to_owned(),
+                    };
                 }
                 Some(HiveState::Unreachable { reason }) => {
-                    hp.status = HiveStatus::Unreachable { reason: reason.clone() };
+                    hp.status = HiveStatus::Unreachable {
+                        reason: reason.clone(),
+                    };
                 }
                 Some(HiveState::Reachable(have)) => {
                     plan_hive(want, have, options, &mut hp);
@@ -302,7 +313,7 @@ fn binary_change(want: &Artifact, have: Option<&Installed>, force: bool) -> Opti
 fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mut HivePlan) {
     let alias = &want.alias;
     let id = |step: &str| format!("{alias}/{step}");
-    let mut binaries = Vec::new();
+    let mut binaries = Vec::with_capacity(want.workers.len() + 1);
     let mut hive_binary_changes = false;
 
     if let Some(change) = binary_change(&want.hive, have.hive_binary.as_ref(), options.force) {
@@ -320,7 +331,7 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
     for (kind, artifact) in &want.workers {
         if let Some(change) = binary_change(artifact, have.workers.get(kind), options.force) {
             binaries.push(Action {
-                id: id(&format!("worker/{kind}")),
+                id: format!("{alias}/worker/{kind}"),
                 kind: ActionKind::InstallBinary {
                     binary: Binary::Worker(kind.clone()),
                     change,
@@ -336,8 +347,11 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         }
         if options.remove_extra {
             binaries.push(Action {
-                id: id(&format!("remove-worker/{kind}")),
-                kind: ActionKind::RemoveWorker { worker: kind.clone(), installed: installed.clone() },
+                id: format!("{alias}/remove-worker/{kind}"),
+                kind: ActionKind::RemoveWorker {
+                    worker: kind.clone(),
+                    installed: installed.clone(),
+                },
                 depends_on: Vec::new(),
             });
         } else {
@@ -348,14 +362,23 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
     }
 
     let binary_ids: Vec<String> = binaries.iter().map(|a| a.id.clone()).collect();
-    hp.actions.extend(binaries);
+    hp.actions = binaries;
+    hp.actions.reserve_exact(2);
 
     let port = want.hive_port;
     let restart_reason = if !have.running {
         None
     } else if hive_binary_changes {
-        Some(if options.force { RestartReason::Forced } else { RestartReason::BinaryUpgraded })
-    } else if have.running_sha256.as_deref().is_some_and(|sha| sha != want.hive.sha256) {
+        Some(if options.force {
+            RestartReason::Forced
+        } else {
+            RestartReason::BinaryUpgraded
+        })
+    } else if have
+        .running_sha256
+        .as_deref()
+        .is_some_and(|sha| sha != want.hive.sha256)
+    {
         Some(RestartReason::StaleBinary)
     } else if !have.healthy {
         Some(RestartReason::Unhealthy)
@@ -370,21 +393,35 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         _ => None,
     };
     if let Some(kind) = process {
-        let step = if matches!(kind, ActionKind::StartHive { .. }) { "start" } else { "restart" };
-        hp.actions.push(Action { id: id(step), kind, depends_on: binary_ids });
+        let step = if matches!(kind, ActionKind::StartHive { .. }) {
+            "start"
+        } else {
+            "restart"
+        };
+        hp.actions.push(Action {
+            id: id(step),
+            kind,
+            depends_on: binary_ids,
+        });
         hp.actions.push(Action {
             id: id("wait-healthy"),
             kind: ActionKind::WaitHealthy { port },
             depends_on: vec![id(step)],
         });
     } else if have.running && !want.auto_start {
-        hp.notes.push("auto_start = false: the running hive is left running".to_owned());
+        hp.notes
+            .push("auto_start = false: the running hive is left running".to_owned());
     }
 }
 
 /// Plans an uninstall of the selected hives: stop each hive, then remove what rbee installed
 /// (and with `purge`, rbee's state). Hosts with nothing installed are in sync.
-pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, purge: bool) -> Plan {
+pub fn plan_uninstall(
+    desired: &Desired,
+    actual: &Actual,
+    only: Option<&BTreeSet<String>>,
+    purge: bool,
+) -> Plan {
     let hives = desired
         .hives
         .values()
@@ -402,15 +439,25 @@ pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet
                 return hp;
             }
             match actual.hives.get(&want.alias) {
-                None => hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() },
+                None => {
+                    hp.status = HiveStatus::Unreachable {
+                        reason: "not observed".to_owned(),
+                    }
+                }
                 Some(HiveState::Unreachable { reason }) => {
-                    hp.status = HiveStatus::Unreachable { reason: reason.clone() }
+                    hp.status = HiveStatus::Unreachable {
+                        reason: reason.clone(),
+                    }
                 }
                 Some(HiveState::Reachable(have)) => {
                     let id = |step: &str| format!("{}/{step}", want.alias);
                     let mut deps = Vec::new();
                     if have.running {
-                        hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
+                        hp.actions.push(Action {
+                            id: id("stop"),
+                            kind: ActionKind::StopHive,
+                            depends_on: Vec::new(),
+                        });
                         deps.push(id("stop"));
                     }
                     let installed = have.hive_binary.is_some() || !have.workers.is_empty();

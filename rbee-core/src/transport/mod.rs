@@ -33,7 +33,11 @@ impl RemoteCommand {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { argv: argv.into_iter().map(Into::into).collect(), stdin: None, deadline }
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            stdin: None,
+            deadline,
+        }
     }
 
     /// `sh -c SCRIPT sh ARGS...`: a fixed script whose inputs arrive as positional
@@ -43,9 +47,18 @@ impl RemoteCommand {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "sh".to_owned()];
+        let mut argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script.to_owned(),
+            "sh".to_owned(),
+        ];
         argv.extend(args.into_iter().map(Into::into));
-        Self { argv, stdin: None, deadline }
+        Self {
+            argv,
+            stdin: None,
+            deadline,
+        }
     }
 }
 
@@ -63,7 +76,11 @@ pub struct CommandOutput {
 impl CommandOutput {
     /// A successful output with this stdout.
     pub fn ok(stdout: impl Into<Vec<u8>>) -> Self {
-        Self { status: 0, stdout: stdout.into(), stderr: Vec::new() }
+        Self {
+            status: 0,
+            stdout: stdout.into(),
+            stderr: Vec::new(),
+        }
     }
     /// True on exit status 0.
     pub fn success(&self) -> bool {
@@ -168,5 +185,10 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), TransportError>;
 
     /// Reads a file of at most `max` bytes; `None` if it does not exist.
-    async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError>;
+    async fn read_file(
+        &self,
+        path: &str,
+        max: u64,
+        deadline: Duration,
+    ) -> Result<Option<Vec<u8>>, TransportError>;
 }

@@ -1,0 +1,154 @@
+//! Invariants of the planner, over generated fleets.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use rbee_core::plan::{PlanOptions, plan};
+use rbee_core::state::{Actual, Desired, DesiredHive, HiveState, Observed};
+
+use crate::support::{apply, artifact, converged, hive, installed};
+
+const KINDS: [&str; 3] = ["llama-cpp", "vllm", "comfyui"];
+const VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "1.0.0"];
+
+fn arb_hive(alias: String) -> impl Strategy<Value = DesiredHive> {
+    (
+        0..3usize,
+        proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3),
+        any::<bool>(),
+    )
+        .prop_map(move |(hv, workers, auto_start)| {
+            let ws: Vec<(&str, &str)> = workers
+                .iter()
+                .map(|(k, v)| (KINDS[*k], VERSIONS[*v]))
+                .collect();
+            let mut h = hive(&alias, VERSIONS[hv], &ws);
+            h.auto_start = auto_start;
+            h
+        })
+}
+
+/// Some observed state for a hive: anything from nothing to a different fleet.
+fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState)> {
+    (
+        0..6usize,
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3),
+        0..3usize,
+    )
+        .prop_map(move |(shape, running, healthy, workers, hv)| {
+            let state = match shape {
+                0 => HiveState::Unreachable {
+                    reason: "down".into(),
+                },
+                1 => HiveState::Reachable(Observed::default()),
+                2 => HiveState::Reachable(converged(&want)),
+                _ => {
+                    let bin = artifact("rbee-hive", VERSIONS[hv]);
+                    HiveState::Reachable(Observed {
+                        hive_binary: Some(installed(&bin)),
+                        workers: workers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    KINDS[*k].to_string(),
+                                    installed(&artifact(
+                                        &format!("rbee-worker-{}", KINDS[*k]),
+                                        VERSIONS[*v],
+                                    )),
+                                )
+                            })
+                            .collect(),
+                        running,
+                        pid: running.then_some(7),
+                        healthy: running && healthy,
+                        running_sha256: running.then(|| bin.sha256.clone()),
+                        running_version: None,
+                    })
+                }
+            };
+            (want.clone(), state)
+        })
+}
+
+fn arb_fleet() -> impl Strategy<Value = (Desired, Actual)> {
+    proptest::collection::btree_set("[a-z]{1,6}", 1..6)
+        .prop_flat_map(|aliases| {
+            aliases
+                .into_iter()
+                .map(|a| arb_hive(a).prop_flat_map(arb_state))
+                .collect::<Vec<_>>()
+        })
+        .prop_map(|pairs| {
+            let mut d = Desired::default();
+            let mut a = Actual::default();
+            for (h, s) in pairs {
+                a.hives.insert(h.alias.clone(), s);
+                d.hives.insert(h.alias.clone(), h);
+            }
+            (d, a)
+        })
+}
+
+fn arb_options(aliases: Vec<String>) -> impl Strategy<Value = PlanOptions> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of(proptest::sample::subsequence(
+            aliases.clone(),
+            0..=aliases.len(),
+        )),
+    )
+        .prop_map(|(force, remove_extra, only)| PlanOptions {
+            force,
+            remove_extra,
+            only: only.map(|o| o.into_iter().collect::<BTreeSet<_>>()),
+        })
+}
+
+proptest! {
+    #[test]
+    fn plan_graph_is_acyclic_and_ordered((d, a) in arb_fleet(), force in any::<bool>(), remove_extra in any::<bool>()) {
+        let p = plan(&d, &a, &PlanOptions { force, remove_extra, only: None });
+        for hp in &p.hives {
+            // Listed in a topological order: every dependency appears earlier.
+            let mut seen = BTreeSet::new();
+            for action in &hp.actions {
+                for dep in &action.depends_on {
+                    prop_assert!(seen.contains(dep), "{} depends on {} which is not before it", action.id, dep);
+                }
+                prop_assert!(seen.insert(action.id.clone()), "duplicate id {}", action.id);
+            }
+        }
+    }
+
+    #[test]
+    fn reordered_input_gives_the_identical_plan((d, a) in arb_fleet(), seed in any::<u64>()) {
+        // Rebuild both maps inserting in a shuffled order.
+        let mut keys: Vec<String> = d.hives.keys().cloned().collect();
+        let n = keys.len();
+        for i in 0..n { keys.swap(i, (seed as usize).wrapping_add(i * 7) % n); }
+        let mut d2 = Desired::default();
+        let mut a2 = Actual::default();
+        for k in keys.iter().rev() {
+            let mut h = d.hives[k].clone();
+            h.workers = h.workers.into_iter().rev().collect();
+            d2.hives.insert(k.clone(), h);
+            a2.hives.insert(k.clone(), a.hives[k].clone());
+        }
+        let options = PlanOptions::default();
+        let p1 = plan(&d, &a, &options);
+        let p2 = plan(&d2, &a2, &options);
+        prop_assert_eq!(p1.to_string(), p2.to_string());
+        prop_assert_eq!(serde_json::to_string(&p1).unwrap(), serde_json::to_string(&p2).unwrap());
+    }
+
+    #[test]
+    fn applying_a_plan_converges(((d, a), options) in arb_fleet().prop_flat_map(|(d, a)| { let o = arb_options(d.hives.keys().cloned().collect()); (Just((d, a)), o) })) {
+        let first = plan(&d, &a, &options);
+        let after = apply(&first, &a);
+        let again = plan(&d, &after, &PlanOptions { force: false, ..options.clone() });
+        prop_assert!(again.is_empty(), "after applying\n{first}\nthe plan is still\n{again}");
+    }
+}
