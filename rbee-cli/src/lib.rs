@@ -6,6 +6,7 @@
 
 mod commands;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,33 @@ pub struct Cli {
 pub enum Command {
     /// Make every declared host match the config.
     Sync(SyncArgs),
+    /// Show drift between the config and the hosts (exit 0 in sync, 2 drift, 1 error).
+    Status {
+        /// Also list every installed file with its digest.
+        #[arg(long)]
+        verbose: bool,
+        /// Only this hive (repeatable).
+        #[arg(long = "hive", value_name = "ALIAS")]
+        hives: Vec<String>,
+    },
+    /// Install what the config declares (never removes anything).
+    Install {
+        /// Only this hive (repeatable).
+        #[arg(long = "hive", value_name = "ALIAS")]
+        hives: Vec<String>,
+        /// Reinstall even what is in sync.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop hives and remove what rbee installed.
+    Uninstall {
+        /// Only this hive (repeatable).
+        #[arg(long = "hive", value_name = "ALIAS")]
+        hives: Vec<String>,
+        /// Also remove rbee's state and data on the host (logs, manifest, models).
+        #[arg(long)]
+        purge: bool,
+    },
     /// Check the config files; lists every problem with file:line:column.
     Validate,
     /// Config helpers.
@@ -67,6 +95,9 @@ pub struct SyncArgs {
     /// Remove workers that are installed but not declared.
     #[arg(long)]
     pub remove_extra: bool,
+    /// Only the hives that failed or were unreachable in the last sync.
+    #[arg(long)]
+    pub retry_failed: bool,
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.

@@ -16,10 +16,12 @@
 
 pub mod artifact;
 pub mod config;
+pub mod execute;
 pub mod fleet;
 pub mod layout;
 pub mod observe;
 pub mod operation;
+pub mod package;
 pub mod plan;
 pub mod state;
 pub mod transport;

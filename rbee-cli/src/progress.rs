@@ -1,0 +1,166 @@
+//! Rendering executor events: a live display with one line per hive on a terminal, plain
+//! lines otherwise, JSON lines with `--json`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rbee_core::execute::{HiveOutcome, SyncEvent};
+
+/// How events are shown.
+pub(crate) enum Renderer {
+    Json,
+    Plain {
+        steps: Mutex<BTreeMap<(String, String), String>>,
+    },
+    Live {
+        multi: MultiProgress,
+        bars: Mutex<BTreeMap<String, ProgressBar>>,
+        steps: Mutex<BTreeMap<(String, String), String>>,
+    },
+}
+
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl Renderer {
+    pub(crate) fn new(json: bool) -> Self {
+        if json {
+            Renderer::Json
+        } else if std::io::stderr().is_terminal() {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            Renderer::Live {
+                multi,
+                bars: Mutex::new(BTreeMap::new()),
+                steps: Mutex::new(BTreeMap::new()),
+            }
+        } else {
+            Renderer::Plain {
+                steps: Mutex::new(BTreeMap::new()),
+            }
+        }
+    }
+
+    pub(crate) fn event(&self, e: SyncEvent) {
+        match self {
+            Renderer::Json => println!("{}", serde_json::to_string(&e).unwrap_or_default()),
+            Renderer::Plain { steps } => plain(steps, &e),
+            Renderer::Live { multi, bars, steps } => live(multi, bars, steps, &e),
+        }
+    }
+}
+
+fn outcome_text(o: &HiveOutcome) -> String {
+    match o {
+        HiveOutcome::Ok { changed: true } => "done".into(),
+        HiveOutcome::Ok { changed: false } => "in sync, nothing to do".into(),
+        HiveOutcome::Failed { step, reason } => format!("FAILED at {step}: {reason}"),
+        HiveOutcome::Unreachable { reason } => format!("UNREACHABLE: {reason}"),
+        HiveOutcome::Skipped => "skipped".into(),
+    }
+}
+
+fn plain(steps: &Mutex<BTreeMap<(String, String), String>>, e: &SyncEvent) {
+    match e {
+        SyncEvent::HiveStarted { .. } | SyncEvent::Progress { .. } => {}
+        SyncEvent::StepStarted {
+            alias,
+            step,
+            description,
+            ..
+        } => {
+            steps
+                .lock()
+                .expect("steps")
+                .insert((alias.clone(), step.clone()), description.clone());
+            eprintln!("[{alias}] {description} ...");
+        }
+        SyncEvent::StepFinished {
+            alias,
+            step,
+            elapsed_ms,
+            ..
+        } => {
+            let d = steps
+                .lock()
+                .expect("steps")
+                .get(&(alias.clone(), step.clone()))
+                .cloned()
+                .unwrap_or_default();
+            eprintln!("[{alias}] {d}: ok ({elapsed_ms} ms)");
+        }
+        SyncEvent::StepFailed {
+            alias,
+            error,
+            will_retry,
+            ..
+        } => {
+            eprintln!(
+                "[{alias}] {error}{}",
+                if *will_retry { " (retrying)" } else { "" }
+            );
+        }
+        SyncEvent::HiveDone { alias, outcome, .. } => {
+            eprintln!("[{alias}] {}", outcome_text(outcome))
+        }
+    }
+}
+
+fn live(
+    multi: &MultiProgress,
+    bars: &Mutex<BTreeMap<String, ProgressBar>>,
+    steps: &Mutex<BTreeMap<(String, String), String>>,
+    e: &SyncEvent,
+) {
+    let mut bars = bars.lock().expect("bars");
+    let alias = e.alias().to_owned();
+    let bar = bars.entry(alias.clone()).or_insert_with(|| {
+        let bar = multi.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}").expect("template"),
+        );
+        bar.set_prefix(alias.clone());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    match e {
+        SyncEvent::HiveStarted { .. } => bar.set_message("starting"),
+        SyncEvent::StepStarted {
+            step, description, ..
+        } => {
+            steps
+                .lock()
+                .expect("steps")
+                .insert((alias.clone(), step.clone()), description.clone());
+            bar.set_message(description.clone());
+        }
+        SyncEvent::Progress {
+            step, bytes, total, ..
+        } => {
+            let d = steps
+                .lock()
+                .expect("steps")
+                .get(&(alias.clone(), step.clone()))
+                .cloned()
+                .unwrap_or_default();
+            bar.set_message(format!("{d} [{} / {}]", mib(*bytes), mib(*total)));
+        }
+        SyncEvent::StepFinished { .. } => {}
+        SyncEvent::StepFailed {
+            error,
+            will_retry: true,
+            ..
+        } => bar.set_message(format!("retrying after: {error}")),
+        SyncEvent::StepFailed { .. } => {}
+        SyncEvent::HiveDone { outcome, .. } => {
+            let mark = if outcome.is_failure() { "✗" } else { "✓" };
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:.bold} {wide_msg}").expect("template"),
+            );
+            bar.finish_with_message(format!("{mark} {}", outcome_text(outcome)));
+        }
+    }
+}

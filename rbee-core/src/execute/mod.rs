@@ -1,0 +1,525 @@
+//! The executor: turns a [`Plan`] into reality.
+//!
+//! ```text
+//!            ┌──────── up to max_concurrent_installs hives at once ────────┐
+//! Plan ──▶   hive: lock ─▶ observe again ─▶ re-plan ─▶ waves of the DAG ─▶ unlock ──▶ SyncReport
+//!            │            (another sync may have   [bin][bin][bin] (parallel)
+//!            │             changed the host)        start / restart
+//!            │                                      wait healthy
+//!            └── every step: deadline, retries with backoff for transient failures only
+//!                events ──▶ on_event callback (CLI renders, queen streams, tests collect)
+//! ```
+//!
+//! One hive failing never stops the others. Re-planning under the lock is what makes two
+//! concurrent syncs safe: the second one finds the host already converged.
+
+mod events;
+mod steps;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, Semaphore};
+
+pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncReport};
+pub use steps::{InstallFault, StepError};
+
+use crate::artifact::{ArtifactError, ArtifactSource};
+use crate::config::PackageSettings;
+use crate::fleet::join_all;
+use crate::layout::Layout;
+use crate::observe::{Manifest, observe};
+use crate::plan::{Action, ActionKind, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
+use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState};
+use crate::transport::Transport;
+use events::now_ms;
+
+/// Limits and knobs of an execution.
+#[derive(Debug, Clone)]
+pub struct ExecuteOptions {
+    /// Hives worked on at once.
+    pub concurrency: usize,
+    /// Deadline of each remote step (and of connecting).
+    pub step_timeout: Duration,
+    /// How long a started hive has to answer `/health`.
+    pub health_timeout: Duration,
+    /// Extra attempts for a step that failed transiently.
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub backoff: Duration,
+    /// How long to wait for another sync's lock on a host.
+    pub lock_wait: Duration,
+    /// A lock older than this is taken over (its holder died).
+    pub lock_stale_after: Duration,
+    /// Grace between SIGTERM and SIGKILL when stopping a hive.
+    pub stop_grace: Duration,
+    /// Test hooks by alias: break that hive's installs on purpose.
+    pub faults: BTreeMap<String, InstallFault>,
+}
+
+impl ExecuteOptions {
+    /// Options from `[package]` in rbee.conf.
+    pub fn from_settings(p: &PackageSettings) -> Self {
+        Self {
+            concurrency: p.max_concurrent_installs.max(1),
+            step_timeout: p.ssh_timeout,
+            health_timeout: p.health_check_timeout,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ExecuteOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 10,
+            step_timeout: Duration::from_secs(30),
+            health_timeout: Duration::from_secs(60),
+            retries: 2,
+            backoff: Duration::from_millis(500),
+            lock_wait: Duration::from_secs(120),
+            lock_stale_after: Duration::from_secs(3600),
+            stop_grace: Duration::from_secs(10),
+            faults: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the execution is for; the hive is re-planned with it under its lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Make the hive match the config.
+    Sync(PlanOptions),
+    /// Remove what rbee installed.
+    Uninstall {
+        /// Also remove state.
+        purge: bool,
+    },
+}
+
+impl Intent {
+    fn replan(&self, desired: &Desired, actual: &Actual) -> Plan {
+        match self {
+            Intent::Sync(options) => plan(
+                desired,
+                actual,
+                &PlanOptions {
+                    only: None,
+                    ..options.clone()
+                },
+            ),
+            Intent::Uninstall { purge } => plan_uninstall(desired, actual, None, *purge),
+        }
+    }
+}
+
+/// Event sink.
+pub type OnEvent<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
+
+/// Artifact bytes, read once per digest and shared by every hive that installs them.
+struct ArtifactCache<'a> {
+    source: &'a ArtifactSource,
+    bytes: Mutex<BTreeMap<String, Arc<Vec<u8>>>>,
+}
+
+impl ArtifactCache<'_> {
+    async fn get(&self, artifact: &Artifact) -> Result<Arc<Vec<u8>>, ArtifactError> {
+        let mut map = self.bytes.lock().await;
+        if let Some(hit) = map.get(&artifact.sha256) {
+            return Ok(hit.clone());
+        }
+        let bytes = Arc::new(self.source.fetch(artifact)?);
+        map.insert(artifact.sha256.clone(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// Executes `plan`. `transports` holds a transport for each reachable hive.
+pub async fn execute(
+    desired: &Desired,
+    plan: &Plan,
+    intent: &Intent,
+    transports: &BTreeMap<String, Arc<dyn Transport>>,
+    source: &ArtifactSource,
+    options: &ExecuteOptions,
+    on_event: OnEvent<'_>,
+) -> SyncReport {
+    let cache = ArtifactCache {
+        source,
+        bytes: Mutex::new(BTreeMap::new()),
+    };
+    let permits = Semaphore::new(options.concurrency.max(1));
+    let owner = format!("rbee pid {} at {}", std::process::id(), now_ms());
+    let tasks = plan.hives.iter().map(|hp| {
+        let (cache, permits, owner) = (&cache, &permits, &owner);
+        async move {
+            let early = match &hp.status {
+                HiveStatus::Skipped => Some(HiveOutcome::Skipped),
+                HiveStatus::Unreachable { reason } => Some(HiveOutcome::Unreachable {
+                    reason: reason.clone(),
+                }),
+                HiveStatus::InSync => Some(HiveOutcome::Ok { changed: false }),
+                HiveStatus::Changes => None,
+            };
+            if let Some(outcome) = early {
+                return done(on_event, &hp.alias, outcome, Vec::new(), 0);
+            }
+            let (Some(want), Some(transport)) =
+                (desired.hives.get(&hp.alias), transports.get(&hp.alias))
+            else {
+                let reason = "no transport to this host".to_owned();
+                return done(
+                    on_event,
+                    &hp.alias,
+                    HiveOutcome::Unreachable { reason },
+                    Vec::new(),
+                    0,
+                );
+            };
+            let _permit = permits.acquire().await.expect("semaphore never closed");
+            let run = HiveRun {
+                want,
+                t: transport.as_ref(),
+                options,
+                on_event,
+                cache,
+                bytes: AtomicU64::new(0),
+                steps_done: std::sync::Mutex::new(Vec::new()),
+            };
+            let outcome = run.run(intent, owner).await;
+            let steps = run.steps_done.lock().expect("steps lock").clone();
+            done(
+                on_event,
+                &hp.alias,
+                outcome,
+                steps,
+                run.bytes.load(Ordering::Relaxed),
+            )
+        }
+    });
+    SyncReport {
+        hives: join_all(tasks).await,
+    }
+}
+
+fn done(
+    on_event: OnEvent<'_>,
+    alias: &str,
+    outcome: HiveOutcome,
+    steps_done: Vec<String>,
+    bytes: u64,
+) -> HiveReport {
+    on_event(SyncEvent::HiveDone {
+        alias: alias.to_owned(),
+        outcome: outcome.clone(),
+        at_ms: now_ms(),
+    });
+    HiveReport {
+        alias: alias.to_owned(),
+        outcome,
+        steps_done,
+        bytes_transferred: bytes,
+    }
+}
+
+struct HiveRun<'a> {
+    want: &'a DesiredHive,
+    t: &'a dyn Transport,
+    options: &'a ExecuteOptions,
+    on_event: OnEvent<'a>,
+    cache: &'a ArtifactCache<'a>,
+    bytes: AtomicU64,
+    steps_done: std::sync::Mutex<Vec<String>>,
+}
+
+impl HiveRun<'_> {
+    fn alias(&self) -> &str {
+        &self.want.alias
+    }
+
+    async fn run(&self, intent: &Intent, owner: &str) -> HiveOutcome {
+        (self.on_event)(SyncEvent::HiveStarted {
+            alias: self.alias().to_owned(),
+            at_ms: now_ms(),
+        });
+        let o = self.options;
+        let lock_id = format!("{}/lock", self.alias());
+        if let Err(e) = self
+            .step(&lock_id, "take the sync lock", || {
+                steps::lock(
+                    self.t,
+                    owner,
+                    o.lock_wait,
+                    o.lock_stale_after,
+                    o.step_timeout,
+                )
+            })
+            .await
+        {
+            return if e.is_transient() {
+                HiveOutcome::Unreachable {
+                    reason: e.to_string(),
+                }
+            } else {
+                HiveOutcome::Failed {
+                    step: lock_id,
+                    reason: e.to_string(),
+                }
+            };
+        }
+        let outcome = self.locked(intent).await;
+        // Best effort: a lock left behind is taken over once stale, and the next sync says so.
+        let _ = steps::unlock(self.t, owner, o.step_timeout).await;
+        if matches!(intent, Intent::Uninstall { purge: true }) {
+            let _ = steps::remove_empty_state_dir(self.t, o.step_timeout).await;
+        }
+        outcome
+    }
+
+    async fn locked(&self, intent: &Intent) -> HiveOutcome {
+        let observed = observe(self.t, self.want.hive_port, self.options.step_timeout).await;
+        if let HiveState::Unreachable { reason } = &observed {
+            return HiveOutcome::Unreachable {
+                reason: reason.clone(),
+            };
+        }
+        let desired = Desired {
+            hives: BTreeMap::from([(self.alias().to_owned(), self.want.clone())]),
+        };
+        let actual = Actual {
+            hives: BTreeMap::from([(self.alias().to_owned(), observed)]),
+        };
+        let fresh = intent.replan(&desired, &actual);
+        let Some(hp) = fresh.hives.into_iter().next() else {
+            return HiveOutcome::Ok { changed: false };
+        };
+        if hp.actions.is_empty() {
+            return HiveOutcome::Ok { changed: false };
+        }
+        let installs_binaries = hp
+            .actions
+            .iter()
+            .any(|a| matches!(a.kind, ActionKind::InstallBinary { .. }));
+        let mut finished: BTreeSet<String> = BTreeSet::new();
+        let mut pending: Vec<&Action> = hp.actions.iter().collect();
+        let mut manifest_written = !installs_binaries;
+        while !pending.is_empty() {
+            let (ready, rest): (Vec<&Action>, Vec<&Action>) = pending
+                .into_iter()
+                .partition(|a| a.depends_on.iter().all(|d| finished.contains(d)));
+            if ready.is_empty() {
+                return HiveOutcome::Failed {
+                    step: rest[0].id.clone(),
+                    reason: "dependency cycle in plan".into(),
+                };
+            }
+            // The manifest goes in once every binary is in place and before the hive starts.
+            let is_binary = |a: &Action| {
+                matches!(
+                    a.kind,
+                    ActionKind::InstallBinary { .. } | ActionKind::RemoveWorker { .. }
+                )
+            };
+            if !manifest_written && !ready.iter().any(|a| is_binary(a)) {
+                let id = format!("{}/manifest", self.alias());
+                if let Err(e) = self
+                    .step(&id, "record installed versions", || self.write_manifest())
+                    .await
+                {
+                    return HiveOutcome::Failed {
+                        step: id,
+                        reason: e.to_string(),
+                    };
+                }
+                manifest_written = true;
+            }
+            let results = join_all(
+                ready
+                    .iter()
+                    .map(|a| async move { (a.id.clone(), self.action(a).await) }),
+            )
+            .await;
+            for (id, result) in results {
+                match result {
+                    Ok(()) => {
+                        finished.insert(id);
+                    }
+                    Err(e) => {
+                        return HiveOutcome::Failed {
+                            step: id,
+                            reason: e.to_string(),
+                        };
+                    }
+                }
+            }
+            pending = rest;
+        }
+        if !manifest_written {
+            let id = format!("{}/manifest", self.alias());
+            if let Err(e) = self
+                .step(&id, "record installed versions", || self.write_manifest())
+                .await
+            {
+                return HiveOutcome::Failed {
+                    step: id,
+                    reason: e.to_string(),
+                };
+            }
+        }
+        HiveOutcome::Ok { changed: true }
+    }
+
+    async fn write_manifest(&self) -> Result<(), StepError> {
+        let mut m = Manifest::default();
+        m.versions.insert(
+            self.want.hive.sha256.clone(),
+            self.want.hive.version.clone(),
+        );
+        for a in self.want.workers.values() {
+            m.versions.insert(a.sha256.clone(), a.version.clone());
+        }
+        let json = serde_json::to_vec_pretty(&m).unwrap_or_default();
+        steps::write_manifest(self.t, &json, self.options.step_timeout).await
+    }
+
+    /// Runs one step with events and retries for transient failures.
+    async fn step<F, Fut>(&self, id: &str, description: &str, mut f: F) -> Result<(), StepError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StepError>>,
+    {
+        let alias = self.alias().to_owned();
+        (self.on_event)(SyncEvent::StepStarted {
+            alias: alias.clone(),
+            step: id.to_owned(),
+            description: description.to_owned(),
+            at_ms: now_ms(),
+        });
+        let started = Instant::now();
+        let mut backoff = self.options.backoff;
+        let mut attempt = 0;
+        loop {
+            match f().await {
+                Ok(()) => {
+                    (self.on_event)(SyncEvent::StepFinished {
+                        alias,
+                        step: id.to_owned(),
+                        elapsed_ms: u64::try_from(started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        at_ms: now_ms(),
+                    });
+                    self.steps_done
+                        .lock()
+                        .expect("steps lock")
+                        .push(id.to_owned());
+                    return Ok(());
+                }
+                Err(e) => {
+                    let will_retry = e.is_transient() && attempt < self.options.retries;
+                    (self.on_event)(SyncEvent::StepFailed {
+                        alias: alias.clone(),
+                        step: id.to_owned(),
+                        error: e.to_string(),
+                        will_retry,
+                        at_ms: now_ms(),
+                    });
+                    if !will_retry {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+    }
+
+    async fn action(&self, action: &Action) -> Result<(), StepError> {
+        let o = self.options;
+        let text = action.kind.to_string();
+        let description = text
+            .trim_start_matches(['+', '~', '-', ' '])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        match &action.kind {
+            ActionKind::InstallBinary {
+                binary, artifact, ..
+            } => {
+                let bytes = self
+                    .cache
+                    .get(artifact)
+                    .await
+                    .map_err(|e| StepError::Failed(e.to_string()))?;
+                let target = binary.path();
+                let fault = o.faults.get(self.alias()).copied();
+                let total = bytes.len() as u64;
+                // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
+                let deadline = o.step_timeout + Duration::from_secs(total >> 20);
+                let progress = |sent: u64| {
+                    (self.on_event)(SyncEvent::Progress {
+                        alias: self.alias().to_owned(),
+                        step: action.id.clone(),
+                        bytes: sent,
+                        total,
+                        at_ms: now_ms(),
+                    });
+                };
+                let sent_before = AtomicU64::new(0);
+                let counted = |sent: u64| {
+                    let prev = sent_before.swap(sent, Ordering::Relaxed);
+                    self.bytes
+                        .fetch_add(sent.saturating_sub(prev), Ordering::Relaxed);
+                    progress(sent);
+                };
+                self.step(&action.id, &description, || {
+                    sent_before.store(0, Ordering::Relaxed);
+                    steps::install_binary(
+                        self.t, artifact, &bytes, &target, deadline, &counted, fault,
+                    )
+                })
+                .await
+            }
+            ActionKind::RemoveWorker { worker, .. } => {
+                let target = Layout::worker_binary(worker);
+                self.step(&action.id, &description, || {
+                    steps::remove_file(self.t, &target, o.step_timeout)
+                })
+                .await
+            }
+            ActionKind::StartHive { port } => {
+                self.step(&action.id, &description, || {
+                    steps::start_hive(self.t, *port, o.step_timeout)
+                })
+                .await
+            }
+            ActionKind::RestartHive { port, .. } => {
+                self.step(&action.id, &description, || async {
+                    steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
+                    steps::start_hive(self.t, *port, o.step_timeout).await
+                })
+                .await
+            }
+            ActionKind::StopHive => {
+                self.step(&action.id, &description, || {
+                    steps::stop_hive(self.t, o.stop_grace, o.step_timeout)
+                })
+                .await
+            }
+            ActionKind::WaitHealthy { port } => {
+                self.step(&action.id, &description, || {
+                    steps::wait_healthy(self.t, *port, &self.want.hive, o.health_timeout)
+                })
+                .await
+            }
+            ActionKind::Uninstall { purge } => {
+                self.step(&action.id, &description, || {
+                    steps::uninstall(self.t, *purge, o.step_timeout)
+                })
+                .await
+            }
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Composite remote steps, each built from the three [`Transport`] primitives: atomic verified
+//! install, the per-host lock, starting/stopping the hive, waiting for health, uninstalling.
+//! Every script is fixed text; values reach it only as positional parameters.
+
+use std::time::Duration;
+
+use crate::layout::Layout;
+use crate::state::Artifact;
+use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError};
+
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The transport failed (maybe transient).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The host ran the step and it failed; retrying will not help.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StepError {
+    /// True when a retry may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StepError::Transport(e) if e.is_transient())
+    }
+}
+
+/// Runs a fixed script and turns a non-zero exit into [`StepError::Failed`] with its output.
+async fn script(
+    t: &dyn Transport,
+    what: &str,
+    text: &str,
+    args: Vec<String>,
+    deadline: Duration,
+) -> Result<CommandOutput, StepError> {
+    let out = t.run(RemoteCommand::script(text, args, deadline)).await?;
+    if out.success() {
+        Ok(out)
+    } else {
+        let mut detail = out.stdout_text().trim().to_owned();
+        let err = out.stderr_text();
+        if !err.is_empty() {
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str(&err);
+        }
+        Err(StepError::Failed(format!(
+            "{what} failed on {} (exit status {}): {detail}",
+            t.describe(),
+            out.status
+        )))
+    }
+}
+
+/// Test hooks that break an install on purpose, to prove a broken install leaves the old
+/// binary in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallFault {
+    /// Upload bytes that differ from the artifact (the host's sha256 check must catch it).
+    CorruptUpload,
+    /// Stop after upload and verification, before the rename.
+    StopBeforeRename,
+}
+
+const VERIFY_AND_RENAME: &str = r#"set -u
+staging=$1; target=$2; want=$3
+if command -v sha256sum >/dev/null 2>&1; then got=$(sha256sum < "$staging" | cut -d' ' -f1); else got=$(shasum -a 256 < "$staging" | cut -d' ' -f1); fi
+if [ "$got" != "$want" ]; then
+  rm -f "$staging"
+  echo "sha256 mismatch for $target: expected $want, got $got on the host; the installed file is unchanged"
+  exit 65
+fi
+chmod 755 "$staging" && mv -f "$staging" "$target" || exit 1
+# Staging files of earlier interrupted installs of this target.
+for f in "$(dirname "$target")/.$(basename "$target").rbee-tmp-"*; do [ -e "$f" ] && rm -f "$f"; done
+exit 0
+"#;
+
+/// Installs `bytes` (which must be `artifact`) at `target`: upload to a staging name in the
+/// same directory, verify the sha256 on the host, chmod, rename over the old file. At every
+/// point the target is either the old file or the new one.
+pub async fn install_binary(
+    t: &dyn Transport,
+    artifact: &Artifact,
+    bytes: &[u8],
+    target: &str,
+    deadline: Duration,
+    progress: Progress<'_>,
+    fault: Option<InstallFault>,
+) -> Result<(), StepError> {
+    let staging = Layout::staging(target, &artifact.sha256);
+    let corrupted;
+    let payload = if fault == Some(InstallFault::CorruptUpload) {
+        let mut b = bytes.to_vec();
+        if let Some(first) = b.first_mut() {
+            *first ^= 0xff;
+        } else {
+            b.push(0);
+        }
+        corrupted = b;
+        &corrupted[..]
+    } else {
+        bytes
+    };
+    t.upload(payload, &staging, 0o600, deadline, progress)
+        .await?;
+    if fault == Some(InstallFault::StopBeforeRename) {
+        return Err(StepError::Failed(format!(
+            "install of {target} interrupted before rename (test hook)"
+        )));
+    }
+    script(
+        t,
+        &format!("installing {target}"),
+        VERIFY_AND_RENAME,
+        vec![staging, target.to_owned(), artifact.sha256.clone()],
+        deadline,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes a worker binary from the catalog.
+pub async fn remove_file(
+    t: &dyn Transport,
+    target: &str,
+    deadline: Duration,
+) -> Result<(), StepError> {
+    script(
+        t,
+        &format!("removing {target}"),
+        r#"rm -f "$1""#,
+        vec![target.to_owned()],
+        deadline,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the install manifest (digest → version) atomically.
+pub async fn write_manifest(
+    t: &dyn Transport,
+    json: &[u8],
+    deadline: Duration,
+) -> Result<(), StepError> {
+    t.upload(json, &Layout::manifest(), 0o644, deadline, &|_| {})
+        .await?;
+    Ok(())
+}
+
+const LOCK: &str = r#"set -u
+dir=$1; wait_s=$2; stale_s=$3; owner=$4
+mkdir -p "$(dirname "$dir")" || exit 1
+end=$(( $(date +%s) + wait_s ))
+while ! mkdir "$dir" 2>/dev/null; do
+  now=$(date +%s)
+  since=$(cat "$dir/since" 2>/dev/null || echo "$now")
+  case "$since" in ''|*[!0-9]*) since=$now ;; esac
+  if [ $(( now - since )) -gt "$stale_s" ]; then rm -rf "$dir"; continue; fi
+  if [ "$now" -ge "$end" ]; then
+    echo "another sync holds the lock on this host ($(cat "$dir/owner" 2>/dev/null || echo unknown owner)); waited ${wait_s}s. If no sync is running, remove ~/$dir"
+    exit 75
+  fi
+  sleep 0.2
+done
+date +%s > "$dir/since"
+printf '%s\n' "$owner" > "$dir/owner"
+"#;
+
+/// Takes the per-host sync lock, waiting up to `wait` for another sync to release it. A lock
+/// older than `stale_after` (its holder died) is taken over.
+pub async fn lock(
+    t: &dyn Transport,
+    owner: &str,
+    wait: Duration,
+    stale_after: Duration,
+    deadline: Duration,
+) -> Result<(), StepError> {
+    let args = vec![
+        Layout::lock_dir(),
+        wait.as_secs().to_string(),
+        stale_after.as_secs().to_string(),
+        owner.to_owned(),
+    ];
+    script(t, "taking the sync lock", LOCK, args, deadline + wait).await?;
+    Ok(())
+}
+
+/// Releases the lock if `owner` still holds it.
+pub async fn unlock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
+    let text = r#"if [ "$(cat "$1/owner" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; fi"#;
+    script(
+        t,
+        "releasing the sync lock",
+        text,
+        vec![Layout::lock_dir(), owner.to_owned()],
+        deadline,
+    )
+    .await?;
+    Ok(())
+}
+
+const START: &str = r#"set -u
+port=$1; bin=.local/bin/rbee-hive; state=.local/state/rbee; pidf=$state/hive.pid
+mkdir -p "$state" || exit 1
+alive() { p=$(cat "$pidf" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q rbee-hive; }
+if alive; then echo "already running (pid $(cat "$pidf"))"; exit 0; fi
+[ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
+rm -f "$pidf"
+if command -v setsid >/dev/null 2>&1; then
+  setsid -f "$HOME/$bin" --port "$port" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null
+else
+  nohup "$HOME/$bin" --port "$port" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null &
+fi
+i=0
+while [ $i -lt 100 ]; do
+  if alive; then exit 0; fi
+  sleep 0.1; i=$((i+1))
+done
+echo "rbee-hive did not start; last lines of ~/$state/hive.log:"; tail -n 5 "$state/hive.log"
+exit 1
+"#;
+
+/// Starts the hive fully detached (own session, output to the hive log, pid file). Does
+/// nothing if it is already running.
+pub async fn start_hive(t: &dyn Transport, port: u16, deadline: Duration) -> Result<(), StepError> {
+    script(
+        t,
+        "starting rbee-hive",
+        START,
+        vec![port.to_string()],
+        deadline,
+    )
+    .await?;
+    Ok(())
+}
+
+const STOP: &str = r#"set -u
+pidf=.local/state/rbee/hive.pid; grace=$1
+p=$(cat "$pidf" 2>/dev/null) || exit 0
+case "$p" in ''|*[!0-9]*) rm -f "$pidf"; exit 0 ;; esac
+alive() { kill -0 "$p" 2>/dev/null && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q rbee-hive; }
+if ! alive; then rm -f "$pidf"; exit 0; fi
+kill -TERM "$p" 2>/dev/null
+i=0
+while alive && [ $i -lt $(( grace * 10 )) ]; do sleep 0.1; i=$((i+1)); done
+if alive; then kill -KILL "$p" 2>/dev/null; sleep 0.2; echo "rbee-hive (pid $p) ignored SIGTERM for ${grace}s; killed" >&2; fi
+rm -f "$pidf"
+"#;
+
+/// Stops the hive: SIGTERM, then SIGKILL after `grace`.
+pub async fn stop_hive(
+    t: &dyn Transport,
+    grace: Duration,
+    deadline: Duration,
+) -> Result<(), StepError> {
+    script(
+        t,
+        "stopping rbee-hive",
+        STOP,
+        vec![grace.as_secs().max(1).to_string()],
+        deadline + grace,
+    )
+    .await?;
+    Ok(())
+}
+
+const WAIT_HEALTHY: &str = r#"set -u
+port=$1; end=$(( $(date +%s) + $2 ))
+while :; do
+  if out=$(.local/bin/rbee-hive probe --port "$port" --timeout-ms 1000 2>&1); then echo "$out"; exit 0; fi
+  if [ "$(date +%s)" -ge "$end" ]; then
+    echo "rbee-hive did not answer /health on port $port within $2s: $out"
+    tail -n 5 .local/state/rbee/hive.log 2>/dev/null
+    exit 1
+  fi
+  sleep 0.2
+done
+"#;
+
+/// Polls `/health` on the host until it answers, and checks the hive runs `want`.
+pub async fn wait_healthy(
+    t: &dyn Transport,
+    port: u16,
+    want: &Artifact,
+    timeout: Duration,
+) -> Result<(), StepError> {
+    let args = vec![port.to_string(), timeout.as_secs().max(1).to_string()];
+    let out = script(
+        t,
+        "waiting for /health",
+        WAIT_HEALTHY,
+        args,
+        timeout + Duration::from_secs(10),
+    )
+    .await?;
+    let body = out.stdout_text();
+    let sha = serde_json::from_str::<serde_json::Value>(body.trim())
+        .ok()
+        .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(str::to_owned));
+    match sha {
+        Some(sha) if sha == want.sha256 => Ok(()),
+        Some(sha) => Err(StepError::Failed(format!(
+            "the process answering on port {port} runs rbee-hive sha256:{} but {} was installed; is another hive using that port?",
+            &sha[..sha.len().min(12)],
+            want.short_digest()
+        ))),
+        None => Err(StepError::Failed(format!(
+            "unexpected /health answer on port {port}: {}",
+            body.trim()
+        ))),
+    }
+}
+
+const UNINSTALL: &str = r#"set -u
+purge=$1
+rm -f .local/bin/rbee-hive .local/bin/.rbee-hive.rbee-tmp-* .local/bin/.rbee-hive.upload-*
+rm -f .local/share/rbee/workers/rbee-worker-* .local/share/rbee/workers/.rbee-worker-*
+rmdir .local/share/rbee/workers .local/share/rbee 2>/dev/null
+rm -f .local/state/rbee/manifest.json .local/state/rbee/hive.pid
+if [ "$purge" = 1 ]; then
+  rm -rf .local/share/rbee
+  # Keep the lock directory until the sync releases it; remove everything else.
+  for f in .local/state/rbee/* .local/state/rbee/.[!.]*; do
+    [ -e "$f" ] || continue
+    [ "$f" = .local/state/rbee/sync.lock ] || rm -rf "$f"
+  done
+fi
+exit 0
+"#;
+
+/// Removes what rbee installed (and with `purge`, its state and data).
+pub async fn uninstall(
+    t: &dyn Transport,
+    purge: bool,
+    deadline: Duration,
+) -> Result<(), StepError> {
+    script(
+        t,
+        "uninstalling",
+        UNINSTALL,
+        vec![if purge { "1" } else { "0" }.to_owned()],
+        deadline,
+    )
+    .await?;
+    Ok(())
+}
+
+/// After a purge the lock was the last thing in the state directory: remove the directory.
+pub async fn remove_empty_state_dir(
+    t: &dyn Transport,
+    deadline: Duration,
+) -> Result<(), StepError> {
+    script(
+        t,
+        "cleaning up",
+        r#"rmdir "$1" 2>/dev/null; exit 0"#,
+        vec![Layout::STATE_DIR.to_owned()],
+        deadline,
+    )
+    .await?;
+    Ok(())
+}
