@@ -523,3 +523,6 @@ impl HiveRun<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! A fleet of local hosts for end-to-end tests: each host is a directory used as its home and
+//! a port for its hive; the real `rbee` binary syncs them from a release tree built from the
+//! workspace's own binaries (two versions: 0.1.0, and 0.2.0 whose files differ by a trailer).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+pub const ARTIFACTS: [&str; 4] = ["rbee-hive", "rbee-worker-llama-cpp", "rbee-worker-vllm", "rbee-worker-comfyui"];
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rbee")).parent().expect("bin dir").to_path_buf()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))))
+}
+
+/// The release tree shared by every test of this process.
+pub fn release_tree() -> &'static Path {
+    static TREE: OnceLock<PathBuf> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rbee-release-tree");
+        let _ = std::fs::remove_dir_all(&root);
+        for (version, trailer) in [("0.1.0", None), ("0.2.0", Some(b"\0rbee-test-release-0.2.0".as_slice()))] {
+            let dir = root.join(version);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut sums = String::new();
+            for name in ARTIFACTS {
+                let built = bin_dir().join(name);
+                let mut bytes = std::fs::read(&built).unwrap_or_else(|e| {
+                    panic!("{} is missing ({e}): build the workspace binaries first (`cargo build --workspace --bins`; scripts/test does)", built.display())
+                });
+                if let Some(t) = trailer {
+                    bytes.extend_from_slice(t);
+                }
+                std::fs::write(dir.join(name), &bytes).unwrap();
+                sums.push_str(&format!("{}  {name}\n", hex::encode(Sha256::digest(&bytes))));
+            }
+            std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+        }
+        std::fs::write(root.join("latest"), "0.1.0\n").unwrap();
+        root
+    })
+}
+
+/// True while `pid` runs (a zombie waiting for its parent to reap it does not count).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One local host.
+pub struct Host {
+    pub alias: String,
+    pub home: PathBuf,
+    pub port: u16,
+    /// worker type → version.
+    pub workers: Vec<(String, String)>,
+}
+
+impl Host {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.home.join(rel)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.path(".local/state/rbee/hive.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// GET /health straight over TCP; `None` if nothing answers.
+    pub fn health(&self) -> Option<serde_json::Value> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3))).ok()?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if head.split(' ').nth(1) != Some("200") {
+            return None;
+        }
+        serde_json::from_str(body).ok()
+    }
+
+    pub fn kill_hive(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // Wait until it is gone, so that observation cannot race its exit.
+            for _ in 0..100 {
+                if !alive(pid) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Several local hosts and the config that declares them.
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub hosts: Vec<Host>,
+    /// The artifact source the config names.
+    pub source: PathBuf,
+}
+
+impl Fleet {
+    pub fn new(n: usize, workers: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = (1..=n)
+            .map(|i| Host {
+                alias: format!("h{i}"),
+                home: dir.path().join(format!("h{i}")),
+                port: free_port(),
+                workers: workers.iter().map(|(t, v)| (t.to_string(), v.to_string())).collect(),
+            })
+            .collect();
+        let fleet = Self { dir, hosts, source: release_tree().to_path_buf() };
+        fleet.write_config();
+        fleet
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    pub fn host(&self, alias: &str) -> &Host {
+        self.hosts.iter().find(|h| h.alias == alias).expect("host")
+    }
+
+    pub fn set_worker(&mut self, alias: &str, kind: &str, version: &str) {
+        let h = self.hosts.iter_mut().find(|h| h.alias == alias).expect("host");
+        for w in &mut h.workers {
+            if w.0 == kind {
+                w.1 = version.to_owned();
+            }
+        }
+        self.write_config();
+    }
+
+    /// Points the config at another artifact source.
+    pub fn set_source(&mut self, source: PathBuf) {
+        self.source = source;
+        self.write_config();
+    }
+
+    pub fn write_config(&self) {
+        let mut hives = String::new();
+        for h in &self.hosts {
+            let workers: Vec<String> =
+                h.workers.iter().map(|(t, v)| format!("{{ type = \"{t}\", version = \"{v}\" }}")).collect();
+            hives.push_str(&format!(
+                "[[hive]]\nalias = \"{}\"\nhostname = \"localhost\"\nhive_port = {}\nlocal_home = \"{}\"\nworkers = [{}]\n\n",
+                h.alias,
+                h.port,
+                h.home.display(),
+                workers.join(", ")
+            ));
+        }
+        let dir = self.config_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hives.conf"), hives).unwrap();
+        let rbee = format!(
+            "[package]\nsource = \"{}\"\nssh_timeout = 20\nhealth_check_timeout = 20\n",
+            self.source.display()
+        );
+        std::fs::write(dir.join("rbee.conf"), rbee).unwrap();
+    }
+
+    /// A `rbee` command with this fleet's config and an operator home of its own.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee"));
+        cmd.arg("--config")
+            .arg(self.config_dir())
+            .args(args)
+            .env("HOME", self.dir.path().join("operator"))
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("RBEE_CONFIG_DIR")
+            .env_remove("RBEE_TEST_FAULT");
+        cmd
+    }
+
+    pub fn rbee(&self, args: &[&str]) -> Run {
+        Run(self.command(args).output().expect("run rbee"))
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            h.kill_hive();
+        }
+    }
+}
+
+/// The output of one `rbee` run.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts the exit code, showing the output when it differs.
+    #[track_caller]
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(self.code(), code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout(), self.stderr());
+        self
+    }
+    /// `--json` runs: every stdout line parsed.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json line")).collect()
+    }
+    /// The final `result` line of a `--json` sync.
+    pub fn result(&self) -> serde_json::Value {
+        self.json_lines().into_iter().rfind(|v| v["event"] == "result").expect("a result line")
+    }
+}

@@ -1,0 +1,4 @@
+//! rbee-cli's integration tests: the real `rbee` binary against real hosts.
+
+mod fleet;
+mod sync_local;

@@ -1,0 +1,236 @@
+//! End to end on local hosts: the real `rbee` binary installs and starts real `rbee-hive`
+//! processes, each host in its own home directory and port.
+
+use crate::fleet::{Fleet, release_tree, sha256_file};
+
+const WORKERS: &[(&str, &str)] = &[("llama-cpp", "0.1.0"), ("vllm", "latest")];
+
+fn outcome<'a>(result: &'a serde_json::Value, alias: &str) -> &'a serde_json::Value {
+    result["report"]["hives"].as_array().unwrap().iter().find(|h| h["alias"] == alias).expect("hive in report")
+}
+
+#[test]
+fn three_hosts_sync_upgrade_one_worker_and_converge() {
+    let mut fleet = Fleet::new(3, WORKERS);
+    fleet.rbee(&["sync"]).expect_code(0);
+    for h in &fleet.hosts {
+        let health = h.health().unwrap_or_else(|| panic!("{} does not answer /health", h.alias));
+        assert_eq!(health["sha256"], sha256_file(&h.path(".local/bin/rbee-hive")));
+    }
+    fleet.rbee(&["status"]).expect_code(0);
+
+    fleet.set_worker("h2", "llama-cpp", "0.2.0");
+    let dry = fleet.rbee(&["sync", "--dry-run"]).expect_code(2);
+    let plan = dry.stdout();
+    let changes: Vec<&str> = plan.lines().filter(|l| l.trim_start().starts_with(['+', '~', '-'])).collect();
+    assert_eq!(changes.len(), 1, "exactly one change expected:\n{plan}");
+    assert!(changes[0].contains("~ upgrade   worker llama-cpp 0.1.0"), "{plan}");
+    assert!(changes[0].contains("-> 0.2.0"), "{plan}");
+    assert!(plan.contains("# hive h1 (localhost, local): in sync"), "{plan}");
+    assert!(plan.contains("Plan: 0 to install, 1 to upgrade, 0 to remove, 0 to start, 0 to restart; 2 in sync."), "{plan}");
+
+    let run = fleet.rbee(&["sync", "--json"]).expect_code(0);
+    let result = run.result();
+    assert_eq!(outcome(&result, "h2")["outcome"], "ok");
+    assert_eq!(outcome(&result, "h1")["steps_done"].as_array().unwrap().len(), 0);
+    let want = release_tree().join("0.2.0/rbee-worker-llama-cpp");
+    assert_eq!(sha256_file(&fleet.host("h2").path(".local/share/rbee/workers/rbee-worker-llama-cpp")), sha256_file(&want));
+    fleet.rbee(&["status"]).expect_code(0);
+}
+
+#[test]
+fn a_second_sync_changes_nothing_and_transfers_nothing() {
+    let fleet = Fleet::new(2, WORKERS);
+    fleet.rbee(&["sync"]).expect_code(0);
+    let pids: Vec<_> = fleet.hosts.iter().map(|h| h.pid()).collect();
+    let again = fleet.rbee(&["sync"]).expect_code(0);
+    assert!(again.stdout().contains("Nothing to do: every hive is in sync (0.0 MiB transferred)."), "{}", again.stdout());
+    let json = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
+    assert_eq!(json["bytes_transferred"], 0);
+    let after: Vec<_> = fleet.hosts.iter().map(|h| h.pid()).collect();
+    assert_eq!(pids, after, "no hive was restarted");
+}
+
+#[test]
+fn a_killed_hive_is_reported_and_only_it_is_restarted() {
+    let fleet = Fleet::new(3, WORKERS);
+    fleet.rbee(&["sync"]).expect_code(0);
+    let (h1_pid, h3_pid) = (fleet.host("h1").pid(), fleet.host("h3").pid());
+    fleet.host("h2").kill_hive();
+
+    let status = fleet.rbee(&["status"]).expect_code(2);
+    let text = status.stdout();
+    let h2_line = text.lines().position(|l| l.starts_with("h2")).expect("h2 listed");
+    assert!(text.lines().nth(h2_line).unwrap().contains("drift"), "{text}");
+    assert!(text.lines().nth(h2_line + 1).unwrap().contains("hive not running"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("h1") && l.contains("in sync")), "{text}");
+
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
+    let steps = |alias: &str| outcome(&result, alias)["steps_done"].as_array().unwrap().clone();
+    assert!(steps("h1").is_empty() && steps("h3").is_empty(), "{result:#}");
+    assert_eq!(steps("h2").iter().map(|s| s.as_str().unwrap()).collect::<Vec<_>>(), ["h2/lock", "h2/start", "h2/wait-healthy"]);
+    assert_eq!((fleet.host("h1").pid(), fleet.host("h3").pid()), (h1_pid, h3_pid));
+    assert!(fleet.host("h2").health().is_some());
+}
+
+#[test]
+fn a_digest_mismatch_fails_one_host_which_keeps_its_binary_then_retry_failed_fixes_it() {
+    let mut fleet = Fleet::new(3, WORKERS);
+    fleet.rbee(&["sync"]).expect_code(0);
+    let worker = ".local/share/rbee/workers/rbee-worker-llama-cpp";
+    let old = sha256_file(&fleet.host("h2").path(worker));
+    for alias in ["h1", "h2", "h3"] {
+        fleet.set_worker(alias, "llama-cpp", "0.2.0");
+    }
+
+    let run = fleet.command(&["sync", "--json"]).env("RBEE_TEST_FAULT", "h2=corrupt-upload").output().unwrap();
+    let run = crate::fleet::Run(run).expect_code(3);
+    let result = run.result();
+    assert_eq!(result["overall"], "partial");
+    let h2 = outcome(&result, "h2");
+    assert_eq!(h2["outcome"], "failed");
+    assert_eq!(h2["step"], "h2/worker/llama-cpp");
+    assert!(h2["reason"].as_str().unwrap().contains("sha256 mismatch"), "{h2}");
+    assert_eq!(outcome(&result, "h1")["outcome"], "ok");
+    assert_eq!(outcome(&result, "h3")["outcome"], "ok");
+    assert_eq!(sha256_file(&fleet.host("h2").path(worker)), old, "h2 keeps its old binary");
+    let leftovers: Vec<_> = std::fs::read_dir(fleet.host("h2").path(".local/share/rbee/workers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial file: {leftovers:?}");
+
+    let retry = fleet.rbee(&["sync", "--retry-failed", "--json"]).expect_code(0).result();
+    assert_eq!(outcome(&retry, "h2")["outcome"], "ok");
+    assert_eq!(outcome(&retry, "h1")["outcome"], "skipped");
+    assert_eq!(outcome(&retry, "h3")["outcome"], "skipped");
+    fleet.rbee(&["status"]).expect_code(0);
+}
+
+#[test]
+fn an_install_interrupted_before_rename_leaves_the_old_binary_working() {
+    let mut fleet = Fleet::new(1, &[]);
+    fleet.rbee(&["sync"]).expect_code(0);
+    let h1 = fleet.host("h1");
+    let old = sha256_file(&h1.path(".local/bin/rbee-hive"));
+    let old_pid = h1.pid();
+    // A source whose latest is 0.2.0: the hive binary itself is upgraded.
+    let tree = fleet.dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    for v in ["0.1.0", "0.2.0"] {
+        std::os::unix::fs::symlink(release_tree().join(v), tree.join(v)).unwrap();
+    }
+    std::fs::write(tree.join("latest"), "0.2.0\n").unwrap();
+    fleet.set_source(tree);
+
+    let run = fleet.command(&["sync", "--json"]).env("RBEE_TEST_FAULT", "h1=stop-before-rename").output().unwrap();
+    let result = crate::fleet::Run(run).expect_code(1).result();
+    let h1 = fleet.host("h1");
+    assert!(outcome(&result, "h1")["reason"].as_str().unwrap().contains("interrupted before rename"), "{result:#}");
+    assert_eq!(sha256_file(&h1.path(".local/bin/rbee-hive")), old, "old binary in place");
+    assert_eq!(h1.pid(), old_pid, "the running hive was not touched");
+    assert!(h1.health().is_some(), "old hive still answers");
+
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
+    assert_eq!(outcome(&result, "h1")["outcome"], "ok");
+    let h1 = fleet.host("h1");
+    assert_eq!(sha256_file(&h1.path(".local/bin/rbee-hive")), sha256_file(&release_tree().join("0.2.0/rbee-hive")));
+    let health = h1.health().expect("new hive answers");
+    assert_eq!(health["sha256"], sha256_file(&release_tree().join("0.2.0/rbee-hive")), "restarted on the new binary");
+    let staging: Vec<_> = std::fs::read_dir(h1.path(".local/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(staging.is_empty(), "staging files cleaned up: {staging:?}");
+}
+
+#[test]
+fn two_syncs_at_once_do_not_interleave() {
+    let fleet = Fleet::new(3, WORKERS);
+    let a = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let b = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let a = crate::fleet::Run(a.wait_with_output().unwrap()).expect_code(0);
+    let b = crate::fleet::Run(b.wait_with_output().unwrap()).expect_code(0);
+    // Per host, the span from "lock taken" to "hive done" of one run never overlaps the other's.
+    let spans = |run: &crate::fleet::Run, alias: &str| {
+        let lines = run.json_lines();
+        let locked = lines.iter().find(|e| e["event"] == "step_finished" && e["step"] == format!("{alias}/lock"));
+        let done = lines.iter().find(|e| e["event"] == "hive_done" && e["alias"] == alias).expect("hive_done");
+        locked.map(|l| (l["at_ms"].as_u64().unwrap(), done["at_ms"].as_u64().unwrap()))
+    };
+    for h in &fleet.hosts {
+        if let (Some((a0, a1)), Some((b0, b1))) = (spans(&a, &h.alias), spans(&b, &h.alias)) {
+            assert!(a1 <= b0 || b1 <= a0, "{}: runs overlap: {a0}..{a1} and {b0}..{b1}", h.alias);
+        }
+        assert!(h.health().is_some());
+    }
+    fleet.rbee(&["status"]).expect_code(0);
+}
+
+#[test]
+fn uninstall_removes_what_it_installed_and_purge_removes_state() {
+    let fleet = Fleet::new(2, WORKERS);
+    fleet.rbee(&["sync"]).expect_code(0);
+    let pid = fleet.host("h1").pid().unwrap();
+    fleet.rbee(&["uninstall", "--hive", "h1"]).expect_code(0);
+    let h1 = fleet.host("h1");
+    assert!(!crate::fleet::alive(pid), "hive stopped");
+    for rel in [".local/bin/rbee-hive", ".local/share/rbee", ".local/state/rbee/manifest.json", ".local/state/rbee/hive.pid"] {
+        assert!(!h1.path(rel).exists(), "{rel} left behind");
+    }
+    assert!(h1.path(".local/state/rbee/hive.log").exists(), "state is kept without --purge");
+    assert!(fleet.host("h2").health().is_some(), "h2 untouched");
+    let status = fleet.rbee(&["status", "--hive", "h1"]).expect_code(2);
+    assert!(status.stdout().contains("h1  not installed"), "{}", status.stdout());
+
+    fleet.rbee(&["uninstall", "--purge"]).expect_code(0);
+    for h in &fleet.hosts {
+        assert!(!h.path(".local/state/rbee").exists(), "{}: state left behind", h.alias);
+        assert!(!h.path(".local/share/rbee").exists(), "{}: data left behind", h.alias);
+        assert!(!h.path(".local/bin/rbee-hive").exists());
+    }
+    let status = fleet.rbee(&["status"]).expect_code(2);
+    assert!(status.stdout().contains("h1  not installed") && status.stdout().contains("h2  not installed"));
+}
+
+/// The README's main command, as a new user runs it: the example config for a hive on this
+/// machine, the default artifact source (the build directory), the user's own home.
+#[test]
+fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let port = crate::fleet::free_port();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/local/hives.conf")).unwrap();
+    assert!(example.contains("hive_port = 8600"));
+    std::fs::write(config.join("hives.conf"), example.replace("hive_port = 8600", &format!("hive_port = {port}"))).unwrap();
+    let rbee = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbee"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("HOME", &home)
+            .env_remove("XDG_STATE_HOME")
+            .output()
+            .unwrap();
+        crate::fleet::Run(out)
+    };
+    let host = crate::fleet::Host { alias: "local".into(), home: home.clone(), port, workers: Vec::new() };
+    struct Stop<'a>(&'a crate::fleet::Host);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.kill_hive();
+        }
+    }
+    let _stop = Stop(&host);
+    let dry = rbee(&["sync", "--dry-run"]).expect_code(2);
+    assert!(dry.stdout().contains("+ install   hive rbee-hive"), "{}", dry.stdout());
+    rbee(&["sync"]).expect_code(0);
+    let status = rbee(&["status"]).expect_code(0);
+    assert!(status.stdout().contains("local  in sync, healthy (pid"), "{}", status.stdout());
+    assert!(home.join(".local/share/rbee/workers/rbee-worker-llama-cpp").is_file());
+    assert!(host.health().is_some());
+}

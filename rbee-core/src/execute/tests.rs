@@ -1,0 +1,135 @@
+//! The executor's logic against scripted hosts: retries, failure isolation, ordering.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::artifact::{ArtifactSource, resolve, sha256_hex};
+use crate::config;
+use crate::transport::{CommandOutput, MockTransport, TransportError};
+
+const EMPTY_HOST: &str = "rbee-observe 1\nend\n";
+
+fn fixture() -> (tempfile::TempDir, Desired, ArtifactSource) {
+    let dir = tempfile::tempdir().unwrap();
+    let v = dir.path().join("1.0.0");
+    std::fs::create_dir_all(&v).unwrap();
+    let mut sums = String::new();
+    for name in ["rbee-hive", "rbee-worker-vllm"] {
+        std::fs::write(v.join(name), name.as_bytes()).unwrap();
+        sums.push_str(&format!("{}  {name}\n", sha256_hex(name.as_bytes())));
+    }
+    std::fs::write(v.join("SHA256SUMS"), sums).unwrap();
+    std::fs::write(dir.path().join("latest"), "1.0.0").unwrap();
+    let hives = "[[hive]]\nalias = \"a\"\nhostname = \"a.lab\"\nworkers = [{ type = \"vllm\" }]\n\
+                 [[hive]]\nalias = \"b\"\nhostname = \"b.lab\"\nworkers = [{ type = \"vllm\" }]\n";
+    let config = config::parse(None, (Path::new("hives.conf"), hives)).unwrap();
+    let source = ArtifactSource::directory(dir.path());
+    let desired = resolve(&config, &source).unwrap();
+    (dir, desired, source)
+}
+
+fn health(desired: &Desired) -> CommandOutput {
+    CommandOutput::ok(format!("{{\"status\":\"ok\",\"sha256\":\"{}\"}}\n", desired.hives["a"].hive.sha256))
+}
+
+/// A host that accepts a full install.
+fn good_host(name: &str, desired: &Desired) -> MockTransport {
+    accepts_install(MockTransport::new(name), desired)
+}
+
+fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
+    mock.on_run("another sync holds the lock", Ok(CommandOutput::ok("")))
+        .on_run("rbee-observe", Ok(CommandOutput::ok(EMPTY_HOST)))
+        .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
+        .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
+        .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
+        .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
+        .on_upload("manifest.json", Ok(()))
+        .on_run("setsid", Ok(CommandOutput::ok("")))
+        .on_run("probe --port", Ok(health(desired)))
+        .on_run("/owner\" 2>/dev/null)\" = \"$2\"", Ok(CommandOutput::ok("")))
+}
+
+async fn run(desired: &Desired, source: &ArtifactSource, hosts: Vec<(&str, Arc<MockTransport>)>) -> (SyncReport, Vec<SyncEvent>) {
+    let actual = Actual {
+        hives: hosts
+            .iter()
+            .map(|(a, _)| (a.to_string(), HiveState::Reachable(crate::state::Observed::default())))
+            .collect(),
+    };
+    let plan = crate::plan::plan(desired, &actual, &PlanOptions::default());
+    let transports: BTreeMap<String, Arc<dyn Transport>> =
+        hosts.into_iter().map(|(a, t)| (a.to_owned(), t as Arc<dyn Transport>)).collect();
+    let events = Mutex::new(Vec::new());
+    let on_event = |e| events.lock().unwrap().push(e);
+    let options = ExecuteOptions { retries: 2, ..ExecuteOptions::default() };
+    let report = execute(desired, &plan, &Intent::Sync(PlanOptions::default()), &transports, source, &options, &on_event).await;
+    (report, events.into_inner().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_failure_is_retried_with_backoff() {
+    let (_dir, desired, source) = fixture();
+    // The lock fails once with a connection error before good_host's lock succeeds.
+    let failing_once = MockTransport::new("a").on_run(
+        "another sync holds the lock",
+        Err(TransportError::Connect { host: "a".into(), reason: "connection reset".into() }),
+    );
+    let a = Arc::new(accepts_install(failing_once, &desired));
+    let b = Arc::new(good_host("b", &desired));
+    let started = tokio::time::Instant::now();
+    let (report, events) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
+    assert_eq!(report.overall(), Overall::Ok, "{report:#?}");
+    let retries: Vec<_> = events.iter().filter(|e| matches!(e, SyncEvent::StepFailed { will_retry: true, .. })).collect();
+    assert_eq!(retries.len(), 1, "{events:#?}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "backed off before retrying");
+    a.verify().unwrap();
+    b.verify().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
+    let (_dir, desired, source) = fixture();
+    let a = Arc::new(
+        MockTransport::new("a")
+            .on_run("another sync holds the lock", Ok(CommandOutput::ok("")))
+            .on_run("rbee-observe", Ok(CommandOutput::ok(EMPTY_HOST)))
+            .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
+            .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
+            .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
+            .on_run(
+                "sha256 mismatch for",
+                Ok(CommandOutput { status: 65, stdout: b"sha256 mismatch for x".to_vec(), stderr: Vec::new() }),
+            )
+            .on_run("/owner\" 2>/dev/null)\" = \"$2\"", Ok(CommandOutput::ok(""))),
+    );
+    let b = Arc::new(good_host("b", &desired));
+    let (report, events) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
+    assert_eq!(report.overall(), Overall::Partial);
+    let HiveOutcome::Failed { reason, .. } = &report.hives[0].outcome else { panic!("{report:#?}") };
+    assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert_eq!(report.hives[1].outcome, HiveOutcome::Ok { changed: true });
+    assert!(events.iter().all(|e| !matches!(e, SyncEvent::StepFailed { will_retry: true, .. })));
+    // Nothing after the failed wave ran on a: no manifest, no start.
+    a.verify().unwrap();
+    b.verify().unwrap();
+    let starts = a.calls().iter().filter(|c| format!("{c:?}").contains("setsid")).count();
+    assert_eq!(starts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn binaries_are_in_place_before_the_hive_starts() {
+    let (_dir, desired, source) = fixture();
+    let a = Arc::new(good_host("a", &desired));
+    let b = Arc::new(good_host("b", &desired));
+    let (report, _) = run(&desired, &source, vec![("a", a.clone()), ("b", b)]).await;
+    assert_eq!(report.overall(), Overall::Ok);
+    let calls: Vec<String> = a.calls().iter().map(|c| format!("{c:?}")).collect();
+    let pos = |needle: &str| calls.iter().rposition(|c| c.contains(needle)).unwrap();
+    assert!(pos("sha256 mismatch for") < pos("manifest.json"));
+    assert!(pos("manifest.json") < pos("setsid"));
+    assert!(pos("setsid") < pos("probe --port"));
+}
