@@ -25,30 +25,16 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
         let alias = format!("gpu-{i:05}");
         let ws: BTreeMap<String, std::sync::Arc<Artifact>> = (0..workers)
             .map(|w| {
-                (
-                    format!("engine-{w}"),
-                    std::sync::Arc::new(artifact(&format!("rbee-worker-engine-{w}"), "1.0.0")),
-                )
+                (format!("engine-{w}"), std::sync::Arc::new(artifact(&format!("rbee-worker-engine-{w}"), "1.0.0")))
             })
             .collect();
         let observed = match i % 4 {
             0 => HiveState::Reachable(Observed::default()),
             1 => HiveState::Reachable(Observed {
-                hive_binary: Some(Installed {
-                    sha256: hive_bin.sha256.clone(),
-                    version: Some("1.0.0".into()),
-                }),
+                hive_binary: Some(Installed { sha256: hive_bin.sha256.clone(), version: Some("1.0.0".into()) }),
                 workers: ws
                     .iter()
-                    .map(|(k, a)| {
-                        (
-                            k.clone(),
-                            Installed {
-                                sha256: a.sha256.clone(),
-                                version: None,
-                            },
-                        )
-                    })
+                    .map(|(k, a)| (k.clone(), Installed { sha256: a.sha256.clone(), version: None }))
                     .collect(),
                 running: true,
                 pid: Some(1),
@@ -57,23 +43,12 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
                 running_version: None,
             }),
             2 => HiveState::Reachable(Observed {
-                hive_binary: Some(Installed {
-                    sha256: "old".into(),
-                    version: Some("0.9.0".into()),
-                }),
-                workers: BTreeMap::from([(
-                    "engine-0".into(),
-                    Installed {
-                        sha256: "old".into(),
-                        version: None,
-                    },
-                )]),
+                hive_binary: Some(Installed { sha256: "old".into(), version: Some("0.9.0".into()) }),
+                workers: BTreeMap::from([("engine-0".into(), Installed { sha256: "old".into(), version: None })]),
                 running: true,
                 ..Observed::default()
             }),
-            _ => HiveState::Unreachable {
-                reason: "no route to host".into(),
-            },
+            _ => HiveState::Unreachable { reason: "no route to host".into() },
         };
         actual.hives.insert(alias.clone(), observed);
         desired.hives.insert(
@@ -97,9 +72,7 @@ fn bench_planner(c: &mut Criterion) {
     let options = PlanOptions::default();
     let mut group = c.benchmark_group("plan");
     group.sample_size(20);
-    group.bench_function("10000 hives x 4 workers", |b| {
-        b.iter(|| plan(&desired, &actual, &options))
-    });
+    group.bench_function("10000 hives x 4 workers", |b| b.iter(|| plan(&desired, &actual, &options)));
     group.bench_function("10000 hives x 4 workers, rendered as text", |b| {
         b.iter(|| plan(&desired, &actual, &options).to_string())
     });

@@ -16,22 +16,13 @@ use crate::{Cli, Command, ConfigCommand, SyncArgs};
 pub(crate) async fn run(cli: Cli) -> Exit {
     match &cli.command {
         Command::Validate => validate(&cli),
-        Command::Config {
-            what: ConfigCommand::Schema,
-        } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config::json_schema()).unwrap_or_default()
-            );
+        Command::Config { what: ConfigCommand::Schema } => {
+            println!("{}", serde_json::to_string_pretty(&config::json_schema()).unwrap_or_default());
             Exit::Ok
         }
         Command::Sync(args) => sync(&cli, args).await,
         Command::Install { hives, force } => {
-            let args = SyncArgs {
-                hives: hives.clone(),
-                force: *force,
-                ..SyncArgs::default()
-            };
+            let args = SyncArgs { hives: hives.clone(), force: *force, ..SyncArgs::default() };
             sync(&cli, &args).await
         }
         Command::Status { verbose, hives } => status(&cli, hives, *verbose).await,
@@ -40,8 +31,7 @@ pub(crate) async fn run(cli: Cli) -> Exit {
 }
 
 fn load(cli: &Cli) -> Result<Config, Exit> {
-    config::load(&config::ConfigFiles::locate(cli.config.as_deref()))
-        .map_err(|e| report_config_error(cli.json, &e))
+    config::load(&config::ConfigFiles::locate(cli.config.as_deref())).map_err(|e| report_config_error(cli.json, &e))
 }
 
 fn report_config_error(json: bool, e: &ConfigError) -> Exit {
@@ -55,10 +45,7 @@ fn report_config_error(json: bool, e: &ConfigError) -> Exit {
                 eprintln!("{d}");
             }
             let n = diags.len();
-            eprintln!(
-                "error: the config has {n} problem{}",
-                if n == 1 { "" } else { "s" }
-            );
+            eprintln!("error: the config has {n} problem{}", if n == 1 { "" } else { "s" });
             Exit::Error
         }
         other => error(json, &other.to_string()),
@@ -75,11 +62,7 @@ fn validate(cli: &Cli) -> Exit {
         println!("{}", serde_json::json!({ "ok": true, "hives": aliases }));
     } else {
         let s = if aliases.len() == 1 { "" } else { "s" };
-        println!(
-            "config is valid: {} hive{s} ({})",
-            aliases.len(),
-            aliases.join(", ")
-        );
+        println!("config is valid: {} hive{s} ({})", aliases.len(), aliases.join(", "));
     }
     Exit::Ok
 }
@@ -89,9 +72,7 @@ fn execute_options(config: &Config) -> Result<ExecuteOptions, String> {
     let mut options = ExecuteOptions::from_settings(&config.package);
     if let Ok(spec) = std::env::var("RBEE_TEST_FAULT") {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (alias, fault) = part
-                .split_once('=')
-                .ok_or_else(|| format!("RBEE_TEST_FAULT: bad entry {part:?}"))?;
+            let (alias, fault) = part.split_once('=').ok_or_else(|| format!("RBEE_TEST_FAULT: bad entry {part:?}"))?;
             let fault = match fault {
                 "corrupt-upload" => InstallFault::CorruptUpload,
                 "stop-before-rename" => InstallFault::StopBeforeRename,
@@ -111,21 +92,12 @@ struct Prepared {
 
 fn prepare(cli: &Cli) -> Result<Prepared, Exit> {
     let config = load(cli)?;
-    let source =
-        ArtifactSource::from_config(&config).map_err(|e| error(cli.json, &e.to_string()))?;
+    let source = ArtifactSource::from_config(&config).map_err(|e| error(cli.json, &e.to_string()))?;
     let options = execute_options(&config).map_err(|e| error(cli.json, &e))?;
-    Ok(Prepared {
-        config,
-        source,
-        options,
-    })
+    Ok(Prepared { config, source, options })
 }
 
-fn selection(
-    cli: &Cli,
-    config: &Config,
-    hives: &[String],
-) -> Result<Option<BTreeSet<String>>, Exit> {
+fn selection(cli: &Cli, config: &Config, hives: &[String]) -> Result<Option<BTreeSet<String>>, Exit> {
     package::select(config, hives).map_err(|e| error(cli.json, &e.to_string()))
 }
 
@@ -164,24 +136,12 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Exit {
         only = Some(failed);
     }
     let request = SyncRequest {
-        plan: PlanOptions {
-            force: args.force,
-            remove_extra: args.remove_extra,
-            only,
-        },
+        plan: PlanOptions { force: args.force, remove_extra: args.remove_extra, only },
         dry_run: args.dry_run,
     };
     let renderer = Renderer::new(cli.json);
     let on_event = |e| renderer.event(e);
-    let result = package::sync(
-        &p.config,
-        &p.source,
-        &LocalConnector,
-        &request,
-        &p.options,
-        &on_event,
-    )
-    .await;
+    let result = package::sync(&p.config, &p.source, &LocalConnector, &request, &p.options, &on_event).await;
     finish(cli, result, args.dry_run)
 }
 
@@ -196,16 +156,8 @@ async fn uninstall(cli: &Cli, hives: &[String], purge: bool) -> Exit {
     };
     let renderer = Renderer::new(cli.json);
     let on_event = |e| renderer.event(e);
-    let result = package::uninstall(
-        &p.config,
-        &p.source,
-        &LocalConnector,
-        only.as_ref(),
-        purge,
-        &p.options,
-        &on_event,
-    )
-    .await;
+    let result =
+        package::uninstall(&p.config, &p.source, &LocalConnector, only.as_ref(), purge, &p.options, &on_event).await;
     finish(cli, result, false)
 }
 
@@ -217,10 +169,7 @@ fn finish(cli: &Cli, result: Result<SyncOutcome, PackageError>, dry_run: bool) -
     let Some(report) = outcome.report else {
         // Dry run: the plan is the output.
         if cli.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&outcome.plan.to_json()).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(&outcome.plan.to_json()).unwrap_or_default());
         } else {
             print!("{}", outcome.plan);
         }
@@ -261,11 +210,9 @@ fn print_report(report: &SyncReport) {
     println!();
     for h in &report.hives {
         let line = match &h.outcome {
-            HiveOutcome::Ok { changed: true } => format!(
-                "ok ({} steps, {})",
-                h.steps_done.len(),
-                mib(h.bytes_transferred)
-            ),
+            HiveOutcome::Ok { changed: true } => {
+                format!("ok ({} steps, {})", h.steps_done.len(), mib(h.bytes_transferred))
+            }
             HiveOutcome::Ok { changed: false } => "in sync".to_owned(),
             HiveOutcome::Failed { step, reason } => format!("FAILED at {step}: {reason}"),
             HiveOutcome::Unreachable { reason } => format!("UNREACHABLE: {reason}"),
@@ -278,10 +225,7 @@ fn print_report(report: &SyncReport) {
     let failed = count(|o| matches!(o, HiveOutcome::Failed { .. }));
     let unreachable = count(|o| matches!(o, HiveOutcome::Unreachable { .. }));
     if report.changed_nothing() && failed == 0 && unreachable == 0 {
-        println!(
-            "Nothing to do: every hive is in sync ({} transferred).",
-            mib(report.bytes_transferred())
-        );
+        println!("Nothing to do: every hive is in sync ({} transferred).", mib(report.bytes_transferred()));
     } else {
         println!(
             "Sync: {ok} ok, {failed} failed, {unreachable} unreachable; {} transferred.",
@@ -302,24 +246,13 @@ async fn status(cli: &Cli, hives: &[String], verbose: bool) -> Exit {
         Ok(o) => o,
         Err(exit) => return exit,
     };
-    let report = match package::status(
-        &p.config,
-        &p.source,
-        &LocalConnector,
-        only.as_ref(),
-        &p.options,
-    )
-    .await
-    {
+    let report = match package::status(&p.config, &p.source, &LocalConnector, only.as_ref(), &p.options).await {
         Ok(r) => r,
         Err(e) => return error(cli.json, &e.to_string()),
     };
     let code = report.exit_code();
     if cli.json {
-        println!(
-            "{}",
-            serde_json::json!({ "exit_code": code, "hives": report.hives })
-        );
+        println!("{}", serde_json::json!({ "exit_code": code, "hives": report.hives }));
     } else {
         print_status(&report, verbose);
     }
@@ -331,12 +264,7 @@ async fn status(cli: &Cli, hives: &[String], verbose: bool) -> Exit {
 }
 
 fn print_status(report: &StatusReport, verbose: bool) {
-    let width = report
-        .hives
-        .iter()
-        .map(|h| h.alias.len())
-        .max()
-        .unwrap_or(0);
+    let width = report.hives.iter().map(|h| h.alias.len()).max().unwrap_or(0);
     for h in &report.hives {
         let health = match (h.healthy, h.pid) {
             (true, Some(pid)) => format!(", healthy (pid {pid})"),

@@ -102,10 +102,7 @@ pub struct SyncArgs {
 
 /// Runs the CLI with these arguments and returns the process exit code.
 pub fn main_impl(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -32,15 +32,9 @@ impl Renderer {
             Renderer::Json
         } else if std::io::stderr().is_terminal() {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            Renderer::Live {
-                multi,
-                bars: Mutex::new(BTreeMap::new()),
-                steps: Mutex::new(BTreeMap::new()),
-            }
+            Renderer::Live { multi, bars: Mutex::new(BTreeMap::new()), steps: Mutex::new(BTreeMap::new()) }
         } else {
-            Renderer::Plain {
-                steps: Mutex::new(BTreeMap::new()),
-            }
+            Renderer::Plain { steps: Mutex::new(BTreeMap::new()) }
         }
     }
 
@@ -66,42 +60,16 @@ fn outcome_text(o: &HiveOutcome) -> String {
 fn plain(steps: &Mutex<BTreeMap<(String, String), String>>, e: &SyncEvent) {
     match e {
         SyncEvent::HiveStarted { .. } | SyncEvent::Progress { .. } => {}
-        SyncEvent::StepStarted {
-            alias,
-            step,
-            description,
-            ..
-        } => {
-            steps
-                .lock()
-                .expect("steps")
-                .insert((alias.clone(), step.clone()), description.clone());
+        SyncEvent::StepStarted { alias, step, description, .. } => {
+            steps.lock().expect("steps").insert((alias.clone(), step.clone()), description.clone());
             eprintln!("[{alias}] {description} ...");
         }
-        SyncEvent::StepFinished {
-            alias,
-            step,
-            elapsed_ms,
-            ..
-        } => {
-            let d = steps
-                .lock()
-                .expect("steps")
-                .get(&(alias.clone(), step.clone()))
-                .cloned()
-                .unwrap_or_default();
+        SyncEvent::StepFinished { alias, step, elapsed_ms, .. } => {
+            let d = steps.lock().expect("steps").get(&(alias.clone(), step.clone())).cloned().unwrap_or_default();
             eprintln!("[{alias}] {d}: ok ({elapsed_ms} ms)");
         }
-        SyncEvent::StepFailed {
-            alias,
-            error,
-            will_retry,
-            ..
-        } => {
-            eprintln!(
-                "[{alias}] {error}{}",
-                if *will_retry { " (retrying)" } else { "" }
-            );
+        SyncEvent::StepFailed { alias, error, will_retry, .. } => {
+            eprintln!("[{alias}] {error}{}", if *will_retry { " (retrying)" } else { "" });
         }
         SyncEvent::HiveDone { alias, outcome, .. } => {
             eprintln!("[{alias}] {}", outcome_text(outcome))
@@ -119,47 +87,27 @@ fn live(
     let alias = e.alias().to_owned();
     let bar = bars.entry(alias.clone()).or_insert_with(|| {
         let bar = multi.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}").expect("template"),
-        );
+        bar.set_style(ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}").expect("template"));
         bar.set_prefix(alias.clone());
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
     match e {
         SyncEvent::HiveStarted { .. } => bar.set_message("starting"),
-        SyncEvent::StepStarted {
-            step, description, ..
-        } => {
-            steps
-                .lock()
-                .expect("steps")
-                .insert((alias.clone(), step.clone()), description.clone());
+        SyncEvent::StepStarted { step, description, .. } => {
+            steps.lock().expect("steps").insert((alias.clone(), step.clone()), description.clone());
             bar.set_message(description.clone());
         }
-        SyncEvent::Progress {
-            step, bytes, total, ..
-        } => {
-            let d = steps
-                .lock()
-                .expect("steps")
-                .get(&(alias.clone(), step.clone()))
-                .cloned()
-                .unwrap_or_default();
+        SyncEvent::Progress { step, bytes, total, .. } => {
+            let d = steps.lock().expect("steps").get(&(alias.clone(), step.clone())).cloned().unwrap_or_default();
             bar.set_message(format!("{d} [{} / {}]", mib(*bytes), mib(*total)));
         }
         SyncEvent::StepFinished { .. } => {}
-        SyncEvent::StepFailed {
-            error,
-            will_retry: true,
-            ..
-        } => bar.set_message(format!("retrying after: {error}")),
+        SyncEvent::StepFailed { error, will_retry: true, .. } => bar.set_message(format!("retrying after: {error}")),
         SyncEvent::StepFailed { .. } => {}
         SyncEvent::HiveDone { outcome, .. } => {
             let mark = if outcome.is_failure() { "✗" } else { "✓" };
-            bar.set_style(
-                ProgressStyle::with_template("{prefix:.bold} {wide_msg}").expect("template"),
-            );
+            bar.set_style(ProgressStyle::with_template("{prefix:.bold} {wide_msg}").expect("template"));
             bar.finish_with_message(format!("{mark} {}", outcome_text(outcome)));
         }
     }

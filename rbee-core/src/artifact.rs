@@ -126,16 +126,8 @@ impl ArtifactSource {
     /// A directory source: a release tree if it has a `latest` file, else a build directory.
     pub fn directory(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
-        let kind = if root.join("latest").is_file() {
-            SourceKind::Releases
-        } else {
-            SourceKind::Build
-        };
-        Self {
-            root,
-            kind,
-            digests: Mutex::new(BTreeMap::new()),
-        }
+        let kind = if root.join("latest").is_file() { SourceKind::Releases } else { SourceKind::Build };
+        Self { root, kind, digests: Mutex::new(BTreeMap::new()) }
     }
 
     /// For messages.
@@ -151,8 +143,7 @@ impl ArtifactSource {
             SourceKind::Build => Ok(RBEE_VERSION.to_owned()),
             SourceKind::Releases => {
                 let path = self.root.join("latest");
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| ArtifactError::Io { path, source })?;
+                let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io { path, source })?;
                 Ok(text.trim().to_owned())
             }
         }
@@ -173,10 +164,7 @@ impl ArtifactSource {
         };
         let path = self.path_of(name, &version);
         let hint = match self.kind {
-            SourceKind::Build => {
-                "build the workspace (`cargo build`) or set [package] source in rbee.conf"
-                    .to_owned()
-            }
+            SourceKind::Build => "build the workspace (`cargo build`) or set [package] source in rbee.conf".to_owned(),
             SourceKind::Releases => format!("expected {}", path.display()),
         };
         if self.kind == SourceKind::Build && version != RBEE_VERSION {
@@ -197,20 +185,12 @@ impl ArtifactSource {
             SourceKind::Build => self.digest_of(&path)?.0,
             SourceKind::Releases => self.sum_from_file(name, &version)?,
         };
-        Ok(Artifact {
-            name: name.to_owned(),
-            version,
-            sha256,
-            size: meta.len(),
-        })
+        Ok(Artifact { name: name.to_owned(), version, sha256, size: meta.len() })
     }
 
     fn sum_from_file(&self, name: &str, version: &str) -> Result<String, ArtifactError> {
         let path = self.root.join(version).join("SHA256SUMS");
-        let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
         text.lines()
             .filter_map(|l| l.split_once(char::is_whitespace))
             .find(|(_, file)| file.trim_start().trim_start_matches('*') == name)
@@ -227,15 +207,9 @@ impl ArtifactSource {
         if let Some(hit) = self.digests.lock().expect("digest cache").get(path) {
             return Ok(hit.clone());
         }
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
         let entry = (sha256_hex(&bytes), bytes.len() as u64);
-        self.digests
-            .lock()
-            .expect("digest cache")
-            .insert(path.to_owned(), entry.clone());
+        self.digests.lock().expect("digest cache").insert(path.to_owned(), entry.clone());
         Ok(entry)
     }
 
@@ -245,10 +219,7 @@ impl ArtifactSource {
         let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
         std::fs::File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|source| ArtifactError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
         let actual = sha256_hex(&bytes);
         if actual != artifact.sha256 {
             return Err(ArtifactError::DigestMismatch {
@@ -274,10 +245,7 @@ pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, Arti
     for h in &config.hives {
         let mut workers = BTreeMap::new();
         for w in &h.workers {
-            workers.insert(
-                w.kind.clone(),
-                Arc::new(source.resolve(&Layout::worker_file_name(&w.kind), &w.version)?),
-            );
+            workers.insert(w.kind.clone(), Arc::new(source.resolve(&Layout::worker_file_name(&w.kind), &w.version)?));
         }
         desired.hives.insert(
             h.alias.clone(),
@@ -306,33 +274,22 @@ mod tests {
         std::fs::create_dir_all(&v).unwrap();
         std::fs::write(dir.path().join("latest"), "0.2.0\n").unwrap();
         std::fs::write(v.join("rbee-hive"), b"hello").unwrap();
-        std::fs::write(
-            v.join("SHA256SUMS"),
-            format!("{}  rbee-hive\n", sha256_hex(b"hello")),
-        )
-        .unwrap();
+        std::fs::write(v.join("SHA256SUMS"), format!("{}  rbee-hive\n", sha256_hex(b"hello"))).unwrap();
         let src = ArtifactSource::directory(dir.path());
         let a = src.resolve("rbee-hive", &VersionReq::Latest).unwrap();
         assert_eq!((a.version.as_str(), a.size), ("0.2.0", 5));
         assert_eq!(src.fetch(&a).unwrap(), b"hello");
-        let err = src
-            .resolve("rbee-worker-vllm", &VersionReq::Latest)
-            .unwrap_err();
+        let err = src.resolve("rbee-worker-vllm", &VersionReq::Latest).unwrap_err();
         assert!(err.to_string().contains("is not in"), "{err}");
         std::fs::write(v.join("rbee-hive"), b"tampered").unwrap();
-        assert!(matches!(
-            src.fetch(&a),
-            Err(ArtifactError::DigestMismatch { .. })
-        ));
+        assert!(matches!(src.fetch(&a), Err(ArtifactError::DigestMismatch { .. })));
     }
 
     #[test]
     fn build_directory_has_only_this_version() {
         let dir = tempfile::tempdir().unwrap();
         let src = ArtifactSource::directory(dir.path());
-        let err = src
-            .resolve("rbee-hive", &VersionReq::Exact("9.9.9".parse().unwrap()))
-            .unwrap_err();
+        let err = src.resolve("rbee-hive", &VersionReq::Exact("9.9.9".parse().unwrap())).unwrap_err();
         assert!(err.to_string().contains("only"), "{err}");
         let err = src.resolve("rbee-hive", &VersionReq::Latest).unwrap_err();
         assert!(err.to_string().contains("cargo build"), "{err}");

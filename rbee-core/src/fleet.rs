@@ -29,9 +29,7 @@ impl Connector for LocalConnector {
     async fn connect(&self, hive: &HiveConfig) -> Result<Arc<dyn Transport>, TransportError> {
         match hive.transport {
             TransportKind::Local => Ok(Arc::new(local_transport(hive))),
-            TransportKind::Ssh => Err(TransportError::Unsupported(
-                "SSH transport not built yet".to_owned(),
-            )),
+            TransportKind::Ssh => Err(TransportError::Unsupported("SSH transport not built yet".to_owned())),
         }
     }
 }
@@ -52,19 +50,10 @@ pub struct Connections {
 
 /// Connects to the selected hives (all when `only` is `None`), all at once: one connection
 /// per host for the whole sync.
-pub async fn connect_fleet(
-    config: &Config,
-    connector: &dyn Connector,
-    only: Option<&BTreeSet<String>>,
-) -> Connections {
-    let selected = config
-        .hives
-        .iter()
-        .filter(|h| only.is_none_or(|o| o.contains(&h.alias)));
-    let results = join_all(
-        selected.map(|hive| async move { (hive.alias.clone(), connector.connect(hive).await) }),
-    )
-    .await;
+pub async fn connect_fleet(config: &Config, connector: &dyn Connector, only: Option<&BTreeSet<String>>) -> Connections {
+    let selected = config.hives.iter().filter(|h| only.is_none_or(|o| o.contains(&h.alias)));
+    let results =
+        join_all(selected.map(|hive| async move { (hive.alias.clone(), connector.connect(hive).await) })).await;
     let mut c = Connections::default();
     for (alias, result) in results {
         match result {
@@ -81,23 +70,14 @@ pub async fn connect_fleet(
 
 /// Observes every connected hive at once, each with one round trip; hives that could not be
 /// connected or observed are unreachable, with the reason. Never a made-up state.
-pub async fn observe_fleet(
-    config: &Config,
-    connections: &Connections,
-    deadline: Duration,
-) -> Actual {
+pub async fn observe_fleet(config: &Config, connections: &Connections, deadline: Duration) -> Actual {
     let tasks = connections.transports.iter().map(|(alias, t)| async move {
         let port = config.hive(alias).map_or(8600, |h| h.hive_port);
         (alias.clone(), observe(t.as_ref(), port, deadline).await)
     });
     let mut hives: BTreeMap<String, HiveState> = join_all(tasks).await.into_iter().collect();
     for (alias, reason) in &connections.failed {
-        hives.insert(
-            alias.clone(),
-            HiveState::Unreachable {
-                reason: reason.clone(),
-            },
-        );
+        hives.insert(alias.clone(), HiveState::Unreachable { reason: reason.clone() });
     }
     Actual { hives }
 }

@@ -53,9 +53,7 @@ struct Health {
 pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Duration) -> HiveState {
     let cmd = RemoteCommand::script(OBSERVE_SCRIPT, [hive_port.to_string()], deadline);
     match transport.run(cmd).await {
-        Err(e) => HiveState::Unreachable {
-            reason: e.to_string(),
-        },
+        Err(e) => HiveState::Unreachable { reason: e.to_string() },
         Ok(out) if !out.success() => HiveState::Unreachable {
             reason: format!(
                 "observing {} failed with exit status {}: {}{}",
@@ -67,9 +65,7 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
         },
         Ok(out) => match parse_observation(&out.stdout_text()) {
             Ok(observed) => HiveState::Reachable(observed),
-            Err(reason) => HiveState::Unreachable {
-                reason: format!("observing {}: {reason}", transport.describe()),
-            },
+            Err(reason) => HiveState::Unreachable { reason: format!("observing {}: {reason}", transport.describe()) },
         },
     }
 }
@@ -78,10 +74,7 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
 pub fn parse_observation(text: &str) -> Result<Observed, String> {
     let mut lines = text.lines();
     if lines.next() != Some("rbee-observe 1") {
-        return Err(format!(
-            "unexpected output {:?}",
-            text.lines().next().unwrap_or("")
-        ));
+        return Err(format!("unexpected output {:?}", text.lines().next().unwrap_or("")));
     }
     let mut observed = Observed::default();
     let mut manifest = Manifest::default();
@@ -91,9 +84,7 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
         let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
         match tag {
             "file" => {
-                let (sha, path) = rest
-                    .split_once(' ')
-                    .ok_or_else(|| format!("bad line {line:?}"))?;
+                let (sha, path) = rest.split_once(' ').ok_or_else(|| format!("bad line {line:?}"))?;
                 files.push((sha.to_owned(), path.to_owned()));
             }
             "manifest" => manifest = serde_json::from_str(rest).unwrap_or_default(),
@@ -119,10 +110,7 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
     let hive_path = Layout::hive_binary();
     let worker_dir = format!("{}/{WORKER_PREFIX}", Layout::WORKERS_DIR);
     for (sha256, path) in files {
-        let installed = Installed {
-            version: manifest.versions.get(&sha256).cloned(),
-            sha256,
-        };
+        let installed = Installed { version: manifest.versions.get(&sha256).cloned(), sha256 };
         if path == hive_path {
             observed.hive_binary = Some(installed);
         } else if let Some(kind) = path.strip_prefix(&worker_dir) {
@@ -142,20 +130,8 @@ mod tests {
         let text = "rbee-observe 1\nfile aaa .local/bin/rbee-hive\nfile bbb .local/share/rbee/workers/rbee-worker-vllm\n\
                     manifest {\"versions\":{\"aaa\":\"0.1.0\"}}\nrunning 42\nhealth {\"status\":\"ok\",\"version\":\"0.1.0\",\"sha256\":\"aaa\"}\nend\n";
         let o = parse_observation(text).unwrap();
-        assert_eq!(
-            o.hive_binary,
-            Some(Installed {
-                sha256: "aaa".into(),
-                version: Some("0.1.0".into())
-            })
-        );
-        assert_eq!(
-            o.workers["vllm"],
-            Installed {
-                sha256: "bbb".into(),
-                version: None
-            }
-        );
+        assert_eq!(o.hive_binary, Some(Installed { sha256: "aaa".into(), version: Some("0.1.0".into()) }));
+        assert_eq!(o.workers["vllm"], Installed { sha256: "bbb".into(), version: None });
         assert!(o.running && o.healthy);
         assert_eq!(o.pid, Some(42));
         assert_eq!(o.running_sha256.as_deref(), Some("aaa"));
@@ -169,10 +145,7 @@ mod tests {
 
     #[tokio::test]
     async fn observing_is_one_round_trip() {
-        let mock = MockTransport::new("h1").on_run(
-            "rbee-observe",
-            Ok(CommandOutput::ok("rbee-observe 1\nend\n")),
-        );
+        let mock = MockTransport::new("h1").on_run("rbee-observe", Ok(CommandOutput::ok("rbee-observe 1\nend\n")));
         let state = observe(&mock, 8600, Duration::from_secs(1)).await;
         assert_eq!(state, HiveState::Reachable(Observed::default()));
         assert_eq!(mock.calls().len(), 1);
@@ -183,15 +156,9 @@ mod tests {
     async fn an_unreachable_host_says_why() {
         let mock = MockTransport::new("h1").on_run(
             "rbee-observe",
-            Err(TransportError::Connect {
-                host: "h1".into(),
-                reason: "connection refused".into(),
-            }),
+            Err(TransportError::Connect { host: "h1".into(), reason: "connection refused".into() }),
         );
-        let HiveState::Unreachable { reason } = observe(&mock, 8600, Duration::from_secs(1)).await
-        else {
-            panic!()
-        };
+        let HiveState::Unreachable { reason } = observe(&mock, 8600, Duration::from_secs(1)).await else { panic!() };
         assert_eq!(reason, "cannot connect to h1: connection refused");
     }
 
@@ -199,20 +166,10 @@ mod tests {
     async fn observes_a_real_directory() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(".local/share/rbee/workers")).unwrap();
-        std::fs::write(
-            dir.path()
-                .join(".local/share/rbee/workers/rbee-worker-vllm"),
-            b"hello",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(".local/share/rbee/workers/rbee-worker-vllm"), b"hello").unwrap();
         let state = observe(&LocalTransport::new(dir.path()), 1, Duration::from_secs(5)).await;
-        let HiveState::Reachable(o) = state else {
-            panic!("{state:?}")
-        };
-        assert_eq!(
-            o.workers["vllm"].sha256,
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        let HiveState::Reachable(o) = state else { panic!("{state:?}") };
+        assert_eq!(o.workers["vllm"].sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert!(!o.running && o.hive_binary.is_none());
     }
 }

@@ -231,26 +231,20 @@ impl Operation {
     /// `Err` for the removed imperative operations, naming `rbee sync`.
     pub fn check_supported(&self) -> Result<(), RemovedOperation> {
         let (name, instead) = match self {
-            Operation::HiveInstall { .. } => (
-                "hive_install",
-                "declare the hive in hives.conf, then run `rbee sync`",
-            ),
+            Operation::HiveInstall { .. } => ("hive_install", "declare the hive in hives.conf, then run `rbee sync`"),
             Operation::HiveUninstall { .. } => (
                 "hive_uninstall",
                 "remove the hive from hives.conf and run `rbee uninstall --hive ALIAS`; `rbee sync` keeps the rest in shape",
             ),
-            Operation::WorkerDownload { .. } => (
-                "worker_download",
-                "declare the worker in the hive's `workers` in hives.conf, then run `rbee sync`",
-            ),
-            Operation::WorkerBuild { .. } => (
-                "worker_build",
-                "declare the worker in the hive's `workers` in hives.conf, then run `rbee sync`",
-            ),
-            Operation::WorkerBinaryDelete { .. } => (
-                "worker_binary_delete",
-                "remove the worker from hives.conf, then run `rbee sync --remove-extra`",
-            ),
+            Operation::WorkerDownload { .. } => {
+                ("worker_download", "declare the worker in the hive's `workers` in hives.conf, then run `rbee sync`")
+            }
+            Operation::WorkerBuild { .. } => {
+                ("worker_build", "declare the worker in the hive's `workers` in hives.conf, then run `rbee sync`")
+            }
+            Operation::WorkerBinaryDelete { .. } => {
+                ("worker_binary_delete", "remove the worker from hives.conf, then run `rbee sync --remove-extra`")
+            }
             _ => return Ok(()),
         };
         Err(RemovedOperation { name, instead })
@@ -263,14 +257,9 @@ mod tests {
 
     #[test]
     fn wire_format_is_tagged_snake_case() {
-        let op = Operation::WorkerProcessList {
-            hive_alias: "gpu-1".into(),
-        };
+        let op = Operation::WorkerProcessList { hive_alias: "gpu-1".into() };
         let json = serde_json::to_string(&op).unwrap();
-        assert_eq!(
-            json,
-            r#"{"type":"worker_process_list","hive_alias":"gpu-1"}"#
-        );
+        assert_eq!(json, r#"{"type":"worker_process_list","hive_alias":"gpu-1"}"#);
         assert_eq!(serde_json::from_str::<Operation>(&json).unwrap(), op);
     }
 
@@ -285,29 +274,15 @@ mod tests {
         ] {
             let op: Operation = serde_json::from_str(json).unwrap();
             let err = op.check_supported().unwrap_err().to_string();
-            assert!(
-                err.contains("rbee sync") || err.contains("rbee uninstall"),
-                "{err}"
-            );
+            assert!(err.contains("rbee sync") || err.contains("rbee uninstall"), "{err}");
             assert!(err.contains("was removed"), "{err}");
         }
     }
 
     #[test]
     fn forwarding() {
-        assert!(
-            Operation::ModelList {
-                hive_alias: "a".into()
-            }
-            .should_forward_to_hive()
-        );
+        assert!(Operation::ModelList { hive_alias: "a".into() }.should_forward_to_hive());
         assert!(!Operation::HiveList.should_forward_to_hive());
-        assert!(
-            !Operation::PackageUninstall {
-                hive_alias: None,
-                purge: false
-            }
-            .should_forward_to_hive()
-        );
+        assert!(!Operation::PackageUninstall { hive_alias: None, purge: false }.should_forward_to_hive());
     }
 }

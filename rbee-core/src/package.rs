@@ -43,20 +43,14 @@ pub enum PackageError {
 }
 
 /// Checks `--hive` aliases against the config; `None` when none were given.
-pub fn select(
-    config: &Config,
-    aliases: &[String],
-) -> Result<Option<BTreeSet<String>>, PackageError> {
+pub fn select(config: &Config, aliases: &[String]) -> Result<Option<BTreeSet<String>>, PackageError> {
     if aliases.is_empty() {
         return Ok(None);
     }
     for alias in aliases {
         if config.hive(alias).is_none() {
             let declared: Vec<&str> = config.hives.iter().map(|h| h.alias.as_str()).collect();
-            return Err(PackageError::UnknownHive {
-                alias: alias.clone(),
-                declared: declared.join(", "),
-            });
+            return Err(PackageError::UnknownHive { alias: alias.clone(), declared: declared.join(", ") });
         }
     }
     Ok(Some(aliases.iter().cloned().collect()))
@@ -97,20 +91,8 @@ pub async fn sync(
         return Ok(SyncOutcome { plan, report: None });
     }
     let intent = Intent::Sync(request.plan.clone());
-    let report = execute(
-        &desired,
-        &plan,
-        &intent,
-        &connections.transports,
-        source,
-        options,
-        on_event,
-    )
-    .await;
-    Ok(SyncOutcome {
-        plan,
-        report: Some(report),
-    })
+    let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
+    Ok(SyncOutcome { plan, report: Some(report) })
 }
 
 /// Stops and removes what rbee installed on the selected hives.
@@ -128,27 +110,12 @@ pub async fn uninstall(
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     let plan = plan_uninstall(&desired, &actual, only, purge);
     let intent = Intent::Uninstall { purge };
-    let report = execute(
-        &desired,
-        &plan,
-        &intent,
-        &connections.transports,
-        source,
-        options,
-        on_event,
-    )
-    .await;
-    Ok(SyncOutcome {
-        plan,
-        report: Some(report),
-    })
+    let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
+    Ok(SyncOutcome { plan, report: Some(report) })
 }
 
 /// Uninstalling must work even when the artifacts are gone: fall back to empty pins.
-fn desired_for_uninstall(
-    config: &Config,
-    source: &ArtifactSource,
-) -> Result<Desired, PackageError> {
+fn desired_for_uninstall(config: &Config, source: &ArtifactSource) -> Result<Desired, PackageError> {
     if let Ok(d) = resolve(config, source) {
         return Ok(d);
     }
@@ -224,17 +191,9 @@ pub struct StatusReport {
 impl StatusReport {
     /// 0 in sync, 2 drift, 1 when a hive could not be checked.
     pub fn exit_code(&self) -> u8 {
-        if self
-            .hives
-            .iter()
-            .any(|h| matches!(h.state, DriftState::Unreachable { .. }))
-        {
+        if self.hives.iter().any(|h| matches!(h.state, DriftState::Unreachable { .. })) {
             1
-        } else if self
-            .hives
-            .iter()
-            .any(|h| matches!(h.state, DriftState::Drift { .. } | DriftState::NotInstalled))
-        {
+        } else if self.hives.iter().any(|h| matches!(h.state, DriftState::Drift { .. } | DriftState::NotInstalled)) {
             2
         } else {
             0
@@ -253,14 +212,7 @@ pub async fn status(
     let desired = resolve(config, source)?;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
-    Ok(drift(
-        &desired,
-        &actual,
-        &PlanOptions {
-            only: only.cloned(),
-            ..PlanOptions::default()
-        },
-    ))
+    Ok(drift(&desired, &actual, &PlanOptions { only: only.cloned(), ..PlanOptions::default() }))
 }
 
 /// The drift report for an observed fleet (pure).
@@ -276,23 +228,14 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
             };
             let state = match &hp.status {
                 HiveStatus::Skipped => DriftState::Skipped,
-                HiveStatus::Unreachable { reason } => DriftState::Unreachable {
-                    reason: reason.clone(),
-                },
+                HiveStatus::Unreachable { reason } => DriftState::Unreachable { reason: reason.clone() },
                 HiveStatus::InSync => DriftState::InSync,
-                HiveStatus::Changes
-                    if observed
-                        .is_some_and(|o| o.hive_binary.is_none() && o.workers.is_empty()) =>
-                {
+                HiveStatus::Changes if observed.is_some_and(|o| o.hive_binary.is_none() && o.workers.is_empty()) => {
                     DriftState::NotInstalled
                 }
-                HiveStatus::Changes => DriftState::Drift {
-                    differences: hp
-                        .actions
-                        .iter()
-                        .filter_map(|a| difference(&a.kind))
-                        .collect(),
-                },
+                HiveStatus::Changes => {
+                    DriftState::Drift { differences: hp.actions.iter().filter_map(|a| difference(&a.kind)).collect() }
+                }
             };
             let mut files = BTreeMap::new();
             if let Some(o) = observed {
@@ -325,28 +268,17 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
 fn difference(kind: &ActionKind) -> Option<String> {
     use crate::plan::{Binary, Change};
     Some(match kind {
-        ActionKind::InstallBinary {
-            binary,
-            change: Change::Install,
-            artifact,
-        } => {
+        ActionKind::InstallBinary { binary, change: Change::Install, artifact } => {
             format!("{binary} missing (want {})", artifact.version)
         }
-        ActionKind::InstallBinary {
-            binary,
-            change: Change::Upgrade { from },
-            artifact,
-        } => format!(
+        ActionKind::InstallBinary { binary, change: Change::Upgrade { from }, artifact } => format!(
             "{binary} is {} (sha256:{}), want {} (sha256:{})",
             from.version.as_deref().unwrap_or("an unknown version"),
             crate::state::short(&from.sha256),
             artifact.version,
             artifact.short_digest()
         ),
-        ActionKind::InstallBinary {
-            change: Change::Reinstall,
-            ..
-        } => return None,
+        ActionKind::InstallBinary { change: Change::Reinstall, .. } => return None,
         ActionKind::RemoveWorker { worker, .. } => {
             format!("worker {worker} installed but not declared")
         }
@@ -364,20 +296,14 @@ fn difference(kind: &ActionKind) -> Option<String> {
 pub fn last_run_path() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
-        .map_or_else(
-            || crate::config::home_dir().join(".local/state"),
-            PathBuf::from,
-        );
+        .map_or_else(|| crate::config::home_dir().join(".local/state"), PathBuf::from);
     base.join("rbee").join("last-sync.json")
 }
 
 /// Saves a report for `--retry-failed`.
 pub fn save_last_run(report: &SyncReport) -> Result<(), PackageError> {
     let path = last_run_path();
-    let err = |e: std::io::Error| PackageError::State {
-        path: path.clone(),
-        reason: e.to_string(),
-    };
+    let err = |e: std::io::Error| PackageError::State { path: path.clone(), reason: e.to_string() };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -389,13 +315,9 @@ pub fn save_last_run(report: &SyncReport) -> Result<(), PackageError> {
 /// The hives that failed or were unreachable in the last saved run.
 pub fn last_failed() -> Result<BTreeSet<String>, PackageError> {
     let path = last_run_path();
-    let text = std::fs::read_to_string(&path).map_err(|e| PackageError::State {
-        path: path.clone(),
-        reason: format!("{e}; run `rbee sync` first"),
-    })?;
-    let report: SyncReport = serde_json::from_str(&text).map_err(|e| PackageError::State {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| PackageError::State { path: path.clone(), reason: format!("{e}; run `rbee sync` first") })?;
+    let report: SyncReport =
+        serde_json::from_str(&text).map_err(|e| PackageError::State { path: path.clone(), reason: e.to_string() })?;
     Ok(report.failed().into_iter().collect())
 }

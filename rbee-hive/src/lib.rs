@@ -66,18 +66,12 @@ pub enum HiveError {
 }
 
 fn own_digest() -> String {
-    std::env::current_exe()
-        .and_then(std::fs::read)
-        .map(|bytes| hex::encode(Sha256::digest(&bytes)))
-        .unwrap_or_default()
+    std::env::current_exe().and_then(std::fs::read).map(|bytes| hex::encode(Sha256::digest(&bytes))).unwrap_or_default()
 }
 
 /// The HTTP routes.
 pub fn router(health: Health) -> Router {
-    Router::new().route(
-        "/health",
-        get(move || std::future::ready(Json(health.clone()))),
-    )
+    Router::new().route("/health", get(move || std::future::ready(Json(health.clone()))))
 }
 
 /// Serves until `shutdown` resolves.
@@ -87,25 +81,12 @@ pub async fn serve(
 ) -> Result<(), HiveError> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
-        .map_err(|source| HiveError::Bind {
-            addr: config.addr,
-            source,
-        })?;
-    let health = Health {
-        status: "ok".into(),
-        version: VERSION.into(),
-        sha256: own_digest(),
-        pid: std::process::id(),
-    };
+        .map_err(|source| HiveError::Bind { addr: config.addr, source })?;
+    let health = Health { status: "ok".into(), version: VERSION.into(), sha256: own_digest(), pid: std::process::id() };
     if let Some(path) = &config.pid_file {
-        write_pid_file(path).map_err(|source| HiveError::PidFile {
-            path: path.clone(),
-            source,
-        })?;
+        write_pid_file(path).map_err(|source| HiveError::PidFile { path: path.clone(), source })?;
     }
-    let result = axum::serve(listener, router(health))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await;
     if let Some(path) = &config.pid_file {
         // Only remove the pid file if it is still ours (a newer hive may have replaced it).
         if std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string()) {

@@ -52,10 +52,7 @@ async fn main() -> ExitCode {
             }
         }
         None => {
-            let config = rbee_hive::HiveConfig {
-                addr: SocketAddr::new(args.bind, args.port),
-                pid_file: args.pid_file,
-            };
+            let config = rbee_hive::HiveConfig { addr: SocketAddr::new(args.bind, args.port), pid_file: args.pid_file };
             match rbee_hive::serve(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

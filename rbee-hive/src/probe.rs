@@ -13,9 +13,8 @@ pub async fn probe(port: u16, deadline: Duration) -> Result<String, String> {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("nothing answers on 127.0.0.1:{port}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = hyper::Request::get("/health")
             .header("host", format!("127.0.0.1:{port}"))
@@ -23,25 +22,11 @@ pub async fn probe(port: u16, deadline: Duration) -> Result<String, String> {
             .map_err(|e| e.to_string())?;
         let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         let body = String::from_utf8_lossy(&body).trim().to_owned();
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("/health answered {status}: {body}"))
-        }
+        if status.is_success() { Ok(body) } else { Err(format!("/health answered {status}: {body}")) }
     };
     tokio::time::timeout(deadline, work)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "/health on port {port} did not answer within {}ms",
-                deadline.as_millis()
-            ))
-        })
+        .unwrap_or_else(|_| Err(format!("/health on port {port} did not answer within {}ms", deadline.as_millis())))
 }

@@ -56,14 +56,7 @@ impl Engine {
                     "--port".into(),
                     port,
                 ];
-                argv.extend([
-                    "--n-gpu-layers".into(),
-                    if args.device == "cpu" {
-                        "0".into()
-                    } else {
-                        "999".into()
-                    },
-                ]);
+                argv.extend(["--n-gpu-layers".into(), if args.device == "cpu" { "0".into() } else { "999".into() }]);
                 ("llama-server".into(), argv)
             }
             Engine::Vllm => {
@@ -79,13 +72,8 @@ impl Engine {
             }
             Engine::ComfyUi => {
                 let dir = std::env::var("COMFYUI_DIR").unwrap_or_else(|_| "ComfyUI".into());
-                let mut argv = vec![
-                    format!("{dir}/main.py"),
-                    "--listen".into(),
-                    "127.0.0.1".into(),
-                    "--port".into(),
-                    port,
-                ];
+                let mut argv =
+                    vec![format!("{dir}/main.py"), "--listen".into(), "127.0.0.1".into(), "--port".into(), port];
                 if args.device == "cpu" {
                     argv.push("--cpu".into());
                 }
@@ -97,13 +85,9 @@ impl Engine {
     /// What must be installed, in words.
     pub fn requirement(self) -> &'static str {
         match self {
-            Engine::LlamaCpp => {
-                "llama.cpp's `llama-server` on PATH (https://github.com/ggml-org/llama.cpp)"
-            }
+            Engine::LlamaCpp => "llama.cpp's `llama-server` on PATH (https://github.com/ggml-org/llama.cpp)",
             Engine::Vllm => "vLLM's `vllm` command on PATH (`pip install vllm`)",
-            Engine::ComfyUi => {
-                "ComfyUI checked out at $COMFYUI_DIR (default ./ComfyUI) with `python3` on PATH"
-            }
+            Engine::ComfyUi => "ComfyUI checked out at $COMFYUI_DIR (default ./ComfyUI) with `python3` on PATH",
         }
     }
 
@@ -111,28 +95,18 @@ impl Engine {
     pub fn check_installed(self, args: &WorkerArgs) -> Result<(), String> {
         let (program, argv) = self.command(args);
         if find_in_path(&program).is_none() {
-            return Err(format!(
-                "`{program}` not found: this worker needs {}",
-                self.requirement()
-            ));
+            return Err(format!("`{program}` not found: this worker needs {}", self.requirement()));
         }
         if self == Engine::ComfyUi && !std::path::Path::new(&argv[0]).is_file() {
-            return Err(format!(
-                "{} not found: this worker needs {}",
-                argv[0],
-                self.requirement()
-            ));
+            return Err(format!("{} not found: this worker needs {}", argv[0], self.requirement()));
         }
         Ok(())
     }
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
 }
 
 /// The whole launcher: parse, check, run the engine and pass on its exit status.
@@ -170,22 +144,13 @@ mod tests {
     fn llama_cpp_arguments() {
         let (p, a) = Engine::LlamaCpp.command(&args("cuda:0"));
         assert_eq!(p, "llama-server");
-        assert_eq!(
-            a.join(" "),
-            "--model /m/model.gguf --host 127.0.0.1 --port 9001 --n-gpu-layers 999"
-        );
+        assert_eq!(a.join(" "), "--model /m/model.gguf --host 127.0.0.1 --port 9001 --n-gpu-layers 999");
     }
 
     #[test]
     fn vllm_arguments() {
         let (p, a) = Engine::Vllm.command(&args("cuda:0"));
-        assert_eq!(
-            (p.as_str(), a.join(" ")),
-            (
-                "vllm",
-                "serve /m/model.gguf --host 127.0.0.1 --port 9001".into()
-            )
-        );
+        assert_eq!((p.as_str(), a.join(" ")), ("vllm", "serve /m/model.gguf --host 127.0.0.1 --port 9001".into()));
     }
 
     #[test]

@@ -167,10 +167,8 @@ impl Fleet {
         let dir = self.config_dir();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hives.conf"), hives).unwrap();
-        let rbee = format!(
-            "[package]\nsource = \"{}\"\nssh_timeout = 20\nhealth_check_timeout = 20\n",
-            self.source.display()
-        );
+        let rbee =
+            format!("[package]\nsource = \"{}\"\nssh_timeout = 20\nhealth_check_timeout = 20\n", self.source.display());
         std::fs::write(dir.join("rbee.conf"), rbee).unwrap();
     }
 
@@ -222,7 +220,11 @@ impl Run {
     }
     /// `--json` runs: every stdout line parsed.
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.stdout().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json line")).collect()
+        self.stdout()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
     }
     /// The final `result` line of a `--json` sync.
     pub fn result(&self) -> serde_json::Value {

@@ -27,14 +27,20 @@ fn three_hosts_sync_upgrade_one_worker_and_converge() {
     assert!(changes[0].contains("~ upgrade   worker llama-cpp 0.1.0"), "{plan}");
     assert!(changes[0].contains("-> 0.2.0"), "{plan}");
     assert!(plan.contains("# hive h1 (localhost, local): in sync"), "{plan}");
-    assert!(plan.contains("Plan: 0 to install, 1 to upgrade, 0 to remove, 0 to start, 0 to restart; 2 in sync."), "{plan}");
+    assert!(
+        plan.contains("Plan: 0 to install, 1 to upgrade, 0 to remove, 0 to start, 0 to restart; 2 in sync."),
+        "{plan}"
+    );
 
     let run = fleet.rbee(&["sync", "--json"]).expect_code(0);
     let result = run.result();
     assert_eq!(outcome(&result, "h2")["outcome"], "ok");
     assert_eq!(outcome(&result, "h1")["steps_done"].as_array().unwrap().len(), 0);
     let want = release_tree().join("0.2.0/rbee-worker-llama-cpp");
-    assert_eq!(sha256_file(&fleet.host("h2").path(".local/share/rbee/workers/rbee-worker-llama-cpp")), sha256_file(&want));
+    assert_eq!(
+        sha256_file(&fleet.host("h2").path(".local/share/rbee/workers/rbee-worker-llama-cpp")),
+        sha256_file(&want)
+    );
     fleet.rbee(&["status"]).expect_code(0);
 }
 
@@ -44,7 +50,11 @@ fn a_second_sync_changes_nothing_and_transfers_nothing() {
     fleet.rbee(&["sync"]).expect_code(0);
     let pids: Vec<_> = fleet.hosts.iter().map(|h| h.pid()).collect();
     let again = fleet.rbee(&["sync"]).expect_code(0);
-    assert!(again.stdout().contains("Nothing to do: every hive is in sync (0.0 MiB transferred)."), "{}", again.stdout());
+    assert!(
+        again.stdout().contains("Nothing to do: every hive is in sync (0.0 MiB transferred)."),
+        "{}",
+        again.stdout()
+    );
     let json = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
     assert_eq!(json["bytes_transferred"], 0);
     let after: Vec<_> = fleet.hosts.iter().map(|h| h.pid()).collect();
@@ -68,7 +78,10 @@ fn a_killed_hive_is_reported_and_only_it_is_restarted() {
     let result = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
     let steps = |alias: &str| outcome(&result, alias)["steps_done"].as_array().unwrap().clone();
     assert!(steps("h1").is_empty() && steps("h3").is_empty(), "{result:#}");
-    assert_eq!(steps("h2").iter().map(|s| s.as_str().unwrap()).collect::<Vec<_>>(), ["h2/lock", "h2/start", "h2/wait-healthy"]);
+    assert_eq!(
+        steps("h2").iter().map(|s| s.as_str().unwrap()).collect::<Vec<_>>(),
+        ["h2/lock", "h2/start", "h2/wait-healthy"]
+    );
     assert_eq!((fleet.host("h1").pid(), fleet.host("h3").pid()), (h1_pid, h3_pid));
     assert!(fleet.host("h2").health().is_some());
 }
@@ -177,7 +190,9 @@ fn uninstall_removes_what_it_installed_and_purge_removes_state() {
     fleet.rbee(&["uninstall", "--hive", "h1"]).expect_code(0);
     let h1 = fleet.host("h1");
     assert!(!crate::fleet::alive(pid), "hive stopped");
-    for rel in [".local/bin/rbee-hive", ".local/share/rbee", ".local/state/rbee/manifest.json", ".local/state/rbee/hive.pid"] {
+    for rel in
+        [".local/bin/rbee-hive", ".local/share/rbee", ".local/state/rbee/manifest.json", ".local/state/rbee/hive.pid"]
+    {
         assert!(!h1.path(rel).exists(), "{rel} left behind");
     }
     assert!(h1.path(".local/state/rbee/hive.log").exists(), "state is kept without --purge");
@@ -204,9 +219,11 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
     let config = dir.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     let port = crate::fleet::free_port();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/local/hives.conf")).unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/local/hives.conf")).unwrap();
     assert!(example.contains("hive_port = 8600"));
-    std::fs::write(config.join("hives.conf"), example.replace("hive_port = 8600", &format!("hive_port = {port}"))).unwrap();
+    std::fs::write(config.join("hives.conf"), example.replace("hive_port = 8600", &format!("hive_port = {port}")))
+        .unwrap();
     let rbee = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbee"))
             .arg("--config")

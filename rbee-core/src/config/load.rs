@@ -17,8 +17,8 @@ use serde::Serialize;
 use toml::Spanned;
 
 use super::model::{
-    Config, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq,
-    WORKER_TYPES, WorkerSpec, is_localhost,
+    Config, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq, WORKER_TYPES,
+    WorkerSpec, is_localhost,
 };
 use super::schema::{HivesConfFile, RbeeConfFile};
 
@@ -42,14 +42,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
     }
 }
 
@@ -100,8 +93,7 @@ fn render_diagnostics(diags: &[Diagnostic]) -> String {
 pub fn config_dir(cli: Option<&Path>) -> PathBuf {
     if let Some(path) = cli {
         return if path.is_file() {
-            path.parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
         } else {
             path.to_path_buf()
         };
@@ -132,10 +124,7 @@ pub struct ConfigFiles {
 impl ConfigFiles {
     /// Both files in `dir`.
     pub fn in_dir(dir: &Path) -> Self {
-        Self {
-            rbee_conf: dir.join(RBEE_CONF),
-            hives_conf: dir.join(HIVES_CONF),
-        }
+        Self { rbee_conf: dir.join(RBEE_CONF), hives_conf: dir.join(HIVES_CONF) }
     }
 
     /// The files `--config` names: a directory holding both, or a hives.conf file with
@@ -144,10 +133,7 @@ impl ConfigFiles {
         match cli {
             Some(path) if path.is_file() => {
                 let dir = path.parent().unwrap_or(Path::new("."));
-                Self {
-                    rbee_conf: dir.join(RBEE_CONF),
-                    hives_conf: path.to_path_buf(),
-                }
+                Self { rbee_conf: dir.join(RBEE_CONF), hives_conf: path.to_path_buf() }
             }
             _ => Self::in_dir(&config_dir(cli)),
         }
@@ -167,10 +153,7 @@ pub fn load(files: &ConfigFiles) -> Result<Config, ConfigError> {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => {
-            return Err(ConfigError::Read {
-                path: rbee_path,
-                source,
-            });
+            return Err(ConfigError::Read { path: rbee_path, source });
         }
     };
     let hives = match std::fs::read_to_string(&hives_path) {
@@ -179,10 +162,7 @@ pub fn load(files: &ConfigFiles) -> Result<Config, ConfigError> {
             return Err(ConfigError::MissingHivesConf { path: hives_path });
         }
         Err(source) => {
-            return Err(ConfigError::Read {
-                path: hives_path,
-                source,
-            });
+            return Err(ConfigError::Read { path: hives_path, source });
         }
     };
     let rbee = rbee.as_deref().map(|text| (rbee_path.as_path(), text));
@@ -200,43 +180,25 @@ pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config
     let (Some(rbee_file), Some(hives_file)) = (rbee_file, hives_file) else {
         return Err(ConfigError::Invalid(diags));
     };
-    let mut v = Validator {
-        diags,
-        file: PathBuf::new(),
-        text: "",
-    };
+    let mut v = Validator { diags, file: PathBuf::new(), text: "" };
     let (queen, package, ssh) = match rbee {
         Some((path, text)) => v.with_file(path, text, |v| v.settings(&rbee_file)),
         None => v.with_file(Path::new(RBEE_CONF), "", |v| v.settings(&rbee_file)),
     };
     let hives_list = v.with_file(hives.0, hives.1, |v| v.hives(&hives_file));
     if v.diags.is_empty() {
-        Ok(Config {
-            queen,
-            package,
-            ssh,
-            hives: hives_list,
-        })
+        Ok(Config { queen, package, ssh, hives: hives_list })
     } else {
         Err(ConfigError::Invalid(v.diags))
     }
 }
 
-fn parse_toml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    text: &str,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<T> {
+fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<T> {
     match toml::from_str::<T>(text) {
         Ok(value) => Some(value),
         Err(err) => {
             let (line, column) = err.span().map_or((1, 1), |s| line_col(text, s.start));
-            diags.push(Diagnostic {
-                file: path.to_path_buf(),
-                line,
-                column,
-                message: err.message().trim().to_owned(),
-            });
+            diags.push(Diagnostic { file: path.to_path_buf(), line, column, message: err.message().trim().to_owned() });
             None
         }
     }
@@ -266,22 +228,14 @@ impl<'a> Validator<'a> {
 
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
-        self.diags.push(Diagnostic {
-            file: self.file.clone(),
-            line,
-            column,
-            message: message.into(),
-        });
+        self.diags.push(Diagnostic { file: self.file.clone(), line, column, message: message.into() });
     }
 
     fn int_in(&mut self, key: &str, value: &Spanned<i64>, range: Range<i64>) -> i64 {
         let v = *value.get_ref();
         if !range.contains(&v) {
             let max = range.end - 1;
-            self.error(
-                value.span(),
-                format!("{key} = {v} is out of range: use {}..={max}", range.start),
-            );
+            self.error(value.span(), format!("{key} = {v} is out of range: use {}..={max}", range.start));
             return range.start;
         }
         v
@@ -298,19 +252,12 @@ impl<'a> Validator<'a> {
             auto_start: file.queen.auto_start,
         };
         let p = &file.package;
-        let concurrency = self.int_in(
-            "max_concurrent_installs",
-            &p.max_concurrent_installs,
-            1..1025,
-        );
+        let concurrency = self.int_in("max_concurrent_installs", &p.max_concurrent_installs, 1..1025);
         let ssh_timeout = self.int_in("ssh_timeout", &p.ssh_timeout, 1..86_401);
         let health = self.int_in("health_check_timeout", &p.health_check_timeout, 1..86_401);
         let source = p.source.as_ref().map(|s| {
             if s.get_ref().trim().is_empty() {
-                self.error(
-                    s.span(),
-                    "source is empty: give a directory or an http(s) URL, or leave it out",
-                );
+                self.error(s.span(), "source is empty: give a directory or an http(s) URL, or leave it out");
             }
             s.get_ref().clone()
         });
@@ -346,23 +293,20 @@ impl<'a> Validator<'a> {
             }
             let hostname = entry.hostname.get_ref();
             if let Some(problem) = hostname_problem(hostname) {
-                self.error(
-                    entry.hostname.span(),
-                    format!("hostname {hostname:?} {problem}"),
-                );
+                self.error(entry.hostname.span(), format!("hostname {hostname:?} {problem}"));
             }
             let ssh_port = self.port("ssh_port", &entry.ssh_port);
             let hive_port = self.port("hive_port", &entry.hive_port);
             let workers = self.workers(entry);
             let local = is_localhost(hostname);
-            let ssh_options = entry.ssh_user.is_some()
-                || entry.ssh_key.is_some()
-                || *entry.ssh_port.get_ref() != 22;
+            let ssh_options = entry.ssh_user.is_some() || entry.ssh_key.is_some() || *entry.ssh_port.get_ref() != 22;
             let transport = match entry.transport {
                 Some(TransportKind::Local) if !local => {
                     self.error(
                         entry.hostname.span(),
-                        format!("transport = \"local\" needs hostname \"localhost\" or \"127.0.0.1\", not {hostname:?}"),
+                        format!(
+                            "transport = \"local\" needs hostname \"localhost\" or \"127.0.0.1\", not {hostname:?}"
+                        ),
                     );
                     TransportKind::Local
                 }
@@ -409,10 +353,7 @@ impl<'a> Validator<'a> {
             if !WORKER_TYPES.contains(&kind) {
                 self.error(
                     w.kind.span(),
-                    format!(
-                        "unknown worker type {kind:?}: use one of {}",
-                        WORKER_TYPES.join(", ")
-                    ),
+                    format!("unknown worker type {kind:?}: use one of {}", WORKER_TYPES.join(", ")),
                 );
             }
             let (line, _) = line_col(self.text, w.kind.span().start);
@@ -440,10 +381,7 @@ impl<'a> Validator<'a> {
                     }
                 }
             };
-            out.push(WorkerSpec {
-                kind: kind.to_owned(),
-                version,
-            });
+            out.push(WorkerSpec { kind: kind.to_owned(), version });
         }
         out.sort_by(|a, b| a.kind.cmp(&b.kind));
         out
@@ -460,8 +398,7 @@ fn alias_problem(alias: &str) -> Option<&'static str> {
         }
         Some(_) => {}
     }
-    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-    {
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')) {
         return Some("may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)");
     }
     if alias.len() > 63 {
@@ -491,10 +428,7 @@ fn hostname_problem(host: &str) -> Option<&'static str> {
         if label.starts_with('-') || label.ends_with('-') {
             return Some("has a label that starts or ends with '-'");
         }
-        if !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Some("may only contain letters, digits, '-', '_' and '.'");
         }
     }
@@ -526,13 +460,7 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        for ok in [
-            "localhost",
-            "10.0.0.1",
-            "::1",
-            "gpu-1.lab.example",
-            "my_box",
-        ] {
+        for ok in ["localhost", "10.0.0.1", "::1", "gpu-1.lab.example", "my_box"] {
             assert_eq!(hostname_problem(ok), None, "{ok}");
         }
         for bad in ["", "a..b", "-a", "a b", "300.1.1.1", "x/y"] {

@@ -5,12 +5,11 @@ mod model;
 mod schema;
 
 pub use load::{
-    ConfigError, ConfigFiles, Diagnostic, HIVES_CONF, RBEE_CONF, config_dir, home_dir, load,
-    load_dir, parse,
+    ConfigError, ConfigFiles, Diagnostic, HIVES_CONF, RBEE_CONF, config_dir, home_dir, load, load_dir, parse,
 };
 pub use model::{
-    Config, HiveConfig, HostKeyPolicy, PackageSettings, QueenMode, QueenSettings, SshSettings,
-    TransportKind, VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
+    Config, HiveConfig, HostKeyPolicy, PackageSettings, QueenMode, QueenSettings, SshSettings, TransportKind,
+    VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
 };
 pub use schema::{HiveEntry, HivesConfFile, RbeeConfFile, WorkerEntry};
 

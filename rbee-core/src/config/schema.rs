@@ -42,11 +42,7 @@ pub struct QueenSection {
 
 impl Default for QueenSection {
     fn default() -> Self {
-        Self {
-            mode: QueenMode::default(),
-            port: default_queen_port(),
-            auto_start: true,
-        }
+        Self { mode: QueenMode::default(), port: default_queen_port(), auto_start: true }
     }
 }
 
@@ -183,9 +179,7 @@ pub struct WorkerEntry {
 }
 
 /// How a host is reached.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     /// Commands run on this machine.

@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch, stamped on every event so that a reader can see which
 /// steps overlapped.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One thing that happened during a sync. Every event names its hive and carries a timestamp.
@@ -124,10 +122,7 @@ pub enum HiveOutcome {
 impl HiveOutcome {
     /// Failed or unreachable.
     pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            HiveOutcome::Failed { .. } | HiveOutcome::Unreachable { .. }
-        )
+        matches!(self, HiveOutcome::Failed { .. } | HiveOutcome::Unreachable { .. })
     }
 }
 
@@ -172,27 +167,17 @@ impl SyncReport {
 
     /// True when no hive changed.
     pub fn changed_nothing(&self) -> bool {
-        self.hives
-            .iter()
-            .all(|h| !matches!(h.outcome, HiveOutcome::Ok { changed: true }))
+        self.hives.iter().all(|h| !matches!(h.outcome, HiveOutcome::Ok { changed: true }))
     }
 
     /// Aliases that failed or were unreachable.
     pub fn failed(&self) -> Vec<String> {
-        self.hives
-            .iter()
-            .filter(|h| h.outcome.is_failure())
-            .map(|h| h.alias.clone())
-            .collect()
+        self.hives.iter().filter(|h| h.outcome.is_failure()).map(|h| h.alias.clone()).collect()
     }
 
     /// Ok, partial or failed.
     pub fn overall(&self) -> Overall {
-        let considered: Vec<_> = self
-            .hives
-            .iter()
-            .filter(|h| h.outcome != HiveOutcome::Skipped)
-            .collect();
+        let considered: Vec<_> = self.hives.iter().filter(|h| h.outcome != HiveOutcome::Skipped).collect();
         let failed = considered.iter().filter(|h| h.outcome.is_failure()).count();
         if failed == 0 {
             Overall::Ok

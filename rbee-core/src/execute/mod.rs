@@ -102,14 +102,7 @@ pub enum Intent {
 impl Intent {
     fn replan(&self, desired: &Desired, actual: &Actual) -> Plan {
         match self {
-            Intent::Sync(options) => plan(
-                desired,
-                actual,
-                &PlanOptions {
-                    only: None,
-                    ..options.clone()
-                },
-            ),
+            Intent::Sync(options) => plan(desired, actual, &PlanOptions { only: None, ..options.clone() }),
             Intent::Uninstall { purge } => plan_uninstall(desired, actual, None, *purge),
         }
     }
@@ -146,10 +139,7 @@ pub async fn execute(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> SyncReport {
-    let cache = ArtifactCache {
-        source,
-        bytes: Mutex::new(BTreeMap::new()),
-    };
+    let cache = ArtifactCache { source, bytes: Mutex::new(BTreeMap::new()) };
     let permits = Semaphore::new(options.concurrency.max(1));
     let owner = format!("rbee pid {} at {}", std::process::id(), now_ms());
     let tasks = plan.hives.iter().map(|hp| {
@@ -157,26 +147,16 @@ pub async fn execute(
         async move {
             let early = match &hp.status {
                 HiveStatus::Skipped => Some(HiveOutcome::Skipped),
-                HiveStatus::Unreachable { reason } => Some(HiveOutcome::Unreachable {
-                    reason: reason.clone(),
-                }),
+                HiveStatus::Unreachable { reason } => Some(HiveOutcome::Unreachable { reason: reason.clone() }),
                 HiveStatus::InSync => Some(HiveOutcome::Ok { changed: false }),
                 HiveStatus::Changes => None,
             };
             if let Some(outcome) = early {
                 return done(on_event, &hp.alias, outcome, Vec::new(), 0);
             }
-            let (Some(want), Some(transport)) =
-                (desired.hives.get(&hp.alias), transports.get(&hp.alias))
-            else {
+            let (Some(want), Some(transport)) = (desired.hives.get(&hp.alias), transports.get(&hp.alias)) else {
                 let reason = "no transport to this host".to_owned();
-                return done(
-                    on_event,
-                    &hp.alias,
-                    HiveOutcome::Unreachable { reason },
-                    Vec::new(),
-                    0,
-                );
+                return done(on_event, &hp.alias, HiveOutcome::Unreachable { reason }, Vec::new(), 0);
             };
             let _permit = permits.acquire().await.expect("semaphore never closed");
             let run = HiveRun {
@@ -190,38 +170,15 @@ pub async fn execute(
             };
             let outcome = run.run(intent, owner).await;
             let steps = run.steps_done.lock().expect("steps lock").clone();
-            done(
-                on_event,
-                &hp.alias,
-                outcome,
-                steps,
-                run.bytes.load(Ordering::Relaxed),
-            )
+            done(on_event, &hp.alias, outcome, steps, run.bytes.load(Ordering::Relaxed))
         }
     });
-    SyncReport {
-        hives: join_all(tasks).await,
-    }
+    SyncReport { hives: join_all(tasks).await }
 }
 
-fn done(
-    on_event: OnEvent<'_>,
-    alias: &str,
-    outcome: HiveOutcome,
-    steps_done: Vec<String>,
-    bytes: u64,
-) -> HiveReport {
-    on_event(SyncEvent::HiveDone {
-        alias: alias.to_owned(),
-        outcome: outcome.clone(),
-        at_ms: now_ms(),
-    });
-    HiveReport {
-        alias: alias.to_owned(),
-        outcome,
-        steps_done,
-        bytes_transferred: bytes,
-    }
+fn done(on_event: OnEvent<'_>, alias: &str, outcome: HiveOutcome, steps_done: Vec<String>, bytes: u64) -> HiveReport {
+    on_event(SyncEvent::HiveDone { alias: alias.to_owned(), outcome: outcome.clone(), at_ms: now_ms() });
+    HiveReport { alias: alias.to_owned(), outcome, steps_done, bytes_transferred: bytes }
 }
 
 struct HiveRun<'a> {
@@ -240,33 +197,19 @@ impl HiveRun<'_> {
     }
 
     async fn run(&self, intent: &Intent, owner: &str) -> HiveOutcome {
-        (self.on_event)(SyncEvent::HiveStarted {
-            alias: self.alias().to_owned(),
-            at_ms: now_ms(),
-        });
+        (self.on_event)(SyncEvent::HiveStarted { alias: self.alias().to_owned(), at_ms: now_ms() });
         let o = self.options;
         let lock_id = format!("{}/lock", self.alias());
         if let Err(e) = self
             .step(&lock_id, "take the sync lock", || {
-                steps::lock(
-                    self.t,
-                    owner,
-                    o.lock_wait,
-                    o.lock_stale_after,
-                    o.step_timeout,
-                )
+                steps::lock(self.t, owner, o.lock_wait, o.lock_stale_after, o.step_timeout)
             })
             .await
         {
             return if e.is_transient() {
-                HiveOutcome::Unreachable {
-                    reason: e.to_string(),
-                }
+                HiveOutcome::Unreachable { reason: e.to_string() }
             } else {
-                HiveOutcome::Failed {
-                    step: lock_id,
-                    reason: e.to_string(),
-                }
+                HiveOutcome::Failed { step: lock_id, reason: e.to_string() }
             };
         }
         let outcome = self.locked(intent).await;
@@ -281,16 +224,10 @@ impl HiveRun<'_> {
     async fn locked(&self, intent: &Intent) -> HiveOutcome {
         let observed = observe(self.t, self.want.hive_port, self.options.step_timeout).await;
         if let HiveState::Unreachable { reason } = &observed {
-            return HiveOutcome::Unreachable {
-                reason: reason.clone(),
-            };
+            return HiveOutcome::Unreachable { reason: reason.clone() };
         }
-        let desired = Desired {
-            hives: BTreeMap::from([(self.alias().to_owned(), self.want.clone())]),
-        };
-        let actual = Actual {
-            hives: BTreeMap::from([(self.alias().to_owned(), observed)]),
-        };
+        let desired = Desired { hives: BTreeMap::from([(self.alias().to_owned(), self.want.clone())]) };
+        let actual = Actual { hives: BTreeMap::from([(self.alias().to_owned(), observed)]) };
         let fresh = intent.replan(&desired, &actual);
         let Some(hp) = fresh.hives.into_iter().next() else {
             return HiveOutcome::Ok { changed: false };
@@ -298,59 +235,34 @@ impl HiveRun<'_> {
         if hp.actions.is_empty() {
             return HiveOutcome::Ok { changed: false };
         }
-        let installs_binaries = hp
-            .actions
-            .iter()
-            .any(|a| matches!(a.kind, ActionKind::InstallBinary { .. }));
+        let installs_binaries = hp.actions.iter().any(|a| matches!(a.kind, ActionKind::InstallBinary { .. }));
         let mut finished: BTreeSet<String> = BTreeSet::new();
         let mut pending: Vec<&Action> = hp.actions.iter().collect();
         let mut manifest_written = !installs_binaries;
         while !pending.is_empty() {
-            let (ready, rest): (Vec<&Action>, Vec<&Action>) = pending
-                .into_iter()
-                .partition(|a| a.depends_on.iter().all(|d| finished.contains(d)));
+            let (ready, rest): (Vec<&Action>, Vec<&Action>) =
+                pending.into_iter().partition(|a| a.depends_on.iter().all(|d| finished.contains(d)));
             if ready.is_empty() {
-                return HiveOutcome::Failed {
-                    step: rest[0].id.clone(),
-                    reason: "dependency cycle in plan".into(),
-                };
+                return HiveOutcome::Failed { step: rest[0].id.clone(), reason: "dependency cycle in plan".into() };
             }
             // The manifest goes in once every binary is in place and before the hive starts.
-            let is_binary = |a: &Action| {
-                matches!(
-                    a.kind,
-                    ActionKind::InstallBinary { .. } | ActionKind::RemoveWorker { .. }
-                )
-            };
+            let is_binary =
+                |a: &Action| matches!(a.kind, ActionKind::InstallBinary { .. } | ActionKind::RemoveWorker { .. });
             if !manifest_written && !ready.iter().any(|a| is_binary(a)) {
                 let id = format!("{}/manifest", self.alias());
-                if let Err(e) = self
-                    .step(&id, "record installed versions", || self.write_manifest())
-                    .await
-                {
-                    return HiveOutcome::Failed {
-                        step: id,
-                        reason: e.to_string(),
-                    };
+                if let Err(e) = self.step(&id, "record installed versions", || self.write_manifest()).await {
+                    return HiveOutcome::Failed { step: id, reason: e.to_string() };
                 }
                 manifest_written = true;
             }
-            let results = join_all(
-                ready
-                    .iter()
-                    .map(|a| async move { (a.id.clone(), self.action(a).await) }),
-            )
-            .await;
+            let results = join_all(ready.iter().map(|a| async move { (a.id.clone(), self.action(a).await) })).await;
             for (id, result) in results {
                 match result {
                     Ok(()) => {
                         finished.insert(id);
                     }
                     Err(e) => {
-                        return HiveOutcome::Failed {
-                            step: id,
-                            reason: e.to_string(),
-                        };
+                        return HiveOutcome::Failed { step: id, reason: e.to_string() };
                     }
                 }
             }
@@ -358,14 +270,8 @@ impl HiveRun<'_> {
         }
         if !manifest_written {
             let id = format!("{}/manifest", self.alias());
-            if let Err(e) = self
-                .step(&id, "record installed versions", || self.write_manifest())
-                .await
-            {
-                return HiveOutcome::Failed {
-                    step: id,
-                    reason: e.to_string(),
-                };
+            if let Err(e) = self.step(&id, "record installed versions", || self.write_manifest()).await {
+                return HiveOutcome::Failed { step: id, reason: e.to_string() };
             }
         }
         HiveOutcome::Ok { changed: true }
@@ -373,10 +279,7 @@ impl HiveRun<'_> {
 
     async fn write_manifest(&self) -> Result<(), StepError> {
         let mut m = Manifest::default();
-        m.versions.insert(
-            self.want.hive.sha256.clone(),
-            self.want.hive.version.clone(),
-        );
+        m.versions.insert(self.want.hive.sha256.clone(), self.want.hive.version.clone());
         for a in self.want.workers.values() {
             m.versions.insert(a.sha256.clone(), a.version.clone());
         }
@@ -406,14 +309,10 @@ impl HiveRun<'_> {
                     (self.on_event)(SyncEvent::StepFinished {
                         alias,
                         step: id.to_owned(),
-                        elapsed_ms: u64::try_from(started.elapsed().as_millis())
-                            .unwrap_or(u64::MAX),
+                        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                         at_ms: now_ms(),
                     });
-                    self.steps_done
-                        .lock()
-                        .expect("steps lock")
-                        .push(id.to_owned());
+                    self.steps_done.lock().expect("steps lock").push(id.to_owned());
                     return Ok(());
                 }
                 Err(e) => {
@@ -439,20 +338,11 @@ impl HiveRun<'_> {
     async fn action(&self, action: &Action) -> Result<(), StepError> {
         let o = self.options;
         let text = action.kind.to_string();
-        let description = text
-            .trim_start_matches(['+', '~', '-', ' '])
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let description =
+            text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ");
         match &action.kind {
-            ActionKind::InstallBinary {
-                binary, artifact, ..
-            } => {
-                let bytes = self
-                    .cache
-                    .get(artifact)
-                    .await
-                    .map_err(|e| StepError::Failed(e.to_string()))?;
+            ActionKind::InstallBinary { binary, artifact, .. } => {
+                let bytes = self.cache.get(artifact).await.map_err(|e| StepError::Failed(e.to_string()))?;
                 let target = binary.path();
                 let fault = o.faults.get(self.alias()).copied();
                 let total = bytes.len() as u64;
@@ -470,30 +360,21 @@ impl HiveRun<'_> {
                 let sent_before = AtomicU64::new(0);
                 let counted = |sent: u64| {
                     let prev = sent_before.swap(sent, Ordering::Relaxed);
-                    self.bytes
-                        .fetch_add(sent.saturating_sub(prev), Ordering::Relaxed);
+                    self.bytes.fetch_add(sent.saturating_sub(prev), Ordering::Relaxed);
                     progress(sent);
                 };
                 self.step(&action.id, &description, || {
                     sent_before.store(0, Ordering::Relaxed);
-                    steps::install_binary(
-                        self.t, artifact, &bytes, &target, deadline, &counted, fault,
-                    )
+                    steps::install_binary(self.t, artifact, &bytes, &target, deadline, &counted, fault)
                 })
                 .await
             }
             ActionKind::RemoveWorker { worker, .. } => {
                 let target = Layout::worker_binary(worker);
-                self.step(&action.id, &description, || {
-                    steps::remove_file(self.t, &target, o.step_timeout)
-                })
-                .await
+                self.step(&action.id, &description, || steps::remove_file(self.t, &target, o.step_timeout)).await
             }
             ActionKind::StartHive { port } => {
-                self.step(&action.id, &description, || {
-                    steps::start_hive(self.t, *port, o.step_timeout)
-                })
-                .await
+                self.step(&action.id, &description, || steps::start_hive(self.t, *port, o.step_timeout)).await
             }
             ActionKind::RestartHive { port, .. } => {
                 self.step(&action.id, &description, || async {
@@ -503,10 +384,7 @@ impl HiveRun<'_> {
                 .await
             }
             ActionKind::StopHive => {
-                self.step(&action.id, &description, || {
-                    steps::stop_hive(self.t, o.stop_grace, o.step_timeout)
-                })
-                .await
+                self.step(&action.id, &description, || steps::stop_hive(self.t, o.stop_grace, o.step_timeout)).await
             }
             ActionKind::WaitHealthy { port } => {
                 self.step(&action.id, &description, || {
@@ -515,10 +393,7 @@ impl HiveRun<'_> {
                 .await
             }
             ActionKind::Uninstall { purge } => {
-                self.step(&action.id, &description, || {
-                    steps::uninstall(self.t, *purge, o.step_timeout)
-                })
-                .await
+                self.step(&action.id, &description, || steps::uninstall(self.t, *purge, o.step_timeout)).await
             }
         }
     }

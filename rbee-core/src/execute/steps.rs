@@ -46,11 +46,7 @@ async fn script(
             }
             detail.push_str(&err);
         }
-        Err(StepError::Failed(format!(
-            "{what} failed on {} (exit status {}): {detail}",
-            t.describe(),
-            out.status
-        )))
+        Err(StepError::Failed(format!("{what} failed on {} (exit status {}): {detail}", t.describe(), out.status)))
     }
 }
 
@@ -104,12 +100,9 @@ pub async fn install_binary(
     } else {
         bytes
     };
-    t.upload(payload, &staging, 0o600, deadline, progress)
-        .await?;
+    t.upload(payload, &staging, 0o600, deadline, progress).await?;
     if fault == Some(InstallFault::StopBeforeRename) {
-        return Err(StepError::Failed(format!(
-            "install of {target} interrupted before rename (test hook)"
-        )));
+        return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
     }
     script(
         t,
@@ -123,30 +116,14 @@ pub async fn install_binary(
 }
 
 /// Removes a worker binary from the catalog.
-pub async fn remove_file(
-    t: &dyn Transport,
-    target: &str,
-    deadline: Duration,
-) -> Result<(), StepError> {
-    script(
-        t,
-        &format!("removing {target}"),
-        r#"rm -f "$1""#,
-        vec![target.to_owned()],
-        deadline,
-    )
-    .await?;
+pub async fn remove_file(t: &dyn Transport, target: &str, deadline: Duration) -> Result<(), StepError> {
+    script(t, &format!("removing {target}"), r#"rm -f "$1""#, vec![target.to_owned()], deadline).await?;
     Ok(())
 }
 
 /// Writes the install manifest (digest → version) atomically.
-pub async fn write_manifest(
-    t: &dyn Transport,
-    json: &[u8],
-    deadline: Duration,
-) -> Result<(), StepError> {
-    t.upload(json, &Layout::manifest(), 0o644, deadline, &|_| {})
-        .await?;
+pub async fn write_manifest(t: &dyn Transport, json: &[u8], deadline: Duration) -> Result<(), StepError> {
+    t.upload(json, &Layout::manifest(), 0o644, deadline, &|_| {}).await?;
     Ok(())
 }
 
@@ -178,12 +155,8 @@ pub async fn lock(
     stale_after: Duration,
     deadline: Duration,
 ) -> Result<(), StepError> {
-    let args = vec![
-        Layout::lock_dir(),
-        wait.as_secs().to_string(),
-        stale_after.as_secs().to_string(),
-        owner.to_owned(),
-    ];
+    let args =
+        vec![Layout::lock_dir(), wait.as_secs().to_string(), stale_after.as_secs().to_string(), owner.to_owned()];
     script(t, "taking the sync lock", LOCK, args, deadline + wait).await?;
     Ok(())
 }
@@ -191,14 +164,7 @@ pub async fn lock(
 /// Releases the lock if `owner` still holds it.
 pub async fn unlock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
     let text = r#"if [ "$(cat "$1/owner" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; fi"#;
-    script(
-        t,
-        "releasing the sync lock",
-        text,
-        vec![Layout::lock_dir(), owner.to_owned()],
-        deadline,
-    )
-    .await?;
+    script(t, "releasing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
 
@@ -226,14 +192,7 @@ exit 1
 /// Starts the hive fully detached (own session, output to the hive log, pid file). Does
 /// nothing if it is already running.
 pub async fn start_hive(t: &dyn Transport, port: u16, deadline: Duration) -> Result<(), StepError> {
-    script(
-        t,
-        "starting rbee-hive",
-        START,
-        vec![port.to_string()],
-        deadline,
-    )
-    .await?;
+    script(t, "starting rbee-hive", START, vec![port.to_string()], deadline).await?;
     Ok(())
 }
 
@@ -251,19 +210,8 @@ rm -f "$pidf"
 "#;
 
 /// Stops the hive: SIGTERM, then SIGKILL after `grace`.
-pub async fn stop_hive(
-    t: &dyn Transport,
-    grace: Duration,
-    deadline: Duration,
-) -> Result<(), StepError> {
-    script(
-        t,
-        "stopping rbee-hive",
-        STOP,
-        vec![grace.as_secs().max(1).to_string()],
-        deadline + grace,
-    )
-    .await?;
+pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -> Result<(), StepError> {
+    script(t, "stopping rbee-hive", STOP, vec![grace.as_secs().max(1).to_string()], deadline + grace).await?;
     Ok(())
 }
 
@@ -281,21 +229,9 @@ done
 "#;
 
 /// Polls `/health` on the host until it answers, and checks the hive runs `want`.
-pub async fn wait_healthy(
-    t: &dyn Transport,
-    port: u16,
-    want: &Artifact,
-    timeout: Duration,
-) -> Result<(), StepError> {
+pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout: Duration) -> Result<(), StepError> {
     let args = vec![port.to_string(), timeout.as_secs().max(1).to_string()];
-    let out = script(
-        t,
-        "waiting for /health",
-        WAIT_HEALTHY,
-        args,
-        timeout + Duration::from_secs(10),
-    )
-    .await?;
+    let out = script(t, "waiting for /health", WAIT_HEALTHY, args, timeout + Duration::from_secs(10)).await?;
     let body = out.stdout_text();
     let sha = serde_json::from_str::<serde_json::Value>(body.trim())
         .ok()
@@ -307,10 +243,7 @@ pub async fn wait_healthy(
             &sha[..sha.len().min(12)],
             want.short_digest()
         ))),
-        None => Err(StepError::Failed(format!(
-            "unexpected /health answer on port {port}: {}",
-            body.trim()
-        ))),
+        None => Err(StepError::Failed(format!("unexpected /health answer on port {port}: {}", body.trim()))),
     }
 }
 
@@ -332,34 +265,13 @@ exit 0
 "#;
 
 /// Removes what rbee installed (and with `purge`, its state and data).
-pub async fn uninstall(
-    t: &dyn Transport,
-    purge: bool,
-    deadline: Duration,
-) -> Result<(), StepError> {
-    script(
-        t,
-        "uninstalling",
-        UNINSTALL,
-        vec![if purge { "1" } else { "0" }.to_owned()],
-        deadline,
-    )
-    .await?;
+pub async fn uninstall(t: &dyn Transport, purge: bool, deadline: Duration) -> Result<(), StepError> {
+    script(t, "uninstalling", UNINSTALL, vec![if purge { "1" } else { "0" }.to_owned()], deadline).await?;
     Ok(())
 }
 
 /// After a purge the lock was the last thing in the state directory: remove the directory.
-pub async fn remove_empty_state_dir(
-    t: &dyn Transport,
-    deadline: Duration,
-) -> Result<(), StepError> {
-    script(
-        t,
-        "cleaning up",
-        r#"rmdir "$1" 2>/dev/null; exit 0"#,
-        vec![Layout::STATE_DIR.to_owned()],
-        deadline,
-    )
-    .await?;
+pub async fn remove_empty_state_dir(t: &dyn Transport, deadline: Duration) -> Result<(), StepError> {
+    script(t, "cleaning up", r#"rmdir "$1" 2>/dev/null; exit 0"#, vec![Layout::STATE_DIR.to_owned()], deadline).await?;
     Ok(())
 }

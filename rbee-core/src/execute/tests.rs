@@ -53,7 +53,11 @@ fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
         .on_run("/owner\" 2>/dev/null)\" = \"$2\"", Ok(CommandOutput::ok("")))
 }
 
-async fn run(desired: &Desired, source: &ArtifactSource, hosts: Vec<(&str, Arc<MockTransport>)>) -> (SyncReport, Vec<SyncEvent>) {
+async fn run(
+    desired: &Desired,
+    source: &ArtifactSource,
+    hosts: Vec<(&str, Arc<MockTransport>)>,
+) -> (SyncReport, Vec<SyncEvent>) {
     let actual = Actual {
         hives: hosts
             .iter()
@@ -66,7 +70,8 @@ async fn run(desired: &Desired, source: &ArtifactSource, hosts: Vec<(&str, Arc<M
     let events = Mutex::new(Vec::new());
     let on_event = |e| events.lock().unwrap().push(e);
     let options = ExecuteOptions { retries: 2, ..ExecuteOptions::default() };
-    let report = execute(desired, &plan, &Intent::Sync(PlanOptions::default()), &transports, source, &options, &on_event).await;
+    let report =
+        execute(desired, &plan, &Intent::Sync(PlanOptions::default()), &transports, source, &options, &on_event).await;
     (report, events.into_inner().unwrap())
 }
 
@@ -83,7 +88,8 @@ async fn a_transient_failure_is_retried_with_backoff() {
     let started = tokio::time::Instant::now();
     let (report, events) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
     assert_eq!(report.overall(), Overall::Ok, "{report:#?}");
-    let retries: Vec<_> = events.iter().filter(|e| matches!(e, SyncEvent::StepFailed { will_retry: true, .. })).collect();
+    let retries: Vec<_> =
+        events.iter().filter(|e| matches!(e, SyncEvent::StepFailed { will_retry: true, .. })).collect();
     assert_eq!(retries.len(), 1, "{events:#?}");
     assert!(started.elapsed() >= Duration::from_millis(500), "backed off before retrying");
     a.verify().unwrap();

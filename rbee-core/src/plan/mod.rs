@@ -233,10 +233,7 @@ impl Plan {
             }
             for action in &hive.actions {
                 match &action.kind {
-                    ActionKind::InstallBinary {
-                        change: Change::Install,
-                        ..
-                    } => s.install += 1,
+                    ActionKind::InstallBinary { change: Change::Install, .. } => s.install += 1,
                     ActionKind::InstallBinary { .. } => s.upgrade += 1,
                     ActionKind::RemoveWorker { .. } | ActionKind::Uninstall { .. } => s.remove += 1,
                     ActionKind::StartHive { .. } => s.start += 1,
@@ -261,10 +258,7 @@ pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
         .hives
         .values()
         .map(|want| {
-            let selected = options
-                .only
-                .as_ref()
-                .is_none_or(|only| only.contains(&want.alias));
+            let selected = options.only.as_ref().is_none_or(|only| only.contains(&want.alias));
             let mut hp = HivePlan {
                 alias: want.alias.clone(),
                 hostname: want.hostname.clone(),
@@ -279,14 +273,10 @@ pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
             }
             match actual.hives.get(&want.alias) {
                 None => {
-                    hp.status = HiveStatus::Unreachable {
-                        reason: "not observed".to_owned(),
-                    };
+                    hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() };
                 }
                 Some(HiveState::Unreachable { reason }) => {
-                    hp.status = HiveStatus::Unreachable {
-                        reason: reason.clone(),
-                    };
+                    hp.status = HiveStatus::Unreachable { reason: reason.clone() };
                 }
                 Some(HiveState::Reachable(have)) => {
                     plan_hive(want, have, options, &mut hp);
@@ -320,11 +310,7 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         hive_binary_changes = true;
         binaries.push(Action {
             id: id("hive-binary"),
-            kind: ActionKind::InstallBinary {
-                binary: Binary::Hive,
-                change,
-                artifact: want.hive.clone(),
-            },
+            kind: ActionKind::InstallBinary { binary: Binary::Hive, change, artifact: want.hive.clone() },
             depends_on: Vec::new(),
         });
     }
@@ -348,16 +334,12 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         if options.remove_extra {
             binaries.push(Action {
                 id: format!("{alias}/remove-worker/{kind}"),
-                kind: ActionKind::RemoveWorker {
-                    worker: kind.clone(),
-                    installed: installed.clone(),
-                },
+                kind: ActionKind::RemoveWorker { worker: kind.clone(), installed: installed.clone() },
                 depends_on: Vec::new(),
             });
         } else {
-            hp.notes.push(format!(
-                "worker {kind} is installed but not declared; kept (use --remove-extra to remove it)"
-            ));
+            hp.notes
+                .push(format!("worker {kind} is installed but not declared; kept (use --remove-extra to remove it)"));
         }
     }
 
@@ -369,16 +351,8 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
     let restart_reason = if !have.running {
         None
     } else if hive_binary_changes {
-        Some(if options.force {
-            RestartReason::Forced
-        } else {
-            RestartReason::BinaryUpgraded
-        })
-    } else if have
-        .running_sha256
-        .as_deref()
-        .is_some_and(|sha| sha != want.hive.sha256)
-    {
+        Some(if options.force { RestartReason::Forced } else { RestartReason::BinaryUpgraded })
+    } else if have.running_sha256.as_deref().is_some_and(|sha| sha != want.hive.sha256) {
         Some(RestartReason::StaleBinary)
     } else if !have.healthy {
         Some(RestartReason::Unhealthy)
@@ -393,35 +367,21 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         _ => None,
     };
     if let Some(kind) = process {
-        let step = if matches!(kind, ActionKind::StartHive { .. }) {
-            "start"
-        } else {
-            "restart"
-        };
-        hp.actions.push(Action {
-            id: id(step),
-            kind,
-            depends_on: binary_ids,
-        });
+        let step = if matches!(kind, ActionKind::StartHive { .. }) { "start" } else { "restart" };
+        hp.actions.push(Action { id: id(step), kind, depends_on: binary_ids });
         hp.actions.push(Action {
             id: id("wait-healthy"),
             kind: ActionKind::WaitHealthy { port },
             depends_on: vec![id(step)],
         });
     } else if have.running && !want.auto_start {
-        hp.notes
-            .push("auto_start = false: the running hive is left running".to_owned());
+        hp.notes.push("auto_start = false: the running hive is left running".to_owned());
     }
 }
 
 /// Plans an uninstall of the selected hives: stop each hive, then remove what rbee installed
 /// (and with `purge`, rbee's state). Hosts with nothing installed are in sync.
-pub fn plan_uninstall(
-    desired: &Desired,
-    actual: &Actual,
-    only: Option<&BTreeSet<String>>,
-    purge: bool,
-) -> Plan {
+pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, purge: bool) -> Plan {
     let hives = desired
         .hives
         .values()
@@ -439,25 +399,15 @@ pub fn plan_uninstall(
                 return hp;
             }
             match actual.hives.get(&want.alias) {
-                None => {
-                    hp.status = HiveStatus::Unreachable {
-                        reason: "not observed".to_owned(),
-                    }
-                }
+                None => hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() },
                 Some(HiveState::Unreachable { reason }) => {
-                    hp.status = HiveStatus::Unreachable {
-                        reason: reason.clone(),
-                    }
+                    hp.status = HiveStatus::Unreachable { reason: reason.clone() }
                 }
                 Some(HiveState::Reachable(have)) => {
                     let id = |step: &str| format!("{}/{step}", want.alias);
                     let mut deps = Vec::new();
                     if have.running {
-                        hp.actions.push(Action {
-                            id: id("stop"),
-                            kind: ActionKind::StopHive,
-                            depends_on: Vec::new(),
-                        });
+                        hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
                         deps.push(id("stop"));
                     }
                     let installed = have.hive_binary.is_some() || !have.workers.is_empty();

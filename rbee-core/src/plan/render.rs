@@ -29,32 +29,20 @@ impl fmt::Display for RestartReason {
 impl fmt::Display for ActionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ActionKind::InstallBinary {
-                binary,
-                change,
-                artifact,
-            } => {
+            ActionKind::InstallBinary { binary, change, artifact } => {
                 let to = format!("{} (sha256:{})", artifact.version, artifact.short_digest());
                 match change {
                     Change::Install => write!(f, "+ install   {binary} {to}"),
                     Change::Upgrade { from } => {
                         let was = from.version.as_deref().unwrap_or("unknown version");
-                        write!(
-                            f,
-                            "~ upgrade   {binary} {was} (sha256:{}) -> {to}",
-                            short(&from.sha256)
-                        )
+                        write!(f, "~ upgrade   {binary} {was} (sha256:{}) -> {to}", short(&from.sha256))
                     }
                     Change::Reinstall => write!(f, "~ reinstall {binary} {to} (--force)"),
                 }
             }
             ActionKind::RemoveWorker { worker, installed } => {
                 let v = installed.version.as_deref().unwrap_or("unknown version");
-                write!(
-                    f,
-                    "- remove    worker {worker} {v} (sha256:{})",
-                    short(&installed.sha256)
-                )
+                write!(f, "- remove    worker {worker} {v} (sha256:{})", short(&installed.sha256))
             }
             ActionKind::StartHive { port } => write!(f, "+ start     hive on port {port}"),
             ActionKind::RestartHive { port, reason } => {
@@ -64,12 +52,8 @@ impl fmt::Display for ActionKind {
             ActionKind::WaitHealthy { port } => {
                 write!(f, "  wait      until /health answers on port {port}")
             }
-            ActionKind::Uninstall { purge: false } => {
-                f.write_str("- uninstall hive and workers (state kept)")
-            }
-            ActionKind::Uninstall { purge: true } => {
-                f.write_str("- uninstall hive, workers and rbee state (--purge)")
-            }
+            ActionKind::Uninstall { purge: false } => f.write_str("- uninstall hive and workers (state kept)"),
+            ActionKind::Uninstall { purge: true } => f.write_str("- uninstall hive, workers and rbee state (--purge)"),
         }
     }
 }
@@ -111,9 +95,7 @@ impl fmt::Display for Plan {
                     }
                 }
                 HiveStatus::InSync => writeln!(f, "# {head}: in sync")?,
-                HiveStatus::Unreachable { reason } => {
-                    writeln!(f, "! {head}: unreachable: {reason}")?
-                }
+                HiveStatus::Unreachable { reason } => writeln!(f, "! {head}: unreachable: {reason}")?,
                 HiveStatus::Skipped => writeln!(f, "# {head}: skipped (not selected)")?,
             }
             for note in &hive.notes {

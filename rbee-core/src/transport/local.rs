@@ -35,11 +35,7 @@ impl LocalTransport {
     }
 
     fn remote_err(&self, what: &str, e: &std::io::Error) -> TransportError {
-        TransportError::Remote {
-            host: self.describe(),
-            what: what.to_owned(),
-            reason: e.to_string(),
-        }
+        TransportError::Remote { host: self.describe(), what: what.to_owned(), reason: e.to_string() }
     }
 }
 
@@ -51,18 +47,12 @@ impl Transport for LocalTransport {
 
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
         let what = command.argv.first().cloned().unwrap_or_default();
-        tokio::fs::create_dir_all(&self.home)
-            .await
-            .map_err(|e| self.remote_err("creating home", &e))?;
+        tokio::fs::create_dir_all(&self.home).await.map_err(|e| self.remote_err("creating home", &e))?;
         let mut cmd = tokio::process::Command::new(&what);
         cmd.args(&command.argv[1..])
             .env("HOME", &self.home)
             .current_dir(&self.home)
-            .stdin(if command.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -80,26 +70,14 @@ impl Transport for LocalTransport {
             };
             let mut out = Vec::new();
             let mut err = Vec::new();
-            let (_, o, e) = tokio::join!(
-                feed,
-                stdout.read_to_end(&mut out),
-                stderr.read_to_end(&mut err)
-            );
+            let (_, o, e) = tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
             o.and(e).map_err(|e| self.remote_err(&what, &e))?;
             let status = child.wait().await.map_err(|e| self.remote_err(&what, &e))?;
-            Ok(CommandOutput {
-                status: status.code().unwrap_or(-1),
-                stdout: out,
-                stderr: err,
-            })
+            Ok(CommandOutput { status: status.code().unwrap_or(-1), stdout: out, stderr: err })
         };
         match tokio::time::timeout(command.deadline, work).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout {
-                host: self.describe(),
-                what,
-                after: command.deadline,
-            }),
+            Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: command.deadline }),
         }
     }
 
@@ -118,10 +96,7 @@ impl Transport for LocalTransport {
             if let Some(dir) = target.parent() {
                 tokio::fs::create_dir_all(dir).await?;
             }
-            let name = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
             let tmp = target.with_file_name(format!(".{name}.upload-{}-{seq}", std::process::id()));
             let result = async {
@@ -144,30 +119,18 @@ impl Transport for LocalTransport {
         };
         match tokio::time::timeout(deadline, work).await {
             Ok(result) => result.map_err(|e| self.remote_err(&what, &e)),
-            Err(_) => Err(TransportError::Timeout {
-                host: self.describe(),
-                what,
-                after: deadline,
-            }),
+            Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: deadline }),
         }
     }
 
-    async fn read_file(
-        &self,
-        path: &str,
-        max: u64,
-        _deadline: Duration,
-    ) -> Result<Option<Vec<u8>>, TransportError> {
+    async fn read_file(&self, path: &str, max: u64, _deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
         let file = match tokio::fs::File::open(self.resolve(path)).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.remote_err(&format!("reading {path}"), &e)),
         };
         let mut buf = Vec::new();
-        file.take(max)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| self.remote_err(&format!("reading {path}"), &e))?;
+        file.take(max).read_to_end(&mut buf).await.map_err(|e| self.remote_err(&format!("reading {path}"), &e))?;
         Ok(Some(buf))
     }
 }
@@ -181,44 +144,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = LocalTransport::new(dir.path());
         let out = t
-            .run(RemoteCommand::script(
-                "echo \"$HOME\"; pwd",
-                Vec::<String>::new(),
-                Duration::from_secs(5),
-            ))
+            .run(RemoteCommand::script("echo \"$HOME\"; pwd", Vec::<String>::new(), Duration::from_secs(5)))
             .await
             .unwrap();
         let home = dir.path().display().to_string();
         assert_eq!(out.stdout_text(), format!("{home}\n{home}\n"));
         let seen = std::sync::Mutex::new(Vec::new());
-        t.upload(
-            &[7u8; 3_000_000],
-            "a/b/file",
-            0o755,
-            Duration::from_secs(5),
-            &|n| seen.lock().unwrap().push(n),
-        )
-        .await
-        .unwrap();
+        t.upload(&[7u8; 3_000_000], "a/b/file", 0o755, Duration::from_secs(5), &|n| seen.lock().unwrap().push(n))
+            .await
+            .unwrap();
         assert_eq!(seen.lock().unwrap().last(), Some(&3_000_000));
-        assert_eq!(
-            t.read_file("a/b/file", 10, Duration::from_secs(1))
-                .await
-                .unwrap()
-                .unwrap()
-                .len(),
-            10
-        );
-        assert_eq!(
-            t.read_file("missing", 10, Duration::from_secs(1))
-                .await
-                .unwrap(),
-            None
-        );
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("a/b"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        assert_eq!(t.read_file("a/b/file", 10, Duration::from_secs(1)).await.unwrap().unwrap().len(), 10);
+        assert_eq!(t.read_file("missing", 10, Duration::from_secs(1)).await.unwrap(), None);
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec!["file"], "no temporary file left behind");
     }
 
@@ -226,13 +165,7 @@ mod tests {
     async fn deadline_kills_the_command() {
         let dir = tempfile::tempdir().unwrap();
         let t = LocalTransport::new(dir.path());
-        let err = t
-            .run(RemoteCommand::new(
-                ["sleep", "5"],
-                Duration::from_millis(100),
-            ))
-            .await
-            .unwrap_err();
+        let err = t.run(RemoteCommand::new(["sleep", "5"], Duration::from_millis(100))).await.unwrap_err();
         assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
         assert!(err.is_transient());
     }

@@ -65,15 +65,12 @@ impl MockTransport {
         delay: Duration,
         reply: Result<Option<CommandOutput>, TransportError>,
     ) -> Self {
-        self.expectations
-            .lock()
-            .expect("mock lock")
-            .push(Expectation {
-                kind,
-                needle: needle.to_owned(),
-                delay,
-                reply,
-            });
+        self.expectations.lock().expect("mock lock").push(Expectation {
+            kind,
+            needle: needle.to_owned(),
+            delay,
+            reply,
+        });
         self
     }
 
@@ -83,12 +80,7 @@ impl MockTransport {
     }
 
     /// Like [`Self::on_run`], answering only after `delay` (use with `tokio::time::pause`).
-    pub fn on_run_after(
-        self,
-        needle: &str,
-        delay: Duration,
-        reply: Result<CommandOutput, TransportError>,
-    ) -> Self {
+    pub fn on_run_after(self, needle: &str, delay: Duration, reply: Result<CommandOutput, TransportError>) -> Self {
         self.push(Kind::Run, needle, delay, reply.map(Some))
     }
 
@@ -99,12 +91,7 @@ impl MockTransport {
 
     /// Expects one `read_file` of a path containing `needle`; `Ok(None)` means missing.
     pub fn on_read(self, needle: &str, reply: Result<Option<Vec<u8>>, TransportError>) -> Self {
-        self.push(
-            Kind::Read,
-            needle,
-            Duration::ZERO,
-            reply.map(|d| d.map(CommandOutput::ok)),
-        )
+        self.push(Kind::Read, needle, Duration::ZERO, reply.map(|d| d.map(CommandOutput::ok)))
     }
 
     /// Every call received, in order.
@@ -119,14 +106,8 @@ impl MockTransport {
         if unexpected.is_empty() && left.is_empty() {
             return Ok(());
         }
-        let left: Vec<String> = left
-            .iter()
-            .map(|e| format!("{:?} containing {:?}", e.kind, e.needle))
-            .collect();
-        Err(format!(
-            "{}: unexpected calls {unexpected:?}; unmet expectations {left:?}",
-            self.name
-        ))
+        let left: Vec<String> = left.iter().map(|e| format!("{:?} containing {:?}", e.kind, e.needle)).collect();
+        Err(format!("{}: unexpected calls {unexpected:?}; unmet expectations {left:?}", self.name))
     }
 
     async fn answer(
@@ -138,9 +119,7 @@ impl MockTransport {
         self.calls.lock().expect("mock lock").push(call.clone());
         let found = {
             let mut list = self.expectations.lock().expect("mock lock");
-            list.iter()
-                .position(|e| kind(&e.kind) && subject.contains(&e.needle))
-                .map(|i| list.remove(i))
+            list.iter().position(|e| kind(&e.kind) && subject.contains(&e.needle)).map(|i| list.remove(i))
         };
         let Some(expectation) = found else {
             self.unexpected.lock().expect("mock lock").push(call);
@@ -166,18 +145,10 @@ impl Transport for MockTransport {
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
         let line = shell_line(&command.argv);
         let deadline = command.deadline;
-        let answer = self.answer(
-            |k| matches!(k, Kind::Run),
-            MockCall::Run(line.clone()),
-            &line,
-        );
+        let answer = self.answer(|k| matches!(k, Kind::Run), MockCall::Run(line.clone()), &line);
         match tokio::time::timeout(deadline, answer).await {
             Ok(reply) => reply.map(Option::unwrap_or_default),
-            Err(_) => Err(TransportError::Timeout {
-                host: self.name.clone(),
-                what: line,
-                after: deadline,
-            }),
+            Err(_) => Err(TransportError::Timeout { host: self.name.clone(), what: line, after: deadline }),
         }
     }
 
@@ -189,29 +160,13 @@ impl Transport for MockTransport {
         _deadline: Duration,
         progress: Progress<'_>,
     ) -> Result<(), TransportError> {
-        self.answer(
-            |k| matches!(k, Kind::Upload),
-            MockCall::Upload(path.to_owned(), data.len()),
-            path,
-        )
-        .await?;
+        self.answer(|k| matches!(k, Kind::Upload), MockCall::Upload(path.to_owned(), data.len()), path).await?;
         progress(data.len() as u64);
         Ok(())
     }
 
-    async fn read_file(
-        &self,
-        path: &str,
-        _max: u64,
-        _deadline: Duration,
-    ) -> Result<Option<Vec<u8>>, TransportError> {
-        let reply = self
-            .answer(
-                |k| matches!(k, Kind::Read),
-                MockCall::Read(path.to_owned()),
-                path,
-            )
-            .await?;
+    async fn read_file(&self, path: &str, _max: u64, _deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
+        let reply = self.answer(|k| matches!(k, Kind::Read), MockCall::Read(path.to_owned()), path).await?;
         Ok(reply.map(|o| o.stdout))
     }
 }

@@ -33,11 +33,7 @@ impl RemoteCommand {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self {
-            argv: argv.into_iter().map(Into::into).collect(),
-            stdin: None,
-            deadline,
-        }
+        Self { argv: argv.into_iter().map(Into::into).collect(), stdin: None, deadline }
     }
 
     /// `sh -c SCRIPT sh ARGS...`: a fixed script whose inputs arrive as positional
@@ -47,18 +43,9 @@ impl RemoteCommand {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut argv = vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            script.to_owned(),
-            "sh".to_owned(),
-        ];
+        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "sh".to_owned()];
         argv.extend(args.into_iter().map(Into::into));
-        Self {
-            argv,
-            stdin: None,
-            deadline,
-        }
+        Self { argv, stdin: None, deadline }
     }
 }
 
@@ -76,11 +63,7 @@ pub struct CommandOutput {
 impl CommandOutput {
     /// A successful output with this stdout.
     pub fn ok(stdout: impl Into<Vec<u8>>) -> Self {
-        Self {
-            status: 0,
-            stdout: stdout.into(),
-            stderr: Vec::new(),
-        }
+        Self { status: 0, stdout: stdout.into(), stderr: Vec::new() }
     }
     /// True on exit status 0.
     pub fn success(&self) -> bool {
@@ -153,9 +136,7 @@ impl TransportError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            TransportError::Connect { .. }
-                | TransportError::Timeout { .. }
-                | TransportError::Disconnected { .. }
+            TransportError::Connect { .. } | TransportError::Timeout { .. } | TransportError::Disconnected { .. }
         )
     }
 }
@@ -185,10 +166,5 @@ pub trait Transport: Send + Sync {
     ) -> Result<(), TransportError>;
 
     /// Reads a file of at most `max` bytes; `None` if it does not exist.
-    async fn read_file(
-        &self,
-        path: &str,
-        max: u64,
-        deadline: Duration,
-    ) -> Result<Option<Vec<u8>>, TransportError>;
+    async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError>;
 }

@@ -3,15 +3,8 @@
 /// Quotes one word for a POSIX shell: `'...'` with embedded `'` as `'\''`. Plain words
 /// made only of safe characters are left bare for readability.
 pub fn quote(word: &str) -> String {
-    let safe = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if safe {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
+    let safe = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if safe { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
 /// Joins argv into one shell line, each word quoted.
@@ -25,31 +18,11 @@ mod tests {
 
     #[test]
     fn quoting_round_trips_through_sh() {
-        let words = [
-            "plain",
-            "",
-            "a b",
-            "it's",
-            "$(rm -rf /)",
-            "`x`",
-            "a\nb",
-            "*",
-            "\\",
-        ];
-        let argv: Vec<String> = ["printf", "%s\\0"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(words.iter().map(|s| s.to_string()))
-            .collect();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(shell_line(&argv))
-            .output()
-            .unwrap();
-        let got: Vec<&str> = std::str::from_utf8(&out.stdout)
-            .unwrap()
-            .split('\0')
-            .collect();
+        let words = ["plain", "", "a b", "it's", "$(rm -rf /)", "`x`", "a\nb", "*", "\\"];
+        let argv: Vec<String> =
+            ["printf", "%s\\0"].iter().map(|s| s.to_string()).chain(words.iter().map(|s| s.to_string())).collect();
+        let out = std::process::Command::new("sh").arg("-c").arg(shell_line(&argv)).output().unwrap();
+        let got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().split('\0').collect();
         assert_eq!(&got[..words.len()], &words);
     }
 }

@@ -18,58 +18,29 @@ fn diagnostics(rbee: Option<&str>, hives: &str) -> Vec<String> {
 fn the_design_example_validates() {
     let rbee = include_str!("../../../examples/config/fleet/rbee.conf");
     let hives = include_str!("../../../examples/config/fleet/hives.conf");
-    let c = config::parse(
-        Some((Path::new("rbee.conf"), rbee)),
-        (Path::new("hives.conf"), hives),
-    )
-    .unwrap();
+    let c = config::parse(Some((Path::new("rbee.conf"), rbee)), (Path::new("hives.conf"), hives)).unwrap();
     assert_eq!(c.queen.port, 8500);
     assert_eq!(c.package.max_concurrent_installs, 10);
     assert_eq!(c.package.ssh_timeout.as_secs(), 30);
     assert_eq!(c.package.health_check_timeout.as_secs(), 60);
     let h = &c.hives[0];
     assert_eq!(
-        (
-            h.alias.as_str(),
-            h.hostname.as_str(),
-            h.ssh_port,
-            h.hive_port
-        ),
+        (h.alias.as_str(), h.hostname.as_str(), h.ssh_port, h.hive_port),
         ("gpu-server-1", "192.168.1.100", 22, 8600)
     );
     assert_eq!(h.transport, TransportKind::Ssh);
-    let kinds: Vec<_> = h
-        .workers
-        .iter()
-        .map(|w| (w.kind.as_str(), &w.version))
-        .collect();
-    assert_eq!(
-        kinds,
-        vec![
-            ("llama-cpp", &VersionReq::Latest),
-            ("vllm", &VersionReq::Latest)
-        ]
-    );
+    let kinds: Vec<_> = h.workers.iter().map(|w| (w.kind.as_str(), &w.version)).collect();
+    assert_eq!(kinds, vec![("llama-cpp", &VersionReq::Latest), ("vllm", &VersionReq::Latest)]);
 }
 
 #[test]
 fn defaults_apply_without_rbee_conf() {
-    let c = config::parse(
-        None,
-        (
-            Path::new("hives.conf"),
-            "[[hive]]\nalias = \"l\"\nhostname = \"localhost\"\n",
-        ),
-    )
-    .unwrap();
+    let c =
+        config::parse(None, (Path::new("hives.conf"), "[[hive]]\nalias = \"l\"\nhostname = \"localhost\"\n")).unwrap();
     assert_eq!(c.queen.port, 8500);
     assert!(c.queen.auto_start);
     assert_eq!(c.hives[0].hive_port, 8600);
-    assert_eq!(
-        c.hives[0].transport,
-        TransportKind::Local,
-        "localhost with no SSH options is local"
-    );
+    assert_eq!(c.hives[0].transport, TransportKind::Local, "localhost with no SSH options is local");
     assert!(c.hives[0].workers.is_empty());
 }
 
@@ -77,10 +48,7 @@ fn defaults_apply_without_rbee_conf() {
 fn localhost_with_ssh_options_uses_ssh() {
     let c = config::parse(
         None,
-        (
-            Path::new("hives.conf"),
-            "[[hive]]\nalias = \"l\"\nhostname = \"127.0.0.1\"\nssh_port = 2222\n",
-        ),
+        (Path::new("hives.conf"), "[[hive]]\nalias = \"l\"\nhostname = \"127.0.0.1\"\nssh_port = 2222\n"),
     )
     .unwrap();
     assert_eq!(c.hives[0].transport, TransportKind::Ssh);
@@ -91,12 +59,7 @@ const H: &str = "[[hive]]\nalias = \"a\"\nhostname = \"h\"\n";
 #[test]
 fn invalid_files_name_file_line_and_column() {
     let cases: &[(&str, Option<&str>, &str, &[&str])] = &[
-        (
-            "syntax error",
-            None,
-            "[[hive]\nalias = \"a\"\n",
-            &["hives.conf:1:8: unclosed array table, expected `]`"],
-        ),
+        ("syntax error", None, "[[hive]\nalias = \"a\"\n", &["hives.conf:1:8: unclosed array table, expected `]`"]),
         (
             "unknown key in hive",
             None,
@@ -111,43 +74,30 @@ fn invalid_files_name_file_line_and_column() {
             "[[hives]]\nalias = \"a\"\n",
             &["hives.conf:1:3: unknown field `hives`, expected `hive`"],
         ),
-        (
-            "missing hostname",
-            None,
-            "[[hive]]\nalias = \"a\"\n",
-            &["hives.conf:1:1: missing field `hostname`"],
-        ),
+        ("missing hostname", None, "[[hive]]\nalias = \"a\"\n", &["hives.conf:1:1: missing field `hostname`"]),
         (
             "duplicate alias",
             None,
             "[[hive]]\nalias = \"a\"\nhostname = \"h\"\n[[hive]]\nalias = \"a\"\nhostname = \"i\"\n",
-            &[
-                "hives.conf:5:9: duplicate alias \"a\" (first declared at line 2): aliases must be unique",
-            ],
+            &["hives.conf:5:9: duplicate alias \"a\" (first declared at line 2): aliases must be unique"],
         ),
         (
             "alias with a space",
             None,
             "[[hive]]\nalias = \"gpu 1\"\nhostname = \"h\"\n",
-            &[
-                "hives.conf:2:9: alias \"gpu 1\" may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)",
-            ],
+            &["hives.conf:2:9: alias \"gpu 1\" may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)"],
         ),
         (
             "alias with uppercase",
             None,
             "[[hive]]\nalias = \"Gpu\"\nhostname = \"h\"\n",
-            &[
-                "hives.conf:2:9: alias \"Gpu\" must start with a lowercase letter or digit ([a-z0-9][a-z0-9._-]*)",
-            ],
+            &["hives.conf:2:9: alias \"Gpu\" must start with a lowercase letter or digit ([a-z0-9][a-z0-9._-]*)"],
         ),
         (
             "alias with a shell metacharacter",
             None,
             "[[hive]]\nalias = \"a;rm\"\nhostname = \"h\"\n",
-            &[
-                "hives.conf:2:9: alias \"a;rm\" may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)",
-            ],
+            &["hives.conf:2:9: alias \"a;rm\" may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)"],
         ),
         (
             "empty alias",
@@ -159,9 +109,7 @@ fn invalid_files_name_file_line_and_column() {
             "empty hostname",
             None,
             "[[hive]]\nalias = \"a\"\nhostname = \"\"\n",
-            &[
-                "hives.conf:3:12: hostname \"\" is empty: give a DNS name, an IP address or an ~/.ssh/config alias",
-            ],
+            &["hives.conf:3:12: hostname \"\" is empty: give a DNS name, an IP address or an ~/.ssh/config alias"],
         ),
         (
             "malformed hostname",
@@ -175,9 +123,7 @@ fn invalid_files_name_file_line_and_column() {
             "bad IPv4",
             None,
             "[[hive]]\nalias = \"a\"\nhostname = \"10.0.0.300\"\n",
-            &[
-                "hives.conf:3:12: hostname \"10.0.0.300\" looks like an IPv4 address but is not a valid one",
-            ],
+            &["hives.conf:3:12: hostname \"10.0.0.300\" looks like an IPv4 address but is not a valid one"],
         ),
         (
             "ssh port 0",
@@ -200,20 +146,14 @@ fn invalid_files_name_file_line_and_column() {
         (
             "same worker twice",
             None,
-            &format!(
-                "{H}workers = [\n  {{ type = \"vllm\" }},\n  {{ type = \"vllm\", version = \"1.0.0\" }},\n]\n"
-            ),
-            &[
-                "hives.conf:6:12: worker type \"vllm\" appears twice in hive \"a\" (first at line 5): keep one",
-            ],
+            &format!("{H}workers = [\n  {{ type = \"vllm\" }},\n  {{ type = \"vllm\", version = \"1.0.0\" }},\n]\n"),
+            &["hives.conf:6:12: worker type \"vllm\" appears twice in hive \"a\" (first at line 5): keep one"],
         ),
         (
             "unknown worker type",
             None,
             &format!("{H}workers = [{{ type = \"tensorrt\" }}]\n"),
-            &[
-                "hives.conf:4:21: unknown worker type \"tensorrt\": use one of llama-cpp, vllm, comfyui",
-            ],
+            &["hives.conf:4:21: unknown worker type \"tensorrt\": use one of llama-cpp, vllm, comfyui"],
         ),
         (
             "version neither latest nor semver",
@@ -241,9 +181,7 @@ fn invalid_files_name_file_line_and_column() {
             "local transport on a remote host",
             None,
             &format!("{H}transport = \"local\"\n"),
-            &[
-                "hives.conf:3:12: transport = \"local\" needs hostname \"localhost\" or \"127.0.0.1\", not \"h\"",
-            ],
+            &["hives.conf:3:12: transport = \"local\" needs hostname \"localhost\" or \"127.0.0.1\", not \"h\""],
         ),
         (
             "unknown transport",
@@ -292,18 +230,10 @@ fn invalid_files_name_file_line_and_column() {
     for (name, rbee, hives, expected) in cases {
         let got = diagnostics(*rbee, hives);
         if got != *expected {
-            failures.push(format!(
-                "{name}:\n  expected {expected:#?}\n  got      {got:#?}"
-            ));
+            failures.push(format!("{name}:\n  expected {expected:#?}\n  got      {got:#?}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -312,21 +242,12 @@ fn a_missing_hives_conf_says_how_to_create_one() {
     let err = config::load_dir(dir.path()).unwrap_err();
     assert!(matches!(err, ConfigError::MissingHivesConf { .. }));
     let msg = err.to_string();
-    assert!(
-        msg.contains("create it with at least one [[hive]]"),
-        "{msg}"
-    );
+    assert!(msg.contains("create it with at least one [[hive]]"), "{msg}");
 }
 
 #[test]
 fn schema_covers_both_files() {
     let schema = config::json_schema();
-    assert!(
-        schema["hives.conf"]["$defs"]["HiveEntry"]["properties"]["hive_port"].is_object(),
-        "{schema:#}"
-    );
-    assert!(
-        schema["rbee.conf"]["properties"]["package"].is_object(),
-        "{schema:#}"
-    );
+    assert!(schema["hives.conf"]["$defs"]["HiveEntry"]["properties"]["hive_port"].is_object(), "{schema:#}");
+    assert!(schema["rbee.conf"]["properties"]["package"].is_object(), "{schema:#}");
 }

@@ -12,36 +12,22 @@ const KINDS: [&str; 3] = ["llama-cpp", "vllm", "comfyui"];
 const VERSIONS: [&str; 3] = ["0.1.0", "0.2.0", "1.0.0"];
 
 fn arb_hive(alias: String) -> impl Strategy<Value = DesiredHive> {
-    (
-        0..3usize,
-        proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3),
-        any::<bool>(),
-    )
-        .prop_map(move |(hv, workers, auto_start)| {
-            let ws: Vec<(&str, &str)> = workers
-                .iter()
-                .map(|(k, v)| (KINDS[*k], VERSIONS[*v]))
-                .collect();
+    (0..3usize, proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3), any::<bool>()).prop_map(
+        move |(hv, workers, auto_start)| {
+            let ws: Vec<(&str, &str)> = workers.iter().map(|(k, v)| (KINDS[*k], VERSIONS[*v])).collect();
             let mut h = hive(&alias, VERSIONS[hv], &ws);
             h.auto_start = auto_start;
             h
-        })
+        },
+    )
 }
 
 /// Some observed state for a hive: anything from nothing to a different fleet.
 fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState)> {
-    (
-        0..6usize,
-        any::<bool>(),
-        any::<bool>(),
-        proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3),
-        0..3usize,
-    )
+    (0..6usize, any::<bool>(), any::<bool>(), proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3), 0..3usize)
         .prop_map(move |(shape, running, healthy, workers, hv)| {
             let state = match shape {
-                0 => HiveState::Unreachable {
-                    reason: "down".into(),
-                },
+                0 => HiveState::Unreachable { reason: "down".into() },
                 1 => HiveState::Reachable(Observed::default()),
                 2 => HiveState::Reachable(converged(&want)),
                 _ => {
@@ -53,10 +39,7 @@ fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState
                             .map(|(k, v)| {
                                 (
                                     KINDS[*k].to_string(),
-                                    installed(&artifact(
-                                        &format!("rbee-worker-{}", KINDS[*k]),
-                                        VERSIONS[*v],
-                                    )),
+                                    installed(&artifact(&format!("rbee-worker-{}", KINDS[*k]), VERSIONS[*v])),
                                 )
                             })
                             .collect(),
@@ -74,12 +57,7 @@ fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState
 
 fn arb_fleet() -> impl Strategy<Value = (Desired, Actual)> {
     proptest::collection::btree_set("[a-z]{1,6}", 1..6)
-        .prop_flat_map(|aliases| {
-            aliases
-                .into_iter()
-                .map(|a| arb_hive(a).prop_flat_map(arb_state))
-                .collect::<Vec<_>>()
-        })
+        .prop_flat_map(|aliases| aliases.into_iter().map(|a| arb_hive(a).prop_flat_map(arb_state)).collect::<Vec<_>>())
         .prop_map(|pairs| {
             let mut d = Desired::default();
             let mut a = Actual::default();
@@ -95,10 +73,7 @@ fn arb_options(aliases: Vec<String>) -> impl Strategy<Value = PlanOptions> {
     (
         any::<bool>(),
         any::<bool>(),
-        proptest::option::of(proptest::sample::subsequence(
-            aliases.clone(),
-            0..=aliases.len(),
-        )),
+        proptest::option::of(proptest::sample::subsequence(aliases.clone(), 0..=aliases.len())),
     )
         .prop_map(|(force, remove_extra, only)| PlanOptions {
             force,

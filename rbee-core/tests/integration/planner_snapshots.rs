@@ -11,11 +11,7 @@ fn reachable(o: Observed) -> HiveState {
 
 #[test]
 fn nothing_installed() {
-    let d = desired(vec![hive(
-        "gpu-1",
-        "0.1.0",
-        &[("vllm", "0.1.0"), ("llama-cpp", "0.1.0")],
-    )]);
+    let d = desired(vec![hive("gpu-1", "0.1.0", &[("vllm", "0.1.0"), ("llama-cpp", "0.1.0")])]);
     let a = actual(vec![("gpu-1", reachable(Observed::default()))]);
     insta::assert_snapshot!(plan(&d, &a, &PlanOptions::default()).to_string());
 }
@@ -31,16 +27,8 @@ fn everything_in_sync() {
 
 #[test]
 fn worker_version_upgrade() {
-    let old = hive(
-        "gpu-1",
-        "0.1.0",
-        &[("vllm", "0.1.0"), ("llama-cpp", "0.1.0")],
-    );
-    let new = hive(
-        "gpu-1",
-        "0.1.0",
-        &[("vllm", "0.2.0"), ("llama-cpp", "0.1.0")],
-    );
+    let old = hive("gpu-1", "0.1.0", &[("vllm", "0.1.0"), ("llama-cpp", "0.1.0")]);
+    let new = hive("gpu-1", "0.1.0", &[("vllm", "0.2.0"), ("llama-cpp", "0.1.0")]);
     let a = actual(vec![("gpu-1", reachable(converged(&old)))]);
     insta::assert_snapshot!(plan(&desired(vec![new]), &a, &PlanOptions::default()).to_string());
 }
@@ -56,10 +44,7 @@ fn hive_binary_upgrade_restarts_the_hive() {
 fn with_extra_worker() -> (rbee_core::Desired, rbee_core::Actual) {
     let h = hive("gpu-1", "0.1.0", &[("vllm", "0.1.0")]);
     let mut o = converged(&h);
-    o.workers.insert(
-        "comfyui".into(),
-        installed(&artifact("rbee-worker-comfyui", "0.1.0")),
-    );
+    o.workers.insert("comfyui".into(), installed(&artifact("rbee-worker-comfyui", "0.1.0")));
     (desired(vec![h]), actual(vec![("gpu-1", reachable(o))]))
 }
 
@@ -67,20 +52,14 @@ fn with_extra_worker() -> (rbee_core::Desired, rbee_core::Actual) {
 fn extra_worker_kept() {
     let (d, a) = with_extra_worker();
     let p = plan(&d, &a, &PlanOptions::default());
-    assert!(
-        p.is_empty(),
-        "an undeclared worker is only a note without --remove-extra"
-    );
+    assert!(p.is_empty(), "an undeclared worker is only a note without --remove-extra");
     insta::assert_snapshot!(p.to_string());
 }
 
 #[test]
 fn extra_worker_removed() {
     let (d, a) = with_extra_worker();
-    let options = PlanOptions {
-        remove_extra: true,
-        ..PlanOptions::default()
-    };
+    let options = PlanOptions { remove_extra: true, ..PlanOptions::default() };
     insta::assert_snapshot!(plan(&d, &a, &options).to_string());
 }
 
@@ -88,10 +67,7 @@ fn extra_worker_removed() {
 fn force() {
     let h = hive("gpu-1", "0.1.0", &[("vllm", "0.1.0")]);
     let a = actual(vec![("gpu-1", reachable(converged(&h)))]);
-    let options = PlanOptions {
-        force: true,
-        ..PlanOptions::default()
-    };
+    let options = PlanOptions { force: true, ..PlanOptions::default() };
     insta::assert_snapshot!(plan(&desired(vec![h]), &a, &options).to_string());
 }
 
@@ -101,27 +77,16 @@ fn unreachable_host() {
     let h2 = hive("gpu-2", "0.1.0", &[("vllm", "0.1.0")]);
     let a = actual(vec![
         ("gpu-1", reachable(converged(&h1))),
-        (
-            "gpu-2",
-            HiveState::Unreachable {
-                reason: "cannot connect to gpu-2.lab: no route to host".into(),
-            },
-        ),
+        ("gpu-2", HiveState::Unreachable { reason: "cannot connect to gpu-2.lab: no route to host".into() }),
     ]);
     insta::assert_snapshot!(plan(&desired(vec![h1, h2]), &a, &PlanOptions::default()).to_string());
 }
 
 #[test]
 fn hive_filter() {
-    let hives: Vec<_> = ["gpu-1", "gpu-2", "gpu-3"]
-        .iter()
-        .map(|a| hive(a, "0.1.0", &[("vllm", "0.1.0")]))
-        .collect();
+    let hives: Vec<_> = ["gpu-1", "gpu-2", "gpu-3"].iter().map(|a| hive(a, "0.1.0", &[("vllm", "0.1.0")])).collect();
     let a = actual(vec![("gpu-2", reachable(Observed::default()))]);
-    let options = PlanOptions {
-        only: Some(["gpu-2".to_owned()].into()),
-        ..PlanOptions::default()
-    };
+    let options = PlanOptions { only: Some(["gpu-2".to_owned()].into()), ..PlanOptions::default() };
     insta::assert_snapshot!(plan(&desired(hives), &a, &options).to_string());
 }
 

@@ -17,10 +17,7 @@ pub fn artifact(name: &str, version: &str) -> Artifact {
 }
 
 pub fn installed(a: &Artifact) -> Installed {
-    Installed {
-        sha256: a.sha256.clone(),
-        version: Some(a.version.clone()),
-    }
+    Installed { sha256: a.sha256.clone(), version: Some(a.version.clone()) }
 }
 
 /// A hive wanting the hive binary at `version` and these workers.
@@ -34,31 +31,20 @@ pub fn hive(alias: &str, version: &str, workers: &[(&str, &str)]) -> DesiredHive
         hive: std::sync::Arc::new(artifact("rbee-hive", version)),
         workers: workers
             .iter()
-            .map(|(kind, v)| {
-                (
-                    kind.to_string(),
-                    std::sync::Arc::new(artifact(&format!("rbee-worker-{kind}"), v)),
-                )
-            })
+            .map(|(kind, v)| (kind.to_string(), std::sync::Arc::new(artifact(&format!("rbee-worker-{kind}"), v))))
             .collect(),
     }
 }
 
 pub fn desired(hives: Vec<DesiredHive>) -> Desired {
-    Desired {
-        hives: hives.into_iter().map(|h| (h.alias.clone(), h)).collect(),
-    }
+    Desired { hives: hives.into_iter().map(|h| (h.alias.clone(), h)).collect() }
 }
 
 /// What a host looks like right after a successful sync of `want`.
 pub fn converged(want: &DesiredHive) -> Observed {
     Observed {
         hive_binary: Some(installed(&want.hive)),
-        workers: want
-            .workers
-            .iter()
-            .map(|(k, a)| (k.clone(), installed(a)))
-            .collect(),
+        workers: want.workers.iter().map(|(k, a)| (k.clone(), installed(a))).collect(),
         running: want.auto_start,
         pid: want.auto_start.then_some(100),
         healthy: want.auto_start,
@@ -68,12 +54,7 @@ pub fn converged(want: &DesiredHive) -> Observed {
 }
 
 pub fn actual(hives: Vec<(&str, HiveState)>) -> Actual {
-    Actual {
-        hives: hives
-            .into_iter()
-            .map(|(a, s)| (a.to_owned(), s))
-            .collect::<BTreeMap<_, _>>(),
-    }
+    Actual { hives: hives.into_iter().map(|(a, s)| (a.to_owned(), s)).collect::<BTreeMap<_, _>>() }
 }
 
 /// Applies every action of `plan` to `actual`, as a perfect executor would.
@@ -85,26 +66,17 @@ pub fn apply(plan: &Plan, actual: &Actual) -> Actual {
         };
         for action in &hp.actions {
             match &action.kind {
-                ActionKind::InstallBinary {
-                    binary: Binary::Hive,
-                    artifact,
-                    ..
-                } => o.hive_binary = Some(installed(artifact)),
-                ActionKind::InstallBinary {
-                    binary: Binary::Worker(kind),
-                    artifact,
-                    ..
-                } => {
+                ActionKind::InstallBinary { binary: Binary::Hive, artifact, .. } => {
+                    o.hive_binary = Some(installed(artifact))
+                }
+                ActionKind::InstallBinary { binary: Binary::Worker(kind), artifact, .. } => {
                     o.workers.insert(kind.clone(), installed(artifact));
                 }
                 ActionKind::RemoveWorker { worker, .. } => {
                     o.workers.remove(worker);
                 }
                 ActionKind::StartHive { .. } | ActionKind::RestartHive { .. } => {
-                    let bin = o
-                        .hive_binary
-                        .clone()
-                        .expect("a hive is started only once installed");
+                    let bin = o.hive_binary.clone().expect("a hive is started only once installed");
                     o.running = true;
                     o.pid = Some(o.pid.map_or(100, |p| p + 1));
                     o.healthy = true;
