@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use rbee_core::artifact::ArtifactSource;
 use rbee_core::config::{self, Config, ConfigError};
 use rbee_core::execute::{ExecuteOptions, HiveOutcome, InstallFault, Overall, SyncReport};
-use rbee_core::fleet::LocalConnector;
 use rbee_core::package::{self, DriftState, PackageError, StatusReport, SyncOutcome, SyncRequest};
 use rbee_core::plan::PlanOptions;
+use rbee_ssh::SshConnector;
 
 use crate::output::{Exit, error};
 use crate::progress::{Renderer, mib};
@@ -88,13 +88,15 @@ struct Prepared {
     config: Config,
     source: ArtifactSource,
     options: ExecuteOptions,
+    connector: SshConnector,
 }
 
 fn prepare(cli: &Cli) -> Result<Prepared, Exit> {
     let config = load(cli)?;
     let source = ArtifactSource::from_config(&config).map_err(|e| error(cli.json, &e.to_string()))?;
     let options = execute_options(&config).map_err(|e| error(cli.json, &e))?;
-    Ok(Prepared { config, source, options })
+    let connector = SshConnector::new(&config);
+    Ok(Prepared { config, source, options, connector })
 }
 
 fn selection(cli: &Cli, config: &Config, hives: &[String]) -> Result<Option<BTreeSet<String>>, Exit> {
@@ -141,7 +143,7 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Exit {
     };
     let renderer = Renderer::new(cli.json);
     let on_event = |e| renderer.event(e);
-    let result = package::sync(&p.config, &p.source, &LocalConnector, &request, &p.options, &on_event).await;
+    let result = package::sync(&p.config, &p.source, &p.connector, &request, &p.options, &on_event).await;
     finish(cli, result, args.dry_run)
 }
 
@@ -157,7 +159,7 @@ async fn uninstall(cli: &Cli, hives: &[String], purge: bool) -> Exit {
     let renderer = Renderer::new(cli.json);
     let on_event = |e| renderer.event(e);
     let result =
-        package::uninstall(&p.config, &p.source, &LocalConnector, only.as_ref(), purge, &p.options, &on_event).await;
+        package::uninstall(&p.config, &p.source, &p.connector, only.as_ref(), purge, &p.options, &on_event).await;
     finish(cli, result, false)
 }
 
@@ -246,7 +248,7 @@ async fn status(cli: &Cli, hives: &[String], verbose: bool) -> Exit {
         Ok(o) => o,
         Err(exit) => return exit,
     };
-    let report = match package::status(&p.config, &p.source, &LocalConnector, only.as_ref(), &p.options).await {
+    let report = match package::status(&p.config, &p.source, &p.connector, only.as_ref(), &p.options).await {
         Ok(r) => r,
         Err(e) => return error(cli.json, &e.to_string()),
     };

@@ -2,3 +2,4 @@
 
 mod fleet;
 mod sync_local;
+mod sync_ssh;

@@ -1,0 +1,332 @@
+//! End to end over SSH: test hosts in network namespaces with real sshd (see rbee-testbed),
+//! the real `rbee` binary, and the faults a fleet meets. These need root; where root or sshd
+//! is missing they are skipped with the reason, except under CI, where they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rbee_testbed::{TestHost, Testbed};
+
+use crate::fleet::{Run, release_tree, sha256_file};
+
+/// One SSH fleet test at a time: each already runs its hosts concurrently.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const WORKERS: &str = r#"[{ type = "llama-cpp" }, { type = "vllm" }]"#;
+
+struct SshFleet {
+    bed: Testbed,
+    dir: tempfile::TempDir,
+    source: PathBuf,
+    ssh_timeout: u32,
+}
+
+fn testbed(n: usize) -> Option<Testbed> {
+    if let Err(reason) = rbee_testbed::check() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the SSH tests, but: {reason}");
+        eprintln!("SKIPPED: SSH end-to-end test: {reason}");
+        return None;
+    }
+    Some(Testbed::new(n).unwrap_or_else(|e| panic!("test hosts: {e}")))
+}
+
+impl SshFleet {
+    fn new(n: usize) -> Option<Self> {
+        let bed = testbed(n)?;
+        let fleet = Self { bed, dir: tempfile::tempdir().unwrap(), source: release_tree().to_path_buf(), ssh_timeout: 10 };
+        fleet.write_config();
+        Some(fleet)
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    fn write_config(&self) {
+        let mut hives = String::new();
+        for h in &self.bed.hosts {
+            hives.push_str(&format!(
+                "[[hive]]\nalias = \"{}\"\nhostname = \"{}\"\nssh_user = \"root\"\nssh_key = \"{}\"\nhive_port = 8600\nworkers = {WORKERS}\n\n",
+                h.name,
+                h.ip,
+                self.bed.user_key.display()
+            ));
+        }
+        let rbee = format!(
+            "[package]\nsource = \"{}\"\nssh_timeout = {}\nhealth_check_timeout = 20\n\n[ssh]\nknown_hosts = \"{}\"\n",
+            self.source.display(),
+            self.ssh_timeout,
+            self.bed.known_hosts.display()
+        );
+        std::fs::create_dir_all(self.config_dir()).unwrap();
+        std::fs::write(self.config_dir().join("hives.conf"), hives).unwrap();
+        std::fs::write(self.config_dir().join("rbee.conf"), rbee).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee"));
+        cmd.arg("--config")
+            .arg(self.config_dir())
+            .args(args)
+            .env("HOME", self.dir.path().join("operator"))
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("RBEE_TEST_FAULT");
+        cmd
+    }
+
+    fn rbee(&self, args: &[&str]) -> Run {
+        Run(self.command(args).output().unwrap())
+    }
+
+    fn host(&self, name: &str) -> &TestHost {
+        self.bed.host(name)
+    }
+
+    /// A release tree whose latest is 0.2.0 (every artifact changes).
+    fn upgrade_source(&mut self) {
+        let tree = self.dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        for v in ["0.1.0", "0.2.0"] {
+            let _ = std::os::unix::fs::symlink(release_tree().join(v), tree.join(v));
+        }
+        std::fs::write(tree.join("latest"), "0.2.0\n").unwrap();
+        self.source = tree;
+        self.write_config();
+    }
+}
+
+fn health(host: &TestHost) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{}:8600", host.ip).parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+}
+
+fn report<'a>(result: &'a serde_json::Value, alias: &str) -> &'a serde_json::Value {
+    result["report"]["hives"].as_array().unwrap().iter().find(|h| h["alias"] == alias).expect("hive in report")
+}
+
+/// Files under a host's root other than its `.ssh`.
+fn files_left(root: &Path) -> Vec<String> {
+    let out = Command::new("find").arg(root).args(["-path", &format!("{}/.ssh", root.display()), "-prune", "-o", "-type", "f", "-print"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn assert_others_ok(result: &serde_json::Value, except: &str) {
+    for h in result["report"]["hives"].as_array().unwrap() {
+        if h["alias"] != except {
+            assert_eq!(h["outcome"], "ok", "{} was affected: {h}", h["alias"]);
+        }
+    }
+}
+
+#[test]
+fn five_hosts_sync_concurrently_then_status_and_uninstall_leave_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(5) else { return };
+    let run = fleet.rbee(&["sync", "--json"]).expect_code(0);
+    let events = run.json_lines();
+    // Concurrency from the events' timestamps: every hive's work overlaps every other's.
+    let span = |alias: &str| {
+        let at = |kind: &str| {
+            events.iter().find(|e| e["event"] == kind && e["alias"] == alias).map(|e| e["at_ms"].as_u64().unwrap()).unwrap()
+        };
+        (at("hive_started"), at("hive_done"))
+    };
+    let spans: Vec<(u64, u64)> = fleet.bed.hosts.iter().map(|h| span(&h.name)).collect();
+    let latest_start = spans.iter().map(|s| s.0).max().unwrap();
+    let earliest_done = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(latest_start < earliest_done, "hives did not overlap: {spans:?}");
+    for h in &fleet.bed.hosts {
+        let health = health(h).unwrap_or_else(|| panic!("{} does not answer /health", h.name));
+        assert_eq!(health["sha256"], sha256_file(&release_tree().join("0.1.0/rbee-hive")));
+    }
+    fleet.rbee(&["status"]).expect_code(0);
+    let again = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
+    assert_eq!(again["bytes_transferred"], 0);
+
+    fleet.rbee(&["uninstall", "--purge"]).expect_code(0);
+    for h in &fleet.bed.hosts {
+        assert_eq!(files_left(&h.root), Vec::<String>::new(), "{} still has files", h.name);
+        assert!(health(h).is_none(), "{} hive still answers", h.name);
+    }
+    let status = fleet.rbee(&["status"]).expect_code(2);
+    assert_eq!(status.stdout().matches("not installed").count(), 5, "{}", status.stdout());
+}
+
+#[test]
+fn fault_a_dead_host_is_unreachable_and_the_next_sync_converges() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    fleet.host("h2").kill();
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(3).result();
+    assert_eq!(report(&result, "h2")["outcome"], "unreachable");
+    assert_others_ok(&result, "h2");
+    fleet.host("h2").start().unwrap();
+    fleet.rbee(&["sync", "--retry-failed"]).expect_code(0);
+    fleet.rbee(&["status"]).expect_code(0);
+}
+
+/// Waits until a file whose name contains `needle` appears under `dir` (an upload started).
+fn wait_for_file(dir: &Path, needle: &str, within: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let out = Command::new("find").arg(dir).args(["-name", &format!("*{needle}*")]).output().unwrap();
+        if !out.stdout.is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn fault_b_a_host_killed_during_an_upload_fails_without_a_partial_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    let h2 = fleet.host("h2");
+    h2.shape_inbound(Some("rate 40mbit")).unwrap();
+    let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_for_file(&h2.root, ".upload-", Duration::from_secs(30)), "no upload started on h2");
+    h2.kill();
+    let result = Run(child.wait_with_output().unwrap()).expect_code(3).result();
+    let r = report(&result, "h2");
+    assert!(r["outcome"] == "failed" || r["outcome"] == "unreachable", "{r}");
+    assert!(!r["reason"].as_str().unwrap_or_default().is_empty(), "{r}");
+    assert_others_ok(&result, "h2");
+    for target in [".local/bin/rbee-hive", ".local/share/rbee/workers/rbee-worker-vllm", ".local/share/rbee/workers/rbee-worker-llama-cpp"] {
+        let path = h2.root.join(target);
+        assert!(!path.exists() || sha256_file(&path) == sha256_file(&release_tree().join("0.1.0").join(path.file_name().unwrap())), "partial {target}");
+    }
+    h2.shape_inbound(None).unwrap();
+    h2.start().unwrap();
+    fleet.rbee(&["sync"]).expect_code(0);
+    let leftovers: Vec<String> = files_left(&h2.root).into_iter().filter(|f| f.contains(".upload-") || f.contains(".rbee-tmp-")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    fleet.rbee(&["status"]).expect_code(0);
+}
+
+#[test]
+fn fault_c_a_partition_hits_the_deadline_and_is_reported_without_hanging() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut fleet) = SshFleet::new(3) else { return };
+    fleet.ssh_timeout = 3;
+    fleet.write_config();
+    let h2 = fleet.host("h2");
+    h2.shape_inbound(Some("rate 40mbit")).unwrap();
+    let started = Instant::now();
+    let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_for_file(&h2.root, ".upload-", Duration::from_secs(30)), "no upload started on h2");
+    h2.partition(true).unwrap();
+    let result = Run(child.wait_with_output().unwrap()).expect_code(3).result();
+    let elapsed = started.elapsed();
+    let r = report(&result, "h2");
+    assert!(r["outcome"] == "failed" || r["outcome"] == "unreachable", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("did not finish within") || reason.contains("no answer within") || reason.contains("lost"), "{reason}");
+    assert_others_ok(&result, "h2");
+    assert!(elapsed < Duration::from_secs(120), "sync took {elapsed:?}");
+    h2.partition(false).unwrap();
+    h2.shape_inbound(None).unwrap();
+    fleet.rbee(&["sync"]).expect_code(0);
+}
+
+#[test]
+fn fault_d_a_changed_host_key_is_refused_and_nothing_runs_there() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    fleet.host("h2").change_host_key().unwrap();
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(3).result();
+    let r = report(&result, "h2");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("HOST KEY CHANGED"), "{reason}");
+    assert!(reason.contains(&format!("line 2 of {}", fleet.bed.known_hosts.display())), "{reason}");
+    assert!(!fleet.host("h2").root.join(".local").exists(), "something ran on h2");
+    assert_others_ok(&result, "h2");
+    // Fix known_hosts the way the message says, then the next sync converges.
+    let pubkey = std::fs::read_to_string(fleet.bed.dir.join("h2/host_ed25519.pub")).unwrap();
+    let mut parts = pubkey.split_whitespace();
+    let known = std::fs::read_to_string(&fleet.bed.known_hosts).unwrap();
+    let fixed: Vec<String> = known
+        .lines()
+        .map(|l| if l.starts_with(&format!("{} ", fleet.host("h2").ip)) { format!("{} {} {}", fleet.host("h2").ip, parts.next().unwrap(), parts.next().unwrap()) } else { l.to_owned() })
+        .collect();
+    std::fs::write(&fleet.bed.known_hosts, fixed.join("\n") + "\n").unwrap();
+    fleet.rbee(&["sync"]).expect_code(0);
+}
+
+#[test]
+fn fault_e_a_key_the_host_does_not_accept_names_user_and_host() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    fleet.host("h2").authorize("").unwrap();
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(3).result();
+    let reason = report(&result, "h2")["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("authentication failed for user root on"), "{reason}");
+    assert!(reason.contains(&fleet.host("h2").ip), "{reason}");
+    assert_others_ok(&result, "h2");
+    fleet.host("h2").authorize(&fleet.bed.user_public_key()).unwrap();
+    fleet.rbee(&["sync"]).expect_code(0);
+}
+
+#[test]
+fn fault_f_a_full_disk_fails_clearly_and_keeps_the_old_binary() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut fleet) = SshFleet::new(3) else { return };
+    fleet.rbee(&["sync"]).expect_code(0);
+    let h2 = fleet.host("h2");
+    let used = h2.used_kib("/root/.local/bin").unwrap();
+    h2.fill_disk("/root/.local/bin", used + 512).unwrap();
+    fleet.upgrade_source();
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(3).result();
+    let r = report(&result, "h2");
+    assert_eq!(r["outcome"], "failed", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("No space left on device"), "{r}");
+    let h2 = fleet.host("h2");
+    let inside = h2.exec("sha256sum /root/.local/bin/rbee-hive | cut -d' ' -f1").unwrap();
+    assert_eq!(inside.trim(), sha256_file(&release_tree().join("0.1.0/rbee-hive")), "old binary intact");
+    assert!(health(h2).is_some(), "old hive still serves");
+    assert_others_ok(&result, "h2");
+    h2.exec("umount /root/.local/bin").unwrap();
+    fleet.rbee(&["sync"]).expect_code(0);
+    assert_eq!(health(fleet.host("h2")).unwrap()["sha256"], sha256_file(&release_tree().join("0.2.0/rbee-hive")));
+}
+
+#[test]
+fn fault_g_latency_and_loss_on_one_host_still_converge() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    fleet.host("h2").netem("delay 100ms loss 5%").unwrap();
+    fleet.rbee(&["sync"]).expect_code(0);
+    fleet.rbee(&["status"]).expect_code(0);
+}
+
+#[test]
+fn fault_h_two_syncs_at_once_do_not_interleave() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    let a = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let b = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let a = Run(a.wait_with_output().unwrap()).expect_code(0);
+    let b = Run(b.wait_with_output().unwrap()).expect_code(0);
+    let span = |run: &Run, alias: &str| {
+        let lines = run.json_lines();
+        let locked = lines.iter().find(|e| e["event"] == "step_finished" && e["step"] == format!("{alias}/lock"))?;
+        let done = lines.iter().find(|e| e["event"] == "hive_done" && e["alias"] == alias)?;
+        Some((locked["at_ms"].as_u64().unwrap(), done["at_ms"].as_u64().unwrap()))
+    };
+    for h in &fleet.bed.hosts {
+        if let (Some((a0, a1)), Some((b0, b1))) = (span(&a, &h.name), span(&b, &h.name)) {
+            assert!(a1 <= b0 || b1 <= a0, "{}: runs overlap", h.name);
+        }
+        assert!(health(h).is_some());
+    }
+    fleet.rbee(&["status"]).expect_code(0);
+}

@@ -1,0 +1,387 @@
+//! [`SshTransport`]: one SSH connection per host, many channels on it.
+//!
+//! ```text
+//! connect ─▶ TCP (deadline) ─▶ host key vs known_hosts ─▶ auth: agent keys, then files
+//!    run: channel ─ exec `timeout N argv...` ─ stdin ─ eof ─ collect stdout/stderr/status
+//! upload: channel ─ exec `cat > .tmp && chmod && mv -f` ─ stream chunks (progress) ─ status
+//! ```
+//!
+//! Every remote command runs under `timeout` on the host, so a step rbee gave up on does not
+//! keep running there. A dropped connection is re-opened by the next call.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rbee_core::config::HostKeyPolicy;
+use rbee_core::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, shell_line};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
+use russh::{ChannelMsg, client};
+use tokio::sync::Semaphore;
+
+/// Channels open at once on one connection; OpenSSH allows 10 by default.
+pub const MAX_CHANNELS: usize = 8;
+
+/// Everything needed to reach one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// The hive's alias (for messages).
+    pub alias: String,
+    /// Host to connect to (after `~/.ssh/config` HostName).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Identity files to try after the agent's keys, in order.
+    pub identity_files: Vec<PathBuf>,
+    /// known_hosts file.
+    pub known_hosts: PathBuf,
+    /// What to do with an unknown host key.
+    pub policy: HostKeyPolicy,
+    /// Deadline for connecting and authenticating.
+    pub connect_timeout: Duration,
+    /// Try the ssh-agent at `SSH_AUTH_SOCK` first.
+    pub use_agent: bool,
+}
+
+impl SshTarget {
+    fn describe(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+struct Client {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    policy: HostKeyPolicy,
+    verdict: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *self.verdict.lock().expect("verdict") =
+                Some(format!("{}:{} offered a host certificate; rbee checks plain host keys only", self.host, self.port));
+            return Ok(false);
+        };
+        let path = &self.known_hosts;
+        match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
+            Ok(true) => Ok(true),
+            Ok(false) if self.policy == HostKeyPolicy::AcceptNew => {
+                match russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, path) {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        *self.verdict.lock().expect("verdict") =
+                            Some(format!("cannot record the host key of {}:{} in {}: {e}", self.host, self.port, path.display()));
+                        Ok(false)
+                    }
+                }
+            }
+            Ok(false) => {
+                let hint = if self.port == 22 {
+                    format!("ssh-keyscan {} >> {}", self.host, path.display())
+                } else {
+                    format!("ssh-keyscan -p {} {} >> {}", self.port, self.host, path.display())
+                };
+                *self.verdict.lock().expect("verdict") = Some(format!(
+                    "the host key of {}:{} ({}) is not in {}; check it and add it (e.g. `{hint}`), or set [ssh] host_key_policy = \"accept-new\" in rbee.conf",
+                    self.host,
+                    self.port,
+                    key.fingerprint(Default::default()),
+                    path.display()
+                ));
+                Ok(false)
+            }
+            Err(russh::keys::Error::KeyChanged { line }) => {
+                *self.verdict.lock().expect("verdict") = Some(format!(
+                    "HOST KEY CHANGED for {}:{}: it does not match line {line} of {} — possible man-in-the-middle; nothing was run. If the host was reinstalled, remove that line (`ssh-keygen -R {}`) and verify the new key",
+                    self.host,
+                    self.port,
+                    path.display(),
+                    self.host
+                ));
+                Ok(false)
+            }
+            Err(e) => {
+                *self.verdict.lock().expect("verdict") =
+                    Some(format!("cannot check the host key of {}:{} against {}: {e}", self.host, self.port, path.display()));
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// A transport over one SSH connection.
+pub struct SshTransport {
+    target: SshTarget,
+    handle: tokio::sync::Mutex<Option<Arc<client::Handle<Client>>>>,
+    channels: Semaphore,
+}
+
+impl std::fmt::Debug for SshTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshTransport").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl SshTransport {
+    /// Connects and authenticates.
+    pub async fn connect(target: SshTarget) -> Result<Self, TransportError> {
+        let handle = open(&target).await?;
+        Ok(Self { target, handle: tokio::sync::Mutex::new(Some(Arc::new(handle))), channels: Semaphore::new(MAX_CHANNELS) })
+    }
+
+    /// The target.
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    async fn session(&self) -> Result<Arc<client::Handle<Client>>, TransportError> {
+        let mut guard = self.handle.lock().await;
+        if let Some(h) = guard.as_ref().filter(|h| !h.is_closed()) {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(open(&self.target).await?);
+        *guard = Some(h.clone());
+        Ok(h)
+    }
+
+    fn lost(&self, e: impl std::fmt::Display) -> TransportError {
+        TransportError::Disconnected { host: self.target.describe(), reason: e.to_string() }
+    }
+
+    /// Runs a shell line on a new channel, feeding `stdin` (in chunks, reporting progress),
+    /// and collects its output.
+    async fn exec(
+        &self,
+        line: String,
+        stdin: Option<&[u8]>,
+        progress: Progress<'_>,
+        deadline: Duration,
+        what: &str,
+    ) -> Result<CommandOutput, TransportError> {
+        let _permit = self.channels.acquire().await.expect("semaphore never closed");
+        let work = async {
+            let session = self.session().await?;
+            let channel = session.channel_open_session().await.map_err(|e| self.lost(e))?;
+            let (mut read, write) = channel.split();
+            write.exec(true, line.into_bytes()).await.map_err(|e| self.lost(e))?;
+            let reader = async {
+                let mut out = CommandOutput { status: -1, ..CommandOutput::default() };
+                let mut got_status = false;
+                while let Some(msg) = read.wait().await {
+                    match msg {
+                        ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                        ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                        ChannelMsg::ExitStatus { exit_status } => {
+                            out.status = i32::try_from(exit_status).unwrap_or(-1);
+                            got_status = true;
+                        }
+                        ChannelMsg::ExitSignal { signal_name, .. } => {
+                            out.stderr.extend_from_slice(format!("killed by signal {signal_name:?}").as_bytes());
+                            got_status = true;
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+                (out, got_status)
+            };
+            let writer = async {
+                if let Some(data) = stdin {
+                    let mut sent = 0u64;
+                    for chunk in data.chunks(256 * 1024) {
+                        // A failed write means the command ended early; its status says why.
+                        if write.data(chunk).await.is_err() {
+                            return;
+                        }
+                        sent += chunk.len() as u64;
+                        progress(sent);
+                    }
+                }
+                let _ = write.eof().await;
+            };
+            let ((out, got_status), ()) = tokio::join!(reader, writer);
+            if !got_status {
+                return Err(self.lost(format!("{what}: the connection closed before the command finished")));
+            }
+            Ok(out)
+        };
+        // The remote side has its own `timeout`; this local one is a little longer, for the
+        // case where the host stops answering altogether.
+        let local = deadline + Duration::from_secs(5);
+        match tokio::time::timeout(local, work).await {
+            Ok(Ok(out)) if out.status == 124 => {
+                Err(TransportError::Timeout { host: self.target.describe(), what: what.to_owned(), after: deadline })
+            }
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be wedged (partition): drop it so the next call reconnects.
+                *self.handle.lock().await = None;
+                Err(TransportError::Timeout { host: self.target.describe(), what: what.to_owned(), after: deadline })
+            }
+        }
+    }
+}
+
+/// `timeout` on the host, when the host has it (coreutils, busybox).
+const WITH_DEADLINE: &str = r#"t=$1; shift
+if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 "$t" "$@"; else exec "$@"; fi"#;
+
+fn with_deadline(argv: &[String], deadline: Duration) -> String {
+    let mut full = vec!["sh".to_owned(), "-c".to_owned(), WITH_DEADLINE.to_owned(), "sh".to_owned()];
+    full.push(deadline.as_secs().max(1).to_string());
+    full.extend(argv.iter().cloned());
+    shell_line(&full)
+}
+
+const UPLOAD: &str = r#"set -e
+target=$1; mode=$2
+dir=$(dirname "$target"); mkdir -p "$dir"
+tmp="$dir/.$(basename "$target").upload-$$"
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+chmod "$mode" "$tmp"
+mv -f "$tmp" "$target"
+trap - EXIT"#;
+
+#[async_trait]
+impl Transport for SshTransport {
+    fn describe(&self) -> String {
+        format!("ssh {}", self.target.describe())
+    }
+
+    async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
+        let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
+        let line = with_deadline(&command.argv, command.deadline);
+        self.exec(line, command.stdin.as_deref(), &|_| {}, command.deadline, &what).await
+    }
+
+    async fn upload(
+        &self,
+        data: &[u8],
+        path: &str,
+        mode: u32,
+        deadline: Duration,
+        progress: Progress<'_>,
+    ) -> Result<(), TransportError> {
+        let argv = ["sh", "-c", UPLOAD, "sh", path, &format!("{mode:o}")].map(str::to_owned);
+        let what = format!("upload to {path}");
+        let out = self.exec(with_deadline(&argv, deadline), Some(data), progress, deadline, &what).await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(TransportError::Remote {
+                host: self.target.describe(),
+                what,
+                reason: format!("exit status {}: {}", out.status, out.stderr_text()),
+            })
+        }
+    }
+
+    async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
+        let script = r#"[ -e "$1" ] || exit 3; head -c "$2" "$1""#;
+        let argv = ["sh", "-c", script, "sh", path, &max.to_string()].map(str::to_owned);
+        let what = format!("reading {path}");
+        let out = self.exec(with_deadline(&argv, deadline), None, &|_| {}, deadline, &what).await?;
+        match out.status {
+            0 => Ok(Some(out.stdout)),
+            3 => Ok(None),
+            s => Err(TransportError::Remote {
+                host: self.target.describe(),
+                what,
+                reason: format!("exit status {s}: {}", out.stderr_text()),
+            }),
+        }
+    }
+}
+
+async fn open(target: &SshTarget) -> Result<client::Handle<Client>, TransportError> {
+    let host = target.describe();
+    let verdict = Arc::new(Mutex::new(None));
+    let handler = Client {
+        host: target.host.clone(),
+        port: target.port,
+        known_hosts: target.known_hosts.clone(),
+        policy: target.policy,
+        verdict: verdict.clone(),
+    };
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..client::Config::default()
+    });
+    let work = async {
+        let connected = client::connect(config, (target.host.as_str(), target.port), handler).await;
+        let mut handle = match connected {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(reason) = verdict.lock().expect("verdict").take() {
+                    return Err(TransportError::Refused { host: host.clone(), reason });
+                }
+                return Err(TransportError::Connect { host: host.clone(), reason: e.to_string() });
+            }
+        };
+        authenticate(&mut handle, target).await?;
+        Ok(handle)
+    };
+    match tokio::time::timeout(target.connect_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Connect {
+            host,
+            reason: format!("no answer within {}s (connect timeout: [package] ssh_timeout)", target.connect_timeout.as_secs()),
+        }),
+    }
+}
+
+async fn authenticate(handle: &mut client::Handle<Client>, target: &SshTarget) -> Result<(), TransportError> {
+    let host = target.describe();
+    let auth_err = |e: russh::Error| TransportError::Connect { host: host.clone(), reason: format!("during authentication: {e}") };
+    let mut tried = Vec::new();
+    let rsa_hash = handle.best_supported_rsa_hash().await.map_err(auth_err)?.flatten();
+    if target.use_agent {
+        if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
+            let identities = agent.request_identities().await.unwrap_or_default();
+            for identity in identities {
+                let key: PublicKey = identity.public_key().into_owned();
+                tried.push(format!("agent key {}", key.fingerprint(Default::default())));
+                match handle.authenticate_publickey_with(target.user.as_str(), key, rsa_hash, &mut agent).await {
+                    Ok(r) if r.success() => return Ok(()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for path in &target.identity_files {
+        if !path.is_file() {
+            continue;
+        }
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(k) => k,
+            Err(e) => {
+                tried.push(format!("{} (unreadable: {e})", path.display()));
+                continue;
+            }
+        };
+        tried.push(path.display().to_string());
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        if handle.authenticate_publickey(target.user.as_str(), key).await.map_err(auth_err)?.success() {
+            return Ok(());
+        }
+    }
+    let tried = if tried.is_empty() { "no key found (no agent, no identity file)".to_owned() } else { tried.join(", ") };
+    Err(TransportError::Refused {
+        host: host.clone(),
+        reason: format!(
+            "authentication failed for user {} on {}:{}: the host accepted none of the keys tried ({tried}); add your public key to ~{}/.ssh/authorized_keys on the host, or set ssh_key / ssh_user for this hive",
+            target.user, target.host, target.port, target.user
+        ),
+    })
+}
