@@ -34,7 +34,8 @@ impl SshConnector {
 
     /// With an explicit ssh config and home directory (for tests and embedding).
     pub fn with_ssh_config(config: &Config, ssh_config: SshConfig, home: PathBuf) -> Self {
-        let local_user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".to_owned());
+        let local_user =
+            std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "root".to_owned());
         Self {
             settings: config.ssh.clone(),
             connect_timeout: config.package.ssh_timeout,

@@ -50,7 +50,9 @@ impl SshConfig {
                 continue;
             }
             let (key, value) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
-                Some((k, v)) => (k.to_ascii_lowercase(), v.trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim()),
+                Some((k, v)) => {
+                    (k.to_ascii_lowercase(), v.trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim())
+                }
                 None => continue,
             };
             let value = value.trim_matches('"').to_owned();
@@ -180,7 +182,10 @@ Host *
         assert_eq!(s.hostname.as_deref(), Some("gpu-1.lab.example"));
         assert_eq!(s.user.as_deref(), Some("vince"));
         assert_eq!(s.port, Some(2222));
-        assert_eq!(s.identity_files, [PathBuf::from("/home/me/.ssh/lab_key"), PathBuf::from("/home/me/.ssh/fallback_me")]);
+        assert_eq!(
+            s.identity_files,
+            [PathBuf::from("/home/me/.ssh/lab_key"), PathBuf::from("/home/me/.ssh/fallback_me")]
+        );
     }
 
     #[test]

@@ -65,8 +65,10 @@ impl client::Handler for Client {
 
     async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.verdict.lock().expect("verdict") =
-                Some(format!("{}:{} offered a host certificate; rbee checks plain host keys only", self.host, self.port));
+            *self.verdict.lock().expect("verdict") = Some(format!(
+                "{}:{} offered a host certificate; rbee checks plain host keys only",
+                self.host, self.port
+            ));
             return Ok(false);
         };
         let path = &self.known_hosts;
@@ -76,8 +78,12 @@ impl client::Handler for Client {
                 match russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, path) {
                     Ok(()) => Ok(true),
                     Err(e) => {
-                        *self.verdict.lock().expect("verdict") =
-                            Some(format!("cannot record the host key of {}:{} in {}: {e}", self.host, self.port, path.display()));
+                        *self.verdict.lock().expect("verdict") = Some(format!(
+                            "cannot record the host key of {}:{} in {}: {e}",
+                            self.host,
+                            self.port,
+                            path.display()
+                        ));
                         Ok(false)
                     }
                 }
@@ -108,8 +114,12 @@ impl client::Handler for Client {
                 Ok(false)
             }
             Err(e) => {
-                *self.verdict.lock().expect("verdict") =
-                    Some(format!("cannot check the host key of {}:{} against {}: {e}", self.host, self.port, path.display()));
+                *self.verdict.lock().expect("verdict") = Some(format!(
+                    "cannot check the host key of {}:{} against {}: {e}",
+                    self.host,
+                    self.port,
+                    path.display()
+                ));
                 Ok(false)
             }
         }
@@ -133,7 +143,11 @@ impl SshTransport {
     /// Connects and authenticates.
     pub async fn connect(target: SshTarget) -> Result<Self, TransportError> {
         let handle = open(&target).await?;
-        Ok(Self { target, handle: tokio::sync::Mutex::new(Some(Arc::new(handle))), channels: Semaphore::new(MAX_CHANNELS) })
+        Ok(Self {
+            target,
+            handle: tokio::sync::Mutex::new(Some(Arc::new(handle))),
+            channels: Semaphore::new(MAX_CHANNELS),
+        })
     }
 
     /// The target.
@@ -206,7 +220,13 @@ impl SshTransport {
                 }
                 let _ = write.eof().await;
             };
-            let ((out, got_status), ()) = tokio::join!(reader, writer);
+            // If the command ends early (e.g. disk full), stop sending: the host no longer
+            // reads, and its exit status says why.
+            tokio::pin!(reader);
+            let (out, got_status) = tokio::select! {
+                result = &mut reader => result,
+                () = writer => reader.await,
+            };
             if !got_status {
                 return Err(self.lost(format!("{what}: the connection closed before the command finished")));
             }
@@ -336,14 +356,18 @@ async fn open(target: &SshTarget) -> Result<client::Handle<Client>, TransportErr
         Ok(result) => result,
         Err(_) => Err(TransportError::Connect {
             host,
-            reason: format!("no answer within {}s (connect timeout: [package] ssh_timeout)", target.connect_timeout.as_secs()),
+            reason: format!(
+                "no answer within {}s (connect timeout: [package] ssh_timeout)",
+                target.connect_timeout.as_secs()
+            ),
         }),
     }
 }
 
 async fn authenticate(handle: &mut client::Handle<Client>, target: &SshTarget) -> Result<(), TransportError> {
     let host = target.describe();
-    let auth_err = |e: russh::Error| TransportError::Connect { host: host.clone(), reason: format!("during authentication: {e}") };
+    let auth_err =
+        |e: russh::Error| TransportError::Connect { host: host.clone(), reason: format!("during authentication: {e}") };
     let mut tried = Vec::new();
     let rsa_hash = handle.best_supported_rsa_hash().await.map_err(auth_err)?.flatten();
     if target.use_agent {
@@ -376,7 +400,8 @@ async fn authenticate(handle: &mut client::Handle<Client>, target: &SshTarget) -
             return Ok(());
         }
     }
-    let tried = if tried.is_empty() { "no key found (no agent, no identity file)".to_owned() } else { tried.join(", ") };
+    let tried =
+        if tried.is_empty() { "no key found (no agent, no identity file)".to_owned() } else { tried.join(", ") };
     Err(TransportError::Refused {
         host: host.clone(),
         reason: format!(

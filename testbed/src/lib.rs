@@ -4,10 +4,14 @@
 //! missing. Faults are methods on [`TestHost`]: kill, partition, slow link, new host key,
 //! refusing the user key, a full disk.
 
+mod link;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+pub use link::LossyLink;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -118,21 +122,25 @@ impl TestHost {
     }
 
     /// Applies `tc netem` arguments to the host's outgoing traffic, e.g. `delay 100ms loss 5%`.
+    /// Fails on kernels built without netem; [`LossyLink`] is the fallback.
     pub fn netem(&self, spec: &str) -> Result<(), String> {
         let mut args = vec!["netns", "exec", &self.netns, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem"];
         args.extend(spec.split_whitespace());
         run("ip", &args).map(drop)
     }
 
-    /// Applies `tc netem` arguments to traffic towards the host (e.g. `rate 40mbit` to slow
-    /// uploads to it); `None` removes it.
-    pub fn shape_inbound(&self, spec: Option<&str>) -> Result<(), String> {
-        match spec {
-            Some(spec) => {
-                let mut args = vec!["qdisc", "replace", "dev", &self.veth, "root", "netem"];
-                args.extend(spec.split_whitespace());
-                run("tc", &args).map(drop)
-            }
+    /// Limits the rate of traffic towards the host (token bucket, e.g. `40mbit`) to slow
+    /// uploads to it; `None` removes the limit.
+    pub fn limit_inbound(&self, rate: Option<&str>) -> Result<(), String> {
+        match rate {
+            Some(rate) => run(
+                "tc",
+                &[
+                    "qdisc", "replace", "dev", &self.veth, "root", "tbf", "rate", rate, "burst", "64kb", "latency",
+                    "500ms",
+                ],
+            )
+            .map(drop),
             None => run("tc", &["qdisc", "del", "dev", &self.veth, "root"]).map(drop),
         }
     }

@@ -162,10 +162,14 @@ fn an_install_interrupted_before_rename_leaves_the_old_binary_working() {
 #[test]
 fn two_syncs_at_once_do_not_interleave() {
     let fleet = Fleet::new(3, WORKERS);
-    let a = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let b = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let a = crate::fleet::Run(a.wait_with_output().unwrap()).expect_code(0);
-    let b = crate::fleet::Run(b.wait_with_output().unwrap()).expect_code(0);
+    // Both outputs are read as they come: a run blocked on a full pipe would hold its locks.
+    let spawn = || {
+        let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::spawn(move || crate::fleet::Run(child.wait_with_output().unwrap()))
+    };
+    let (a, b) = (spawn(), spawn());
+    let a = a.join().unwrap().expect_code(0);
+    let b = b.join().unwrap().expect_code(0);
     // Per host, the span from "lock taken" to "hive done" of one run never overlaps the other's.
     let spans = |run: &crate::fleet::Run, alias: &str| {
         let lines = run.json_lines();

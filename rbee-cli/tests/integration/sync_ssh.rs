@@ -21,6 +21,8 @@ struct SshFleet {
     dir: tempfile::TempDir,
     source: PathBuf,
     ssh_timeout: u32,
+    /// Host name → (address, port) to reach it at instead of its own (a proxy).
+    via: std::collections::BTreeMap<String, (String, u16)>,
 }
 
 fn testbed(n: usize) -> Option<Testbed> {
@@ -35,7 +37,13 @@ fn testbed(n: usize) -> Option<Testbed> {
 impl SshFleet {
     fn new(n: usize) -> Option<Self> {
         let bed = testbed(n)?;
-        let fleet = Self { bed, dir: tempfile::tempdir().unwrap(), source: release_tree().to_path_buf(), ssh_timeout: 10 };
+        let fleet = Self {
+            bed,
+            dir: tempfile::tempdir().unwrap(),
+            source: release_tree().to_path_buf(),
+            ssh_timeout: 10,
+            via: Default::default(),
+        };
         fleet.write_config();
         Some(fleet)
     }
@@ -47,10 +55,10 @@ impl SshFleet {
     fn write_config(&self) {
         let mut hives = String::new();
         for h in &self.bed.hosts {
+            let (addr, port) = self.via.get(&h.name).cloned().unwrap_or_else(|| (h.ip.clone(), 22));
             hives.push_str(&format!(
-                "[[hive]]\nalias = \"{}\"\nhostname = \"{}\"\nssh_user = \"root\"\nssh_key = \"{}\"\nhive_port = 8600\nworkers = {WORKERS}\n\n",
+                "[[hive]]\nalias = \"{}\"\nhostname = \"{addr}\"\nssh_port = {port}\nssh_user = \"root\"\nssh_key = \"{}\"\nhive_port = 8600\nworkers = {WORKERS}\n\n",
                 h.name,
-                h.ip,
                 self.bed.user_key.display()
             ));
         }
@@ -115,7 +123,11 @@ fn report<'a>(result: &'a serde_json::Value, alias: &str) -> &'a serde_json::Val
 
 /// Files under a host's root other than its `.ssh`.
 fn files_left(root: &Path) -> Vec<String> {
-    let out = Command::new("find").arg(root).args(["-path", &format!("{}/.ssh", root.display()), "-prune", "-o", "-type", "f", "-print"]).output().unwrap();
+    let out = Command::new("find")
+        .arg(root)
+        .args(["-path", &format!("{}/.ssh", root.display()), "-prune", "-o", "-type", "f", "-print"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
 }
 
@@ -136,7 +148,11 @@ fn five_hosts_sync_concurrently_then_status_and_uninstall_leave_nothing() {
     // Concurrency from the events' timestamps: every hive's work overlaps every other's.
     let span = |alias: &str| {
         let at = |kind: &str| {
-            events.iter().find(|e| e["event"] == kind && e["alias"] == alias).map(|e| e["at_ms"].as_u64().unwrap()).unwrap()
+            events
+                .iter()
+                .find(|e| e["event"] == kind && e["alias"] == alias)
+                .map(|e| e["at_ms"].as_u64().unwrap())
+                .unwrap()
         };
         (at("hive_started"), at("hive_done"))
     };
@@ -192,7 +208,7 @@ fn fault_b_a_host_killed_during_an_upload_fails_without_a_partial_file() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(fleet) = SshFleet::new(3) else { return };
     let h2 = fleet.host("h2");
-    h2.shape_inbound(Some("rate 40mbit")).unwrap();
+    h2.limit_inbound(Some("40mbit")).unwrap();
     let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     assert!(wait_for_file(&h2.root, ".upload-", Duration::from_secs(30)), "no upload started on h2");
     h2.kill();
@@ -201,14 +217,23 @@ fn fault_b_a_host_killed_during_an_upload_fails_without_a_partial_file() {
     assert!(r["outcome"] == "failed" || r["outcome"] == "unreachable", "{r}");
     assert!(!r["reason"].as_str().unwrap_or_default().is_empty(), "{r}");
     assert_others_ok(&result, "h2");
-    for target in [".local/bin/rbee-hive", ".local/share/rbee/workers/rbee-worker-vllm", ".local/share/rbee/workers/rbee-worker-llama-cpp"] {
+    for target in [
+        ".local/bin/rbee-hive",
+        ".local/share/rbee/workers/rbee-worker-vllm",
+        ".local/share/rbee/workers/rbee-worker-llama-cpp",
+    ] {
         let path = h2.root.join(target);
-        assert!(!path.exists() || sha256_file(&path) == sha256_file(&release_tree().join("0.1.0").join(path.file_name().unwrap())), "partial {target}");
+        assert!(
+            !path.exists()
+                || sha256_file(&path) == sha256_file(&release_tree().join("0.1.0").join(path.file_name().unwrap())),
+            "partial {target}"
+        );
     }
-    h2.shape_inbound(None).unwrap();
+    h2.limit_inbound(None).unwrap();
     h2.start().unwrap();
     fleet.rbee(&["sync"]).expect_code(0);
-    let leftovers: Vec<String> = files_left(&h2.root).into_iter().filter(|f| f.contains(".upload-") || f.contains(".rbee-tmp-")).collect();
+    let leftovers: Vec<String> =
+        files_left(&h2.root).into_iter().filter(|f| f.contains(".upload-") || f.contains(".rbee-tmp-")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     fleet.rbee(&["status"]).expect_code(0);
 }
@@ -220,7 +245,7 @@ fn fault_c_a_partition_hits_the_deadline_and_is_reported_without_hanging() {
     fleet.ssh_timeout = 3;
     fleet.write_config();
     let h2 = fleet.host("h2");
-    h2.shape_inbound(Some("rate 40mbit")).unwrap();
+    h2.limit_inbound(Some("40mbit")).unwrap();
     let started = Instant::now();
     let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     assert!(wait_for_file(&h2.root, ".upload-", Duration::from_secs(30)), "no upload started on h2");
@@ -230,11 +255,14 @@ fn fault_c_a_partition_hits_the_deadline_and_is_reported_without_hanging() {
     let r = report(&result, "h2");
     assert!(r["outcome"] == "failed" || r["outcome"] == "unreachable", "{r}");
     let reason = r["reason"].as_str().unwrap();
-    assert!(reason.contains("did not finish within") || reason.contains("no answer within") || reason.contains("lost"), "{reason}");
+    assert!(
+        reason.contains("did not finish within") || reason.contains("no answer within") || reason.contains("lost"),
+        "{reason}"
+    );
     assert_others_ok(&result, "h2");
     assert!(elapsed < Duration::from_secs(120), "sync took {elapsed:?}");
     h2.partition(false).unwrap();
-    h2.shape_inbound(None).unwrap();
+    h2.limit_inbound(None).unwrap();
     fleet.rbee(&["sync"]).expect_code(0);
 }
 
@@ -256,7 +284,13 @@ fn fault_d_a_changed_host_key_is_refused_and_nothing_runs_there() {
     let known = std::fs::read_to_string(&fleet.bed.known_hosts).unwrap();
     let fixed: Vec<String> = known
         .lines()
-        .map(|l| if l.starts_with(&format!("{} ", fleet.host("h2").ip)) { format!("{} {} {}", fleet.host("h2").ip, parts.next().unwrap(), parts.next().unwrap()) } else { l.to_owned() })
+        .map(|l| {
+            if l.starts_with(&format!("{} ", fleet.host("h2").ip)) {
+                format!("{} {} {}", fleet.host("h2").ip, parts.next().unwrap(), parts.next().unwrap())
+            } else {
+                l.to_owned()
+            }
+        })
         .collect();
     std::fs::write(&fleet.bed.known_hosts, fixed.join("\n") + "\n").unwrap();
     fleet.rbee(&["sync"]).expect_code(0);
@@ -302,9 +336,29 @@ fn fault_f_a_full_disk_fails_clearly_and_keeps_the_old_binary() {
 #[test]
 fn fault_g_latency_and_loss_on_one_host_still_converge() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(fleet) = SshFleet::new(3) else { return };
-    fleet.host("h2").netem("delay 100ms loss 5%").unwrap();
-    fleet.rbee(&["sync"]).expect_code(0);
+    let Some(mut fleet) = SshFleet::new(3) else { return };
+    // tc netem where the kernel has it; else the same link emulated in user space.
+    let _link = match fleet.host("h2").netem("delay 100ms loss 5%") {
+        Ok(()) => None,
+        Err(e) => {
+            eprintln!("netem unavailable ({e}); using a user-space lossy link for h2");
+            let target: std::net::SocketAddr = format!("{}:22", fleet.host("h2").ip).parse().unwrap();
+            let link = rbee_testbed::LossyLink::start(target, Duration::from_millis(100), 0.05).unwrap();
+            let pubkey = std::fs::read_to_string(fleet.bed.dir.join("h2/host_ed25519.pub")).unwrap();
+            let mut parts = pubkey.split_whitespace();
+            let line =
+                format!("[127.0.0.1]:{} {} {}\n", link.addr.port(), parts.next().unwrap(), parts.next().unwrap());
+            let mut known = std::fs::read_to_string(&fleet.bed.known_hosts).unwrap();
+            known.push_str(&line);
+            std::fs::write(&fleet.bed.known_hosts, known).unwrap();
+            fleet.via.insert("h2".into(), ("127.0.0.1".into(), link.addr.port()));
+            fleet.ssh_timeout = 30;
+            fleet.write_config();
+            Some(link)
+        }
+    };
+    let result = fleet.rbee(&["sync", "--json"]).expect_code(0).result();
+    assert_eq!(report(&result, "h2")["outcome"], "ok");
     fleet.rbee(&["status"]).expect_code(0);
 }
 
@@ -312,10 +366,14 @@ fn fault_g_latency_and_loss_on_one_host_still_converge() {
 fn fault_h_two_syncs_at_once_do_not_interleave() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(fleet) = SshFleet::new(3) else { return };
-    let a = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let b = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let a = Run(a.wait_with_output().unwrap()).expect_code(0);
-    let b = Run(b.wait_with_output().unwrap()).expect_code(0);
+    // Both outputs are read as they come: a run blocked on a full pipe would hold its locks.
+    let spawn = || {
+        let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::spawn(move || Run(child.wait_with_output().unwrap()))
+    };
+    let (a, b) = (spawn(), spawn());
+    let a = a.join().unwrap().expect_code(0);
+    let b = b.join().unwrap().expect_code(0);
     let span = |run: &Run, alias: &str| {
         let lines = run.json_lines();
         let locked = lines.iter().find(|e| e["event"] == "step_finished" && e["step"] == format!("{alias}/lock"))?;

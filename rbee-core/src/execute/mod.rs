@@ -80,7 +80,7 @@ impl Default for ExecuteOptions {
             retries: 2,
             backoff: Duration::from_millis(500),
             lock_wait: Duration::from_secs(120),
-            lock_stale_after: Duration::from_secs(3600),
+            lock_stale_after: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             faults: BTreeMap::new(),
         }
@@ -141,7 +141,7 @@ pub async fn execute(
 ) -> SyncReport {
     let cache = ArtifactCache { source, bytes: Mutex::new(BTreeMap::new()) };
     let permits = Semaphore::new(options.concurrency.max(1));
-    let owner = format!("rbee pid {} at {}", std::process::id(), now_ms());
+    let owner = steps::lock_owner();
     let tasks = plan.hives.iter().map(|hp| {
         let (cache, permits, owner) = (&cache, &permits, &owner);
         async move {
@@ -212,7 +212,17 @@ impl HiveRun<'_> {
                 HiveOutcome::Failed { step: lock_id, reason: e.to_string() }
             };
         }
-        let outcome = self.locked(intent).await;
+        // Refresh the lock while working, so that only a dead holder's lock goes stale.
+        let refresher = async {
+            loop {
+                tokio::time::sleep(o.lock_stale_after / 4).await;
+                let _ = steps::refresh_lock(self.t, owner, o.step_timeout).await;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = self.locked(intent) => outcome,
+            never = refresher => never,
+        };
         // Best effort: a lock left behind is taken over once stale, and the next sync says so.
         let _ = steps::unlock(self.t, owner, o.step_timeout).await;
         if matches!(intent, Intent::Uninstall { purge: true }) {

@@ -70,7 +70,10 @@ if [ "$got" != "$want" ]; then
 fi
 chmod 755 "$staging" && mv -f "$staging" "$target" || exit 1
 # Staging files of earlier interrupted installs of this target.
-for f in "$(dirname "$target")/.$(basename "$target").rbee-tmp-"*; do [ -e "$f" ] && rm -f "$f"; done
+# Leftovers of interrupted installs of this target (staging files, and partial uploads of them).
+for f in "$(dirname "$target")/.$(basename "$target").rbee-tmp-"* "$(dirname "$target")/..$(basename "$target").rbee-tmp-"*; do
+  [ -e "$f" ] && rm -f "$f"
+done
 exit 0
 "#;
 
@@ -127,27 +130,45 @@ pub async fn write_manifest(t: &dyn Transport, json: &[u8], deadline: Duration) 
     Ok(())
 }
 
-const LOCK: &str = r#"set -u
-dir=$1; wait_s=$2; stale_s=$3; owner=$4
+const TRY_LOCK: &str = r#"set -u
+dir=$1; stale_s=$2; owner=$3; breakable=$4
 mkdir -p "$(dirname "$dir")" || exit 1
-end=$(( $(date +%s) + wait_s ))
-while ! mkdir "$dir" 2>/dev/null; do
-  now=$(date +%s)
-  since=$(cat "$dir/since" 2>/dev/null || echo "$now")
-  case "$since" in ''|*[!0-9]*) since=$now ;; esac
-  if [ $(( now - since )) -gt "$stale_s" ]; then rm -rf "$dir"; continue; fi
-  if [ "$now" -ge "$end" ]; then
-    echo "another sync holds the lock on this host ($(cat "$dir/owner" 2>/dev/null || echo unknown owner)); waited ${wait_s}s. If no sync is running, remove ~/$dir"
-    exit 75
-  fi
-  sleep 0.2
-done
-date +%s > "$dir/since"
-printf '%s\n' "$owner" > "$dir/owner"
+take() { mkdir "$dir" 2>/dev/null || return 1; date +%s > "$dir/since"; printf '%s\n' "$owner" > "$dir/owner"; }
+if [ -n "$breakable" ] && [ "$(cat "$dir/owner" 2>/dev/null)" = "$breakable" ]; then rm -rf "$dir"; fi
+take && exit 0
+now=$(date +%s); since=$(cat "$dir/since" 2>/dev/null || echo "$now")
+case "$since" in ''|*[!0-9]*) since=$now ;; esac
+if [ $(( now - since )) -gt "$stale_s" ]; then rm -rf "$dir"; take && exit 0; fi
+printf 'busy %s\n' "$(cat "$dir/owner" 2>/dev/null)"
+exit 75
 "#;
 
-/// Takes the per-host sync lock, waiting up to `wait` for another sync to release it. A lock
-/// older than `stale_after` (its holder died) is taken over.
+/// Who holds a lock: this process, on this machine. Another sync on the same machine whose
+/// process is gone left the lock behind and it can be broken at once.
+pub fn lock_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("rbee pid {} on {host} since {}", std::process::id(), super::events::now_ms())
+}
+
+/// The owner's pid, when it ran on this machine and has exited.
+fn dead_local_owner(owner: &str) -> bool {
+    let mine = lock_owner();
+    let host_of = |o: &str| o.split(" on ").nth(1).and_then(|r| r.split(" since ").next()).map(str::to_owned);
+    let pid = owner.strip_prefix("rbee pid ").and_then(|r| r.split(' ').next()).and_then(|p| p.parse::<u32>().ok());
+    match (pid, host_of(owner), host_of(&mine)) {
+        (Some(pid), Some(theirs), Some(ours)) if theirs == ours => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() && std::path::Path::new("/proc/self").exists()
+        }
+        _ => false,
+    }
+}
+
+/// Takes the per-host sync lock, waiting up to `wait` while another sync holds it. A lock
+/// whose holder stopped refreshing it for `stale_after`, or whose holder was a process of
+/// this machine that has exited, is taken over.
 pub async fn lock(
     t: &dyn Transport,
     owner: &str,
@@ -155,16 +176,52 @@ pub async fn lock(
     stale_after: Duration,
     deadline: Duration,
 ) -> Result<(), StepError> {
-    let args =
-        vec![Layout::lock_dir(), wait.as_secs().to_string(), stale_after.as_secs().to_string(), owner.to_owned()];
-    script(t, "taking the sync lock", LOCK, args, deadline + wait).await?;
-    Ok(())
+    let started = tokio::time::Instant::now();
+    let mut breakable = String::new();
+    loop {
+        let args = vec![Layout::lock_dir(), stale_after.as_secs().to_string(), owner.to_owned(), breakable.clone()];
+        let out = t.run(RemoteCommand::script(TRY_LOCK, args, deadline)).await?;
+        if out.success() {
+            return Ok(());
+        }
+        let text = out.stdout_text();
+        // An empty holder: the other sync made the lock a moment ago and is writing its name.
+        let Some(holder) = text.trim().strip_prefix("busy").map(str::trim).filter(|_| out.status == 75) else {
+            return Err(StepError::Failed(format!(
+                "taking the sync lock failed on {} (exit status {}): {}{}",
+                t.describe(),
+                out.status,
+                text.trim(),
+                out.stderr_text()
+            )));
+        };
+        if !holder.is_empty() && dead_local_owner(holder) && breakable != holder {
+            breakable = holder.to_owned();
+            continue;
+        }
+        if started.elapsed() >= wait {
+            return Err(StepError::Failed(format!(
+                "another sync holds the lock on {} ({holder}); waited {}s. If no sync is running, remove ~/{} on the host",
+                t.describe(),
+                wait.as_secs(),
+                Layout::lock_dir()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Releases the lock if `owner` still holds it.
 pub async fn unlock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
     let text = r#"if [ "$(cat "$1/owner" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; fi"#;
     script(t, "releasing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
+    Ok(())
+}
+
+/// Keeps the lock fresh while a long step runs, so it is not taken for stale.
+pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
+    let text = r#"if [ "$(cat "$1/owner" 2>/dev/null)" = "$2" ]; then date +%s > "$1/since"; fi"#;
+    script(t, "refreshing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
 

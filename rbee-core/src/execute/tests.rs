@@ -41,7 +41,7 @@ fn good_host(name: &str, desired: &Desired) -> MockTransport {
 }
 
 fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
-    mock.on_run("another sync holds the lock", Ok(CommandOutput::ok("")))
+    mock.on_run("take() { mkdir", Ok(CommandOutput::ok("")))
         .on_run("rbee-observe", Ok(CommandOutput::ok(EMPTY_HOST)))
         .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
         .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
@@ -79,10 +79,8 @@ async fn run(
 async fn a_transient_failure_is_retried_with_backoff() {
     let (_dir, desired, source) = fixture();
     // The lock fails once with a connection error before good_host's lock succeeds.
-    let failing_once = MockTransport::new("a").on_run(
-        "another sync holds the lock",
-        Err(TransportError::Connect { host: "a".into(), reason: "connection reset".into() }),
-    );
+    let failing_once = MockTransport::new("a")
+        .on_run("take() { mkdir", Err(TransportError::Connect { host: "a".into(), reason: "connection reset".into() }));
     let a = Arc::new(accepts_install(failing_once, &desired));
     let b = Arc::new(good_host("b", &desired));
     let started = tokio::time::Instant::now();
@@ -101,7 +99,7 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
     let (_dir, desired, source) = fixture();
     let a = Arc::new(
         MockTransport::new("a")
-            .on_run("another sync holds the lock", Ok(CommandOutput::ok("")))
+            .on_run("take() { mkdir", Ok(CommandOutput::ok("")))
             .on_run("rbee-observe", Ok(CommandOutput::ok(EMPTY_HOST)))
             .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
             .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
