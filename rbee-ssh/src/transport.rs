@@ -370,16 +370,17 @@ async fn authenticate(handle: &mut client::Handle<Client>, target: &SshTarget) -
         |e: russh::Error| TransportError::Connect { host: host.clone(), reason: format!("during authentication: {e}") };
     let mut tried = Vec::new();
     let rsa_hash = handle.best_supported_rsa_hash().await.map_err(auth_err)?.flatten();
-    if target.use_agent {
-        if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
-            let identities = agent.request_identities().await.unwrap_or_default();
-            for identity in identities {
-                let key: PublicKey = identity.public_key().into_owned();
-                tried.push(format!("agent key {}", key.fingerprint(Default::default())));
-                match handle.authenticate_publickey_with(target.user.as_str(), key, rsa_hash, &mut agent).await {
-                    Ok(r) if r.success() => return Ok(()),
-                    _ => {}
-                }
+    if target.use_agent
+        && let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
+    {
+        let identities = agent.request_identities().await.unwrap_or_default();
+        for identity in identities {
+            let key: PublicKey = identity.public_key().into_owned();
+            tried.push(format!("agent key {}", key.fingerprint(Default::default())));
+            if let Ok(r) = handle.authenticate_publickey_with(target.user.as_str(), key, rsa_hash, &mut agent).await
+                && r.success()
+            {
+                return Ok(());
             }
         }
     }
