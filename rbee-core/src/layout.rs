@@ -22,7 +22,7 @@ impl Layout {
     pub const MODELS_DIR: &'static str = ".local/share/rbee/models";
     /// rbee's data directory (parent of workers and models).
     pub const DATA_DIR: &'static str = ".local/share/rbee";
-    /// Pid files, logs, install manifest, lock.
+    /// Pid file, log, install manifest, lock.
     pub const STATE_DIR: &'static str = ".local/state/rbee";
 
     /// The hive binary.
@@ -45,9 +45,10 @@ impl Layout {
     pub fn hive_log() -> String {
         format!("{}/hive.log", Self::STATE_DIR)
     }
-    /// What the last sync installed (versions by artifact).
-    pub fn manifest() -> String {
-        format!("{}/manifest.json", Self::STATE_DIR)
+    /// The install manifest: one record per installed binary (`installed/<file name>`:
+    /// sha256, size, mtime, ctime, inode, version), written on the host right after the rename.
+    pub fn installed_dir() -> String {
+        format!("{}/installed", Self::STATE_DIR)
     }
     /// The per-host sync lock (a directory: `mkdir` is atomic everywhere).
     pub fn lock_dir() -> String {

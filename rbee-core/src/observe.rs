@@ -1,9 +1,11 @@
 //! Observing a host: ONE command through any transport, whose output is parsed by a pure
-//! function. The script hashes every binary rbee manages, reads the install manifest, checks
-//! the hive's pid and asks the running hive for `/health` (through the installed hive binary,
-//! so the probe runs on the host and needs no open port towards the caller).
+//! function. For every binary rbee manages the script trusts the install manifest's digest
+//! when the file's size, mtime, ctime and inode are still those recorded at install, and hashes the
+//! file otherwise (so a no-op sync reads a few records instead of hashing megabytes, and a
+//! file changed behind rbee's back is still caught). It then checks the hive's pid and asks
+//! the running hive for `/health` through the installed hive binary, so the probe runs on the
+//! host and needs no open port towards the caller.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,32 +17,33 @@ use crate::transport::{RemoteCommand, Transport};
 /// The observation script. `$1` is the hive port. Output, one fact per line:
 /// `file SHA PATH`, `manifest JSON`, `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
 pub(crate) const OBSERVE_SCRIPT: &str = r#"set -u
+port=$1
 cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
 digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
 for f in .local/bin/rbee-hive .local/share/rbee/workers/rbee-worker-*; do
-  [ -f "$f" ] && echo "file $(digest "$f") $f"
+  [ -f "$f" ] || continue
+  rec=.local/state/rbee/installed/$(basename "$f")
+  st=$(stat -c '%s %.9Y %.9Z %i' "$f" 2>/dev/null || echo none)
+  if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$size $mtime $ctime $ino" = "$st" ]; then
+    echo "file $sha $f $version"
+  else
+    got=$(digest "$f")
+    if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$sha" = "$got" ]; then echo "file $got $f $version"; else echo "file $got $f"; fi
+  fi
 done
-if [ -f .local/state/rbee/manifest.json ]; then printf 'manifest '; tr -d '\n' < .local/state/rbee/manifest.json; echo; fi
 pid=$(cat .local/state/rbee/hive.pid 2>/dev/null || true)
 case "$pid" in
   ''|*[!0-9]*) ;;
   *) if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'rbee-hive'; then
        echo "running $pid"
        if [ -x .local/bin/rbee-hive ]; then
-         if h=$(.local/bin/rbee-hive probe --port "$1" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
+         if h=$(.local/bin/rbee-hive probe --port "$port" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
        fi
      fi ;;
 esac
 echo "end"
 "#;
-
-/// The install manifest: which version each installed digest is.
-#[derive(Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
-pub(crate) struct Manifest {
-    /// sha256 → version.
-    pub versions: BTreeMap<String, String>,
-}
 
 #[derive(Debug, Deserialize)]
 struct Health {
@@ -77,17 +80,19 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
         return Err(format!("unexpected output {:?}", text.lines().next().unwrap_or("")));
     }
     let mut observed = Observed::default();
-    let mut manifest = Manifest::default();
     let mut files = Vec::new();
     let mut complete = false;
     for line in lines {
         let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
         match tag {
             "file" => {
-                let (sha, path) = rest.split_once(' ').ok_or_else(|| format!("bad line {line:?}"))?;
-                files.push((sha.to_owned(), path.to_owned()));
+                let mut parts = rest.split(' ');
+                let (Some(sha), Some(path)) = (parts.next(), parts.next()) else {
+                    return Err(format!("bad line {line:?}"));
+                };
+                let version = parts.next().filter(|v| !v.is_empty()).map(str::to_owned);
+                files.push((Installed { sha256: sha.to_owned(), version }, path.to_owned()));
             }
-            "manifest" => manifest = serde_json::from_str(rest).unwrap_or_default(),
             "running" => {
                 observed.running = true;
                 observed.pid = rest.trim().parse().ok();
@@ -109,8 +114,7 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
     }
     let hive_path = Layout::hive_binary();
     let worker_dir = format!("{}/{WORKER_PREFIX}", Layout::WORKERS_DIR);
-    for (sha256, path) in files {
-        let installed = Installed { version: manifest.versions.get(&sha256).cloned(), sha256 };
+    for (installed, path) in files {
         if path == hive_path {
             observed.hive_binary = Some(installed);
         } else if let Some(kind) = path.strip_prefix(&worker_dir) {
@@ -127,8 +131,8 @@ mod tests {
 
     #[test]
     fn parses_a_full_observation() {
-        let text = "rbee-observe 1\nfile aaa .local/bin/rbee-hive\nfile bbb .local/share/rbee/workers/rbee-worker-vllm\n\
-                    manifest {\"versions\":{\"aaa\":\"0.1.0\"}}\nrunning 42\nhealth {\"status\":\"ok\",\"version\":\"0.1.0\",\"sha256\":\"aaa\"}\nend\n";
+        let text = "rbee-observe 1\nfile aaa .local/bin/rbee-hive 0.1.0\nfile bbb .local/share/rbee/workers/rbee-worker-vllm\n\
+                    running 42\nhealth {\"status\":\"ok\",\"version\":\"0.1.0\",\"sha256\":\"aaa\"}\nend\n";
         let o = parse_observation(text).unwrap();
         assert_eq!(o.hive_binary, Some(Installed { sha256: "aaa".into(), version: Some("0.1.0".into()) }));
         assert_eq!(o.workers["vllm"], Installed { sha256: "bbb".into(), version: None });

@@ -209,7 +209,7 @@ impl SshTransport {
             let writer = async {
                 if let Some(data) = stdin {
                     let mut sent = 0u64;
-                    for chunk in data.chunks(256 * 1024) {
+                    for chunk in data.chunks(32 * 1024) {
                         // A failed write means the command ended early; its status says why.
                         if write.data(chunk).await.is_err() {
                             return;
@@ -336,6 +336,16 @@ async fn open(target: &SshTarget) -> Result<client::Handle<Client>, TransportErr
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
+        // AES-GCM first: ring runs it on AES-NI, several times faster than ChaCha20 for
+        // the megabytes an install sends.
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_CTR,
+            ]),
+            ..russh::Preferred::DEFAULT
+        },
         ..client::Config::default()
     });
     let work = async {

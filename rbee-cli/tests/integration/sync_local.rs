@@ -195,7 +195,7 @@ fn uninstall_removes_what_it_installed_and_purge_removes_state() {
     let h1 = fleet.host("h1");
     assert!(!crate::fleet::alive(pid), "hive stopped");
     for rel in
-        [".local/bin/rbee-hive", ".local/share/rbee", ".local/state/rbee/manifest.json", ".local/state/rbee/hive.pid"]
+        [".local/bin/rbee-hive", ".local/share/rbee", ".local/state/rbee/installed", ".local/state/rbee/hive.pid"]
     {
         assert!(!h1.path(rel).exists(), "{rel} left behind");
     }

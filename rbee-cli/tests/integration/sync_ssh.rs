@@ -388,3 +388,70 @@ fn fault_h_two_syncs_at_once_do_not_interleave() {
     }
     fleet.rbee(&["status"]).expect_code(0);
 }
+
+#[test]
+fn agent_keys_ssh_config_aliases_and_accept_new() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(bed) = testbed(1) else { return };
+    let h1 = bed.host("h1");
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("operator");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    // ~/.ssh/config names the host by an alias; no identity file anywhere: only the agent has the key.
+    std::fs::write(home.join(".ssh/config"), format!("Host gpu-box\n  HostName {}\n  User root\n", h1.ip)).unwrap();
+    let sock = dir.path().join("agent.sock");
+    let agent =
+        Command::new("ssh-agent").args(["-D", "-a"]).arg(&sock).stdout(std::process::Stdio::null()).spawn().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let _agent = Kill(agent);
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add").arg(&bed.user_key).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("hives.conf"), "[[hive]]\nalias = \"box\"\nhostname = \"gpu-box\"\nworkers = []\n")
+        .unwrap();
+    let known = dir.path().join("known_hosts");
+    std::fs::write(
+        config.join("rbee.conf"),
+        format!(
+            "[package]\nsource = \"{}\"\nssh_timeout = 10\n[ssh]\nknown_hosts = \"{}\"\nhost_key_policy = \"accept-new\"\n",
+            release_tree().display(),
+            known.display()
+        ),
+    )
+    .unwrap();
+    let rbee = |args: &[&str]| {
+        Run(Command::new(env!("CARGO_BIN_EXE_rbee"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("HOME", &home)
+            .env("SSH_AUTH_SOCK", &sock)
+            .output()
+            .unwrap())
+    };
+    rbee(&["sync"]).expect_code(0);
+    assert!(health(h1).is_some());
+    let recorded = std::fs::read_to_string(&known).unwrap();
+    assert!(recorded.contains(&h1.ip) && recorded.contains("ssh-ed25519"), "accept-new records the key: {recorded}");
+    // Strict now that the key is known: still fine.
+    let strict = std::fs::read_to_string(config.join("rbee.conf")).unwrap().replace("accept-new", "strict");
+    std::fs::write(config.join("rbee.conf"), strict).unwrap();
+    rbee(&["status"]).expect_code(0);
+    // Strict with an empty known_hosts: refused, with the fix in the message.
+    std::fs::write(&known, "").unwrap();
+    let run = rbee(&["status"]).expect_code(1);
+    assert!(run.stdout().contains("is not in") && run.stdout().contains("ssh-keyscan"), "{}", run.stdout());
+}

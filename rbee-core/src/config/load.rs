@@ -258,9 +258,16 @@ impl<'a> Validator<'a> {
         let source = p.source.as_ref().map(|s| {
             if s.get_ref().trim().is_empty() {
                 self.error(s.span(), "source is empty: give a directory or an http(s) URL, or leave it out");
+            } else if let Some(problem) = path_problem(s.get_ref()) {
+                self.error(s.span(), format!("source {:?} {problem}", s.get_ref()));
             }
             s.get_ref().clone()
         });
+        if let Some(k) = &file.ssh.known_hosts
+            && let Some(problem) = path_problem(k.get_ref())
+        {
+            self.error(k.span(), format!("known_hosts {:?} {problem}", k.get_ref()));
+        }
         let package = PackageSettings {
             max_concurrent_installs: usize::try_from(concurrency).unwrap_or(1),
             ssh_timeout: Duration::from_secs(ssh_timeout.unsigned_abs()),
@@ -269,7 +276,7 @@ impl<'a> Validator<'a> {
         };
         let ssh = SshSettings {
             host_key_policy: file.ssh.host_key_policy,
-            known_hosts: file.ssh.known_hosts.as_ref().map(PathBuf::from),
+            known_hosts: file.ssh.known_hosts.as_ref().map(|k| PathBuf::from(k.get_ref())),
         };
         (queen, package, ssh)
     }
@@ -294,6 +301,18 @@ impl<'a> Validator<'a> {
             let hostname = entry.hostname.get_ref();
             if let Some(problem) = hostname_problem(hostname) {
                 self.error(entry.hostname.span(), format!("hostname {hostname:?} {problem}"));
+            }
+            if let Some(user) = &entry.ssh_user
+                && let Some(problem) = user_problem(user.get_ref())
+            {
+                self.error(user.span(), format!("ssh_user {:?} {problem}", user.get_ref()));
+            }
+            for (key, value) in [("ssh_key", &entry.ssh_key), ("local_home", &entry.local_home)] {
+                if let Some(v) = value
+                    && let Some(problem) = path_problem(v.get_ref())
+                {
+                    self.error(v.span(), format!("{key} {:?} {problem}", v.get_ref()));
+                }
             }
             let ssh_port = self.port("ssh_port", &entry.ssh_port);
             let hive_port = self.port("hive_port", &entry.hive_port);
@@ -321,7 +340,7 @@ impl<'a> Validator<'a> {
                 );
             }
             if transport == TransportKind::Local {
-                let key = (entry.local_home.clone(), hive_port);
+                let key = (entry.local_home.as_ref().map(|h| h.get_ref().clone()), hive_port);
                 if let Some(other) = local_ports.insert(key, alias.clone()) {
                     self.error(
                         entry.hive_port.span(),
@@ -332,14 +351,14 @@ impl<'a> Validator<'a> {
             out.push(HiveConfig {
                 alias: alias.clone(),
                 hostname: hostname.clone(),
-                ssh_user: entry.ssh_user.clone(),
+                ssh_user: entry.ssh_user.as_ref().map(|u| u.get_ref().clone()),
                 ssh_port,
-                ssh_key: entry.ssh_key.as_ref().map(PathBuf::from),
+                ssh_key: entry.ssh_key.as_ref().map(|k| PathBuf::from(k.get_ref())),
                 hive_port,
                 workers,
                 auto_start: entry.auto_start,
                 transport,
-                local_home: entry.local_home.as_ref().map(PathBuf::from),
+                local_home: entry.local_home.as_ref().map(|h| PathBuf::from(h.get_ref())),
             });
         }
         out
@@ -405,6 +424,34 @@ fn alias_problem(alias: &str) -> Option<&'static str> {
         return Some("is longer than 63 characters");
     }
     None
+}
+
+/// Why an SSH user name is unusable, if it is: POSIX-style names only, never an option.
+fn user_problem(user: &str) -> Option<&'static str> {
+    let mut chars = user.chars();
+    match chars.next() {
+        None => Some("is empty: leave ssh_user out to use ~/.ssh/config or the current user"),
+        Some(c) if !(c.is_ascii_alphanumeric() || c == '_') => {
+            Some("must start with a letter, digit or '_' ([A-Za-z0-9_][A-Za-z0-9._-]*)")
+        }
+        _ if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) => {
+            Some("may only contain letters, digits, '.', '_' and '-' ([A-Za-z0-9_][A-Za-z0-9._-]*)")
+        }
+        _ if user.len() > 32 => Some("is longer than 32 characters"),
+        _ => None,
+    }
+}
+
+/// Why a path is unusable, if it is: empty, or with control characters (a newline would end
+/// a line of a remote script or of known_hosts).
+fn path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        Some("is empty")
+    } else if path.chars().any(char::is_control) {
+        Some("contains a control character (newline, tab, ...)")
+    } else {
+        None
+    }
 }
 
 /// Why a hostname is unusable, if it is.

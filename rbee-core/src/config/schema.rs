@@ -102,7 +102,8 @@ pub struct SshSection {
     pub host_key_policy: HostKeyPolicy,
     /// The known_hosts file. Default `~/.ssh/known_hosts`.
     #[serde(default)]
-    pub known_hosts: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub known_hosts: Option<Spanned<String>>,
 }
 
 /// What to do with a host key that is not in known_hosts.
@@ -137,14 +138,16 @@ pub struct HiveEntry {
     pub hostname: Spanned<String>,
     /// SSH user. Default: the user from `~/.ssh/config`, else the current user.
     #[serde(default)]
-    pub ssh_user: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub ssh_user: Option<Spanned<String>>,
     /// SSH port.
     #[serde(default = "default_ssh_port")]
     #[schemars(with = "u16")]
     pub ssh_port: Spanned<i64>,
     /// Identity file for this host.
     #[serde(default)]
-    pub ssh_key: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub ssh_key: Option<Spanned<String>>,
     /// Port the hive daemon listens on.
     #[serde(default = "default_hive_port")]
     #[schemars(with = "u16")]
@@ -161,7 +164,8 @@ pub struct HiveEntry {
     /// For a `local` hive: the directory used as its home (default: `$HOME`). Lets several
     /// local hives live side by side on one machine.
     #[serde(default)]
-    pub local_home: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub local_home: Option<Spanned<String>>,
 }
 
 /// One entry of `workers = [...]`.

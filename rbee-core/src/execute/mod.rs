@@ -30,7 +30,7 @@ use crate::artifact::{ArtifactError, ArtifactSource};
 use crate::config::PackageSettings;
 use crate::fleet::join_all;
 use crate::layout::Layout;
-use crate::observe::{Manifest, observe};
+use crate::observe::observe;
 use crate::plan::{Action, ActionKind, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
 use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState};
 use crate::transport::Transport;
@@ -245,25 +245,13 @@ impl HiveRun<'_> {
         if hp.actions.is_empty() {
             return HiveOutcome::Ok { changed: false };
         }
-        let installs_binaries = hp.actions.iter().any(|a| matches!(a.kind, ActionKind::InstallBinary { .. }));
         let mut finished: BTreeSet<String> = BTreeSet::new();
         let mut pending: Vec<&Action> = hp.actions.iter().collect();
-        let mut manifest_written = !installs_binaries;
         while !pending.is_empty() {
             let (ready, rest): (Vec<&Action>, Vec<&Action>) =
                 pending.into_iter().partition(|a| a.depends_on.iter().all(|d| finished.contains(d)));
             if ready.is_empty() {
                 return HiveOutcome::Failed { step: rest[0].id.clone(), reason: "dependency cycle in plan".into() };
-            }
-            // The manifest goes in once every binary is in place and before the hive starts.
-            let is_binary =
-                |a: &Action| matches!(a.kind, ActionKind::InstallBinary { .. } | ActionKind::RemoveWorker { .. });
-            if !manifest_written && !ready.iter().any(|a| is_binary(a)) {
-                let id = format!("{}/manifest", self.alias());
-                if let Err(e) = self.step(&id, "record installed versions", || self.write_manifest()).await {
-                    return HiveOutcome::Failed { step: id, reason: e.to_string() };
-                }
-                manifest_written = true;
             }
             let results = join_all(ready.iter().map(|a| async move { (a.id.clone(), self.action(a).await) })).await;
             for (id, result) in results {
@@ -278,23 +266,7 @@ impl HiveRun<'_> {
             }
             pending = rest;
         }
-        if !manifest_written {
-            let id = format!("{}/manifest", self.alias());
-            if let Err(e) = self.step(&id, "record installed versions", || self.write_manifest()).await {
-                return HiveOutcome::Failed { step: id, reason: e.to_string() };
-            }
-        }
         HiveOutcome::Ok { changed: true }
-    }
-
-    async fn write_manifest(&self) -> Result<(), StepError> {
-        let mut m = Manifest::default();
-        m.versions.insert(self.want.hive.sha256.clone(), self.want.hive.version.clone());
-        for a in self.want.workers.values() {
-            m.versions.insert(a.sha256.clone(), a.version.clone());
-        }
-        let json = serde_json::to_vec_pretty(&m).unwrap_or_default();
-        steps::write_manifest(self.t, &json, self.options.step_timeout).await
     }
 
     /// Runs one step with events and retries for transient failures.

@@ -61,7 +61,7 @@ pub enum InstallFault {
 }
 
 const VERIFY_AND_RENAME: &str = r#"set -u
-staging=$1; target=$2; want=$3
+staging=$1; target=$2; want=$3; version=$4; records=$5
 if command -v sha256sum >/dev/null 2>&1; then got=$(sha256sum < "$staging" | cut -d' ' -f1); else got=$(shasum -a 256 < "$staging" | cut -d' ' -f1); fi
 if [ "$got" != "$want" ]; then
   rm -f "$staging"
@@ -69,6 +69,9 @@ if [ "$got" != "$want" ]; then
   exit 65
 fi
 chmod 755 "$staging" && mv -f "$staging" "$target" || exit 1
+# The install record observation trusts while size, mtime, ctime and inode are unchanged.
+mkdir -p "$records" && rec="$records/$(basename "$target")" &&
+  printf '%s %s %s\n' "$want" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "$version" > "$rec.tmp" && mv -f "$rec.tmp" "$rec" || exit 1
 # Staging files of earlier interrupted installs of this target.
 # Leftovers of interrupted installs of this target (staging files, and partial uploads of them).
 for f in "$(dirname "$target")/.$(basename "$target").rbee-tmp-"* "$(dirname "$target")/..$(basename "$target").rbee-tmp-"*; do
@@ -107,26 +110,16 @@ pub async fn install_binary(
     if fault == Some(InstallFault::StopBeforeRename) {
         return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
     }
-    script(
-        t,
-        &format!("installing {target}"),
-        VERIFY_AND_RENAME,
-        vec![staging, target.to_owned(), artifact.sha256.clone()],
-        deadline,
-    )
-    .await?;
+    let args =
+        vec![staging, target.to_owned(), artifact.sha256.clone(), artifact.version.clone(), Layout::installed_dir()];
+    script(t, &format!("installing {target}"), VERIFY_AND_RENAME, args, deadline).await?;
     Ok(())
 }
 
-/// Removes a worker binary from the catalog.
+/// Removes a worker binary from the catalog, with its install record.
 pub async fn remove_file(t: &dyn Transport, target: &str, deadline: Duration) -> Result<(), StepError> {
-    script(t, &format!("removing {target}"), r#"rm -f "$1""#, vec![target.to_owned()], deadline).await?;
-    Ok(())
-}
-
-/// Writes the install manifest (digest → version) atomically.
-pub async fn write_manifest(t: &dyn Transport, json: &[u8], deadline: Duration) -> Result<(), StepError> {
-    t.upload(json, &Layout::manifest(), 0o644, deadline, &|_| {}).await?;
+    let text = r#"rm -f "$1" "$2/$(basename "$1")""#;
+    script(t, &format!("removing {target}"), text, vec![target.to_owned(), Layout::installed_dir()], deadline).await?;
     Ok(())
 }
 
@@ -309,7 +302,8 @@ purge=$1
 rm -f .local/bin/rbee-hive .local/bin/.rbee-hive.rbee-tmp-* .local/bin/.rbee-hive.upload-*
 rm -f .local/share/rbee/workers/rbee-worker-* .local/share/rbee/workers/.rbee-worker-*
 rmdir .local/share/rbee/workers .local/share/rbee 2>/dev/null
-rm -f .local/state/rbee/manifest.json .local/state/rbee/hive.pid
+rm -rf .local/state/rbee/installed
+rm -f .local/state/rbee/hive.pid
 if [ "$purge" = 1 ]; then
   rm -rf .local/share/rbee
   # Keep the lock directory until the sync releases it; remove everything else.

@@ -47,7 +47,6 @@ fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
         .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
         .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
         .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
-        .on_upload("manifest.json", Ok(()))
         .on_run("setsid", Ok(CommandOutput::ok("")))
         .on_run("probe --port", Ok(health(desired)))
         .on_run("/owner\" 2>/dev/null)\" = \"$2\"", Ok(CommandOutput::ok("")))
@@ -117,7 +116,7 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
     assert!(reason.contains("sha256 mismatch"), "{reason}");
     assert_eq!(report.hives[1].outcome, HiveOutcome::Ok { changed: true });
     assert!(events.iter().all(|e| !matches!(e, SyncEvent::StepFailed { will_retry: true, .. })));
-    // Nothing after the failed wave ran on a: no manifest, no start.
+    // Nothing after the failed wave ran on a: no start.
     a.verify().unwrap();
     b.verify().unwrap();
     let starts = a.calls().iter().filter(|c| format!("{c:?}").contains("setsid")).count();
@@ -133,7 +132,40 @@ async fn binaries_are_in_place_before_the_hive_starts() {
     assert_eq!(report.overall(), Overall::Ok);
     let calls: Vec<String> = a.calls().iter().map(|c| format!("{c:?}")).collect();
     let pos = |needle: &str| calls.iter().rposition(|c| c.contains(needle)).unwrap();
-    assert!(pos("sha256 mismatch for") < pos("manifest.json"));
-    assert!(pos("manifest.json") < pos("setsid"));
+    assert!(pos("sha256 mismatch for") < pos("setsid"));
     assert!(pos("setsid") < pos("probe --port"));
+}
+
+#[tokio::test]
+async fn observation_trusts_the_install_record_until_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = crate::transport::LocalTransport::new(dir.path());
+    let bytes = b"worker v1".to_vec();
+    let artifact = crate::state::Artifact {
+        name: "rbee-worker-vllm".into(),
+        version: "1.2.3".into(),
+        sha256: sha256_hex(&bytes),
+        size: bytes.len() as u64,
+    };
+    let target = Layout::worker_binary("vllm");
+    steps::install_binary(&t, &artifact, &bytes, &target, Duration::from_secs(5), &|_| {}, None).await.unwrap();
+    let observe = || crate::observe::observe(&t, 1, Duration::from_secs(5));
+    let HiveState::Reachable(o) = observe().await else { panic!() };
+    assert_eq!(o.workers["vllm"].sha256, artifact.sha256);
+    assert_eq!(o.workers["vllm"].version.as_deref(), Some("1.2.3"), "version from the install record");
+
+    // The record is trusted: a record saying another digest is believed while the file's
+    // size, mtime and inode match it...
+    let rec = dir.path().join(Layout::installed_dir()).join("rbee-worker-vllm");
+    let text = std::fs::read_to_string(&rec).unwrap();
+    std::fs::write(&rec, text.replacen(&artifact.sha256, &"0".repeat(64), 1)).unwrap();
+    let HiveState::Reachable(o) = observe().await else { panic!() };
+    assert_eq!(o.workers["vllm"].sha256, "0".repeat(64));
+
+    // ...and a file replaced behind rbee's back is hashed again and reported as it is.
+    std::fs::remove_file(dir.path().join(&target)).unwrap();
+    std::fs::write(dir.path().join(&target), b"tampered!").unwrap();
+    let HiveState::Reachable(o) = observe().await else { panic!() };
+    assert_eq!(o.workers["vllm"].sha256, sha256_hex(b"tampered!"));
+    assert_eq!(o.workers["vllm"].version, None);
 }

@@ -16,6 +16,17 @@ pub fn shell_line(argv: &[String]) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any string (argv cannot hold NUL) reaches the command exactly as given.
+        #[test]
+        fn any_string_is_quoted_safely(word in "[^\\x00]{0,40}") {
+            let line = shell_line(&["printf".to_owned(), "%s".to_owned(), word.clone()]);
+            let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&out.stdout), word);
+        }
+    }
+
     #[test]
     fn quoting_round_trips_through_sh() {
         let words = ["plain", "", "a b", "it's", "$(rm -rf /)", "`x`", "a\nb", "*", "\\"];

@@ -251,3 +251,41 @@ fn schema_covers_both_files() {
     assert!(schema["hives.conf"]["$defs"]["HiveEntry"]["properties"]["hive_port"].is_object(), "{schema:#}");
     assert!(schema["rbee.conf"]["properties"]["package"].is_object(), "{schema:#}");
 }
+
+/// Values an attacker (or a bad copy-paste) could put in hives.conf to run a command on the
+/// operator's machine or a host: each is rejected before anything runs.
+#[test]
+fn hostile_values_are_rejected() {
+    let hostile = ["a;rm -rf ~", "$(reboot)", "`id`", "a'b", "a\"b", "a\nb", "-oProxyCommand=sh", "a b", "${HOME}"];
+    let mut accepted = Vec::new();
+    for value in hostile {
+        let v = toml_string(value);
+        let files = [
+            ("alias", format!("[[hive]]\nalias = {v}\nhostname = \"h\"\n")),
+            ("hostname", format!("[[hive]]\nalias = \"a\"\nhostname = {v}\n")),
+            ("ssh_user", format!("[[hive]]\nalias = \"a\"\nhostname = \"h\"\nssh_user = {v}\n")),
+            (
+                "version",
+                format!(
+                    "[[hive]]\nalias = \"a\"\nhostname = \"h\"\nworkers = [{{ type = \"vllm\", version = {v} }}]\n"
+                ),
+            ),
+            ("worker type", format!("[[hive]]\nalias = \"a\"\nhostname = \"h\"\nworkers = [{{ type = {v} }}]\n")),
+        ];
+        for (field, text) in files {
+            if diagnostics(None, &text).is_empty() {
+                accepted.push(format!("{field} = {value:?}"));
+            }
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    let newline_path = "[[hive]]\nalias = \"a\"\nhostname = \"h\"\nssh_key = \"/k\\nx\"\n";
+    assert_eq!(
+        diagnostics(None, newline_path),
+        ["hives.conf:4:11: ssh_key \"/k\\nx\" contains a control character (newline, tab, ...)"]
+    );
+}
+
+fn toml_string(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}

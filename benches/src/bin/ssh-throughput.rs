@@ -1,0 +1,97 @@
+//! Upload throughput of one SshTransport connection to one test host (root only):
+//! `cargo run --release -p rbee-benches --bin ssh-throughput -- [MiB] [parallel] [hosts]`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rbee_core::config::HostKeyPolicy;
+use rbee_core::transport::Transport;
+use rbee_ssh::{SshTarget, SshTransport};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let mib = args.first().copied().unwrap_or(64);
+    let parallel = args.get(1).copied().unwrap_or(1);
+    let nhosts = args.get(2).copied().unwrap_or(1);
+    let bed = rbee_testbed::Testbed::new(nhosts).expect("test host");
+    let mut transports = Vec::new();
+    for h in &bed.hosts {
+        let target = SshTarget {
+            alias: "h1".into(),
+            host: h.ip.clone(),
+            port: 22,
+            user: "root".into(),
+            identity_files: vec![bed.user_key.clone()],
+            known_hosts: bed.known_hosts.clone(),
+            policy: HostKeyPolicy::Strict,
+            connect_timeout: Duration::from_secs(10),
+            use_agent: false,
+        };
+        transports.push(Arc::new(SshTransport::connect(target).await.expect("connect")));
+    }
+    let data = Arc::new(vec![7u8; mib << 20]);
+    let cpu0 = cpu_ticks();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in &transports {
+        for i in 0..parallel {
+            let (t, data) = (t.clone(), data.clone());
+            tasks.push(tokio::spawn(async move {
+                t.upload(&data, &format!("f{i}"), 0o644, Duration::from_secs(120), &|_| {}).await.expect("upload");
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let s = started.elapsed().as_secs_f64();
+    let total = (mib * parallel * nhosts) as f64;
+    println!(
+        "rbee-ssh: {nhosts} hosts x {parallel} x {mib} MiB in {s:.2}s: {:.1} MiB/s, machine CPU busy {:.2}s",
+        total / s,
+        (cpu_ticks() - cpu0) as f64 / 100.0
+    );
+    let cpu0 = cpu_ticks();
+    if std::env::var_os("ONLY_RBEE").is_some() {
+        return;
+    }
+    let file = bed.dir.join("payload");
+    std::fs::write(&file, &*data).unwrap();
+    let started = Instant::now();
+    let children: Vec<_> = bed
+        .hosts
+        .iter()
+        .flat_map(|h| (0..parallel).map(move |i| (h, i)))
+        .map(|(h, i)| {
+            std::process::Command::new("ssh")
+                .arg("-i")
+                .arg(&bed.user_key)
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", bed.known_hosts.display()))
+                .args(["-o", "BatchMode=yes"])
+                .arg(format!("root@{}", h.ip))
+                .arg(format!("cat > g{i}"))
+                .stdin(std::fs::File::open(&file).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let s = started.elapsed().as_secs_f64();
+    println!(
+        "OpenSSH:  {nhosts} hosts x {parallel} x {mib} MiB in {s:.2}s: {:.1} MiB/s, machine CPU busy {:.2}s",
+        total / s,
+        (cpu_ticks() - cpu0) as f64 / 100.0
+    );
+}
+
+/// Busy CPU ticks of the whole machine (user + nice + system + irq + softirq).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0usize, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum()
+}
