@@ -102,6 +102,8 @@ enum SourceKind {
     Releases,
     /// A build directory holding only [`RBEE_VERSION`].
     Build,
+    /// Bytes held by the caller: one version.
+    Memory { version: String, files: BTreeMap<String, (String, Arc<Vec<u8>>)> },
 }
 
 impl ArtifactSource {
@@ -118,8 +120,32 @@ impl ArtifactSource {
                     source_name: "the directory of the running executable".into(),
                     reason: e.to_string(),
                 })?;
-                Ok(Self::directory(exe.parent().unwrap_or(Path::new("."))))
+                let dir = exe.parent().unwrap_or(Path::new("."));
+                // cargo puts examples and tests one level below the binaries.
+                let dir = match dir.parent() {
+                    Some(up) if !dir.join(HIVE_BINARY).exists() && up.join(HIVE_BINARY).exists() => up,
+                    _ => dir,
+                };
+                Ok(Self::directory(dir))
             }
+        }
+    }
+
+    /// A source held in memory: `files` (artifact name → bytes), all at `version`. For
+    /// programs that build or download the binaries themselves, and for tests.
+    ///
+    /// ```
+    /// let source = rbee_core::artifact::ArtifactSource::memory("1.0.0", [("rbee-hive", b"...".to_vec())]);
+    /// let hive = source.resolve("rbee-hive", &rbee_core::config::VersionReq::Latest)?;
+    /// assert_eq!(hive.version, "1.0.0");
+    /// # Ok::<(), rbee_core::artifact::ArtifactError>(())
+    /// ```
+    pub fn memory<N: Into<String>>(version: &str, files: impl IntoIterator<Item = (N, Vec<u8>)>) -> Self {
+        let files = files.into_iter().map(|(n, b)| (n.into(), (sha256_hex(&b), Arc::new(b)))).collect();
+        Self {
+            root: PathBuf::new(),
+            kind: SourceKind::Memory { version: version.to_owned(), files },
+            digests: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -132,14 +158,16 @@ impl ArtifactSource {
 
     /// For messages.
     pub fn name(&self) -> String {
-        match self.kind {
+        match &self.kind {
             SourceKind::Releases => self.root.display().to_string(),
             SourceKind::Build => format!("build directory {}", self.root.display()),
+            SourceKind::Memory { .. } => "an in-memory source".to_owned(),
         }
     }
 
     fn latest(&self) -> Result<String, ArtifactError> {
-        match self.kind {
+        match &self.kind {
+            SourceKind::Memory { version, .. } => Ok(version.clone()),
             SourceKind::Build => Ok(RBEE_VERSION.to_owned()),
             SourceKind::Releases => {
                 let path = self.root.join("latest");
@@ -151,7 +179,7 @@ impl ArtifactSource {
 
     fn path_of(&self, name: &str, version: &str) -> PathBuf {
         match self.kind {
-            SourceKind::Build => self.root.join(name),
+            SourceKind::Build | SourceKind::Memory { .. } => self.root.join(name),
             SourceKind::Releases => self.root.join(version).join(name),
         }
     }
@@ -162,10 +190,27 @@ impl ArtifactSource {
             VersionReq::Latest => self.latest()?,
             VersionReq::Exact(v) => v.to_string(),
         };
+        if let SourceKind::Memory { version: have, files } = &self.kind {
+            if &version != have {
+                return Err(ArtifactError::NoSuchVersion {
+                    artifact: name.to_owned(),
+                    version,
+                    source_name: self.name(),
+                    available: format!("only {have}"),
+                });
+            }
+            let (sha256, bytes) = files.get(name).ok_or_else(|| ArtifactError::Missing {
+                artifact: name.to_owned(),
+                version: version.clone(),
+                source_name: self.name(),
+                hint: "add it to the source".to_owned(),
+            })?;
+            return Ok(Artifact { name: name.to_owned(), version, sha256: sha256.clone(), size: bytes.len() as u64 });
+        }
         let path = self.path_of(name, &version);
         let hint = match self.kind {
             SourceKind::Build => "build the workspace (`cargo build`) or set [package] source in rbee.conf".to_owned(),
-            SourceKind::Releases => format!("expected {}", path.display()),
+            _ => format!("expected {}", path.display()),
         };
         if self.kind == SourceKind::Build && version != RBEE_VERSION {
             return Err(ArtifactError::NoSuchVersion {
@@ -182,8 +227,8 @@ impl ArtifactSource {
             hint: hint.clone(),
         })?;
         let sha256 = match self.kind {
-            SourceKind::Build => self.digest_of(&path)?.0,
             SourceKind::Releases => self.sum_from_file(name, &version)?,
+            _ => self.digest_of(&path)?.0,
         };
         Ok(Artifact { name: name.to_owned(), version, sha256, size: meta.len() })
     }
@@ -217,9 +262,13 @@ impl ArtifactSource {
     pub fn fetch(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
         let path = self.path_of(&artifact.name, &artifact.version);
         let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
-        std::fs::File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
+        if let SourceKind::Memory { files, .. } = &self.kind {
+            bytes = files.get(&artifact.name).map(|(_, b)| b.to_vec()).unwrap_or_default();
+        } else {
+            std::fs::File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
+        }
         let actual = sha256_hex(&bytes);
         if actual != artifact.sha256 {
             return Err(ArtifactError::DigestMismatch {

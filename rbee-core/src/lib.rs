@@ -9,9 +9,47 @@
 //! plan(&Desired, &Actual, &PlanOptions) ──▶ Plan           (pure, deterministic DAG of actions)
 //! ```
 //!
-//! Entry points: [`config::load_dir`], [`artifact::resolve`], [`fleet::observe_fleet`],
-//! [`plan::plan`]. Hosts are reached through the [`transport::Transport`] trait;
-//! [`transport::LocalTransport`] and [`transport::MockTransport`] are built in.
+//! Then `execute::execute(&Desired, &Plan, …, on_event) -> SyncReport` runs the plan:
+//! hives concurrently, each under a per-host lock, atomic verified installs, typed
+//! [`execute::SyncEvent`]s to a callback.
+//!
+//! Entry points: [`config::load`] / [`config::parse`], [`artifact::resolve`],
+//! [`fleet::connect_fleet`] + [`fleet::observe_fleet`], [`plan::plan`], [`execute::execute`];
+//! or the whole operations at once in [`package`] (`sync`, `status`, `uninstall`). Hosts are
+//! reached through the [`transport::Transport`] trait; [`transport::LocalTransport`] and
+//! [`transport::MockTransport`] are built in, SSH is in the `rbee-ssh` crate.
+//!
+//! Planning a sync for a config given as a string:
+//!
+//! ```
+//! use std::path::Path;
+//! use rbee_core::artifact::{ArtifactSource, resolve};
+//! use rbee_core::config;
+//! use rbee_core::plan::{PlanOptions, plan};
+//! use rbee_core::state::{Actual, HiveState, Observed};
+//!
+//! let hives = r#"
+//! [[hive]]
+//! alias = "gpu-1"
+//! hostname = "localhost"
+//! workers = [{ type = "vllm", version = "latest" }]
+//! "#;
+//! let config = config::parse(None, (Path::new("hives.conf"), hives))?;
+//! // Where the binaries come from: here, bytes in memory; usually a release directory.
+//! let source = ArtifactSource::memory("1.0.0", [
+//!     ("rbee-hive", b"hive binary".to_vec()),
+//!     ("rbee-worker-vllm", b"vllm worker".to_vec()),
+//! ]);
+//! let desired = resolve(&config, &source)?;
+//! // What the host has: nothing yet. `fleet::observe_fleet` reads this from real hosts.
+//! let mut actual = Actual::default();
+//! actual.hives.insert("gpu-1".into(), HiveState::Reachable(Observed::default()));
+//!
+//! let plan = plan(&desired, &actual, &PlanOptions::default());
+//! assert_eq!(plan.summary().install, 2);
+//! println!("{plan}"); // the `rbee sync --dry-run` text; `plan.to_json()` for JSON
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod artifact;

@@ -1,0 +1,1 @@
+//! Runnable examples of embedding rbee; see the `[[example]]` targets and README.
