@@ -1,17 +1,23 @@
-//! One function per subcommand; each ends in rbee-core calls.
+//! One function per subcommand. Package operations become an [`Operation`] that runs in the
+//! queen (started when needed) or, with `--in-process`, right here; both give the same
+//! events and the same [`OperationResult`], rendered by the same code.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rbee_core::artifact::ArtifactSource;
-use rbee_core::config::{self, Config, ConfigError};
-use rbee_core::execute::{ExecuteOptions, HiveOutcome, InstallFault, Overall, SyncReport};
-use rbee_core::package::{self, DriftState, PackageError, StatusReport, SyncOutcome, SyncRequest};
-use rbee_core::plan::PlanOptions;
+use rbee_core::config::{self, Config, ConfigError, ConfigFiles};
+use rbee_core::execute::{HiveOutcome, InstallFault, SyncReport};
+use rbee_core::fleet::Connector;
+use rbee_core::operation::Operation;
+use rbee_core::package::{self, DriftState, OperationResult, RunContext, StatusReport, SyncOutcome};
+use rbee_queen::api::JobEventBody;
 use rbee_ssh::SshConnector;
 
 use crate::output::{Exit, error};
 use crate::progress::{Renderer, mib};
-use crate::{Cli, Command, ConfigCommand, SyncArgs};
+use crate::queen;
+use crate::{Cli, Command, ConfigCommand, QueenCommand, SyncArgs};
 
 pub(crate) async fn run(cli: Cli) -> Exit {
     match &cli.command {
@@ -21,35 +27,63 @@ pub(crate) async fn run(cli: Cli) -> Exit {
             Exit::Ok
         }
         Command::Sync(args) => sync(&cli, args).await,
-        Command::Install { hives, force } => {
-            let args = SyncArgs { hives: hives.clone(), force: *force, ..SyncArgs::default() };
-            sync(&cli, &args).await
+        Command::Install { hive, force } => {
+            let op =
+                Operation::PackageInstall { config_path: config_path(&cli), force: *force, hive_alias: hive.clone() };
+            operation(&cli, op, false).await
         }
-        Command::Status { verbose, hives } => status(&cli, hives, *verbose).await,
-        Command::Uninstall { hives, purge } => uninstall(&cli, hives, *purge).await,
+        Command::Status { verbose, hives } => {
+            let op = Operation::PackageStatus {
+                config_path: config_path(&cli),
+                verbose: *verbose,
+                hive_aliases: hives.clone(),
+            };
+            operation(&cli, op, *verbose).await
+        }
+        Command::Uninstall { hive, purge } => {
+            let op =
+                Operation::PackageUninstall { config_path: config_path(&cli), hive_alias: hive.clone(), purge: *purge };
+            operation(&cli, op, false).await
+        }
+        Command::Queen { what } => queen_command(&cli, what).await,
+        Command::Jobs { job_id } => jobs(&cli, job_id.as_deref()).await,
     }
 }
 
-fn load(cli: &Cli) -> Result<Config, Exit> {
-    config::load(&config::ConfigFiles::locate(cli.config.as_deref())).map_err(|e| report_config_error(cli.json, &e))
+/// The config location as an absolute path, so the queen (another process, another working
+/// directory) reads the same files.
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    let files = ConfigFiles::locate(cli.config.as_deref());
+    let dir = files.hives_conf.parent().map(Path::to_path_buf).unwrap_or_default();
+    let abs = std::path::absolute(&dir).unwrap_or(dir);
+    if files.hives_conf.file_name().is_some_and(|n| n != config::HIVES_CONF) {
+        return Some(std::path::absolute(&files.hives_conf).unwrap_or(files.hives_conf));
+    }
+    Some(abs)
+}
+
+pub(crate) fn load(cli: &Cli) -> Result<Config, Exit> {
+    config::load(&ConfigFiles::locate(cli.config.as_deref())).map_err(|e| report_config_error(cli.json, &e))
 }
 
 fn report_config_error(json: bool, e: &ConfigError) -> Exit {
     match e {
-        ConfigError::Invalid(diags) if json => {
-            println!("{}", serde_json::json!({ "ok": false, "errors": diags }));
-            Exit::Error
-        }
-        ConfigError::Invalid(diags) => {
-            for d in diags {
-                eprintln!("{d}");
-            }
-            let n = diags.len();
-            eprintln!("error: the config has {n} problem{}", if n == 1 { "" } else { "s" });
-            Exit::Error
-        }
+        ConfigError::Invalid(diags) => print_diagnostics(json, diags),
         other => error(json, &other.to_string()),
     }
+}
+
+fn print_diagnostics(json: bool, diags: &[config::Diagnostic]) -> Exit {
+    if json {
+        println!("{}", serde_json::json!({ "ok": false, "errors": diags }));
+    } else {
+        for d in diags {
+            eprintln!("{d}");
+        }
+        let n = diags.len();
+        eprintln!("error: the config has {n} problem{}", if n == 1 { "" } else { "s" });
+    }
+    Exit::Error
 }
 
 fn validate(cli: &Cli) -> Exit {
@@ -67,9 +101,9 @@ fn validate(cli: &Cli) -> Exit {
     Exit::Ok
 }
 
-/// Test hooks, for end-to-end tests only: `RBEE_TEST_FAULT=alias=corrupt-upload,other=stop-before-rename`.
-fn execute_options(config: &Config) -> Result<ExecuteOptions, String> {
-    let mut options = ExecuteOptions::from_settings(&config.package);
+/// Test hooks, honoured in-process only: `RBEE_TEST_FAULT=alias=corrupt-upload,other=stop-before-rename`.
+fn faults() -> Result<std::collections::BTreeMap<String, InstallFault>, String> {
+    let mut faults = std::collections::BTreeMap::new();
     if let Ok(spec) = std::env::var("RBEE_TEST_FAULT") {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (alias, fault) = part.split_once('=').ok_or_else(|| format!("RBEE_TEST_FAULT: bad entry {part:?}"))?;
@@ -78,49 +112,21 @@ fn execute_options(config: &Config) -> Result<ExecuteOptions, String> {
                 "stop-before-rename" => InstallFault::StopBeforeRename,
                 other => return Err(format!("RBEE_TEST_FAULT: unknown fault {other:?}")),
             };
-            options.faults.insert(alias.to_owned(), fault);
+            faults.insert(alias.to_owned(), fault);
         }
     }
-    Ok(options)
-}
-
-struct Prepared {
-    config: Config,
-    source: ArtifactSource,
-    options: ExecuteOptions,
-    connector: SshConnector,
-}
-
-fn prepare(cli: &Cli) -> Result<Prepared, Exit> {
-    let config = load(cli)?;
-    let source = ArtifactSource::from_config(&config).map_err(|e| error(cli.json, &e.to_string()))?;
-    let options = execute_options(&config).map_err(|e| error(cli.json, &e))?;
-    let connector = SshConnector::new(&config);
-    Ok(Prepared { config, source, options, connector })
-}
-
-fn selection(cli: &Cli, config: &Config, hives: &[String]) -> Result<Option<BTreeSet<String>>, Exit> {
-    package::select(config, hives).map_err(|e| error(cli.json, &e.to_string()))
+    Ok(faults)
 }
 
 async fn sync(cli: &Cli, args: &SyncArgs) -> Exit {
-    let p = match prepare(cli) {
-        Ok(p) => p,
-        Err(exit) => return exit,
-    };
-    let mut only = match selection(cli, &p.config, &args.hives) {
-        Ok(o) => o,
-        Err(exit) => return exit,
-    };
+    let mut hives = args.hives.clone();
     if args.retry_failed {
         let failed = match package::last_failed() {
             Ok(f) => f,
             Err(e) => return error(cli.json, &e.to_string()),
         };
-        let failed: BTreeSet<String> = match &only {
-            Some(o) => failed.intersection(o).cloned().collect(),
-            None => failed,
-        };
+        let failed: BTreeSet<String> =
+            if hives.is_empty() { failed } else { failed.into_iter().filter(|a| hives.contains(a)).collect() };
         if failed.is_empty() {
             if cli.json {
                 println!("{}", serde_json::json!({ "ok": true, "retried": [] }));
@@ -135,75 +141,100 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Exit {
                 failed.iter().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        only = Some(failed);
+        hives = failed.into_iter().collect();
     }
-    let request = SyncRequest {
-        plan: PlanOptions { force: args.force, remove_extra: args.remove_extra, only },
+    let op = Operation::PackageSync {
+        config_path: config_path(cli),
         dry_run: args.dry_run,
+        remove_extra: args.remove_extra,
+        force: args.force,
+        hive_aliases: hives,
     };
-    let renderer = Renderer::new(cli.json);
-    let on_event = |e| renderer.event(e);
-    let result = package::sync(&p.config, &p.source, &p.connector, &request, &p.options, &on_event).await;
-    finish(cli, result, args.dry_run)
+    operation(cli, op, false).await
 }
 
-async fn uninstall(cli: &Cli, hives: &[String], purge: bool) -> Exit {
-    let p = match prepare(cli) {
-        Ok(p) => p,
-        Err(exit) => return exit,
-    };
-    let only = match selection(cli, &p.config, hives) {
-        Ok(o) => o,
-        Err(exit) => return exit,
-    };
+/// Runs a package operation here or in the queen, rendering events and the result.
+async fn operation(cli: &Cli, op: Operation, verbose: bool) -> Exit {
     let renderer = Renderer::new(cli.json);
-    let on_event = |e| renderer.event(e);
-    let result =
-        package::uninstall(&p.config, &p.source, &p.connector, only.as_ref(), purge, &p.options, &on_event).await;
-    finish(cli, result, false)
-}
-
-fn finish(cli: &Cli, result: Result<SyncOutcome, PackageError>, dry_run: bool) -> Exit {
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => return error(cli.json, &e.to_string()),
-    };
-    let Some(report) = outcome.report else {
-        // Dry run: the plan is the output.
-        if cli.json {
-            println!("{}", serde_json::to_string_pretty(&outcome.plan.to_json()).unwrap_or_default());
-        } else {
-            print!("{}", outcome.plan);
-        }
-        let s = outcome.plan.summary();
-        return if s.unreachable > 0 {
-            Exit::Error
-        } else if outcome.plan.is_empty() {
-            Exit::Ok
-        } else {
-            Exit::Drift
+    let result = if cli.in_process {
+        let ctx = match faults() {
+            Ok(faults) => RunContext { faults, ..RunContext::default() },
+            Err(e) => return error(cli.json, &e),
         };
-    };
-    debug_assert!(!dry_run);
-    if let Err(e) = package::save_last_run(&report) {
-        eprintln!("warning: {e}");
-    }
-    let exit = match report.overall() {
-        Overall::Ok => Exit::Ok,
-        Overall::Partial => Exit::Partial,
-        Overall::Failed => Exit::Error,
-    };
-    if cli.json {
-        let result = serde_json::json!({
-            "event": "result",
-            "overall": report.overall(),
-            "exit_code": exit as u8,
-            "bytes_transferred": report.bytes_transferred(),
-            "report": report,
-        });
-        println!("{result}");
+        let connect = |c: &Config| Arc::new(SshConnector::new(c)) as Arc<dyn Connector>;
+        let on_event = |e| renderer.event(e);
+        package::run_operation(&op, &connect, &ctx, &on_event).await
     } else {
-        print_report(&report);
+        let config = match load(cli) {
+            Ok(c) => c,
+            Err(exit) => return exit,
+        };
+        let client = match queen::ensure(cli, &config).await {
+            Ok(c) => c,
+            Err(e) => return error(cli.json, &e),
+        };
+        let submitted = match client.submit(&op).await {
+            Ok(s) => s,
+            Err(e) => return error(cli.json, &e.to_string()),
+        };
+        match queen::follow(&client, &submitted.job_id, &renderer, true).await {
+            Ok(result) => result,
+            Err(e) => return error(cli.json, &e),
+        }
+    };
+    render(cli.json, &result, verbose)
+}
+
+/// Prints a result as the in-process run would, and gives its exit code.
+pub(crate) fn render(json: bool, result: &OperationResult, verbose: bool) -> Exit {
+    let exit = match result.exit_code() {
+        0 => Exit::Ok,
+        2 => Exit::Drift,
+        3 => Exit::Partial,
+        _ => Exit::Error,
+    };
+    match result {
+        OperationResult::Error { message, diagnostics } => {
+            if !diagnostics.is_empty() {
+                return print_diagnostics(json, diagnostics);
+            }
+            return error(json, message);
+        }
+        OperationResult::Valid { hives } => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": true, "hives": hives }));
+            } else {
+                println!("config is valid: {} hives ({})", hives.len(), hives.join(", "));
+            }
+        }
+        OperationResult::Status(report) => {
+            if json {
+                println!("{}", serde_json::json!({ "exit_code": exit as u8, "hives": report.hives }));
+            } else {
+                print_status(report, verbose);
+            }
+        }
+        OperationResult::Sync(SyncOutcome { plan, report: None }) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan.to_json()).unwrap_or_default());
+            } else {
+                print!("{plan}");
+            }
+        }
+        OperationResult::Sync(SyncOutcome { report: Some(report), .. }) => {
+            if json {
+                let line = serde_json::json!({
+                    "event": "result",
+                    "overall": report.overall(),
+                    "exit_code": exit as u8,
+                    "bytes_transferred": report.bytes_transferred(),
+                    "report": report,
+                });
+                println!("{line}");
+            } else {
+                print_report(report);
+            }
+        }
     }
     exit
 }
@@ -239,32 +270,6 @@ fn print_report(report: &SyncReport) {
     }
 }
 
-async fn status(cli: &Cli, hives: &[String], verbose: bool) -> Exit {
-    let p = match prepare(cli) {
-        Ok(p) => p,
-        Err(exit) => return exit,
-    };
-    let only = match selection(cli, &p.config, hives) {
-        Ok(o) => o,
-        Err(exit) => return exit,
-    };
-    let report = match package::status(&p.config, &p.source, &p.connector, only.as_ref(), &p.options).await {
-        Ok(r) => r,
-        Err(e) => return error(cli.json, &e.to_string()),
-    };
-    let code = report.exit_code();
-    if cli.json {
-        println!("{}", serde_json::json!({ "exit_code": code, "hives": report.hives }));
-    } else {
-        print_status(&report, verbose);
-    }
-    match code {
-        0 => Exit::Ok,
-        2 => Exit::Drift,
-        _ => Exit::Error,
-    }
-}
-
 fn print_status(report: &StatusReport, verbose: bool) {
     let width = report.hives.iter().map(|h| h.alias.len()).max().unwrap_or(0);
     for h in &report.hives {
@@ -277,9 +282,7 @@ fn print_status(report: &StatusReport, verbose: bool) {
             DriftState::InSync => println!("{:width$}  in sync{health}", h.alias),
             DriftState::NotInstalled => println!("{:width$}  not installed", h.alias),
             DriftState::Skipped => println!("{:width$}  skipped", h.alias),
-            DriftState::Unreachable { reason } => {
-                println!("{:width$}  unreachable: {reason}", h.alias)
-            }
+            DriftState::Unreachable { reason } => println!("{:width$}  unreachable: {reason}", h.alias),
             DriftState::Drift { differences } => {
                 println!("{:width$}  drift{health}", h.alias);
                 for d in differences {
@@ -293,14 +296,83 @@ fn print_status(report: &StatusReport, verbose: bool) {
             }
         }
     }
-    let code = report.exit_code();
     println!();
     println!(
         "{}",
-        match code {
+        match report.exit_code() {
             0 => "Everything is in sync.",
             2 => "Drift found: run `rbee sync` to converge.",
             _ => "Some hives could not be checked.",
         }
     );
+}
+
+async fn queen_command(cli: &Cli, what: &QueenCommand) -> Exit {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    let result = match what {
+        QueenCommand::Start | QueenCommand::Ensure => queen::start(cli, &config).await.map(|addr| {
+            format!("queen-rbee is running at http://{addr} (token: {})", rbee_queen::token_path().display())
+        }),
+        QueenCommand::Stop => queen::stop(&config).await,
+        QueenCommand::Status => queen::status(&config).await,
+    };
+    match result {
+        Ok(message) => {
+            if cli.json {
+                println!("{}", serde_json::json!({ "ok": true, "message": message }));
+            } else {
+                println!("{message}");
+            }
+            Exit::Ok
+        }
+        Err(e) => error(cli.json, &e),
+    }
+}
+
+async fn jobs(cli: &Cli, job_id: Option<&str>) -> Exit {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    let client = match queen::connect(&config).await {
+        Ok(c) => c,
+        Err(e) => return error(cli.json, &e),
+    };
+    match job_id {
+        None => match client.jobs().await {
+            Ok(jobs) => {
+                if cli.json {
+                    println!("{}", serde_json::to_string(&jobs).unwrap_or_default());
+                } else {
+                    for j in jobs {
+                        let code = j.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string());
+                        println!("{}  {:<16} {:<9} exit {code}", j.job_id, j.operation, j.state);
+                    }
+                }
+                Exit::Ok
+            }
+            Err(e) => error(cli.json, &e.to_string()),
+        },
+        Some(id) => {
+            let renderer = Renderer::new(cli.json);
+            match queen::follow(&client, id, &renderer, false).await {
+                Ok(result) => render(cli.json, &result, false),
+                Err(e) => error(cli.json, &e),
+            }
+        }
+    }
+}
+
+/// Used by the progress renderer for queen log lines.
+pub(crate) fn log_line(json: bool, body: &JobEventBody) {
+    if let JobEventBody::Log { message } = body {
+        if json {
+            println!("{}", serde_json::json!({ "event": "log", "message": message }));
+        } else {
+            eprintln!("queen: {message}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 mod commands;
 mod output;
 mod progress;
+mod queen;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Run the package manager in this process instead of in the queen.
+    #[arg(long, global = true, env = "RBEE_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub in_process: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -47,24 +51,35 @@ pub enum Command {
     },
     /// Install what the config declares (never removes anything).
     Install {
-        /// Only this hive (repeatable).
-        #[arg(long = "hive", value_name = "ALIAS")]
-        hives: Vec<String>,
+        /// Only this hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: Option<String>,
         /// Reinstall even what is in sync.
         #[arg(long)]
         force: bool,
     },
     /// Stop hives and remove what rbee installed.
     Uninstall {
-        /// Only this hive (repeatable).
-        #[arg(long = "hive", value_name = "ALIAS")]
-        hives: Vec<String>,
+        /// Only this hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: Option<String>,
         /// Also remove rbee's state and data on the host (logs, manifest, models).
         #[arg(long)]
         purge: bool,
     },
     /// Check the config files; lists every problem with file:line:column.
     Validate,
+    /// The local queen daemon (runs the package manager; started automatically when needed).
+    Queen {
+        /// What to do.
+        #[command(subcommand)]
+        what: QueenCommand,
+    },
+    /// The queen's recent jobs; with a job id, follow that job to its end and show its result.
+    Jobs {
+        /// A job id from `rbee jobs`.
+        job_id: Option<String>,
+    },
     /// Config helpers.
     Config {
         /// What to show.
@@ -78,6 +93,19 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Print the JSON Schema of rbee.conf and hives.conf.
     Schema,
+}
+
+/// `rbee queen ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueenCommand {
+    /// Start the queen (detached) if it is not running.
+    Start,
+    /// Stop the queen.
+    Stop,
+    /// Is the queen running, and with how many jobs.
+    Status,
+    /// Same as start: make sure the queen runs.
+    Ensure,
 }
 
 /// `rbee sync` flags.

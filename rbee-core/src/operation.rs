@@ -29,6 +29,9 @@ pub enum Operation {
         config_path: Option<PathBuf>,
         /// Include per-file detail.
         verbose: bool,
+        /// Only these hives (empty: all).
+        #[serde(default)]
+        hive_aliases: Vec<String>,
     },
     /// Install (without removing extras) one hive or all.
     PackageInstall {
@@ -41,6 +44,9 @@ pub enum Operation {
     },
     /// Stop and remove what rbee installed.
     PackageUninstall {
+        /// Config directory or hives.conf.
+        #[serde(default)]
+        config_path: Option<PathBuf>,
         /// One hive, or all.
         hive_alias: Option<String>,
         /// Also remove rbee's state on the host.
@@ -283,6 +289,8 @@ mod tests {
     fn forwarding() {
         assert!(Operation::ModelList { hive_alias: "a".into() }.should_forward_to_hive());
         assert!(!Operation::HiveList.should_forward_to_hive());
-        assert!(!Operation::PackageUninstall { hive_alias: None, purge: false }.should_forward_to_hive());
+        assert!(
+            !Operation::PackageUninstall { config_path: None, hive_alias: None, purge: false }.should_forward_to_hive()
+        );
     }
 }

@@ -65,6 +65,23 @@ pub struct SyncOutcome {
     pub report: Option<SyncReport>,
 }
 
+impl SyncOutcome {
+    /// The documented exit code: a dry run gives 0 (in sync), 2 (changes pending) or 1 (a
+    /// hive could not be observed); a run gives 0 (all ok), 3 (partial) or 1 (all failed).
+    pub fn exit_code(&self) -> u8 {
+        match &self.report {
+            None if self.plan.summary().unreachable > 0 => 1,
+            None if self.plan.is_empty() => 0,
+            None => 2,
+            Some(report) => match report.overall() {
+                crate::execute::Overall::Ok => 0,
+                crate::execute::Overall::Partial => 3,
+                crate::execute::Overall::Failed => 1,
+            },
+        }
+    }
+}
+
 /// What to sync.
 #[derive(Debug, Clone, Default)]
 pub struct SyncRequest {
@@ -320,4 +337,155 @@ pub fn last_failed() -> Result<BTreeSet<String>, PackageError> {
     let report: SyncReport =
         serde_json::from_str(&text).map_err(|e| PackageError::State { path: path.clone(), reason: e.to_string() })?;
     Ok(report.failed().into_iter().collect())
+}
+
+/// The result of a package operation, as the CLI renders it and the queen streams it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OperationResult {
+    /// A sync, install or uninstall (with its plan and, unless a dry run, its report).
+    Sync(SyncOutcome),
+    /// A drift report.
+    Status(StatusReport),
+    /// The config is valid.
+    Valid {
+        /// Declared hives.
+        hives: Vec<String>,
+    },
+    /// The operation could not run.
+    Error {
+        /// What went wrong and what to do.
+        message: String,
+        /// Config problems, each with file:line:column.
+        #[serde(default)]
+        diagnostics: Vec<crate::config::Diagnostic>,
+    },
+}
+
+impl OperationResult {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OperationResult::Sync(o) => o.exit_code(),
+            OperationResult::Status(s) => s.exit_code(),
+            OperationResult::Valid { .. } => 0,
+            OperationResult::Error { .. } => 1,
+        }
+    }
+
+    fn error(e: impl std::fmt::Display) -> Self {
+        OperationResult::Error { message: e.to_string(), diagnostics: Vec::new() }
+    }
+}
+
+/// Makes the connector for an operation's config (so its `[ssh]` settings apply).
+pub type ConnectFn = dyn Fn(&Config) -> std::sync::Arc<dyn Connector> + Send + Sync;
+
+/// What a run may be told besides the operation.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// Set to cancel (see [`ExecuteOptions::cancel`]).
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Test hooks by alias.
+    pub faults: BTreeMap<String, crate::execute::InstallFault>,
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, OperationResult> {
+    crate::config::load(&crate::config::ConfigFiles::locate(path)).map_err(|e| match e {
+        crate::config::ConfigError::Invalid(diagnostics) => {
+            let n = diagnostics.len();
+            OperationResult::Error {
+                message: format!("the config has {n} problem{}", if n == 1 { "" } else { "s" }),
+                diagnostics,
+            }
+        }
+        other => OperationResult::error(other),
+    })
+}
+
+/// Runs a package operation (sync, status, install, uninstall, validate) and returns its
+/// result; other operations are not the package manager's and give an error result.
+/// `connect` makes the connector for the operation's config (its `[ssh]` settings).
+pub async fn run_operation(
+    op: &crate::operation::Operation,
+    connect: &ConnectFn,
+    ctx: &RunContext,
+    on_event: OnEvent<'_>,
+) -> OperationResult {
+    use crate::operation::Operation as Op;
+    if let Err(removed) = op.check_supported() {
+        return OperationResult::error(removed);
+    }
+    let config_path = match op {
+        Op::PackageSync { config_path, .. }
+        | Op::PackageStatus { config_path, .. }
+        | Op::PackageInstall { config_path, .. }
+        | Op::PackageUninstall { config_path, .. }
+        | Op::PackageValidate { config_path } => config_path.as_deref(),
+        _ => return OperationResult::error("this operation is not handled by the package manager"),
+    };
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(result) => return result,
+    };
+    if let Op::PackageValidate { .. } = op {
+        return OperationResult::Valid { hives: config.hives.iter().map(|h| h.alias.clone()).collect() };
+    }
+    let source = match ArtifactSource::from_config(&config) {
+        Ok(s) => s,
+        Err(e) => return OperationResult::error(e),
+    };
+    let connector = connect(&config);
+    let connector = connector.as_ref();
+    let mut options = ExecuteOptions::from_settings(&config.package);
+    options.cancel = ctx.cancel.clone();
+    options.faults = ctx.faults.clone();
+    let aliases = |list: &[String]| select(&config, list);
+    let result = match op {
+        Op::PackageSync { dry_run, remove_extra, force, hive_aliases, .. } => match aliases(hive_aliases) {
+            Ok(only) => {
+                let request = SyncRequest {
+                    plan: PlanOptions { force: *force, remove_extra: *remove_extra, only },
+                    dry_run: *dry_run,
+                };
+                sync(&config, &source, connector, &request, &options, on_event).await.map(OperationResult::Sync)
+            }
+            Err(e) => Err(e),
+        },
+        Op::PackageInstall { force, hive_alias, .. } => {
+            match aliases(&hive_alias.iter().cloned().collect::<Vec<_>>()) {
+                Ok(only) => {
+                    let request =
+                        SyncRequest { plan: PlanOptions { force: *force, remove_extra: false, only }, dry_run: false };
+                    sync(&config, &source, connector, &request, &options, on_event).await.map(OperationResult::Sync)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Op::PackageStatus { hive_aliases, .. } => match aliases(hive_aliases) {
+            Ok(only) => status(&config, &source, connector, only.as_ref(), &options).await.map(OperationResult::Status),
+            Err(e) => Err(e),
+        },
+        Op::PackageUninstall { hive_alias, purge, .. } => {
+            match aliases(&hive_alias.iter().cloned().collect::<Vec<_>>()) {
+                Ok(only) => uninstall(&config, &source, connector, only.as_ref(), *purge, &options, on_event)
+                    .await
+                    .map(OperationResult::Sync),
+                Err(e) => Err(e),
+            }
+        }
+        _ => unreachable!("filtered above"),
+    };
+    match result {
+        Ok(result) => {
+            if let OperationResult::Sync(SyncOutcome { report: Some(report), .. }) = &result
+                && matches!(op, Op::PackageSync { .. } | Op::PackageInstall { .. })
+                && let Err(e) = save_last_run(report)
+            {
+                return OperationResult::error(e);
+            }
+            result
+        }
+        Err(e) => OperationResult::error(e),
+    }
 }

@@ -109,6 +109,8 @@ pub struct Fleet {
     pub hosts: Vec<Host>,
     /// The artifact source the config names.
     pub source: PathBuf,
+    /// This fleet's queen port.
+    pub queen_port: u16,
 }
 
 impl Fleet {
@@ -122,7 +124,7 @@ impl Fleet {
                 workers: workers.iter().map(|(t, v)| (t.to_string(), v.to_string())).collect(),
             })
             .collect();
-        let fleet = Self { dir, hosts, source: release_tree().to_path_buf() };
+        let fleet = Self { dir, hosts, source: release_tree().to_path_buf(), queen_port: free_port() };
         fleet.write_config();
         fleet
     }
@@ -167,8 +169,11 @@ impl Fleet {
         let dir = self.config_dir();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hives.conf"), hives).unwrap();
-        let rbee =
-            format!("[package]\nsource = \"{}\"\nssh_timeout = 20\nhealth_check_timeout = 20\n", self.source.display());
+        let rbee = format!(
+            "[queen]\nport = {}\n\n[package]\nsource = \"{}\"\nssh_timeout = 20\nhealth_check_timeout = 20\n",
+            self.queen_port,
+            self.source.display()
+        );
         std::fs::write(dir.join("rbee.conf"), rbee).unwrap();
     }
 
@@ -182,7 +187,17 @@ impl Fleet {
             .env_remove("XDG_STATE_HOME")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("RBEE_CONFIG_DIR")
-            .env_remove("RBEE_TEST_FAULT");
+            .env_remove("RBEE_TEST_FAULT")
+            // The package manager in this process: test hooks apply, and each test is alone.
+            // The queen's own tests run it through the queen.
+            .env("RBEE_IN_PROCESS", "1");
+        cmd
+    }
+
+    /// A `rbee` command that goes through the queen (started on this fleet's own port).
+    pub fn via_queen(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command(args);
+        cmd.env_remove("RBEE_IN_PROCESS");
         cmd
     }
 
@@ -193,6 +208,8 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        // Stop this fleet's queen, if a test started one.
+        let _ = self.command(&["queen", "stop"]).output();
         for h in &self.hosts {
             h.kill_hive();
         }

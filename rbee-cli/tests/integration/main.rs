@@ -1,5 +1,6 @@
 //! rbee-cli's integration tests: the real `rbee` binary against real hosts.
 
 mod fleet;
+mod queen;
 mod sync_local;
 mod sync_ssh;

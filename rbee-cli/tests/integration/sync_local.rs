@@ -228,6 +228,8 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
     assert!(example.contains("hive_port = 8600"));
     std::fs::write(config.join("hives.conf"), example.replace("hive_port = 8600", &format!("hive_port = {port}")))
         .unwrap();
+    // The queen is started automatically, on a port of this test's own.
+    std::fs::write(config.join("rbee.conf"), format!("[queen]\nport = {}\n", crate::fleet::free_port())).unwrap();
     let rbee = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbee"))
             .arg("--config")
@@ -235,18 +237,20 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
             .args(args)
             .env("HOME", &home)
             .env_remove("XDG_STATE_HOME")
+            .env_remove("RBEE_IN_PROCESS")
             .output()
             .unwrap();
         crate::fleet::Run(out)
     };
     let host = crate::fleet::Host { alias: "local".into(), home: home.clone(), port, workers: Vec::new() };
-    struct Stop<'a>(&'a crate::fleet::Host);
+    struct Stop<'a>(&'a crate::fleet::Host, &'a dyn Fn(&[&str]) -> crate::fleet::Run);
     impl Drop for Stop<'_> {
         fn drop(&mut self) {
+            (self.1)(&["queen", "stop"]);
             self.0.kill_hive();
         }
     }
-    let _stop = Stop(&host);
+    let _stop = Stop(&host, &rbee);
     let dry = rbee(&["sync", "--dry-run"]).expect_code(2);
     assert!(dry.stdout().contains("+ install   hive rbee-hive"), "{}", dry.stdout());
     rbee(&["sync"]).expect_code(0);
@@ -254,4 +258,6 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
     assert!(status.stdout().contains("local  in sync, healthy (pid"), "{}", status.stdout());
     assert!(home.join(".local/share/rbee/workers/rbee-worker-llama-cpp").is_file());
     assert!(host.health().is_some());
+    let queen = rbee(&["queen", "status"]).expect_code(0);
+    assert!(queen.stdout().contains("queen-rbee"), "the main command went through the queen: {}", queen.stdout());
 }

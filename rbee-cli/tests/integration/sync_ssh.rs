@@ -81,7 +81,8 @@ impl SshFleet {
             .env("HOME", self.dir.path().join("operator"))
             .env_remove("SSH_AUTH_SOCK")
             .env_remove("XDG_STATE_HOME")
-            .env_remove("RBEE_TEST_FAULT");
+            .env_remove("RBEE_TEST_FAULT")
+            .env("RBEE_IN_PROCESS", "1");
         cmd
     }
 
@@ -439,6 +440,7 @@ fn agent_keys_ssh_config_aliases_and_accept_new() {
             .args(args)
             .env("HOME", &home)
             .env("SSH_AUTH_SOCK", &sock)
+            .env("RBEE_IN_PROCESS", "1")
             .output()
             .unwrap())
     };

@@ -28,7 +28,7 @@ pub const RBEE_CONF: &str = "rbee.conf";
 pub const HIVES_CONF: &str = "hives.conf";
 
 /// One problem in a config file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     /// The file, as the user named it.
     pub file: PathBuf,

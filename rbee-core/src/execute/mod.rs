@@ -57,6 +57,9 @@ pub struct ExecuteOptions {
     pub stop_grace: Duration,
     /// Test hooks by alias: break that hive's installs on purpose.
     pub faults: BTreeMap<String, InstallFault>,
+    /// Set to stop: no new step starts; running steps end on their deadlines (locally and on
+    /// the host), locks are released, and each unfinished hive reports `cancelled`.
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ExecuteOptions {
@@ -83,6 +86,7 @@ impl Default for ExecuteOptions {
             lock_stale_after: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
             faults: BTreeMap::new(),
+            cancel: Arc::default(),
         }
     }
 }
@@ -159,6 +163,10 @@ pub async fn execute(
                 return done(on_event, &hp.alias, HiveOutcome::Unreachable { reason }, Vec::new(), 0);
             };
             let _permit = permits.acquire().await.expect("semaphore never closed");
+            if options.cancel.load(Ordering::Relaxed) {
+                let outcome = HiveOutcome::Failed { step: format!("{}/lock", hp.alias), reason: "cancelled".into() };
+                return done(on_event, &hp.alias, outcome, Vec::new(), 0);
+            }
             let run = HiveRun {
                 want,
                 t: transport.as_ref(),
@@ -248,6 +256,9 @@ impl HiveRun<'_> {
         let mut finished: BTreeSet<String> = BTreeSet::new();
         let mut pending: Vec<&Action> = hp.actions.iter().collect();
         while !pending.is_empty() {
+            if self.options.cancel.load(Ordering::Relaxed) {
+                return HiveOutcome::Failed { step: pending[0].id.clone(), reason: "cancelled".into() };
+            }
             let (ready, rest): (Vec<&Action>, Vec<&Action>) =
                 pending.into_iter().partition(|a| a.depends_on.iter().all(|d| finished.contains(d)));
             if ready.is_empty() {

@@ -1,0 +1,154 @@
+//! The queen: `rbee` as a thin client of `queen-rbee` (started automatically), jobs that
+//! outlive the client, long silent jobs, auth, and many jobs at once.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::fleet::{Fleet, Run};
+
+const WORKERS: &[(&str, &str)] = &[("llama-cpp", "latest")];
+
+fn outcomes(result: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
+    result["report"]["hives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let steps = h["steps_done"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+            (h["alias"].as_str().unwrap().to_owned(), h["outcome"].as_str().unwrap().to_owned(), steps)
+        })
+        .collect()
+}
+
+#[test]
+fn sync_through_the_queen_streams_every_hive_and_matches_the_in_process_report() {
+    let queen_fleet = Fleet::new(3, WORKERS);
+    let run = Run(queen_fleet.via_queen(&["sync", "--json"]).output().unwrap()).expect_code(0);
+    let events = run.json_lines();
+    for h in &queen_fleet.hosts {
+        for kind in ["hive_started", "step_started", "progress", "hive_done"] {
+            assert!(
+                events.iter().any(|e| e["event"] == kind && e["alias"] == h.alias.as_str()),
+                "no {kind} for {}",
+                h.alias
+            );
+        }
+        assert!(h.health().is_some());
+    }
+    let in_process = Fleet::new(3, WORKERS);
+    let local = in_process.rbee(&["sync", "--json"]).expect_code(0);
+    assert_eq!(outcomes(&run.result()), outcomes(&local.result()));
+    let status = Run(queen_fleet.via_queen(&["status"]).output().unwrap()).expect_code(0);
+    assert!(status.stdout().contains("Everything is in sync."));
+}
+
+#[test]
+fn a_killed_client_leaves_the_job_running_and_its_outcome_can_be_shown() {
+    let fleet = Fleet::new(2, WORKERS);
+    let mut child = fleet.via_queen(&["sync", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // Wait for the first event, then kill the client.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("\"event\""), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let jobs = Run(fleet.via_queen(&["jobs", "--json"]).output().unwrap()).expect_code(0);
+    let list: serde_json::Value = serde_json::from_str(jobs.stdout().trim()).unwrap();
+    let job = list.as_array().unwrap().iter().find(|j| j["operation"] == "package_sync").expect("the sync job");
+    let id = job["job_id"].as_str().unwrap();
+    // Following the job replays it to its end and gives its exit code.
+    let shown = Run(fleet.via_queen(&["jobs", id]).output().unwrap()).expect_code(0);
+    assert!(shown.stdout().contains("Sync: 2 ok, 0 failed, 0 unreachable"), "{}", shown.stdout());
+    for h in &fleet.hosts {
+        assert!(h.health().is_some(), "{} converged without its client", h.alias);
+    }
+}
+
+#[test]
+fn a_job_longer_than_a_minute_streams_to_the_end() {
+    let fleet = Fleet::new(1, &[]);
+    // Another sync (of another machine) holds h1's lock and stopped refreshing it: the job
+    // waits in silence until the lock goes stale (60 s), then converges.
+    let lock = fleet.host("h1").path(".local/state/rbee/sync.lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    std::fs::write(lock.join("since"), format!("{now}\n")).unwrap();
+    std::fs::write(lock.join("owner"), "rbee pid 1 on another-machine since 0\n").unwrap();
+    let started = Instant::now();
+    let run = Run(fleet.via_queen(&["sync", "--json"]).output().unwrap()).expect_code(0);
+    assert!(started.elapsed() > Duration::from_secs(60), "took only {:?}", started.elapsed());
+    assert_eq!(run.result()["overall"], "ok");
+    assert!(fleet.host("h1").health().is_some());
+}
+
+#[test]
+fn requests_without_the_right_token_get_401_and_the_token_file_is_private() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = Fleet::new(1, &[]);
+    Run(fleet.via_queen(&["queen", "start"]).output().unwrap()).expect_code(0);
+    let token_file = fleet.dir.path().join("operator/.local/state/rbee/queen.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let get = |auth: Option<&str>, path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.queen_port)).unwrap();
+        let header = auth.map(|a| format!("Authorization: Bearer {a}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split(' ').nth(1).unwrap().to_owned()
+    };
+    assert_eq!(get(None, "/v1/jobs"), "401");
+    assert_eq!(get(Some("wrong"), "/v1/jobs"), "401");
+    assert_eq!(get(Some(token.trim()), "/v1/jobs"), "200");
+    assert_eq!(get(None, "/health"), "200");
+}
+
+#[test]
+fn two_hundred_concurrent_jobs_lose_and_reorder_no_event_and_the_queen_stays_small() {
+    let fleet = Fleet::new(2, &[]);
+    Run(fleet.via_queen(&["queen", "start"]).output().unwrap()).expect_code(0);
+    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.token")).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], fleet.queen_port));
+    let config = fleet.config_dir();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let counts: Vec<usize> = rt.block_on(async {
+        let client = rbee_queen::client::QueenClient::new(addr, token.trim());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let client = client.clone();
+            let op = rbee_core::operation::Operation::PackageStatus {
+                config_path: Some(config.clone()),
+                verbose: false,
+                hive_aliases: Vec::new(),
+            };
+            tasks.push(tokio::spawn(async move {
+                let job = client.submit(&op).await.expect("submit");
+                let mut n = 0;
+                // The client checks that `seq` runs 0, 1, 2, ... with no gap.
+                let last = client.stream(&job.job_id, |_| n += 1).await.expect("stream to the end");
+                assert!(matches!(last.body, rbee_queen::api::JobEventBody::Result { exit_code: 2, .. }));
+                n
+            }));
+        }
+        let mut counts = Vec::new();
+        for t in tasks {
+            counts.push(t.await.unwrap());
+        }
+        counts
+    });
+    assert_eq!(counts.len(), 200);
+    assert!(counts.iter().all(|&n| n >= 1));
+    let pid = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("queen peak RSS after 200 jobs: {} KiB", hwm_kib);
+    assert!(hwm_kib < 100 * 1024, "queen peak RSS {hwm_kib} KiB");
+}

@@ -1,0 +1,164 @@
+//! A client for the queen's job API: submit an [`Operation`], stream its typed events,
+//! cancel it. Programs drive a running queen with this instead of shelling out to `rbee`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rbee_core::operation::Operation;
+
+use crate::api::{JobEvent, JobSummary, QueenHealth, Submitted};
+
+/// Why a request to the queen failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers at the address.
+    #[error("no queen answers at {addr}: {reason}")]
+    Unreachable {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The token was refused.
+    #[error("the queen at {0} refused the token (401): check ~/.local/state/rbee/queen.token")]
+    Unauthorized(SocketAddr),
+    /// The queen answered with an error.
+    #[error("the queen answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Its body.
+        body: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from the queen: {0}")]
+    Protocol(String),
+}
+
+/// A connection-per-request client of one queen.
+#[derive(Debug, Clone)]
+pub struct QueenClient {
+    addr: SocketAddr,
+    token: String,
+}
+
+type Body = hyper::body::Incoming;
+
+impl QueenClient {
+    /// A client for the queen at `addr`, using `token`.
+    pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
+        Self { addr, token: token.into() }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<Body>, ClientError> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| ClientError::Unreachable { addr: self.addr, reason: e.to_string() };
+        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| unreachable(&"connect timed out"))?
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+        tokio::spawn(conn);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+        if response.status() == hyper::StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized(self.addr));
+        }
+        Ok(response)
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            let body = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status { status: status.as_u16(), body });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<QueenHealth, ClientError> {
+        self.json("GET", "/health", None).await
+    }
+
+    /// Submits an operation.
+    pub async fn submit(&self, operation: &Operation) -> Result<Submitted, ClientError> {
+        let body = serde_json::to_vec(operation).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.json("POST", "/v1/jobs", Some(body)).await
+    }
+
+    /// Recent jobs.
+    pub async fn jobs(&self) -> Result<Vec<JobSummary>, ClientError> {
+        self.json("GET", "/v1/jobs", None).await
+    }
+
+    /// Asks the queen to cancel a job.
+    pub async fn cancel(&self, job_id: &str) -> Result<JobSummary, ClientError> {
+        self.json("DELETE", &format!("/v1/jobs/{job_id}"), None).await
+    }
+
+    /// Streams a job's events (from the first) to `on_event` until its result event, which is
+    /// returned. Fails if the stream ends without one.
+    pub async fn stream(&self, job_id: &str, mut on_event: impl FnMut(&JobEvent)) -> Result<JobEvent, ClientError> {
+        let response = self.send("GET", &format!("/v1/jobs/{job_id}/events"), None).await?;
+        if !response.status().is_success() {
+            return Err(ClientError::Status { status: response.status().as_u16(), body: String::new() });
+        }
+        let mut body = response.into_body();
+        let mut buf = String::new();
+        let mut expected = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let Some(data) = frame.data_ref() else { continue };
+            buf.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if data.is_empty() {
+                    continue; // a keepalive comment
+                }
+                let event: JobEvent = serde_json::from_str(&data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if event.seq != expected {
+                    return Err(ClientError::Protocol(format!("event {} arrived where {expected} was due", event.seq)));
+                }
+                expected += 1;
+                on_event(&event);
+                if matches!(event.body, crate::api::JobEventBody::Result { .. }) {
+                    return Ok(event);
+                }
+            }
+        }
+        Err(ClientError::Protocol("the event stream ended without a result".into()))
+    }
+}

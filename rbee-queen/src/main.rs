@@ -1,0 +1,76 @@
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// queen-rbee: runs rbee's package manager as jobs behind an HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "queen-rbee", version)]
+struct Args {
+    /// Port (default: [queen] port of rbee.conf, else 8500).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind; the API is local-only unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Config directory, for [queen] and [ssh] settings.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Write this pid file once listening.
+    #[arg(long)]
+    pid_file: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = rbee_core::config::load(&rbee_core::config::ConfigFiles::locate(args.config.as_deref())).ok();
+    let port = args.port.or(config.as_ref().map(|c| c.queen.port)).unwrap_or(8500);
+    let token = match rbee_queen::ensure_token(&rbee_queen::token_path()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("queen-rbee: cannot create {}: {e}", rbee_queen::token_path().display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let queen = rbee_queen::QueenConfig {
+        addr: SocketAddr::new(args.bind, port),
+        token,
+        connect: Arc::new(|c: &rbee_core::config::Config| {
+            Arc::new(rbee_ssh::SshConnector::new(c)) as Arc<dyn rbee_core::fleet::Connector>
+        }),
+        keepalive: Duration::from_secs(10),
+    };
+    let server = match rbee_queen::bind(queen).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("queen-rbee: cannot listen on {}:{port}: {e}", args.bind);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &args.pid_file {
+        let _ = std::fs::write(path, format!("{}\n", std::process::id()));
+    }
+    eprintln!("queen-rbee listening on {}", server.addr);
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let result = server.run(shutdown).await;
+    if let Some(path) = &args.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queen-rbee: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

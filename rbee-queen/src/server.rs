@@ -1,0 +1,266 @@
+//! The job API.
+//!
+//! ```text
+//! POST /v1/jobs ──▶ Job { events: Vec<JobEvent> } ◀── runner task: run_operation(op, on_event)
+//!                        │ appended in order, notify
+//! GET /v1/jobs/{id}/events ──▶ SSE: replay from 0, then live; keepalive comments; ends after
+//!                              the `result` event — never on silence
+//! DELETE /v1/jobs/{id} ──▶ cancel flag: no new step starts, locks released
+//! ```
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rbee_core::operation::Operation;
+use rbee_core::package::{ConnectFn, OperationResult, RunContext, run_operation};
+use tokio::sync::Notify;
+
+use crate::api::{JobEvent, JobEventBody, JobSummary, QueenHealth, Submitted};
+
+/// How a queen runs.
+#[derive(Clone)]
+pub struct QueenConfig {
+    /// Where to listen.
+    pub addr: std::net::SocketAddr,
+    /// The API token; requests without it get 401 (except `/health`).
+    pub token: String,
+    /// How jobs reach hosts: a connector for each job's config.
+    pub connect: Arc<ConnectFn>,
+    /// Interval of SSE keepalive comments.
+    pub keepalive: Duration,
+}
+
+struct Job {
+    id: String,
+    operation: Operation,
+    submitted_ms: u64,
+    events: Mutex<Vec<JobEvent>>,
+    done: AtomicBool,
+    cancel: Arc<AtomicBool>,
+    changed: Notify,
+}
+
+impl Job {
+    fn push(&self, body: JobEventBody) {
+        let mut events = self.events.lock().expect("events lock");
+        let seq = events.len() as u64;
+        events.push(JobEvent { seq, body });
+        drop(events);
+        self.changed.notify_waiters();
+    }
+}
+
+struct Queen {
+    config: QueenConfig,
+    jobs: Mutex<BTreeMap<String, Arc<Job>>>,
+    next: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn wire_name(op: &Operation) -> String {
+    serde_json::to_value(op).ok().and_then(|v| v["type"].as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// A bound, not yet serving, queen: `addr` is known (port 0 picks a free one).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Server {
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    }
+}
+
+/// Binds the queen's API.
+pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let queen = Arc::new(Queen { config, jobs: Mutex::new(BTreeMap::new()), next: AtomicU64::new(1) });
+    let api = Router::new()
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(job_summary).delete(cancel))
+        .route("/v1/jobs/{id}/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));
+    let router = Router::new().route("/health", get(health)).merge(api).with_state(queen);
+    Ok(Server { listener, router, addr })
+}
+
+async fn auth(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
+    let expected = format!("Bearer {}", queen.config.token);
+    let given = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+    if given != Some(expected.as_str()) {
+        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "missing or wrong token"})))
+            .into_response();
+    }
+    next.run(request).await
+}
+
+async fn health() -> Json<QueenHealth> {
+    Json(QueenHealth { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() })
+}
+
+async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation>) -> Response {
+    if let Err(removed) = operation.check_supported() {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": removed.to_string()}))).into_response();
+    }
+    let n = queen.next.fetch_add(1, Ordering::Relaxed);
+    let id = format!("job-{}-{n}", now_ms());
+    let job = Arc::new(Job {
+        id: id.clone(),
+        operation,
+        submitted_ms: now_ms(),
+        events: Mutex::new(Vec::new()),
+        done: AtomicBool::new(false),
+        cancel: Arc::default(),
+        changed: Notify::new(),
+    });
+    queen.jobs.lock().expect("jobs lock").insert(id.clone(), job.clone());
+    let connect = queen.config.connect.clone();
+    tokio::spawn(async move {
+        let ctx = RunContext { cancel: job.cancel.clone(), ..RunContext::default() };
+        let on_event = |event| job.push(JobEventBody::Sync { event });
+        let result = match job.operation.should_forward_to_hive() {
+            true => OperationResult::Error {
+                message: "forwarding to hives is not built yet in this queen".into(),
+                diagnostics: Vec::new(),
+            },
+            false => run_operation(&job.operation, connect.as_ref(), &ctx, &on_event).await,
+        };
+        job.push(JobEventBody::Result { exit_code: result.exit_code(), result });
+        job.done.store(true, Ordering::Release);
+        job.changed.notify_waiters();
+    });
+    let events_url = format!("/v1/jobs/{id}/events");
+    (StatusCode::CREATED, Json(Submitted { job_id: id, events_url })).into_response()
+}
+
+fn summary(job: &Job) -> JobSummary {
+    let exit_code = job.events.lock().expect("events lock").last().and_then(|e| match &e.body {
+        JobEventBody::Result { exit_code, .. } => Some(*exit_code),
+        _ => None,
+    });
+    let state = match (job.done.load(Ordering::Acquire), job.cancel.load(Ordering::Relaxed)) {
+        (true, true) => "cancelled",
+        (true, false) => "done",
+        (false, _) => "running",
+    };
+    JobSummary {
+        job_id: job.id.clone(),
+        operation: wire_name(&job.operation),
+        state: state.into(),
+        exit_code,
+        submitted_ms: job.submitted_ms,
+    }
+}
+
+async fn list(State(queen): State<Arc<Queen>>) -> Json<Vec<JobSummary>> {
+    let jobs: Vec<Arc<Job>> = queen.jobs.lock().expect("jobs lock").values().cloned().collect();
+    Json(jobs.iter().map(|j| summary(j)).collect())
+}
+
+fn find(queen: &Queen, id: &str) -> Option<Arc<Job>> {
+    queen.jobs.lock().expect("jobs lock").get(id).cloned()
+}
+
+async fn job_summary(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Response {
+    match find(&queen, &id) {
+        Some(job) => Json(summary(&job)).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("no job {id}")}))).into_response(),
+    }
+}
+
+async fn cancel(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Response {
+    match find(&queen, &id) {
+        Some(job) => {
+            job.cancel.store(true, Ordering::Relaxed);
+            job.push(JobEventBody::Log { message: "cancel requested: no new step will start".into() });
+            (StatusCode::ACCEPTED, Json(summary(&job))).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("no job {id}")}))).into_response(),
+    }
+}
+
+async fn events(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Response {
+    let Some(job) = find(&queen, &id) else {
+        return (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("no job {id}")}))).into_response();
+    };
+    // Replay from the start, then follow; end right after the result event.
+    let stream = futures_util::stream::unfold((job, 0usize, false), |(job, next, finished)| async move {
+        if finished {
+            return None;
+        }
+        loop {
+            let batch: Vec<JobEvent> = {
+                // Register for the wakeup before looking, so an event pushed in between is not missed.
+                let notified = job.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let batch = job.events.lock().expect("events lock")[next..].to_vec();
+                if batch.is_empty() {
+                    notified.await;
+                    continue;
+                }
+                batch
+            };
+            let last = batch.iter().any(|e| matches!(e.body, JobEventBody::Result { .. }));
+            let n = batch.len();
+            let items: Vec<Result<Event, Infallible>> = batch
+                .into_iter()
+                .map(|e| Ok(Event::default().data(serde_json::to_string(&e).unwrap_or_default())))
+                .collect();
+            return Some((futures_util::stream::iter(items), (job, next + n, last)));
+        }
+    });
+    use futures_util::StreamExt;
+    Sse::new(stream.flatten()).keep_alive(KeepAlive::new().interval(queen.config.keepalive)).into_response()
+}
+
+/// The token file: created with mode 0600 on first start, read afterwards.
+pub fn ensure_token(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(token) = std::fs::read_to_string(path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token = hex::encode(bytes);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(token)
+}
+
+/// rbee's state directory on this machine: `$XDG_STATE_HOME/rbee`, else `~/.local/state/rbee`.
+pub fn state_dir() -> PathBuf {
+    rbee_core::package::last_run_path().parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
