@@ -17,7 +17,7 @@ use rbee_ssh::SshConnector;
 use crate::output::{Exit, error};
 use crate::progress::{Renderer, mib};
 use crate::queen;
-use crate::{Cli, Command, ConfigCommand, QueenCommand, SyncArgs};
+use crate::{Cli, Command, ConfigCommand, HiveCommand, QueenCommand, SyncArgs};
 
 pub(crate) async fn run(cli: Cli) -> Exit {
     match &cli.command {
@@ -47,7 +47,16 @@ pub(crate) async fn run(cli: Cli) -> Exit {
         }
         Command::Queen { what } => queen_command(&cli, what).await,
         Command::Jobs { job_id } => jobs(&cli, job_id.as_deref()).await,
+        Command::Hive { what: HiveCommand::List } => hive_list(&cli).await,
+        Command::InstallHive { .. } => removed(&cli, &Operation::HiveInstall { alias: None }),
+        Command::InstallWorker { .. } => removed(&cli, &Operation::WorkerDownload { worker_type: None }),
     }
+}
+
+/// The imperative commands rbee no longer has: say what to do instead, exit non-zero.
+fn removed(cli: &Cli, op: &Operation) -> Exit {
+    let message = op.check_supported().err().map(|r| r.to_string()).unwrap_or_default();
+    error(cli.json, &message)
 }
 
 /// The config location as an absolute path, so the queen (another process, another working
@@ -329,6 +338,42 @@ async fn queen_command(cli: &Cli, what: &QueenCommand) -> Exit {
             Exit::Ok
         }
         Err(e) => error(cli.json, &e),
+    }
+}
+
+async fn hive_list(cli: &Cli) -> Exit {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    let client = match queen::connect(&config).await {
+        Ok(c) => c,
+        Err(e) => return error(cli.json, &e),
+    };
+    match client.hives().await {
+        Ok(hives) => {
+            if cli.json {
+                println!("{}", serde_json::to_string(&hives).unwrap_or_default());
+            } else if hives.is_empty() {
+                println!("No hive has sent a heartbeat yet: hives started by a sync through the queen report to it.");
+            } else {
+                for h in hives {
+                    let state = if h.stale { "STALE" } else { "fresh" };
+                    let b = &h.heartbeat;
+                    println!(
+                        "{:<16} {state:<6} last beat {:>6} ms ago  rbee-hive {} (pid {}, port {})  workers: {}",
+                        b.alias,
+                        h.age_ms,
+                        b.version,
+                        b.pid,
+                        b.port,
+                        if b.workers.is_empty() { "-".to_owned() } else { b.workers.join(", ") }
+                    );
+                }
+            }
+            Exit::Ok
+        }
+        Err(e) => error(cli.json, &e.to_string()),
     }
 }
 

@@ -75,10 +75,30 @@ pub enum Command {
         #[command(subcommand)]
         what: QueenCommand,
     },
+    /// Hives known to the queen from their heartbeats.
+    Hive {
+        /// What to show.
+        #[command(subcommand)]
+        what: HiveCommand,
+    },
     /// The queen's recent jobs; with a job id, follow that job to its end and show its result.
     Jobs {
         /// A job id from `rbee jobs`.
         job_id: Option<String>,
+    },
+    /// Removed: declare the hive in hives.conf, then run `rbee sync`.
+    #[command(hide = true)]
+    InstallHive {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Removed: declare the worker in hives.conf, then run `rbee sync`.
+    #[command(hide = true)]
+    InstallWorker {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
     },
     /// Config helpers.
     Config {
@@ -93,6 +113,13 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Print the JSON Schema of rbee.conf and hives.conf.
     Schema,
+}
+
+/// `rbee hive ...`.
+#[derive(Debug, Subcommand)]
+pub enum HiveCommand {
+    /// Every hive that sent a heartbeat: fresh, or stale after three missed beats.
+    List,
 }
 
 /// `rbee queen ...`.

@@ -50,6 +50,14 @@ impl Layout {
     pub fn installed_dir() -> String {
         format!("{}/installed", Self::STATE_DIR)
     }
+    /// Where the queen is, for heartbeats (JSON: url, interval_ms).
+    pub fn queen_link() -> String {
+        format!("{}/queen.link", Self::STATE_DIR)
+    }
+    /// The token the hive requires and sends (mode 0600).
+    pub fn hive_token() -> String {
+        format!("{}/hive.token", Self::STATE_DIR)
+    }
     /// The per-host sync lock (a directory: `mkdir` is atomic everywhere).
     pub fn lock_dir() -> String {
         format!("{}/sync.lock", Self::STATE_DIR)

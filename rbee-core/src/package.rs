@@ -388,6 +388,8 @@ pub struct RunContext {
     pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Test hooks by alias.
     pub faults: BTreeMap<String, crate::execute::InstallFault>,
+    /// The queen started hives report to (set when the queen runs the operation).
+    pub queen_link: Option<crate::execute::QueenLink>,
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, OperationResult> {
@@ -440,6 +442,7 @@ pub async fn run_operation(
     let mut options = ExecuteOptions::from_settings(&config.package);
     options.cancel = ctx.cancel.clone();
     options.faults = ctx.faults.clone();
+    options.queen_link = ctx.queen_link.clone();
     let aliases = |list: &[String]| select(&config, list);
     let result = match op {
         Op::PackageSync { dry_run, remove_extra, force, hive_aliases, .. } => match aliases(hive_aliases) {

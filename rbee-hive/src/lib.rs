@@ -1,8 +1,13 @@
 //! rbee-hive: the daemon on every GPU host. This version serves `GET /health` with its
 //! version and the digest of its own binary (so a sync can tell a hive still running an old
-//! binary), writes its pid file, and stops gracefully on SIGTERM.
+//! binary), writes its pid file, stops gracefully on SIGTERM and, when a queen installed its
+//! link (`~/.local/state/rbee/queen.link` + `hive.token`), requires the token on every other
+//! request and sends the queen a heartbeat every few seconds.
+//!
+//! Not built yet: worker processes, the worker catalog API, capabilities, models, inference.
 #![warn(missing_docs)]
 
+mod heartbeat;
 mod probe;
 
 use std::net::SocketAddr;
@@ -12,6 +17,7 @@ use axum::{Json, Router, routing::get};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use heartbeat::{Heartbeat, QueenLink};
 pub use probe::probe;
 
 /// The hive's version.
@@ -37,6 +43,12 @@ pub struct HiveConfig {
     pub addr: SocketAddr,
     /// Pid file written once listening, removed on graceful exit.
     pub pid_file: Option<PathBuf>,
+    /// The hive's alias (sent in heartbeats).
+    pub alias: Option<String>,
+    /// The queen to report to, and the token both sides require.
+    pub link: Option<QueenLink>,
+    /// The worker catalog directory (listed in heartbeats).
+    pub workers_dir: Option<PathBuf>,
 }
 
 /// Why the hive could not run.
@@ -69,9 +81,33 @@ fn own_digest() -> String {
     std::env::current_exe().and_then(std::fs::read).map(|bytes| hex::encode(Sha256::digest(&bytes))).unwrap_or_default()
 }
 
-/// The HTTP routes.
-pub fn router(health: Health) -> Router {
-    Router::new().route("/health", get(move || std::future::ready(Json(health.clone()))))
+/// The HTTP routes; with a token, everything but `/health` requires it.
+pub fn router(health: Health, token: Option<String>) -> Router {
+    let api = Router::new().route(
+        "/v1/capabilities",
+        get(|| async {
+            Json(serde_json::json!({ "cpu_cores": std::thread::available_parallelism().map_or(1, |n| n.get()) }))
+        }),
+    );
+    let api = match token {
+        Some(token) => api.route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let expected = format!("Bearer {token}");
+                async move {
+                    let ok =
+                        req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+                    if ok {
+                        next.run(req).await
+                    } else {
+                        use axum::response::IntoResponse;
+                        (axum::http::StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
+                    }
+                }
+            },
+        )),
+        None => api,
+    };
+    Router::new().route("/health", get(move || std::future::ready(Json(health.clone())))).merge(api)
 }
 
 /// Serves until `shutdown` resolves.
@@ -86,7 +122,20 @@ pub async fn serve(
     if let Some(path) = &config.pid_file {
         write_pid_file(path).map_err(|source| HiveError::PidFile { path: path.clone(), source })?;
     }
-    let result = axum::serve(listener, router(health)).with_graceful_shutdown(shutdown).await;
+    let token = config.link.as_ref().map(|l| l.token.clone());
+    if let (Some(link), Some(alias)) = (config.link.clone(), config.alias.clone()) {
+        let beat = Heartbeat {
+            alias,
+            version: health.version.clone(),
+            sha256: health.sha256.clone(),
+            pid: health.pid,
+            port: config.addr.port(),
+            interval_ms: link.interval_ms,
+            workers: Vec::new(),
+        };
+        tokio::spawn(heartbeat::run(link, beat, config.workers_dir.clone()));
+    }
+    let result = axum::serve(listener, router(health, token)).with_graceful_shutdown(shutdown).await;
     if let Some(path) = &config.pid_file {
         // Only remove the pid file if it is still ours (a newer hive may have replaced it).
         if std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string()) {

@@ -18,6 +18,9 @@ struct Args {
     /// Pid file to write once listening.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// This hive's alias, for heartbeats.
+    #[arg(long)]
+    alias: Option<String>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -52,7 +55,14 @@ async fn main() -> ExitCode {
             }
         }
         None => {
-            let config = rbee_hive::HiveConfig { addr: SocketAddr::new(args.bind, args.port), pid_file: args.pid_file };
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+            let config = rbee_hive::HiveConfig {
+                addr: SocketAddr::new(args.bind, args.port),
+                pid_file: args.pid_file,
+                alias: args.alias,
+                link: rbee_hive::QueenLink::load(&home.join(".local/state/rbee")),
+                workers_dir: Some(home.join(".local/share/rbee/workers")),
+            };
             match rbee_hive::serve(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -72,3 +72,34 @@ pub struct QueenHealth {
     /// Process id.
     pub pid: u32,
 }
+
+/// A hive's heartbeat (`POST /v1/heartbeats`), as `rbee-hive` sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The hive's alias.
+    pub alias: String,
+    /// Its version.
+    pub version: String,
+    /// Digest of its binary.
+    pub sha256: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its port.
+    pub port: u16,
+    /// How often it beats.
+    pub interval_ms: u64,
+    /// Worker types in its catalog.
+    pub workers: Vec<String>,
+}
+
+/// A hive in the registry (`GET /v1/hives`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HiveEntry {
+    /// Its last heartbeat.
+    #[serde(flatten)]
+    pub heartbeat: Heartbeat,
+    /// Milliseconds since that heartbeat.
+    pub age_ms: u64,
+    /// True after three missed beats.
+    pub stale: bool,
+}

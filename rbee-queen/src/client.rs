@@ -118,6 +118,11 @@ impl QueenClient {
         self.json("GET", "/v1/jobs", None).await
     }
 
+    /// The hive registry.
+    pub async fn hives(&self) -> Result<Vec<crate::api::HiveEntry>, ClientError> {
+        self.json("GET", "/v1/hives", None).await
+    }
+
     /// Asks the queen to cancel a job.
     pub async fn cancel(&self, job_id: &str) -> Result<JobSummary, ClientError> {
         self.json("DELETE", &format!("/v1/jobs/{job_id}"), None).await

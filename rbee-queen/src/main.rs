@@ -42,6 +42,10 @@ async fn main() -> ExitCode {
             Arc::new(rbee_ssh::SshConnector::new(c)) as Arc<dyn rbee_core::fleet::Connector>
         }),
         keepalive: Duration::from_secs(10),
+        heartbeat: Duration::from_millis(
+            std::env::var("RBEE_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000),
+        ),
+        advertise_url: None,
     };
     let server = match rbee_queen::bind(queen).await {
         Ok(s) => s,

@@ -26,7 +26,9 @@ use rbee_core::operation::Operation;
 use rbee_core::package::{ConnectFn, OperationResult, RunContext, run_operation};
 use tokio::sync::Notify;
 
-use crate::api::{JobEvent, JobEventBody, JobSummary, QueenHealth, Submitted};
+use rbee_core::execute::QueenLink;
+
+use crate::api::{Heartbeat, HiveEntry, JobEvent, JobEventBody, JobSummary, QueenHealth, Submitted};
 
 /// How a queen runs.
 #[derive(Clone)]
@@ -39,6 +41,10 @@ pub struct QueenConfig {
     pub connect: Arc<ConnectFn>,
     /// Interval of SSE keepalive comments.
     pub keepalive: Duration,
+    /// How often hives started by this queen send heartbeats.
+    pub heartbeat: Duration,
+    /// The URL hives use to reach this queen; default `http://<addr>`.
+    pub advertise_url: Option<String>,
 }
 
 struct Job {
@@ -63,8 +69,10 @@ impl Job {
 
 struct Queen {
     config: QueenConfig,
+    url: String,
     jobs: Mutex<BTreeMap<String, Arc<Job>>>,
     next: AtomicU64,
+    hives: Mutex<BTreeMap<String, (u64, Heartbeat)>>,
 }
 
 fn now_ms() -> u64 {
@@ -96,8 +104,17 @@ impl Server {
 pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
-    let queen = Arc::new(Queen { config, jobs: Mutex::new(BTreeMap::new()), next: AtomicU64::new(1) });
+    let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let queen = Arc::new(Queen {
+        config,
+        url,
+        jobs: Mutex::new(BTreeMap::new()),
+        next: AtomicU64::new(1),
+        hives: Mutex::new(BTreeMap::new()),
+    });
     let api = Router::new()
+        .route("/v1/heartbeats", post(heartbeat))
+        .route("/v1/hives", get(hives))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job_summary).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
@@ -137,8 +154,13 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
     });
     queen.jobs.lock().expect("jobs lock").insert(id.clone(), job.clone());
     let connect = queen.config.connect.clone();
+    let link = QueenLink {
+        url: queen.url.clone(),
+        interval_ms: u64::try_from(queen.config.heartbeat.as_millis()).unwrap_or(5000),
+        token: queen.config.token.clone(),
+    };
     tokio::spawn(async move {
-        let ctx = RunContext { cancel: job.cancel.clone(), ..RunContext::default() };
+        let ctx = RunContext { cancel: job.cancel.clone(), queen_link: Some(link), ..RunContext::default() };
         let on_event = |event| job.push(JobEventBody::Sync { event });
         let result = match job.operation.should_forward_to_hive() {
             true => OperationResult::Error {
@@ -153,6 +175,26 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
     });
     let events_url = format!("/v1/jobs/{id}/events");
     (StatusCode::CREATED, Json(Submitted { job_id: id, events_url })).into_response()
+}
+
+async fn heartbeat(State(queen): State<Arc<Queen>>, Json(beat): Json<Heartbeat>) -> StatusCode {
+    queen.hives.lock().expect("hives lock").insert(beat.alias.clone(), (now_ms(), beat));
+    StatusCode::NO_CONTENT
+}
+
+/// The hive registry: every hive that sent a heartbeat; stale after three missed beats.
+async fn hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveEntry>> {
+    let now = now_ms();
+    let hives = queen.hives.lock().expect("hives lock");
+    Json(
+        hives
+            .values()
+            .map(|(seen, beat)| {
+                let age_ms = now.saturating_sub(*seen);
+                HiveEntry { stale: age_ms > 3 * beat.interval_ms, age_ms, heartbeat: beat.clone() }
+            })
+            .collect(),
+    )
 }
 
 fn summary(job: &Job) -> JobSummary {

@@ -83,7 +83,7 @@ fn a_job_longer_than_a_minute_streams_to_the_end() {
 }
 
 #[test]
-fn requests_without_the_right_token_get_401_and_the_token_file_is_private() {
+fn requests_without_the_right_token_get_401_on_queen_and_hive_and_token_files_are_private() {
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
     let fleet = Fleet::new(1, &[]);
@@ -92,18 +92,29 @@ fn requests_without_the_right_token_get_401_and_the_token_file_is_private() {
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let token = std::fs::read_to_string(&token_file).unwrap();
-    let get = |auth: Option<&str>, path: &str| {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.queen_port)).unwrap();
+    let get = |port: u16, auth: Option<&str>, path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let header = auth.map(|a| format!("Authorization: Bearer {a}\r\n")).unwrap_or_default();
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}\r\n").unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         text.split(' ').nth(1).unwrap().to_owned()
     };
-    assert_eq!(get(None, "/v1/jobs"), "401");
-    assert_eq!(get(Some("wrong"), "/v1/jobs"), "401");
-    assert_eq!(get(Some(token.trim()), "/v1/jobs"), "200");
-    assert_eq!(get(None, "/health"), "200");
+    assert_eq!(get(fleet.queen_port, None, "/v1/jobs"), "401");
+    assert_eq!(get(fleet.queen_port, Some("wrong"), "/v1/jobs"), "401");
+    assert_eq!(get(fleet.queen_port, Some(token.trim()), "/v1/jobs"), "200");
+    assert_eq!(get(fleet.queen_port, None, "/health"), "200");
+
+    // A sync through the queen installs the token on the hive, which then requires it too.
+    Run(fleet.via_queen(&["sync"]).output().unwrap()).expect_code(0);
+    let h1 = fleet.host("h1");
+    let hive_token = h1.path(".local/state/rbee/hive.token");
+    assert_eq!(std::fs::metadata(&hive_token).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&hive_token).unwrap().trim(), token.trim());
+    assert_eq!(get(h1.port, None, "/v1/capabilities"), "401");
+    assert_eq!(get(h1.port, Some("wrong"), "/v1/capabilities"), "401");
+    assert_eq!(get(h1.port, Some(token.trim()), "/v1/capabilities"), "200");
+    assert_eq!(get(h1.port, None, "/health"), "200");
 }
 
 #[test]
@@ -151,4 +162,42 @@ fn two_hundred_concurrent_jobs_lose_and_reorder_no_event_and_the_queen_stays_sma
         .unwrap();
     eprintln!("queen peak RSS after 200 jobs: {} KiB", hwm_kib);
     assert!(hwm_kib < 100 * 1024, "queen peak RSS {hwm_kib} KiB");
+}
+
+#[test]
+fn hives_send_heartbeats_go_stale_when_stopped_and_fresh_when_started() {
+    let fleet = Fleet::new(2, WORKERS);
+    let queen = |args: &[&str]| {
+        let mut cmd = fleet.via_queen(args);
+        cmd.env("RBEE_HEARTBEAT_MS", "500");
+        Run(cmd.output().unwrap())
+    };
+    queen(&["sync"]).expect_code(0);
+    let state = |alias: &str| -> Option<bool> {
+        let list = queen(&["hive", "list", "--json"]).expect_code(0);
+        let hives: serde_json::Value = serde_json::from_str(list.stdout().trim()).unwrap();
+        hives.as_array().unwrap().iter().find(|h| h["alias"] == alias).map(|h| h["stale"].as_bool().unwrap())
+    };
+    let wait_for = |alias: &str, stale: bool, within: Duration| {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if state(alias) == Some(stale) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{alias} not {} within {within:?}", if stale { "stale" } else { "fresh" });
+    };
+    wait_for("h1", false, Duration::from_secs(5));
+    wait_for("h2", false, Duration::from_secs(5));
+    let beat = queen(&["hive", "list", "--json"]).stdout();
+    assert!(beat.contains("\"workers\":[\"llama-cpp\"]"), "{beat}");
+
+    fleet.host("h1").kill_hive();
+    // Three missed beats of 500 ms, plus one interval of slack for the last beat's timing.
+    let took = wait_for("h1", true, Duration::from_millis(2500));
+    eprintln!("h1 marked stale {took:?} after it stopped");
+    assert_eq!(state("h2"), Some(false), "h2 still fresh");
+    queen(&["sync"]).expect_code(0);
+    wait_for("h1", false, Duration::from_secs(5));
 }

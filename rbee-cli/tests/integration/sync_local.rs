@@ -261,3 +261,12 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
     let queen = rbee(&["queen", "status"]).expect_code(0);
     assert!(queen.stdout().contains("queen-rbee"), "the main command went through the queen: {}", queen.stdout());
 }
+
+#[test]
+fn removed_imperative_commands_say_what_to_do_instead() {
+    let fleet = Fleet::new(1, &[]);
+    for cmd in [["install-hive", "gpu-1"], ["install-worker", "vllm"]] {
+        let run = fleet.rbee(&cmd).expect_code(1);
+        assert!(run.stderr().contains("was removed") && run.stderr().contains("rbee sync"), "{}", run.stderr());
+    }
+}

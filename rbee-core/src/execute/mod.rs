@@ -57,6 +57,9 @@ pub struct ExecuteOptions {
     pub stop_grace: Duration,
     /// Test hooks by alias: break that hive's installs on purpose.
     pub faults: BTreeMap<String, InstallFault>,
+    /// The queen a started hive reports to, with the token; installed on the host before the
+    /// hive starts. `None` (an in-process run) leaves whatever link the host has.
+    pub queen_link: Option<QueenLink>,
     /// Set to stop: no new step starts; running steps end on their deadlines (locally and on
     /// the host), locks are released, and each unfinished hive reports `cancelled`.
     pub cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -87,8 +90,20 @@ impl Default for ExecuteOptions {
             stop_grace: Duration::from_secs(10),
             faults: BTreeMap::new(),
             cancel: Arc::default(),
+            queen_link: None,
         }
     }
+}
+
+/// The queen's address and token as a hive needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueenLink {
+    /// e.g. `http://127.0.0.1:8500`.
+    pub url: String,
+    /// Heartbeat interval.
+    pub interval_ms: u64,
+    /// The API token.
+    pub token: String,
 }
 
 /// What the execution is for; the hive is re-planned with it under its lock.
@@ -367,12 +382,17 @@ impl HiveRun<'_> {
                 self.step(&action.id, &description, || steps::remove_file(self.t, &target, o.step_timeout)).await
             }
             ActionKind::StartHive { port } => {
-                self.step(&action.id, &description, || steps::start_hive(self.t, *port, o.step_timeout)).await
+                self.step(&action.id, &description, || async {
+                    steps::link_queen(self.t, o.queen_link.as_ref(), o.step_timeout).await?;
+                    steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await
+                })
+                .await
             }
             ActionKind::RestartHive { port, .. } => {
                 self.step(&action.id, &description, || async {
+                    steps::link_queen(self.t, o.queen_link.as_ref(), o.step_timeout).await?;
                     steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
-                    steps::start_hive(self.t, *port, o.step_timeout).await
+                    steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await
                 })
                 .await
             }

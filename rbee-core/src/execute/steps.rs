@@ -219,16 +219,16 @@ pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) ->
 }
 
 const START: &str = r#"set -u
-port=$1; bin=.local/bin/rbee-hive; state=.local/state/rbee; pidf=$state/hive.pid
+port=$1; alias=$2; bin=.local/bin/rbee-hive; state=.local/state/rbee; pidf=$state/hive.pid
 mkdir -p "$state" || exit 1
 alive() { p=$(cat "$pidf" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q rbee-hive; }
 if alive; then echo "already running (pid $(cat "$pidf"))"; exit 0; fi
 [ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
 rm -f "$pidf"
 if command -v setsid >/dev/null 2>&1; then
-  setsid -f "$HOME/$bin" --port "$port" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null
+  setsid -f "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null
 else
-  nohup "$HOME/$bin" --port "$port" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null &
+  nohup "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null &
 fi
 i=0
 while [ $i -lt 100 ]; do
@@ -241,8 +241,21 @@ exit 1
 
 /// Starts the hive fully detached (own session, output to the hive log, pid file). Does
 /// nothing if it is already running.
-pub async fn start_hive(t: &dyn Transport, port: u16, deadline: Duration) -> Result<(), StepError> {
-    script(t, "starting rbee-hive", START, vec![port.to_string()], deadline).await?;
+pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Duration) -> Result<(), StepError> {
+    script(t, "starting rbee-hive", START, vec![port.to_string(), alias.to_owned()], deadline).await?;
+    Ok(())
+}
+
+/// Installs the queen's address and token for the hive (token file mode 0600).
+pub async fn link_queen(
+    t: &dyn Transport,
+    link: Option<&super::QueenLink>,
+    deadline: Duration,
+) -> Result<(), StepError> {
+    let Some(link) = link else { return Ok(()) };
+    let json = serde_json::json!({ "url": link.url, "interval_ms": link.interval_ms }).to_string();
+    t.upload(link.token.as_bytes(), &Layout::hive_token(), 0o600, deadline, &|_| {}).await?;
+    t.upload(json.as_bytes(), &Layout::queen_link(), 0o644, deadline, &|_| {}).await?;
     Ok(())
 }
 

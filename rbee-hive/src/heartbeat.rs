@@ -1,0 +1,100 @@
+//! Heartbeats to the queen: every `interval_ms`, `POST {queen}/v1/heartbeats` with the token.
+//! A queen that is down is retried at the next beat; the hive never stops for it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+/// Where the queen is, how often to beat, and the token both sides require. Read from
+/// `queen.link` (JSON: url, interval_ms) and `hive.token` in the hive's state directory,
+/// which a sync run by the queen writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueenLink {
+    /// The queen's base URL, e.g. `http://127.0.0.1:8500`.
+    pub url: String,
+    /// Heartbeat interval.
+    pub interval_ms: u64,
+    /// The API token.
+    #[serde(skip)]
+    pub token: String,
+}
+
+impl QueenLink {
+    /// Reads the link from `state_dir`, if a queen installed one.
+    pub fn load(state_dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(state_dir.join("queen.link")).ok()?;
+        let mut link: QueenLink = serde_json::from_str(&text).ok()?;
+        link.token = std::fs::read_to_string(state_dir.join("hive.token")).ok()?.trim().to_owned();
+        (!link.token.is_empty()).then_some(link)
+    }
+}
+
+/// What a hive tells the queen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The hive's alias.
+    pub alias: String,
+    /// Its version.
+    pub version: String,
+    /// Digest of its binary.
+    pub sha256: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its port.
+    pub port: u16,
+    /// How often it beats; the queen calls it stale after three missed beats.
+    pub interval_ms: u64,
+    /// Worker types in its catalog.
+    pub workers: Vec<String>,
+}
+
+fn catalog(dir: Option<&Path>) -> Vec<String> {
+    let Some(dir) = dir else { return Vec::new() };
+    let mut kinds: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("rbee-worker-").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    kinds.sort();
+    kinds
+}
+
+async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), String> {
+    let authority = link.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&authority))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let body = serde_json::to_vec(beat).map_err(|e| e.to_string())?;
+    let req = hyper::Request::post("/v1/heartbeats")
+        .header("host", authority)
+        .header("authorization", format!("Bearer {}", link.token))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let _ = res.into_body().collect().await;
+    if status.is_success() { Ok(()) } else { Err(format!("queen answered {status}")) }
+}
+
+/// Beats until the process ends.
+pub(crate) async fn run(link: QueenLink, mut beat: Heartbeat, workers_dir: Option<PathBuf>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(link.interval_ms.max(100)));
+    loop {
+        ticker.tick().await;
+        beat.workers = catalog(workers_dir.as_deref());
+        if let Err(e) = post(&link, &beat).await {
+            eprintln!("rbee-hive: heartbeat to {} failed: {e}", link.url);
+        }
+    }
+}
