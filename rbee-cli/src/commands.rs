@@ -48,6 +48,7 @@ pub(crate) async fn run(cli: Cli) -> Exit {
         Command::Queen { what } => queen_command(&cli, what).await,
         Command::Jobs { job_id } => jobs(&cli, job_id.as_deref()).await,
         Command::Hive { what: HiveCommand::List } => hive_list(&cli).await,
+        Command::Migrate { output, force, from_ssh_config } => migrate(&cli, output, *force, *from_ssh_config).await,
         Command::InstallHive { .. } => removed(&cli, &Operation::HiveInstall { alias: None }),
         Command::InstallWorker { .. } => removed(&cli, &Operation::WorkerDownload { worker_type: None }),
     }
@@ -339,6 +340,37 @@ async fn queen_command(cli: &Cli, what: &QueenCommand) -> Exit {
         }
         Err(e) => error(cli.json, &e),
     }
+}
+
+async fn migrate(cli: &Cli, output: &Path, force: bool, from_ssh_config: bool) -> Exit {
+    // The queen's registry, when there is a config and a queen; ~/.ssh/config alone otherwise.
+    let hives = match load(cli) {
+        Ok(config) => match queen::connect(&config).await {
+            Ok(client) => match client.hives().await {
+                Ok(h) => h,
+                Err(e) => return error(cli.json, &e.to_string()),
+            },
+            Err(_) if from_ssh_config => Vec::new(),
+            Err(e) => return error(cli.json, &format!("{e}; start it (`rbee queen start`) or use --from-ssh-config")),
+        },
+        Err(_) if from_ssh_config => Vec::new(),
+        Err(exit) => return exit,
+    };
+    let ssh = from_ssh_config
+        .then(|| rbee_ssh::ssh_config::SshConfig::load(&config::home_dir().join(".ssh/config")).unwrap_or_default());
+    let text = crate::migrate::render(&hives, ssh.as_ref());
+    if let Err(e) = config::parse(None, (output, &text)) {
+        return error(cli.json, &format!("the migrated config does not validate (please report this): {e}"));
+    }
+    if let Err(e) = crate::migrate::write(output, &text, force) {
+        return error(cli.json, &e);
+    }
+    if cli.json {
+        println!("{}", serde_json::json!({ "ok": true, "output": output, "hives": hives.len() }));
+    } else {
+        println!("wrote {} ({} hives from the queen)", output.display(), hives.len());
+    }
+    Exit::Ok
 }
 
 async fn hive_list(cli: &Cli) -> Exit {

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod commands;
+mod migrate;
 mod output;
 mod progress;
 mod queen;
@@ -74,6 +75,19 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         what: QueenCommand,
+    },
+    /// Write a hives.conf for the fleet as it runs now (hives the queen knows, with what
+    /// each has installed).
+    Migrate {
+        /// Where to write it.
+        #[arg(long)]
+        output: PathBuf,
+        /// Overwrite it if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Also add an entry per `Host` of ~/.ssh/config.
+        #[arg(long)]
+        from_ssh_config: bool,
     },
     /// Hives known to the queen from their heartbeats.
     Hive {

@@ -50,6 +50,12 @@ pub struct Heartbeat {
     pub interval_ms: u64,
     /// Worker types in its catalog.
     pub workers: Vec<String>,
+    /// Installed version of each worker type, from the install records.
+    #[serde(default)]
+    pub installed: std::collections::BTreeMap<String, String>,
+    /// The hive's home directory.
+    #[serde(default)]
+    pub home: String,
 }
 
 fn catalog(dir: Option<&Path>) -> Vec<String> {
@@ -87,12 +93,28 @@ async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), String> {
     if status.is_success() { Ok(()) } else { Err(format!("queen answered {status}")) }
 }
 
+/// Versions from the install records (`sha size mtime ctime inode version` per file).
+fn installed_versions(records: &Path, kinds: &[String]) -> std::collections::BTreeMap<String, String> {
+    kinds
+        .iter()
+        .filter_map(|kind| {
+            let text = std::fs::read_to_string(records.join(format!("rbee-worker-{kind}"))).ok()?;
+            let version = text.split_whitespace().nth(5)?.to_owned();
+            Some((kind.clone(), version))
+        })
+        .collect()
+}
+
 /// Beats until the process ends.
 pub(crate) async fn run(link: QueenLink, mut beat: Heartbeat, workers_dir: Option<PathBuf>) {
     let mut ticker = tokio::time::interval(Duration::from_millis(link.interval_ms.max(100)));
+    let home = std::env::var("HOME").unwrap_or_default();
+    let records = Path::new(&home).join(".local/state/rbee/installed");
+    beat.home = home.clone();
     loop {
         ticker.tick().await;
         beat.workers = catalog(workers_dir.as_deref());
+        beat.installed = installed_versions(&records, &beat.workers);
         if let Err(e) = post(&link, &beat).await {
             eprintln!("rbee-hive: heartbeat to {} failed: {e}", link.url);
         }

@@ -132,6 +132,8 @@ pub async fn serve(
             port: config.addr.port(),
             interval_ms: link.interval_ms,
             workers: Vec::new(),
+            installed: Default::default(),
+            home: String::new(),
         };
         tokio::spawn(heartbeat::run(link, beat, config.workers_dir.clone()));
     }

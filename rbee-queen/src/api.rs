@@ -90,6 +90,12 @@ pub struct Heartbeat {
     pub interval_ms: u64,
     /// Worker types in its catalog.
     pub workers: Vec<String>,
+    /// Installed version of each worker type.
+    #[serde(default)]
+    pub installed: std::collections::BTreeMap<String, String>,
+    /// The hive's home directory.
+    #[serde(default)]
+    pub home: String,
 }
 
 /// A hive in the registry (`GET /v1/hives`).
@@ -102,4 +108,6 @@ pub struct HiveEntry {
     pub age_ms: u64,
     /// True after three missed beats.
     pub stale: bool,
+    /// The address its heartbeats come from.
+    pub address: String,
 }

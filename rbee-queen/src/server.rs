@@ -72,7 +72,7 @@ struct Queen {
     url: String,
     jobs: Mutex<BTreeMap<String, Arc<Job>>>,
     next: AtomicU64,
-    hives: Mutex<BTreeMap<String, (u64, Heartbeat)>>,
+    hives: Mutex<BTreeMap<String, (u64, std::net::IpAddr, Heartbeat)>>,
 }
 
 fn now_ms() -> u64 {
@@ -96,7 +96,8 @@ pub struct Server {
 impl Server {
     /// Serves until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        let service = self.router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await
     }
 }
 
@@ -177,8 +178,12 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
     (StatusCode::CREATED, Json(Submitted { job_id: id, events_url })).into_response()
 }
 
-async fn heartbeat(State(queen): State<Arc<Queen>>, Json(beat): Json<Heartbeat>) -> StatusCode {
-    queen.hives.lock().expect("hives lock").insert(beat.alias.clone(), (now_ms(), beat));
+async fn heartbeat(
+    State(queen): State<Arc<Queen>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Json(beat): Json<Heartbeat>,
+) -> StatusCode {
+    queen.hives.lock().expect("hives lock").insert(beat.alias.clone(), (now_ms(), peer.ip(), beat));
     StatusCode::NO_CONTENT
 }
 
@@ -189,9 +194,14 @@ async fn hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveEntry>> {
     Json(
         hives
             .values()
-            .map(|(seen, beat)| {
+            .map(|(seen, ip, beat)| {
                 let age_ms = now.saturating_sub(*seen);
-                HiveEntry { stale: age_ms > 3 * beat.interval_ms, age_ms, heartbeat: beat.clone() }
+                HiveEntry {
+                    stale: age_ms > 3 * beat.interval_ms,
+                    age_ms,
+                    heartbeat: beat.clone(),
+                    address: ip.to_string(),
+                }
             })
             .collect(),
     )

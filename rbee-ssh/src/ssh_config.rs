@@ -68,6 +68,19 @@ impl SshConfig {
         Self { blocks }
     }
 
+    /// The concrete host aliases of `Host` lines (no wildcards, no negations), in file order.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for block in &self.blocks {
+            for p in block.patterns.iter().flatten() {
+                if !p.contains(['*', '?', '!']) && !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// The settings for `alias`, expanding `~` against `home` and `%u` to `local_user`.
     pub fn lookup(&self, alias: &str, home: &Path, local_user: &str) -> HostSettings {
         let mut s = HostSettings::default();

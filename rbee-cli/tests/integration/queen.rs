@@ -201,3 +201,39 @@ fn hives_send_heartbeats_go_stale_when_stopped_and_fresh_when_started() {
     queen(&["sync"]).expect_code(0);
     wait_for("h1", false, Duration::from_secs(5));
 }
+
+#[test]
+fn migrate_writes_a_config_whose_dry_run_is_empty() {
+    let fleet = Fleet::new(2, &[("llama-cpp", "latest"), ("vllm", "0.1.0")]);
+    let queen = |args: &[&str]| {
+        let mut cmd = fleet.via_queen(args);
+        cmd.env("RBEE_HEARTBEAT_MS", "300");
+        Run(cmd.output().unwrap())
+    };
+    queen(&["sync"]).expect_code(0);
+    let started = Instant::now();
+    while queen(&["hive", "list", "--json"]).stdout().matches("\"alias\"").count() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "heartbeats never came");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let migrated = fleet.dir.path().join("migrated");
+    std::fs::create_dir_all(&migrated).unwrap();
+    std::fs::copy(fleet.config_dir().join("rbee.conf"), migrated.join("rbee.conf")).unwrap();
+    let out = migrated.join("hives.conf");
+    queen(&["migrate", "--output", out.to_str().unwrap()]).expect_code(0);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("version = \"0.1.0\""), "{text}");
+    let dry = Run(std::process::Command::new(env!("CARGO_BIN_EXE_rbee"))
+        .arg("--config")
+        .arg(&migrated)
+        .args(["sync", "--dry-run"])
+        .env("HOME", fleet.dir.path().join("operator"))
+        .env("RBEE_IN_PROCESS", "1")
+        .output()
+        .unwrap());
+    let dry = dry.expect_code(0);
+    assert!(dry.stdout().contains("2 in sync"), "{}\n{text}", dry.stdout());
+    let again = queen(&["migrate", "--output", out.to_str().unwrap()]).expect_code(1);
+    assert!(again.stderr().contains("pass --force"), "{}", again.stderr());
+    queen(&["migrate", "--output", out.to_str().unwrap(), "--force"]).expect_code(0);
+}
