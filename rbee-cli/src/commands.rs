@@ -47,7 +47,9 @@ pub(crate) async fn run(cli: Cli) -> Exit {
         }
         Command::Queen { what } => queen_command(&cli, what).await,
         Command::Jobs { job_id } => jobs(&cli, job_id.as_deref()).await,
-        Command::Hive { what: HiveCommand::List } => hive_list(&cli).await,
+        Command::Hive { what: HiveCommand::List } => hive_list(&cli, None).await,
+        Command::Hive { what: HiveCommand::Get { alias } } => hive_list(&cli, Some(alias)).await,
+        Command::Hive { what: HiveCommand::Capabilities { alias } } => hive_capabilities(&cli, alias).await,
         Command::Migrate { output, force, from_ssh_config } => migrate(&cli, output, *force, *from_ssh_config).await,
         Command::InstallHive { .. } => removed(&cli, &Operation::HiveInstall { alias: None }),
         Command::InstallWorker { .. } => removed(&cli, &Operation::WorkerDownload { worker_type: None }),
@@ -373,7 +375,43 @@ async fn migrate(cli: &Cli, output: &Path, force: bool, from_ssh_config: bool) -
     Exit::Ok
 }
 
-async fn hive_list(cli: &Cli) -> Exit {
+async fn hive_capabilities(cli: &Cli, alias: &str) -> Exit {
+    let config = match load(cli) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    let client = match queen::connect(&config).await {
+        Ok(c) => c,
+        Err(e) => return error(cli.json, &e),
+    };
+    match client.hive_capabilities(alias).await {
+        Ok(caps) => {
+            if cli.json {
+                println!("{caps}");
+            } else {
+                let gib = caps["ram_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+                println!("{alias}: {} CPU cores, {gib:.1} GiB RAM", caps["cpu_cores"]);
+                let gpus = caps["gpus"].as_array().cloned().unwrap_or_default();
+                if gpus.is_empty() {
+                    println!("  no GPU{}", caps["gpu_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default());
+                }
+                for g in gpus {
+                    println!(
+                        "  cuda:{} {} — {} MiB ({} MiB used)",
+                        g["index"],
+                        g["name"].as_str().unwrap_or(""),
+                        g["memory_total_mib"],
+                        g["memory_used_mib"]
+                    );
+                }
+            }
+            Exit::Ok
+        }
+        Err(e) => error(cli.json, &e.to_string()),
+    }
+}
+
+async fn hive_list(cli: &Cli, only: Option<&str>) -> Exit {
     let config = match load(cli) {
         Ok(c) => c,
         Err(exit) => return exit,
@@ -383,7 +421,13 @@ async fn hive_list(cli: &Cli) -> Exit {
         Err(e) => return error(cli.json, &e),
     };
     match client.hives().await {
-        Ok(hives) => {
+        Ok(mut hives) => {
+            if let Some(alias) = only {
+                hives.retain(|h| h.heartbeat.alias == alias);
+                if hives.is_empty() {
+                    return error(cli.json, &format!("no hive {alias} in the registry: it has not sent a heartbeat"));
+                }
+            }
             if cli.json {
                 println!("{}", serde_json::to_string(&hives).unwrap_or_default());
             } else if hives.is_empty() {

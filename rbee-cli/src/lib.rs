@@ -134,6 +134,16 @@ pub enum ConfigCommand {
 pub enum HiveCommand {
     /// Every hive that sent a heartbeat: fresh, or stale after three missed beats.
     List,
+    /// One hive's registry entry.
+    Get {
+        /// The hive.
+        alias: String,
+    },
+    /// One hive's CPU cores, RAM and GPUs, asked of the hive through the queen.
+    Capabilities {
+        /// The hive.
+        alias: String,
+    },
 }
 
 /// `rbee queen ...`.

@@ -4,9 +4,12 @@
 //! link (`~/.local/state/rbee/queen.link` + `hive.token`), requires the token on every other
 //! request and sends the queen a heartbeat every few seconds.
 //!
-//! Not built yet: worker processes, the worker catalog API, capabilities, models, inference.
+//! `GET /v1/capabilities` reports CPU cores, RAM and GPUs (from `nvidia-smi`).
+//!
+//! Not built yet: worker processes, the worker catalog API, models, inference.
 #![warn(missing_docs)]
 
+pub mod capabilities;
 mod heartbeat;
 mod probe;
 
@@ -83,12 +86,7 @@ fn own_digest() -> String {
 
 /// The HTTP routes; with a token, everything but `/health` requires it.
 pub fn router(health: Health, token: Option<String>) -> Router {
-    let api = Router::new().route(
-        "/v1/capabilities",
-        get(|| async {
-            Json(serde_json::json!({ "cpu_cores": std::thread::available_parallelism().map_or(1, |n| n.get()) }))
-        }),
-    );
+    let api = Router::new().route("/v1/capabilities", get(|| async { Json(capabilities::detect().await) }));
     let api = match token {
         Some(token) => api.route_layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {

@@ -123,6 +123,11 @@ impl QueenClient {
         self.json("GET", "/v1/hives", None).await
     }
 
+    /// A hive's capabilities (CPU, RAM, GPUs), asked of the hive through the queen.
+    pub async fn hive_capabilities(&self, alias: &str) -> Result<serde_json::Value, ClientError> {
+        self.json("GET", &format!("/v1/hives/{alias}/capabilities"), None).await
+    }
+
     /// Asks the queen to cancel a job.
     pub async fn cancel(&self, job_id: &str) -> Result<JobSummary, ClientError> {
         self.json("DELETE", &format!("/v1/jobs/{job_id}"), None).await

@@ -116,6 +116,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
     let api = Router::new()
         .route("/v1/heartbeats", post(heartbeat))
         .route("/v1/hives", get(hives))
+        .route("/v1/hives/{alias}/capabilities", get(hive_capabilities))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job_summary).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
@@ -205,6 +206,57 @@ async fn hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveEntry>> {
             })
             .collect(),
     )
+}
+
+/// Forwards to the hive's own API, with the token, at the address its heartbeats come from.
+async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alias): Path<String>) -> Response {
+    let target = queen
+        .hives
+        .lock()
+        .expect("hives lock")
+        .get(&alias)
+        .map(|(_, ip, beat)| std::net::SocketAddr::new(*ip, beat.port));
+    let Some(addr) = target else {
+        let msg = format!("no hive {alias} in the registry: it has not sent a heartbeat (see `rbee hive list`)");
+        return (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": msg }))).into_response();
+    };
+    match forward_get(addr, "/v1/capabilities", &queen.config.token).await {
+        Ok((200, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": e.to_string() }))).into_response(),
+        },
+        Ok((status, body)) => {
+            let msg = format!("hive {alias} answered {status}: {}", String::from_utf8_lossy(&body));
+            (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": msg }))).into_response()
+        }
+        Err(e) => {
+            let msg = format!("hive {alias} at {addr}: {e}");
+            (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": msg }))).into_response()
+        }
+    }
+}
+
+async fn forward_get(addr: std::net::SocketAddr, path: &str, token: &str) -> Result<(u16, Vec<u8>), String> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let res = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| "no answer within 30s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    Ok((status, body))
 }
 
 fn summary(job: &Job) -> JobSummary {

@@ -193,6 +193,12 @@ fn hives_send_heartbeats_go_stale_when_stopped_and_fresh_when_started() {
     let beat = queen(&["hive", "list", "--json"]).stdout();
     assert!(beat.contains("\"workers\":[\"llama-cpp\"]"), "{beat}");
 
+    let caps = queen(&["hive", "capabilities", "h1", "--json"]).expect_code(0);
+    let caps: serde_json::Value = serde_json::from_str(caps.stdout().trim()).unwrap();
+    eprintln!("capabilities: {caps}");
+    assert!(caps["cpu_cores"].as_u64().unwrap() >= 1 && caps["ram_bytes"].as_u64().unwrap() > 0, "{caps}");
+    queen(&["hive", "get", "h2"]).expect_code(0);
+
     fleet.host("h1").kill_hive();
     // Three missed beats of 500 ms, plus one interval of slack for the last beat's timing.
     let took = wait_for("h1", true, Duration::from_millis(2500));

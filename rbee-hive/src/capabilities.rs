@@ -1,0 +1,144 @@
+//! What a host offers: CPU cores, RAM, and GPUs with their memory from `nvidia-smi`.
+
+use serde::{Deserialize, Serialize};
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// `cuda:<index>`.
+    pub index: u32,
+    /// Model name.
+    pub name: String,
+    /// Total memory in MiB.
+    pub memory_total_mib: u64,
+    /// Used memory in MiB.
+    pub memory_used_mib: u64,
+    /// Driver version.
+    pub driver: String,
+}
+
+/// A host's capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Logical CPUs.
+    pub cpu_cores: usize,
+    /// Total RAM in bytes.
+    pub ram_bytes: u64,
+    /// GPUs found.
+    pub gpus: Vec<Gpu>,
+    /// Why GPUs could not be listed, when `nvidia-smi` exists but failed.
+    pub gpu_error: Option<String>,
+}
+
+/// The `nvidia-smi` query rbee runs.
+pub const NVIDIA_SMI_ARGS: &[&str] =
+    &["--query-gpu=index,name,memory.total,memory.used,driver_version", "--format=csv,noheader,nounits"];
+
+/// Parses `nvidia-smi` output (for [`NVIDIA_SMI_ARGS`]) given its exit status. No devices is
+/// an empty list; a failing driver is an error with nvidia-smi's own words.
+pub fn parse_nvidia_smi(success: bool, output: &str) -> Result<Vec<Gpu>, String> {
+    let text = output.trim();
+    if text.is_empty() || text.starts_with("No devices were found") {
+        return Ok(Vec::new());
+    }
+    if !success || text.starts_with("NVIDIA-SMI has failed") {
+        return Err(format!("nvidia-smi failed: {}", text.lines().next().unwrap_or(text)));
+    }
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [index, name, total, used, driver] = f.as_slice() else {
+                return Err(format!("unexpected nvidia-smi line {line:?}"));
+            };
+            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("unexpected number {v:?} in {line:?}"));
+            Ok(Gpu {
+                index: u32::try_from(num(index)?).map_err(|e| e.to_string())?,
+                name: (*name).to_owned(),
+                memory_total_mib: num(total)?,
+                memory_used_mib: num(used)?,
+                driver: (*driver).to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn ram_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Detects this host's capabilities (runs `nvidia-smi` when it is installed).
+pub async fn detect() -> Capabilities {
+    let (gpus, gpu_error) = match tokio::process::Command::new("nvidia-smi").args(NVIDIA_SMI_ARGS).output().await {
+        Err(_) => (Vec::new(), None), // not installed: no NVIDIA GPU
+        Ok(out) => {
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            match parse_nvidia_smi(out.status.success(), &text) {
+                Ok(g) => (g, None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        }
+    };
+    Capabilities {
+        cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ram_bytes: ram_bytes(),
+        gpus,
+        gpu_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/tests/fixtures/nvidia-smi/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn no_gpu() {
+        assert_eq!(parse_nvidia_smi(false, &fixture("no-gpu.txt")), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn one_gpu() {
+        let gpus = parse_nvidia_smi(true, &fixture("one-gpu.txt")).unwrap();
+        assert_eq!(
+            gpus,
+            [Gpu {
+                index: 0,
+                name: "NVIDIA GeForce RTX 4090".into(),
+                memory_total_mib: 24564,
+                memory_used_mib: 1024,
+                driver: "550.54.14".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn eight_gpus() {
+        let gpus = parse_nvidia_smi(true, &fixture("eight-gpus.txt")).unwrap();
+        assert_eq!(gpus.len(), 8);
+        assert_eq!(gpus[7].index, 7);
+        assert_eq!(gpus.iter().map(|g| g.memory_total_mib).sum::<u64>(), 8 * 81559);
+    }
+
+    #[test]
+    fn driver_error() {
+        let err = parse_nvidia_smi(false, &fixture("driver-error.txt")).unwrap_err();
+        assert!(err.contains("couldn't communicate with the NVIDIA driver"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_made_up_gpu() {
+        assert!(parse_nvidia_smi(true, "0, only two").is_err());
+    }
+}
