@@ -9,13 +9,13 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "queen-rbee", version)]
 struct Args {
-    /// Port (default: [queen] port of rbee.conf, else 8500).
+    /// Port (default: `[queen] port` of rbee.conf, else 8500).
     #[arg(long)]
     port: Option<u16>,
     /// Address to bind; the API is local-only unless told otherwise.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// Config directory, for [queen] and [ssh] settings.
+    /// Config directory, for the `[queen]` and `[ssh]` settings.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// Write this pid file once listening.
