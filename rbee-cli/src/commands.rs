@@ -50,6 +50,20 @@ pub(crate) async fn run(cli: Cli) -> Exit {
         Command::Hive { what: HiveCommand::List } => hive_list(&cli, None).await,
         Command::Hive { what: HiveCommand::Get { alias } } => hive_list(&cli, Some(alias)).await,
         Command::Hive { what: HiveCommand::Capabilities { alias } } => hive_capabilities(&cli, alias).await,
+        Command::Hive { what: HiveCommand::Start { alias } } => {
+            operation(&cli, Operation::HiveStart { alias: alias.clone(), config_path: config_path(&cli) }, false).await
+        }
+        Command::Hive { what: HiveCommand::Stop { alias } } => {
+            operation(&cli, Operation::HiveStop { alias: alias.clone(), config_path: config_path(&cli) }, false).await
+        }
+        Command::Hive { what: HiveCommand::Status { alias } } => {
+            let op = Operation::PackageStatus {
+                config_path: config_path(&cli),
+                verbose: true,
+                hive_aliases: vec![alias.clone()],
+            };
+            operation(&cli, op, true).await
+        }
         Command::Migrate { output, force, from_ssh_config } => migrate(&cli, output, *force, *from_ssh_config).await,
         Command::InstallHive { .. } => removed(&cli, &Operation::HiveInstall { alias: None }),
         Command::InstallWorker { .. } => removed(&cli, &Operation::WorkerDownload { worker_type: None }),

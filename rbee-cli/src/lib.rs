@@ -139,6 +139,21 @@ pub enum HiveCommand {
         /// The hive.
         alias: String,
     },
+    /// Start one hive's daemon (it must be installed: `rbee sync`).
+    Start {
+        /// The hive.
+        alias: String,
+    },
+    /// Stop one hive's daemon (SIGTERM, then SIGKILL after a grace period).
+    Stop {
+        /// The hive.
+        alias: String,
+    },
+    /// One hive's drift and health, observed on the host.
+    Status {
+        /// The hive.
+        alias: String,
+    },
     /// One hive's CPU cores, RAM and GPUs, asked of the hive through the queen.
     Capabilities {
         /// The hive.

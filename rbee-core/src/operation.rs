@@ -68,11 +68,17 @@ pub enum Operation {
     HiveStart {
         /// The hive.
         alias: String,
+        /// Config directory or hives.conf.
+        #[serde(default)]
+        config_path: Option<PathBuf>,
     },
     /// Stop a hive daemon.
     HiveStop {
         /// The hive.
         alias: String,
+        /// Config directory or hives.conf.
+        #[serde(default)]
+        config_path: Option<PathBuf>,
     },
     /// All known hives.
     HiveList,

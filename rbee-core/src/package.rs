@@ -131,6 +131,25 @@ pub async fn uninstall(
     Ok(SyncOutcome { plan, report: Some(report) })
 }
 
+/// Starts or stops the selected hives' daemons (and nothing else).
+pub async fn process(
+    config: &Config,
+    source: &ArtifactSource,
+    connector: &dyn Connector,
+    only: Option<&BTreeSet<String>>,
+    start: bool,
+    options: &ExecuteOptions,
+    on_event: OnEvent<'_>,
+) -> Result<SyncOutcome, PackageError> {
+    let desired = desired_for_uninstall(config, source)?;
+    let connections = connect_fleet(config, connector, only).await;
+    let actual = observe_fleet(config, &connections, options.step_timeout).await;
+    let plan = crate::plan::plan_process(&desired, &actual, only, start);
+    let intent = Intent::Process { start };
+    let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
+    Ok(SyncOutcome { plan, report: Some(report) })
+}
+
 /// Uninstalling must work even when the artifacts are gone: fall back to empty pins.
 fn desired_for_uninstall(config: &Config, source: &ArtifactSource) -> Result<Desired, PackageError> {
     if let Ok(d) = resolve(config, source) {
@@ -424,6 +443,7 @@ pub async fn run_operation(
         | Op::PackageInstall { config_path, .. }
         | Op::PackageUninstall { config_path, .. }
         | Op::PackageValidate { config_path } => config_path.as_deref(),
+        Op::HiveStart { config_path, .. } | Op::HiveStop { config_path, .. } => config_path.as_deref(),
         _ => return OperationResult::error("this operation is not handled by the package manager"),
     };
     let config = match load_config(config_path) {
@@ -477,6 +497,15 @@ pub async fn run_operation(
                 Err(e) => Err(e),
             }
         }
+        Op::HiveStart { alias, .. } | Op::HiveStop { alias, .. } => match aliases(std::slice::from_ref(alias)) {
+            Ok(only) => {
+                let start = matches!(op, Op::HiveStart { .. });
+                process(&config, &source, connector, only.as_ref(), start, &options, on_event)
+                    .await
+                    .map(OperationResult::Sync)
+            }
+            Err(e) => Err(e),
+        },
         _ => unreachable!("filtered above"),
     };
     match result {

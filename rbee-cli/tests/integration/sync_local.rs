@@ -270,3 +270,18 @@ fn removed_imperative_commands_say_what_to_do_instead() {
         assert!(run.stderr().contains("was removed") && run.stderr().contains("rbee sync"), "{}", run.stderr());
     }
 }
+
+#[test]
+fn hive_stop_and_start_act_on_one_hive() {
+    let fleet = Fleet::new(2, &[]);
+    fleet.rbee(&["sync"]).expect_code(0);
+    let h2_pid = fleet.host("h2").pid();
+    fleet.rbee(&["hive", "stop", "h1"]).expect_code(0);
+    assert!(fleet.host("h1").health().is_none(), "h1 stopped");
+    assert_eq!(fleet.host("h2").pid(), h2_pid, "h2 untouched");
+    let status = fleet.rbee(&["hive", "status", "h1"]).expect_code(2);
+    assert!(status.stdout().contains("hive not running"), "{}", status.stdout());
+    fleet.rbee(&["hive", "start", "h1"]).expect_code(0);
+    assert!(fleet.host("h1").health().is_some(), "h1 started");
+    fleet.rbee(&["hive", "status", "h1"]).expect_code(0);
+}

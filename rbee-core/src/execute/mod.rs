@@ -116,6 +116,11 @@ pub enum Intent {
         /// Also remove state.
         purge: bool,
     },
+    /// Start (`true`) or stop the hive daemon only.
+    Process {
+        /// Start rather than stop.
+        start: bool,
+    },
 }
 
 impl Intent {
@@ -123,6 +128,7 @@ impl Intent {
         match self {
             Intent::Sync(options) => plan(desired, actual, &PlanOptions { only: None, ..options.clone() }),
             Intent::Uninstall { purge } => plan_uninstall(desired, actual, None, *purge),
+            Intent::Process { start } => crate::plan::plan_process(desired, actual, None, *start),
         }
     }
 }

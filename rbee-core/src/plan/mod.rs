@@ -428,3 +428,62 @@ pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet
         .collect();
     Plan { hives }
 }
+
+/// Plans starting (`start = true`) or stopping the selected hives' daemons, nothing else. A
+/// hive whose binary is not installed cannot be started: it is reported unreachable with the
+/// reason, so the user runs `rbee sync` first.
+pub fn plan_process(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, start: bool) -> Plan {
+    let hives = desired
+        .hives
+        .values()
+        .map(|want| {
+            let mut hp = HivePlan {
+                alias: want.alias.clone(),
+                hostname: want.hostname.clone(),
+                transport: want.transport,
+                status: HiveStatus::InSync,
+                actions: Vec::new(),
+                notes: Vec::new(),
+            };
+            if only.is_some_and(|only| !only.contains(&want.alias)) {
+                hp.status = HiveStatus::Skipped;
+                return hp;
+            }
+            let id = |step: &str| format!("{}/{step}", want.alias);
+            match actual.hives.get(&want.alias) {
+                None => hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() },
+                Some(HiveState::Unreachable { reason }) => {
+                    hp.status = HiveStatus::Unreachable { reason: reason.clone() }
+                }
+                Some(HiveState::Reachable(have)) if start && have.hive_binary.is_none() => {
+                    hp.status =
+                        HiveStatus::Unreachable { reason: "rbee-hive is not installed: run `rbee sync`".to_owned() };
+                }
+                Some(HiveState::Reachable(have)) if start && !(have.running && have.healthy) => {
+                    let port = want.hive_port;
+                    let kind = if have.running {
+                        ActionKind::RestartHive { port, reason: RestartReason::Unhealthy }
+                    } else {
+                        ActionKind::StartHive { port }
+                    };
+                    let step = if have.running { "restart" } else { "start" };
+                    hp.actions.push(Action { id: id(step), kind, depends_on: Vec::new() });
+                    hp.actions.push(Action {
+                        id: id("wait-healthy"),
+                        kind: ActionKind::WaitHealthy { port },
+                        depends_on: vec![id(step)],
+                    });
+                }
+                Some(HiveState::Reachable(have)) if !start && have.running => {
+                    hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
+                }
+                Some(HiveState::Reachable(_)) => {}
+            }
+            if !hp.actions.is_empty() {
+                hp.status = HiveStatus::Changes;
+            }
+            hp
+        })
+        .collect();
+    Plan { hives }
+}
