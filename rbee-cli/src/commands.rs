@@ -184,7 +184,11 @@ async fn operation(cli: &Cli, op: Operation, verbose: bool) -> Exit {
     let renderer = Renderer::new(cli.json);
     let result = if cli.in_process {
         let ctx = match faults() {
-            Ok(faults) => RunContext { faults, ..RunContext::default() },
+            Ok(faults) => RunContext {
+                faults,
+                http: Some(Arc::new(rbee_queen::http::HyperGet::default())),
+                ..RunContext::default()
+            },
             Err(e) => return error(cli.json, &e),
         };
         let connect = |c: &Config| Arc::new(SshConnector::new(c)) as Arc<dyn Connector>;

@@ -9,7 +9,10 @@
 //! {source}/{version}/{artifact}   rbee-hive, rbee-worker-llama-cpp, ...
 //! ```
 //!
-//! (a GitHub release maps onto it: one release per version, SHA256SUMS as an asset). A
+//! (a GitHub release maps onto it: one release per version, SHA256SUMS as an asset), either
+//! as a directory or at an `http://` base URL. From a URL, `latest` and the SHA256SUMS files
+//! are read when planning ([`ArtifactSource::prepare`]); an artifact is downloaded once into
+//! a local cache keyed by its sha256 and verified before use. A
 //! directory without a `latest` file is a *build directory*, such as cargo's `target/debug`:
 //! it holds one version, the version of this rbee, with the artifacts side by side. That is
 //! the default source, so a fresh checkout syncs offline right after `cargo build`.
@@ -88,6 +91,13 @@ pub enum ArtifactError {
     },
 }
 
+/// Fetches a URL: the HTTP client an http source uses (rbee-core itself speaks no HTTP).
+#[async_trait::async_trait]
+pub trait HttpGet: Send + Sync {
+    /// The body of a `GET`, or why not (a non-2xx status is an error).
+    async fn get(&self, url: &str) -> Result<Vec<u8>, String>;
+}
+
 /// Where artifacts come from.
 #[derive(Debug)]
 pub struct ArtifactSource {
@@ -104,16 +114,80 @@ enum SourceKind {
     Build,
     /// Bytes held by the caller: one version.
     Memory { version: String, files: BTreeMap<String, (String, Arc<Vec<u8>>)> },
+    /// A release tree at an http URL, with a local cache keyed by sha256.
+    Http(HttpSource),
+}
+
+struct HttpSource {
+    base: String,
+    client: Arc<dyn HttpGet>,
+    cache: PathBuf,
+    latest: Mutex<Option<String>>,
+    sums: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+impl std::fmt::Debug for HttpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSource").field("base", &self.base).field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for HttpSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.base == other.base
+    }
+}
+
+impl Eq for HttpSource {}
+
+impl Clone for HttpSource {
+    fn clone(&self) -> Self {
+        Self {
+            base: self.base.clone(),
+            client: self.client.clone(),
+            cache: self.cache.clone(),
+            latest: Mutex::new(self.latest.lock().expect("latest").clone()),
+            sums: Mutex::new(self.sums.lock().expect("sums").clone()),
+        }
+    }
+}
+
+fn parse_sums(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .map(|(sum, file)| (file.trim_start().trim_start_matches('*').to_owned(), sum.to_ascii_lowercase()))
+        .collect()
+}
+
+/// `$XDG_CACHE_HOME/rbee/artifacts`, else `~/.cache/rbee/artifacts`.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| crate::config::home_dir().join(".cache"), PathBuf::from)
+        .join("rbee")
+        .join("artifacts")
 }
 
 impl ArtifactSource {
     /// The source named by `[package] source`, or the directory of the running executable.
     pub fn from_config(config: &Config) -> Result<Self, ArtifactError> {
+        Self::from_config_with(config, None)
+    }
+
+    /// Like [`Self::from_config`], with the HTTP client an `http://` source needs.
+    pub fn from_config_with(config: &Config, http: Option<Arc<dyn HttpGet>>) -> Result<Self, ArtifactError> {
         match &config.package.source {
-            Some(s) if s.starts_with("http://") || s.starts_with("https://") => Err(ArtifactError::Source {
+            Some(s) if s.starts_with("https://") => Err(ArtifactError::Source {
                 source_name: s.clone(),
-                reason: "http(s) sources are not supported yet; download the release into a directory and set [package] source to it".into(),
+                reason: "https sources are not supported yet (no TLS in this build): serve the release over http on a trusted network, or download it into a directory and set [package] source to it".into(),
             }),
+            Some(s) if s.starts_with("http://") => match http {
+                Some(client) => Ok(Self::http(s, client, default_cache_dir())),
+                None => Err(ArtifactError::Source {
+                    source_name: s.clone(),
+                    reason: "this program has no HTTP client for http sources (pass one to ArtifactSource::from_config_with)".into(),
+                }),
+            },
             Some(s) => Ok(Self::directory(s)),
             None => {
                 let exe = std::env::current_exe().map_err(|e| ArtifactError::Source {
@@ -149,6 +223,50 @@ impl ArtifactSource {
         }
     }
 
+    /// A release tree at `base` (an http URL), fetched with `client`, cached in `cache`.
+    pub fn http(base: &str, client: Arc<dyn HttpGet>, cache: PathBuf) -> Self {
+        let http = HttpSource {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+            cache,
+            latest: Mutex::new(None),
+            sums: Mutex::new(BTreeMap::new()),
+        };
+        Self { root: PathBuf::new(), kind: SourceKind::Http(http), digests: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Reads what resolving `config` needs from a remote source (`latest`, and SHA256SUMS of
+    /// every version it names); nothing to do for local sources.
+    pub async fn prepare(&self, config: &Config) -> Result<(), ArtifactError> {
+        let SourceKind::Http(h) = &self.kind else { return Ok(()) };
+        let get = |url: String| async move {
+            h.client.get(&url).await.map_err(|reason| ArtifactError::Source { source_name: url.clone(), reason })
+        };
+        let latest = String::from_utf8_lossy(&get(format!("{}/latest", h.base)).await?).trim().to_owned();
+        let mut versions = vec![latest.clone()];
+        for hive in &config.hives {
+            for w in &hive.workers {
+                if let VersionReq::Exact(v) = &w.version {
+                    versions.push(v.to_string());
+                }
+            }
+        }
+        versions.sort();
+        versions.dedup();
+        for v in versions {
+            if h.sums.lock().expect("sums").contains_key(&v) {
+                continue;
+            }
+            let sums = match get(format!("{}/{v}/SHA256SUMS", h.base)).await {
+                Ok(bytes) => parse_sums(&String::from_utf8_lossy(&bytes)),
+                Err(_) => BTreeMap::new(), // resolve says the version is missing
+            };
+            h.sums.lock().expect("sums").insert(v, sums);
+        }
+        *h.latest.lock().expect("latest") = Some(latest);
+        Ok(())
+    }
+
     /// A directory source: a release tree if it has a `latest` file, else a build directory.
     pub fn directory(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
@@ -162,11 +280,16 @@ impl ArtifactSource {
             SourceKind::Releases => self.root.display().to_string(),
             SourceKind::Build => format!("build directory {}", self.root.display()),
             SourceKind::Memory { .. } => "an in-memory source".to_owned(),
+            SourceKind::Http(h) => h.base.clone(),
         }
     }
 
     fn latest(&self) -> Result<String, ArtifactError> {
         match &self.kind {
+            SourceKind::Http(h) => h.latest.lock().expect("latest").clone().ok_or_else(|| ArtifactError::Source {
+                source_name: h.base.clone(),
+                reason: "not prepared: call ArtifactSource::prepare first".into(),
+            }),
             SourceKind::Memory { version, .. } => Ok(version.clone()),
             SourceKind::Build => Ok(RBEE_VERSION.to_owned()),
             SourceKind::Releases => {
@@ -178,7 +301,8 @@ impl ArtifactSource {
     }
 
     fn path_of(&self, name: &str, version: &str) -> PathBuf {
-        match self.kind {
+        match &self.kind {
+            SourceKind::Http(h) => h.cache.join(name),
             SourceKind::Build | SourceKind::Memory { .. } => self.root.join(name),
             SourceKind::Releases => self.root.join(version).join(name),
         }
@@ -206,6 +330,17 @@ impl ArtifactSource {
                 hint: "add it to the source".to_owned(),
             })?;
             return Ok(Artifact { name: name.to_owned(), version, sha256: sha256.clone(), size: bytes.len() as u64 });
+        }
+        if let SourceKind::Http(h) = &self.kind {
+            let sums = h.sums.lock().expect("sums");
+            let sha256 =
+                sums.get(&version).and_then(|s| s.get(name)).cloned().ok_or_else(|| ArtifactError::Missing {
+                    artifact: name.to_owned(),
+                    version: version.clone(),
+                    source_name: self.name(),
+                    hint: format!("{}/{version}/SHA256SUMS has no line for it", h.base),
+                })?;
+            return Ok(Artifact { name: name.to_owned(), version, sha256, size: 0 });
         }
         let path = self.path_of(name, &version);
         let hint = match self.kind {
@@ -258,12 +393,46 @@ impl ArtifactSource {
         Ok(entry)
     }
 
+    /// Like [`Self::fetch`], downloading into the cache first for an http source (once per
+    /// digest; a cached file is verified again before use).
+    pub async fn fetch_async(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
+        let SourceKind::Http(h) = &self.kind else { return self.fetch(artifact) };
+        let cached = h.cache.join(&artifact.sha256);
+        if let Ok(bytes) = std::fs::read(&cached) {
+            if sha256_hex(&bytes) == artifact.sha256 {
+                return Ok(bytes);
+            }
+            let _ = std::fs::remove_file(&cached);
+        }
+        let url = format!("{}/{}/{}", h.base, artifact.version, artifact.name);
+        let bytes =
+            h.client.get(&url).await.map_err(|reason| ArtifactError::Source { source_name: url.clone(), reason })?;
+        let actual = sha256_hex(&bytes);
+        if actual != artifact.sha256 {
+            return Err(ArtifactError::DigestMismatch {
+                artifact: artifact.name.clone(),
+                version: artifact.version.clone(),
+                expected: artifact.sha256.clone(),
+                actual,
+            });
+        }
+        let io = |source| ArtifactError::Io { path: cached.clone(), source };
+        std::fs::create_dir_all(&h.cache).map_err(io)?;
+        let tmp = h.cache.join(format!(".{}.{}", artifact.sha256, std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(io)?;
+        std::fs::rename(&tmp, &cached).map_err(io)?;
+        Ok(bytes)
+    }
+
     /// Reads an artifact's bytes and checks them against its pinned digest.
     pub fn fetch(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
         let path = self.path_of(&artifact.name, &artifact.version);
         let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
         if let SourceKind::Memory { files, .. } = &self.kind {
             bytes = files.get(&artifact.name).map(|(_, b)| b.to_vec()).unwrap_or_default();
+        } else if let SourceKind::Http(h) = &self.kind {
+            let cached = h.cache.join(&artifact.sha256);
+            bytes = std::fs::read(&cached).map_err(|source| ArtifactError::Io { path: cached.clone(), source })?;
         } else {
             std::fs::File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))

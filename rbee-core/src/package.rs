@@ -100,6 +100,7 @@ pub async fn sync(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
+    source.prepare(config).await?;
     let desired = resolve(config, source)?;
     let connections = connect_fleet(config, connector, request.plan.only.as_ref()).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
@@ -122,6 +123,7 @@ pub async fn uninstall(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
+    let _ = source.prepare(config).await; // uninstalling works without the source
     let desired = desired_for_uninstall(config, source)?;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
@@ -141,6 +143,7 @@ pub async fn process(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
+    let _ = source.prepare(config).await;
     let desired = desired_for_uninstall(config, source)?;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
@@ -245,6 +248,7 @@ pub async fn status(
     only: Option<&BTreeSet<String>>,
     options: &ExecuteOptions,
 ) -> Result<StatusReport, PackageError> {
+    source.prepare(config).await?;
     let desired = resolve(config, source)?;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
@@ -401,7 +405,7 @@ impl OperationResult {
 pub type ConnectFn = dyn Fn(&Config) -> std::sync::Arc<dyn Connector> + Send + Sync;
 
 /// What a run may be told besides the operation.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunContext {
     /// Set to cancel (see [`ExecuteOptions::cancel`]).
     pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -409,6 +413,8 @@ pub struct RunContext {
     pub faults: BTreeMap<String, crate::execute::InstallFault>,
     /// The queen started hives report to (set when the queen runs the operation).
     pub queen_link: Option<crate::execute::QueenLink>,
+    /// The HTTP client for an `http://` artifact source.
+    pub http: Option<std::sync::Arc<dyn crate::artifact::HttpGet>>,
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, OperationResult> {
@@ -453,7 +459,7 @@ pub async fn run_operation(
     if let Op::PackageValidate { .. } = op {
         return OperationResult::Valid { hives: config.hives.iter().map(|h| h.alias.clone()).collect() };
     }
-    let source = match ArtifactSource::from_config(&config) {
+    let source = match ArtifactSource::from_config_with(&config, ctx.http.clone()) {
         Ok(s) => s,
         Err(e) => return OperationResult::error(e),
     };

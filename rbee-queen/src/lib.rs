@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod client;
+pub mod http;
 mod server;
 
 pub use server::{QueenConfig, Server, bind, ensure_token, state_dir};

@@ -162,7 +162,12 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
         token: queen.config.token.clone(),
     };
     tokio::spawn(async move {
-        let ctx = RunContext { cancel: job.cancel.clone(), queen_link: Some(link), ..RunContext::default() };
+        let ctx = RunContext {
+            cancel: job.cancel.clone(),
+            queen_link: Some(link),
+            http: Some(Arc::new(crate::http::HyperGet::default())),
+            ..RunContext::default()
+        };
         let on_event = |event| job.push(JobEventBody::Sync { event });
         let result = match job.operation.should_forward_to_hive() {
             true => OperationResult::Error {

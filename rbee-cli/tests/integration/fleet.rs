@@ -147,7 +147,7 @@ impl Fleet {
         self.write_config();
     }
 
-    /// Points the config at another artifact source.
+    /// Points the config at another artifact source (a directory or a URL).
     pub fn set_source(&mut self, source: PathBuf) {
         self.source = source;
         self.write_config();
@@ -186,6 +186,7 @@ impl Fleet {
             .env("HOME", self.dir.path().join("operator"))
             .env_remove("XDG_STATE_HOME")
             .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_CACHE_HOME")
             .env_remove("RBEE_CONFIG_DIR")
             .env_remove("RBEE_TEST_FAULT")
             // The package manager in this process: test hooks apply, and each test is alone.

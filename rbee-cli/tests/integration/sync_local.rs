@@ -285,3 +285,75 @@ fn hive_stop_and_start_act_on_one_hive() {
     assert!(fleet.host("h1").health().is_some(), "h1 started");
     fleet.rbee(&["hive", "status", "h1"]).expect_code(0);
 }
+
+/// A static file server over plain HTTP that counts requests per path.
+struct Served {
+    port: u16,
+    hits: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+fn serve_dir(root: std::path::PathBuf) -> Served {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (root, counted) = (root.clone(), counted.clone());
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap_or(0);
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                        break;
+                    }
+                }
+                *counted.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                let mut out = stream;
+                match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                    Ok(body) => {
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = out.write_all(&body);
+                    }
+                    Err(_) => {
+                        let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    Served { port, hits }
+}
+
+#[test]
+fn an_http_source_is_downloaded_once_per_artifact_into_a_sha256_cache() {
+    let mut fleet = Fleet::new(2, WORKERS);
+    let served = serve_dir(release_tree().to_path_buf());
+    fleet.set_source(format!("http://127.0.0.1:{}", served.port).into());
+    let dry = fleet.rbee(&["sync", "--dry-run"]).expect_code(2);
+    assert!(dry.stdout().contains("+ install   hive rbee-hive 0.1.0"), "{}", dry.stdout());
+    fleet.rbee(&["sync"]).expect_code(0);
+    let hits = served.hits.lock().unwrap().clone();
+    for artifact in ["rbee-hive", "rbee-worker-llama-cpp", "rbee-worker-vllm"] {
+        assert_eq!(hits.get(&format!("/0.1.0/{artifact}")), Some(&1), "{artifact} fetched once for 2 hives: {hits:?}");
+        let sha = sha256_file(&release_tree().join("0.1.0").join(artifact));
+        assert!(
+            fleet.dir.path().join("operator/.cache/rbee/artifacts").join(&sha).is_file(),
+            "{artifact} cached by sha256"
+        );
+    }
+    // A reinstall uses the cache: no artifact is downloaded again.
+    served.hits.lock().unwrap().clear();
+    fleet.rbee(&["sync", "--force"]).expect_code(0);
+    let hits = served.hits.lock().unwrap().clone();
+    assert!(hits.keys().all(|p| p == "/latest" || p.ends_with("/SHA256SUMS")), "{hits:?}");
+    fleet.rbee(&["status"]).expect_code(0);
+}

@@ -148,7 +148,7 @@ impl ArtifactCache<'_> {
         if let Some(hit) = map.get(&artifact.sha256) {
             return Ok(hit.clone());
         }
-        let bytes = Arc::new(self.source.fetch(artifact)?);
+        let bytes = Arc::new(self.source.fetch_async(artifact).await?);
         map.insert(artifact.sha256.clone(), bytes.clone());
         Ok(bytes)
     }
