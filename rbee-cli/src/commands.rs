@@ -393,14 +393,16 @@ async fn migrate(cli: &Cli, output: &Path, force: bool, from_ssh_config: bool) -
     Exit::Ok
 }
 
+/// The running queen of this config, or the error printed.
+async fn running_queen(cli: &Cli) -> Result<rbee_queen::client::QueenClient, Exit> {
+    let config = load(cli)?;
+    queen::connect(&config).await.map_err(|e| error(cli.json, &e))
+}
+
 async fn hive_capabilities(cli: &Cli, alias: &str) -> Exit {
-    let config = match load(cli) {
+    let client = match running_queen(cli).await {
         Ok(c) => c,
         Err(exit) => return exit,
-    };
-    let client = match queen::connect(&config).await {
-        Ok(c) => c,
-        Err(e) => return error(cli.json, &e),
     };
     match client.hive_capabilities(alias).await {
         Ok(caps) => {
@@ -430,13 +432,9 @@ async fn hive_capabilities(cli: &Cli, alias: &str) -> Exit {
 }
 
 async fn hive_list(cli: &Cli, only: Option<&str>) -> Exit {
-    let config = match load(cli) {
+    let client = match running_queen(cli).await {
         Ok(c) => c,
         Err(exit) => return exit,
-    };
-    let client = match queen::connect(&config).await {
-        Ok(c) => c,
-        Err(e) => return error(cli.json, &e),
     };
     match client.hives().await {
         Ok(mut hives) => {
@@ -472,13 +470,9 @@ async fn hive_list(cli: &Cli, only: Option<&str>) -> Exit {
 }
 
 async fn jobs(cli: &Cli, job_id: Option<&str>) -> Exit {
-    let config = match load(cli) {
+    let client = match running_queen(cli).await {
         Ok(c) => c,
         Err(exit) => return exit,
-    };
-    let client = match queen::connect(&config).await {
-        Ok(c) => c,
-        Err(e) => return error(cli.json, &e),
     };
     match job_id {
         None => match client.jobs().await {

@@ -33,30 +33,7 @@ impl QueenLink {
     }
 }
 
-/// What a hive tells the queen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The hive's alias.
-    pub alias: String,
-    /// Its version.
-    pub version: String,
-    /// Digest of its binary.
-    pub sha256: String,
-    /// Its pid.
-    pub pid: u32,
-    /// Its port.
-    pub port: u16,
-    /// How often it beats; the queen calls it stale after three missed beats.
-    pub interval_ms: u64,
-    /// Worker types in its catalog.
-    pub workers: Vec<String>,
-    /// Installed version of each worker type, from the install records.
-    #[serde(default)]
-    pub installed: std::collections::BTreeMap<String, String>,
-    /// The hive's home directory.
-    #[serde(default)]
-    pub home: String,
-}
+pub use rbee_core::operation::Heartbeat;
 
 fn catalog(dir: Option<&Path>) -> Vec<String> {
     let Some(dir) = dir else { return Vec::new() };

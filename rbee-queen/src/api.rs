@@ -73,30 +73,7 @@ pub struct QueenHealth {
     pub pid: u32,
 }
 
-/// A hive's heartbeat (`POST /v1/heartbeats`), as `rbee-hive` sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The hive's alias.
-    pub alias: String,
-    /// Its version.
-    pub version: String,
-    /// Digest of its binary.
-    pub sha256: String,
-    /// Its pid.
-    pub pid: u32,
-    /// Its port.
-    pub port: u16,
-    /// How often it beats.
-    pub interval_ms: u64,
-    /// Worker types in its catalog.
-    pub workers: Vec<String>,
-    /// Installed version of each worker type.
-    #[serde(default)]
-    pub installed: std::collections::BTreeMap<String, String>,
-    /// The hive's home directory.
-    #[serde(default)]
-    pub home: String,
-}
+pub use rbee_core::operation::Heartbeat;
 
 /// A hive in the registry (`GET /v1/hives`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

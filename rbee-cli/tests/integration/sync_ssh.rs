@@ -251,15 +251,21 @@ fn fault_c_a_partition_hits_the_deadline_and_is_reported_without_hanging() {
     let child = fleet.command(&["sync", "--json"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     assert!(wait_for_file(&h2.root, ".upload-", Duration::from_secs(30)), "no upload started on h2");
     h2.partition(true).unwrap();
-    let result = Run(child.wait_with_output().unwrap()).expect_code(3).result();
+    let run = Run(child.wait_with_output().unwrap()).expect_code(3);
+    let result = run.result();
     let elapsed = started.elapsed();
     let r = report(&result, "h2");
     assert!(r["outcome"] == "failed" || r["outcome"] == "unreachable", "{r}");
-    let reason = r["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("did not finish within") || reason.contains("no answer within") || reason.contains("lost"),
-        "{reason}"
-    );
+    assert!(!r["reason"].as_str().unwrap().is_empty(), "{r}");
+    // The deadline is what ended the stalled step (retries then meet the cut link).
+    let deadline_hit = run.json_lines().iter().any(|e| {
+        e["event"] == "step_failed"
+            && e["alias"] == "h2"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not finish within") || m.contains("no answer within"))
+    });
+    assert!(deadline_hit, "no deadline reported for h2: {}", run.stdout());
     assert_others_ok(&result, "h2");
     assert!(elapsed < Duration::from_secs(120), "sync took {elapsed:?}");
     h2.partition(false).unwrap();

@@ -252,13 +252,18 @@ impl Plan {
     }
 }
 
-/// Plans a sync: what makes `actual` match `desired`.
-pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
+/// The skeleton every planner shares: one [`HivePlan`] per desired hive, skipped when not
+/// selected, unreachable when not observed; `plan_one` fills in a reachable hive's actions.
+fn plan_each(
+    desired: &Desired,
+    actual: &Actual,
+    only: Option<&BTreeSet<String>>,
+    plan_one: impl Fn(&DesiredHive, &Observed, &mut HivePlan),
+) -> Plan {
     let hives = desired
         .hives
         .values()
         .map(|want| {
-            let selected = options.only.as_ref().is_none_or(|only| only.contains(&want.alias));
             let mut hp = HivePlan {
                 alias: want.alias.clone(),
                 hostname: want.hostname.clone(),
@@ -267,19 +272,17 @@ pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
                 actions: Vec::new(),
                 notes: Vec::new(),
             };
-            if !selected {
+            if only.is_some_and(|only| !only.contains(&want.alias)) {
                 hp.status = HiveStatus::Skipped;
                 return hp;
             }
             match actual.hives.get(&want.alias) {
-                None => {
-                    hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() };
-                }
+                None => hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() },
                 Some(HiveState::Unreachable { reason }) => {
                     hp.status = HiveStatus::Unreachable { reason: reason.clone() };
                 }
                 Some(HiveState::Reachable(have)) => {
-                    plan_hive(want, have, options, &mut hp);
+                    plan_one(want, have, &mut hp);
                     if !hp.actions.is_empty() {
                         hp.status = HiveStatus::Changes;
                     }
@@ -289,6 +292,11 @@ pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
         })
         .collect();
     Plan { hives }
+}
+
+/// Plans a sync: what makes `actual` match `desired`.
+pub fn plan(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Plan {
+    plan_each(desired, actual, options.only.as_ref(), |want, have, hp| plan_hive(want, have, options, hp))
 }
 
 fn binary_change(want: &Artifact, have: Option<&Installed>, force: bool) -> Option<Change> {
@@ -382,108 +390,42 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
 /// Plans an uninstall of the selected hives: stop each hive, then remove what rbee installed
 /// (and with `purge`, rbee's state). Hosts with nothing installed are in sync.
 pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, purge: bool) -> Plan {
-    let hives = desired
-        .hives
-        .values()
-        .map(|want| {
-            let mut hp = HivePlan {
-                alias: want.alias.clone(),
-                hostname: want.hostname.clone(),
-                transport: want.transport,
-                status: HiveStatus::InSync,
-                actions: Vec::new(),
-                notes: Vec::new(),
-            };
-            if only.is_some_and(|only| !only.contains(&want.alias)) {
-                hp.status = HiveStatus::Skipped;
-                return hp;
-            }
-            match actual.hives.get(&want.alias) {
-                None => hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() },
-                Some(HiveState::Unreachable { reason }) => {
-                    hp.status = HiveStatus::Unreachable { reason: reason.clone() }
-                }
-                Some(HiveState::Reachable(have)) => {
-                    let id = |step: &str| format!("{}/{step}", want.alias);
-                    let mut deps = Vec::new();
-                    if have.running {
-                        hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
-                        deps.push(id("stop"));
-                    }
-                    let installed = have.hive_binary.is_some() || !have.workers.is_empty();
-                    if installed || purge {
-                        hp.actions.push(Action {
-                            id: id("uninstall"),
-                            kind: ActionKind::Uninstall { purge },
-                            depends_on: deps,
-                        });
-                    }
-                    if !hp.actions.is_empty() {
-                        hp.status = HiveStatus::Changes;
-                    }
-                }
-            }
-            hp
-        })
-        .collect();
-    Plan { hives }
+    plan_each(desired, actual, only, |want, have, hp| {
+        let id = |step: &str| format!("{}/{step}", want.alias);
+        let mut deps = Vec::new();
+        if have.running {
+            hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
+            deps.push(id("stop"));
+        }
+        if have.hive_binary.is_some() || !have.workers.is_empty() || purge {
+            hp.actions.push(Action { id: id("uninstall"), kind: ActionKind::Uninstall { purge }, depends_on: deps });
+        }
+    })
 }
 
 /// Plans starting (`start = true`) or stopping the selected hives' daemons, nothing else. A
 /// hive whose binary is not installed cannot be started: it is reported unreachable with the
 /// reason, so the user runs `rbee sync` first.
 pub fn plan_process(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, start: bool) -> Plan {
-    let hives = desired
-        .hives
-        .values()
-        .map(|want| {
-            let mut hp = HivePlan {
-                alias: want.alias.clone(),
-                hostname: want.hostname.clone(),
-                transport: want.transport,
-                status: HiveStatus::InSync,
-                actions: Vec::new(),
-                notes: Vec::new(),
+    plan_each(desired, actual, only, |want, have, hp| {
+        let id = |step: &str| format!("{}/{step}", want.alias);
+        let port = want.hive_port;
+        if start && have.hive_binary.is_none() {
+            hp.status = HiveStatus::Unreachable { reason: "rbee-hive is not installed: run `rbee sync`".to_owned() };
+        } else if start && !(have.running && have.healthy) {
+            let (step, kind) = if have.running {
+                ("restart", ActionKind::RestartHive { port, reason: RestartReason::Unhealthy })
+            } else {
+                ("start", ActionKind::StartHive { port })
             };
-            if only.is_some_and(|only| !only.contains(&want.alias)) {
-                hp.status = HiveStatus::Skipped;
-                return hp;
-            }
-            let id = |step: &str| format!("{}/{step}", want.alias);
-            match actual.hives.get(&want.alias) {
-                None => hp.status = HiveStatus::Unreachable { reason: "not observed".to_owned() },
-                Some(HiveState::Unreachable { reason }) => {
-                    hp.status = HiveStatus::Unreachable { reason: reason.clone() }
-                }
-                Some(HiveState::Reachable(have)) if start && have.hive_binary.is_none() => {
-                    hp.status =
-                        HiveStatus::Unreachable { reason: "rbee-hive is not installed: run `rbee sync`".to_owned() };
-                }
-                Some(HiveState::Reachable(have)) if start && !(have.running && have.healthy) => {
-                    let port = want.hive_port;
-                    let kind = if have.running {
-                        ActionKind::RestartHive { port, reason: RestartReason::Unhealthy }
-                    } else {
-                        ActionKind::StartHive { port }
-                    };
-                    let step = if have.running { "restart" } else { "start" };
-                    hp.actions.push(Action { id: id(step), kind, depends_on: Vec::new() });
-                    hp.actions.push(Action {
-                        id: id("wait-healthy"),
-                        kind: ActionKind::WaitHealthy { port },
-                        depends_on: vec![id(step)],
-                    });
-                }
-                Some(HiveState::Reachable(have)) if !start && have.running => {
-                    hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
-                }
-                Some(HiveState::Reachable(_)) => {}
-            }
-            if !hp.actions.is_empty() {
-                hp.status = HiveStatus::Changes;
-            }
-            hp
-        })
-        .collect();
-    Plan { hives }
+            hp.actions.push(Action { id: id(step), kind, depends_on: Vec::new() });
+            hp.actions.push(Action {
+                id: id("wait-healthy"),
+                kind: ActionKind::WaitHealthy { port },
+                depends_on: vec![id(step)],
+            });
+        } else if !start && have.running {
+            hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
+        }
+    })
 }
