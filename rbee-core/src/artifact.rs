@@ -10,7 +10,7 @@
 //! ```
 //!
 //! (a GitHub release maps onto it: one release per version, SHA256SUMS as an asset), either
-//! as a directory or at an `http://` base URL. From a URL, `latest` and the SHA256SUMS files
+//! as a directory or at an `http(s)://` base URL. From a URL, `latest` and the SHA256SUMS files
 //! are read when planning ([`ArtifactSource::prepare`]); an artifact is downloaded once into
 //! a local cache keyed by its sha256 and verified before use. A
 //! directory without a `latest` file is a *build directory*, such as cargo's `target/debug`:
@@ -174,14 +174,10 @@ impl ArtifactSource {
         Self::from_config_with(config, None)
     }
 
-    /// Like [`Self::from_config`], with the HTTP client an `http://` source needs.
+    /// Like [`Self::from_config`], with the HTTP client an `http(s)://` source needs.
     pub fn from_config_with(config: &Config, http: Option<Arc<dyn HttpGet>>) -> Result<Self, ArtifactError> {
         match &config.package.source {
-            Some(s) if s.starts_with("https://") => Err(ArtifactError::Source {
-                source_name: s.clone(),
-                reason: "https sources are not supported yet (no TLS in this build): serve the release over http on a trusted network, or download it into a directory and set [package] source to it".into(),
-            }),
-            Some(s) if s.starts_with("http://") => match http {
+            Some(s) if s.starts_with("http://") || s.starts_with("https://") => match http {
                 Some(client) => Ok(Self::http(s, client, default_cache_dir())),
                 None => Err(ArtifactError::Source {
                     source_name: s.clone(),
@@ -223,7 +219,7 @@ impl ArtifactSource {
         }
     }
 
-    /// A release tree at `base` (an http URL), fetched with `client`, cached in `cache`.
+    /// A release tree at `base` (an http(s) URL), fetched with `client`, cached in `cache`.
     pub fn http(base: &str, client: Arc<dyn HttpGet>, cache: PathBuf) -> Self {
         let http = HttpSource {
             base: base.trim_end_matches('/').to_owned(),

@@ -357,3 +357,88 @@ fn an_http_source_is_downloaded_once_per_artifact_into_a_sha256_cache() {
     assert!(hits.keys().all(|p| p == "/latest" || p.ends_with("/SHA256SUMS")), "{hits:?}");
     fleet.rbee(&["status"]).expect_code(0);
 }
+
+/// A static file server over TLS with a certificate for 127.0.0.1 made by `openssl`.
+fn serve_dir_tls(root: std::path::PathBuf, dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    let ext = dir.join("leaf.ext");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let d = dir.display();
+    let script = format!(
+        "set -e; cd {d}; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+         openssl req -x509 $ec -days 1 -subj /CN=rbee-test-ca -keyout ca.key -out ca.pem
+         openssl req $ec -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile leaf.ext -out cert.pem"
+    );
+    let made = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, root) = (acceptor.clone(), root.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let mut reader = tokio::io::BufReader::new(tls);
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line).await;
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).await.unwrap_or(0) <= 2 {
+                            break;
+                        }
+                    }
+                    let mut out = reader.into_inner();
+                    let response = match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                        Ok(body) => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend(body);
+                            r
+                        }
+                        Err(_) => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = out.write_all(&response).await;
+                    let _ = out.shutdown().await;
+                });
+            }
+        });
+    });
+    (port, ca)
+}
+
+#[test]
+fn an_https_source_is_verified_against_the_trusted_roots() {
+    let mut fleet = Fleet::new(1, WORKERS);
+    let (port, ca) = serve_dir_tls(release_tree().to_path_buf(), fleet.dir.path());
+    fleet.set_source(format!("https://127.0.0.1:{port}").into());
+    // Not trusted: refused, with the TLS reason.
+    let refused = fleet.rbee(&["sync", "--dry-run"]).expect_code(1);
+    assert!(refused.stderr().contains("TLS with 127.0.0.1"), "{}", refused.stderr());
+    // Trusted through SSL_CERT_FILE: syncs.
+    let ok = fleet.command(&["sync"]).env("SSL_CERT_FILE", &ca).output().unwrap();
+    crate::fleet::Run(ok).expect_code(0);
+    assert!(fleet.host("h1").health().is_some());
+}
