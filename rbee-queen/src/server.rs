@@ -47,6 +47,9 @@ pub struct QueenConfig {
     pub advertise_url: Option<String>,
 }
 
+/// Finished jobs kept for `GET /v1/jobs` and replay.
+const KEEP_FINISHED_JOBS: usize = 500;
+
 struct Job {
     id: String,
     operation: Operation,
@@ -154,7 +157,21 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
         cancel: Arc::default(),
         changed: Notify::new(),
     });
-    queen.jobs.lock().expect("jobs lock").insert(id.clone(), job.clone());
+    {
+        let mut jobs = queen.jobs.lock().expect("jobs lock");
+        // Keep every running job and the most recent finished ones, so a long-lived queen's
+        // memory stays bounded.
+        let finished: Vec<String> =
+            jobs.values().filter(|j| j.done.load(Ordering::Acquire)).map(|j| j.id.clone()).collect();
+        let excess = finished.len().saturating_sub(KEEP_FINISHED_JOBS);
+        let mut oldest: Vec<(u64, String)> =
+            finished.into_iter().map(|id| (jobs[&id].submitted_ms, id)).collect();
+        oldest.sort();
+        for (_, id) in oldest.into_iter().take(excess) {
+            jobs.remove(&id);
+        }
+        jobs.insert(id.clone(), job.clone());
+    }
     let connect = queen.config.connect.clone();
     let link = QueenLink {
         url: queen.url.clone(),
