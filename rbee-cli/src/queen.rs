@@ -12,8 +12,11 @@ use rbee_queen::client::QueenClient;
 use crate::Cli;
 use crate::progress::Renderer;
 
+/// Where this machine reaches its queen: loopback when it listens on every address.
 fn addr(config: &Config) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], config.queen.port))
+    let ip =
+        if config.queen.bind.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { config.queen.bind };
+    SocketAddr::new(ip, config.queen.port)
 }
 
 fn pid_file() -> PathBuf {

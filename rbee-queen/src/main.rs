@@ -12,9 +12,9 @@ struct Args {
     /// Port (default: `[queen] port` of rbee.conf, else 8500).
     #[arg(long)]
     port: Option<u16>,
-    /// Address to bind; the API is local-only unless told otherwise.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: IpAddr,
+    /// Address to bind (default: `[queen] bind` of rbee.conf, else 127.0.0.1).
+    #[arg(long)]
+    bind: Option<IpAddr>,
     /// Config directory, for the `[queen]` and `[ssh]` settings.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
@@ -28,6 +28,8 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let config = rbee_core::config::load(&rbee_core::config::ConfigFiles::locate(args.config.as_deref())).ok();
     let port = args.port.or(config.as_ref().map(|c| c.queen.port)).unwrap_or(8500);
+    let bind = args.bind.or(config.as_ref().map(|c| c.queen.bind)).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let advertise_url = config.as_ref().map(|c| c.queen.advertise_url.clone()).filter(|u| !u.is_empty());
     let token = match rbee_queen::ensure_token(&rbee_queen::token_path()) {
         Ok(t) => t,
         Err(e) => {
@@ -36,7 +38,7 @@ async fn main() -> ExitCode {
         }
     };
     let queen = rbee_queen::QueenConfig {
-        addr: SocketAddr::new(args.bind, port),
+        addr: SocketAddr::new(bind, port),
         token,
         connect: Arc::new(|c: &rbee_core::config::Config| {
             Arc::new(rbee_ssh::SshConnector::new(c)) as Arc<dyn rbee_core::fleet::Connector>
@@ -45,12 +47,12 @@ async fn main() -> ExitCode {
         heartbeat: Duration::from_millis(
             std::env::var("RBEE_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000),
         ),
-        advertise_url: None,
+        advertise_url,
     };
     let server = match rbee_queen::bind(queen).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("queen-rbee: cannot listen on {}:{port}: {e}", args.bind);
+            eprintln!("queen-rbee: cannot listen on {bind}:{port}: {e}");
             return ExitCode::FAILURE;
         }
     };

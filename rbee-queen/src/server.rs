@@ -164,8 +164,7 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
         let finished: Vec<String> =
             jobs.values().filter(|j| j.done.load(Ordering::Acquire)).map(|j| j.id.clone()).collect();
         let excess = finished.len().saturating_sub(KEEP_FINISHED_JOBS);
-        let mut oldest: Vec<(u64, String)> =
-            finished.into_iter().map(|id| (jobs[&id].submitted_ms, id)).collect();
+        let mut oldest: Vec<(u64, String)> = finished.into_iter().map(|id| (jobs[&id].submitted_ms, id)).collect();
         oldest.sort();
         for (_, id) in oldest.into_iter().take(excess) {
             jobs.remove(&id);

@@ -198,6 +198,8 @@ pub struct Testbed {
     /// The private key every host accepts for root.
     pub user_key: PathBuf,
     bridge: String,
+    /// The root namespace's address on the bridge: how hosts reach this machine.
+    pub gateway: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -234,6 +236,7 @@ impl Testbed {
             known_hosts: dir.join("known_hosts"),
             user_key,
             bridge: bridge.clone(),
+            gateway: format!("{net}.1"),
             _tmp: None,
         };
         run("ip", &["addr", "add", &format!("{net}.1/24"), "dev", &bridge])?;

@@ -23,6 +23,8 @@ struct SshFleet {
     ssh_timeout: u32,
     /// Host name → (address, port) to reach it at instead of its own (a proxy).
     via: std::collections::BTreeMap<String, (String, u16)>,
+    /// This fleet's queen port; the queen listens on every address, advertising the bridge.
+    queen_port: u16,
 }
 
 fn testbed(n: usize) -> Option<Testbed> {
@@ -43,6 +45,7 @@ impl SshFleet {
             source: release_tree().to_path_buf(),
             ssh_timeout: 10,
             via: Default::default(),
+            queen_port: crate::fleet::free_port(),
         };
         fleet.write_config();
         Some(fleet)
@@ -63,10 +66,12 @@ impl SshFleet {
             ));
         }
         let rbee = format!(
-            "[package]\nsource = \"{}\"\nssh_timeout = {}\nhealth_check_timeout = 20\n\n[ssh]\nknown_hosts = \"{}\"\n",
+            "[queen]\nport = {qp}\nbind = \"0.0.0.0\"\nadvertise_url = \"http://{gw}:{qp}\"\n\n[package]\nsource = \"{}\"\nssh_timeout = {}\nhealth_check_timeout = 20\n\n[ssh]\nknown_hosts = \"{}\"\n",
             self.source.display(),
             self.ssh_timeout,
-            self.bed.known_hosts.display()
+            self.bed.known_hosts.display(),
+            qp = self.queen_port,
+            gw = self.bed.gateway,
         );
         std::fs::create_dir_all(self.config_dir()).unwrap();
         std::fs::write(self.config_dir().join("hives.conf"), hives).unwrap();
@@ -88,6 +93,13 @@ impl SshFleet {
 
     fn rbee(&self, args: &[&str]) -> Run {
         Run(self.command(args).output().unwrap())
+    }
+
+    /// Through the queen (started on this fleet's port), with fast heartbeats.
+    fn via_queen(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command(args);
+        cmd.env_remove("RBEE_IN_PROCESS").env("RBEE_HEARTBEAT_MS", "500");
+        Run(cmd.output().unwrap())
     }
 
     fn host(&self, name: &str) -> &TestHost {
@@ -176,6 +188,39 @@ fn five_hosts_sync_concurrently_then_status_and_uninstall_leave_nothing() {
     }
     let status = fleet.rbee(&["status"]).expect_code(2);
     assert_eq!(status.stdout().matches("not installed").count(), 5, "{}", status.stdout());
+}
+
+impl Drop for SshFleet {
+    fn drop(&mut self) {
+        let _ = self.command(&["queen", "stop"]).output();
+    }
+}
+
+#[test]
+fn remote_hives_report_to_the_queen_over_the_network() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(fleet) = SshFleet::new(3) else { return };
+    fleet.via_queen(&["sync"]).expect_code(0);
+    let started = Instant::now();
+    loop {
+        let list = fleet.via_queen(&["hive", "list", "--json"]).expect_code(0);
+        let hives: serde_json::Value = serde_json::from_str(list.stdout().trim()).unwrap();
+        let fresh: Vec<String> = hives
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["stale"] == false)
+            .map(|h| format!("{}@{}", h["alias"].as_str().unwrap(), h["address"].as_str().unwrap()))
+            .collect();
+        let want: Vec<String> = fleet.bed.hosts.iter().map(|h| format!("{}@{}", h.name, h.ip)).collect();
+        if fresh == want {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "fresh hives {fresh:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let caps = fleet.via_queen(&["hive", "capabilities", "h2", "--json"]).expect_code(0);
+    assert!(caps.stdout().contains("\"cpu_cores\""), "{}", caps.stdout());
 }
 
 #[test]

@@ -246,11 +246,40 @@ impl<'a> Validator<'a> {
     }
 
     fn settings(&mut self, file: &RbeeConfFile) -> (QueenSettings, PackageSettings, SshSettings) {
-        let queen = QueenSettings {
-            mode: file.queen.mode,
-            port: self.port("port", &file.queen.port),
-            auto_start: file.queen.auto_start,
+        let port = self.port("port", &file.queen.port);
+        let bind = match &file.queen.bind {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(b) => b.get_ref().parse().unwrap_or_else(|_| {
+                self.error(
+                    b.span(),
+                    format!("bind {:?} is not an IP address (e.g. \"127.0.0.1\" or \"0.0.0.0\")", b.get_ref()),
+                );
+                IpAddr::from([127, 0, 0, 1])
+            }),
         };
+        let advertise_url = match &file.queen.advertise_url {
+            Some(u) => {
+                let url = u.get_ref();
+                let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                    && !url.chars().any(char::is_whitespace);
+                if !ok {
+                    self.error(
+                        u.span(),
+                        format!("advertise_url {url:?} is not an http(s) URL like \"http://10.0.0.1:8500\""),
+                    );
+                }
+                url.trim_end_matches('/').to_owned()
+            }
+            None if bind.is_unspecified() => {
+                let span = file.queen.bind.as_ref().map(Spanned::span).unwrap_or(0..0);
+                self.error(span, "bind = \"0.0.0.0\" needs advertise_url: the address hives should send heartbeats to");
+                String::new()
+            }
+            None if bind.is_ipv6() => format!("http://[{bind}]:{port}"),
+            None => format!("http://{bind}:{port}"),
+        };
+        let queen =
+            QueenSettings { mode: file.queen.mode, port, auto_start: file.queen.auto_start, bind, advertise_url };
         let p = &file.package;
         let concurrency = self.int_in("max_concurrent_installs", &p.max_concurrent_installs, 1..1025);
         let ssh_timeout = self.int_in("ssh_timeout", &p.ssh_timeout, 1..86_401);

@@ -39,6 +39,10 @@ pub struct QueenSettings {
     pub port: u16,
     /// Start the queen when a command needs it.
     pub auto_start: bool,
+    /// Address the API listens on.
+    pub bind: std::net::IpAddr,
+    /// The URL hives use to reach the queen.
+    pub advertise_url: String,
 }
 
 /// `[package]` settings.

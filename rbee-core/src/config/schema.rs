@@ -38,11 +38,28 @@ pub struct QueenSection {
     /// Start the queen automatically when a command needs it.
     #[serde(default = "default_true")]
     pub auto_start: bool,
+    /// Address the queen's API listens on. Default `127.0.0.1`: only this machine. Use
+    /// `0.0.0.0` (with `advertise_url`) when remote hives must reach it for heartbeats; every
+    /// request but `/health` still needs the token.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub bind: Option<Spanned<String>>,
+    /// The URL hives use to reach the queen, e.g. `http://10.0.0.1:8500`. Default:
+    /// `http://<bind>:<port>`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub advertise_url: Option<Spanned<String>>,
 }
 
 impl Default for QueenSection {
     fn default() -> Self {
-        Self { mode: QueenMode::default(), port: default_queen_port(), auto_start: true }
+        Self {
+            mode: QueenMode::default(),
+            port: default_queen_port(),
+            auto_start: true,
+            bind: None,
+            advertise_url: None,
+        }
     }
 }
 
