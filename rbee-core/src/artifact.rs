@@ -395,7 +395,7 @@ impl ArtifactSource {
         let SourceKind::Http(h) = &self.kind else { return self.fetch(artifact) };
         let cached = h.cache.join(&artifact.sha256);
         if let Ok(bytes) = std::fs::read(&cached) {
-            if sha256_hex(&bytes) == artifact.sha256 {
+            if verify(artifact, &bytes).is_ok() {
                 return Ok(bytes);
             }
             let _ = std::fs::remove_file(&cached);
@@ -403,15 +403,7 @@ impl ArtifactSource {
         let url = format!("{}/{}/{}", h.base, artifact.version, artifact.name);
         let bytes =
             h.client.get(&url).await.map_err(|reason| ArtifactError::Source { source_name: url.clone(), reason })?;
-        let actual = sha256_hex(&bytes);
-        if actual != artifact.sha256 {
-            return Err(ArtifactError::DigestMismatch {
-                artifact: artifact.name.clone(),
-                version: artifact.version.clone(),
-                expected: artifact.sha256.clone(),
-                actual,
-            });
-        }
+        verify(artifact, &bytes)?;
         let io = |source| ArtifactError::Io { path: cached.clone(), source };
         std::fs::create_dir_all(&h.cache).map_err(io)?;
         let tmp = h.cache.join(format!(".{}.{}", artifact.sha256, std::process::id()));
@@ -434,17 +426,23 @@ impl ArtifactSource {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
         }
-        let actual = sha256_hex(&bytes);
-        if actual != artifact.sha256 {
-            return Err(ArtifactError::DigestMismatch {
-                artifact: artifact.name.clone(),
-                version: artifact.version.clone(),
-                expected: artifact.sha256.clone(),
-                actual,
-            });
-        }
+        verify(artifact, &bytes)?;
         Ok(bytes)
     }
+}
+
+/// `Err` unless `bytes` have the artifact's pinned digest.
+fn verify(artifact: &Artifact, bytes: &[u8]) -> Result<(), ArtifactError> {
+    let actual = sha256_hex(bytes);
+    if actual == artifact.sha256 {
+        return Ok(());
+    }
+    Err(ArtifactError::DigestMismatch {
+        artifact: artifact.name.clone(),
+        version: artifact.version.clone(),
+        expected: artifact.sha256.clone(),
+        actual,
+    })
 }
 
 /// Lowercase hex sha256.

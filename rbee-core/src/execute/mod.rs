@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 
 pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncReport};
 pub use steps::{InstallFault, StepError};
@@ -137,20 +137,20 @@ impl Intent {
 pub type OnEvent<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
 
 /// Artifact bytes, read once per digest and shared by every hive that installs them.
+/// One cell per digest: hives wanting the same artifact wait for one fetch, while different
+/// artifacts are fetched at the same time.
 struct ArtifactCache<'a> {
     source: &'a ArtifactSource,
-    bytes: Mutex<BTreeMap<String, Arc<Vec<u8>>>>,
+    bytes: std::sync::Mutex<BTreeMap<String, Arc<FetchCell>>>,
 }
+
+/// The bytes of one artifact, fetched at most once.
+type FetchCell = tokio::sync::OnceCell<Arc<Vec<u8>>>;
 
 impl ArtifactCache<'_> {
     async fn get(&self, artifact: &Artifact) -> Result<Arc<Vec<u8>>, ArtifactError> {
-        let mut map = self.bytes.lock().await;
-        if let Some(hit) = map.get(&artifact.sha256) {
-            return Ok(hit.clone());
-        }
-        let bytes = Arc::new(self.source.fetch_async(artifact).await?);
-        map.insert(artifact.sha256.clone(), bytes.clone());
-        Ok(bytes)
+        let cell = self.bytes.lock().expect("artifact cache lock").entry(artifact.sha256.clone()).or_default().clone();
+        cell.get_or_try_init(|| async { self.source.fetch_async(artifact).await.map(Arc::new) }).await.cloned()
     }
 }
 
@@ -164,7 +164,7 @@ pub async fn execute(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> SyncReport {
-    let cache = ArtifactCache { source, bytes: Mutex::new(BTreeMap::new()) };
+    let cache = ArtifactCache { source, bytes: std::sync::Mutex::new(BTreeMap::new()) };
     let permits = Semaphore::new(options.concurrency.max(1));
     let owner = steps::lock_owner();
     let tasks = plan.hives.iter().map(|hp| {
