@@ -17,7 +17,7 @@ use rbee_ssh::SshConnector;
 use crate::output::{Exit, error};
 use crate::progress::{Renderer, mib};
 use crate::queen;
-use crate::{Cli, Command, ConfigCommand, HiveCommand, QueenCommand, SyncArgs};
+use crate::{Cli, Command, ConfigCommand, HiveCommand, ModelCommand, QueenCommand, SyncArgs, WorkerCommand};
 
 pub(crate) async fn run(cli: Cli) -> Exit {
     match &cli.command {
@@ -63,6 +63,55 @@ pub(crate) async fn run(cli: Cli) -> Exit {
                 hive_aliases: vec![alias.clone()],
             };
             operation(&cli, op, true).await
+        }
+        Command::Worker { what } => {
+            let op = match what {
+                WorkerCommand::Spawn { hive, worker_type, model, device, timeout } => Operation::WorkerSpawn {
+                    hive_alias: hive.clone(),
+                    worker_type: worker_type.clone(),
+                    model: model.clone(),
+                    device: device.clone(),
+                    ready_timeout_ms: Some(timeout.saturating_mul(1000)),
+                },
+                WorkerCommand::List { hive } => Operation::WorkerProcessList { hive_alias: hive.clone() },
+                WorkerCommand::Get { hive, id } => {
+                    Operation::WorkerProcessGet { hive_alias: hive.clone(), worker_id: id.clone() }
+                }
+                WorkerCommand::Delete { hive, id, grace } => Operation::WorkerProcessDelete {
+                    hive_alias: hive.clone(),
+                    worker_id: id.clone(),
+                    grace_ms: Some(grace.saturating_mul(1000)),
+                },
+                WorkerCommand::Refresh { hive } => Operation::WorkerCatalogRefresh { hive_alias: hive.clone() },
+            };
+            operation(&cli, op, false).await
+        }
+        Command::Model { what } => {
+            let op = match what {
+                ModelCommand::Download { hive, source, sha256, name } => Operation::ModelDownload {
+                    hive_alias: hive.clone(),
+                    source: source.clone(),
+                    sha256: sha256.clone(),
+                    name: name.clone(),
+                },
+                ModelCommand::List { hive } => Operation::ModelList { hive_alias: hive.clone() },
+                ModelCommand::Get { hive, name } => {
+                    Operation::ModelGet { hive_alias: hive.clone(), name: name.clone() }
+                }
+                ModelCommand::Delete { hive, name } => {
+                    Operation::ModelDelete { hive_alias: hive.clone(), name: name.clone() }
+                }
+            };
+            operation(&cli, op, false).await
+        }
+        Command::Infer { model, hive, max_tokens, prompt } => {
+            let op = Operation::Infer {
+                hive_alias: hive.clone(),
+                model: model.clone(),
+                prompt: prompt.clone(),
+                max_tokens: *max_tokens,
+            };
+            operation(&cli, op, false).await
         }
         Command::Migrate { output, force, from_ssh_config } => migrate(&cli, output, *force, *from_ssh_config).await,
         Command::InstallHive { .. } => removed(&cli, &Operation::HiveInstall { alias: None }),
@@ -182,7 +231,7 @@ async fn sync(cli: &Cli, args: &SyncArgs) -> Exit {
 /// Runs a package operation here or in the queen, rendering events and the result.
 async fn operation(cli: &Cli, op: Operation, verbose: bool) -> Exit {
     let renderer = Renderer::new(cli.json);
-    let result = if cli.in_process {
+    let result = if cli.in_process && !op.should_forward_to_hive() {
         let ctx = match faults() {
             Ok(faults) => RunContext {
                 faults,
@@ -242,6 +291,69 @@ pub(crate) fn render(json: bool, result: &OperationResult, verbose: bool) -> Exi
                 println!("{}", serde_json::json!({ "exit_code": exit as u8, "hives": report.hives }));
             } else {
                 print_status(report, verbose);
+            }
+        }
+        OperationResult::Workers { hive, workers } => {
+            if json {
+                println!("{}", serde_json::json!({ "hive": hive, "workers": workers }));
+            } else if workers.is_empty() {
+                println!("{hive}: no worker processes; start one with `rbee worker spawn --hive {hive} ...`");
+            } else {
+                for w in workers {
+                    println!("{}", worker_line(hive, w));
+                }
+            }
+        }
+        OperationResult::Worker { hive, worker } => {
+            if json {
+                println!("{}", serde_json::json!({ "hive": hive, "worker": worker }));
+            } else {
+                println!("{}", worker_line(hive, worker));
+                if let rbee_core::hive_api::WorkerState::Crashed { message, .. } = &worker.state {
+                    println!("  {}", message.replace('\n', "\n  "));
+                }
+            }
+        }
+        OperationResult::Catalog { hive, workers } => {
+            if json {
+                println!("{}", serde_json::json!({ "hive": hive, "workers": workers }));
+            } else {
+                println!(
+                    "{hive}: worker catalog: {}",
+                    if workers.is_empty() { "empty".into() } else { workers.join(", ") }
+                );
+            }
+        }
+        OperationResult::Models { hive, models } => {
+            if json {
+                println!("{}", serde_json::json!({ "hive": hive, "models": models }));
+            } else if models.is_empty() {
+                println!("{hive}: no models; download one with `rbee model download --hive {hive} URL`");
+            } else {
+                for m in models {
+                    println!("{hive}  {:<32} {:>10}  {}", m.name, mib(m.size), m.sha256.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+        OperationResult::Model { hive, model } => {
+            if json {
+                println!("{}", serde_json::json!({ "hive": hive, "model": model }));
+            } else {
+                println!(
+                    "{hive}  {}  {}  sha256 {}",
+                    model.name,
+                    mib(model.size),
+                    model.sha256.as_deref().unwrap_or("-")
+                );
+                println!("{hive}  {}", model.path);
+            }
+        }
+        OperationResult::Inferred { hive, worker_id, text } => {
+            if json {
+                println!("{}", serde_json::json!({ "hive": hive, "worker_id": worker_id, "text": text }));
+            } else {
+                // The tokens were printed as they streamed.
+                println!();
             }
         }
         OperationResult::Sync(SyncOutcome { plan, report: None }) => {
@@ -501,11 +613,44 @@ async fn jobs(cli: &Cli, job_id: Option<&str>) -> Exit {
 
 /// Used by the progress renderer for queen log lines.
 pub(crate) fn log_line(json: bool, body: &JobEventBody) {
-    if let JobEventBody::Log { message } = body {
-        if json {
-            println!("{}", serde_json::json!({ "event": "log", "message": message }));
-        } else {
-            eprintln!("queen: {message}");
+    use rbee_core::hive_api::HiveEvent;
+    use std::io::Write;
+    match body {
+        JobEventBody::Log { message } => {
+            if json {
+                println!("{}", serde_json::json!({ "event": "log", "message": message }));
+            } else {
+                eprintln!("queen: {message}");
+            }
         }
+        JobEventBody::Hive { hive, event } if json => {
+            println!("{}", serde_json::json!({ "event": "hive", "hive": hive, "data": event }));
+        }
+        JobEventBody::Hive { hive, event: HiveEvent::Log { message } } => eprintln!("{hive}: {message}"),
+        JobEventBody::Hive { hive, event: HiveEvent::Progress { done, total } } => match total {
+            Some(t) if *t > 0 => eprintln!("{hive}: {} of {} ({}%)", mib(*done), mib(*t), done * 100 / t),
+            _ => eprintln!("{hive}: {}", mib(*done)),
+        },
+        JobEventBody::Hive { event: HiveEvent::Token { text }, .. } => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+        }
+        _ => {}
     }
+}
+
+fn worker_line(hive: &str, w: &rbee_core::hive_api::WorkerProcess) -> String {
+    use rbee_core::hive_api::WorkerState;
+    let state = match &w.state {
+        WorkerState::Starting => "starting".to_owned(),
+        WorkerState::Ready => "ready".to_owned(),
+        WorkerState::Unresponsive => "UNRESPONSIVE".to_owned(),
+        WorkerState::Stopped => "stopped".to_owned(),
+        WorkerState::Crashed { exit_code: Some(c), .. } => format!("CRASHED (exit {c})"),
+        WorkerState::Crashed { signal: Some(s), .. } => format!("CRASHED (signal {s})"),
+        WorkerState::Crashed { .. } => "CRASHED".to_owned(),
+    };
+    let adopted = if w.adopted { ", re-adopted" } else { "" };
+    format!("{hive}  {:<24} {:<14} {} on {} (pid {}, port {}{adopted})", w.id, state, w.model, w.device, w.pid, w.port)
 }

@@ -95,6 +95,32 @@ pub enum Command {
         #[command(subcommand)]
         what: HiveCommand,
     },
+    /// Worker processes on a hive (through the queen).
+    Worker {
+        /// What to do.
+        #[command(subcommand)]
+        what: WorkerCommand,
+    },
+    /// Models on a hive (through the queen).
+    Model {
+        /// What to do.
+        #[command(subcommand)]
+        what: ModelCommand,
+    },
+    /// Run a prompt on a ready worker serving the model; the answer streams to stdout.
+    Infer {
+        /// The model (a worker's model path, or its file name).
+        #[arg(long)]
+        model: String,
+        /// Only this hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: Option<String>,
+        /// Token limit.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// The prompt.
+        prompt: String,
+    },
     /// The queen's recent jobs; with a job id, follow that job to its end and show its result.
     Jobs {
         /// A job id from `rbee jobs`.
@@ -158,6 +184,101 @@ pub enum HiveCommand {
     Capabilities {
         /// The hive.
         alias: String,
+    },
+}
+
+/// `rbee worker ...`.
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Start a worker process and wait until it is ready.
+    Spawn {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// Worker type (installed on the hive by `rbee sync`).
+        #[arg(long = "type", value_name = "TYPE")]
+        worker_type: String,
+        /// Model: a name from `rbee model list`, or a path on the host.
+        #[arg(long)]
+        model: String,
+        /// `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Seconds to wait for its first heartbeat.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// A hive's worker processes.
+    List {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+    },
+    /// One worker process.
+    Get {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// The worker id.
+        id: String,
+    },
+    /// Stop a worker (SIGTERM, then SIGKILL after the grace period); clears an exited one.
+    Delete {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// The worker id.
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+    },
+    /// Make the hive re-read its worker catalog (a sync through the queen does this itself).
+    Refresh {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+    },
+}
+
+/// `rbee model ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a model onto a hive (resumes an interrupted download; atomic).
+    Download {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// http(s) URL, or an absolute path on the hive's host.
+        source: String,
+        /// Expected sha256: a mismatch deletes the download.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// File name (default: the source's last path segment).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Models on a hive.
+    List {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+    },
+    /// One model.
+    Get {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// Its name.
+        name: String,
+    },
+    /// Delete a model.
+    Delete {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// Its name.
+        name: String,
     },
 }
 

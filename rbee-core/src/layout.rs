@@ -58,6 +58,11 @@ impl Layout {
     pub fn hive_token() -> String {
         format!("{}/hive.token", Self::STATE_DIR)
     }
+    /// The hive's worker registry: one `<id>.json` (and `<id>.log`) per worker process, so a
+    /// restarted hive re-adopts live workers and clears dead ones.
+    pub fn worker_registry_dir() -> String {
+        format!("{}/workers", Self::STATE_DIR)
+    }
     /// The per-host sync lock (a directory: `mkdir` is atomic everywhere).
     pub fn lock_dir() -> String {
         format!("{}/sync.lock", Self::STATE_DIR)

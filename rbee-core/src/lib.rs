@@ -56,6 +56,7 @@ pub mod artifact;
 pub mod config;
 pub mod execute;
 pub mod fleet;
+pub mod hive_api;
 pub mod layout;
 pub mod observe;
 pub mod operation;

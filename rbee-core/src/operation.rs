@@ -109,6 +109,9 @@ pub enum Operation {
         model: String,
         /// `cpu` or `cuda:N`.
         device: String,
+        /// How long to wait for its first heartbeat (default 120 s).
+        #[serde(default)]
+        ready_timeout_ms: Option<u64>,
     },
     /// The hive's worker processes.
     WorkerProcessList {
@@ -128,6 +131,9 @@ pub enum Operation {
         hive_alias: String,
         /// The worker.
         worker_id: String,
+        /// SIGTERM, then SIGKILL after this long (default 10 s).
+        #[serde(default)]
+        grace_ms: Option<u64>,
     },
     /// Re-read the worker catalog after a sync changed it.
     WorkerCatalogRefresh {
@@ -144,6 +150,9 @@ pub enum Operation {
         source: String,
         /// Expected sha256, if known.
         sha256: Option<String>,
+        /// File name under the models directory (default: the source's last path segment).
+        #[serde(default)]
+        name: Option<String>,
     },
     /// Models on a hive.
     ModelList {
@@ -234,6 +243,9 @@ pub struct Heartbeat {
     /// The hive's home directory.
     #[serde(default)]
     pub home: String,
+    /// Its worker processes.
+    #[serde(default)]
+    pub processes: Vec<crate::hive_api::WorkerProcess>,
 }
 
 /// A removed imperative operation, with what to do instead.
@@ -263,6 +275,28 @@ impl Operation {
                 | Operation::ModelDelete { .. }
                 | Operation::Infer { .. }
         )
+    }
+
+    /// The hive a forwarded operation names (`None` for `Infer` without one: the queen picks).
+    pub fn hive_alias(&self) -> Option<&str> {
+        match self {
+            Operation::WorkerSpawn { hive_alias, .. }
+            | Operation::WorkerProcessList { hive_alias }
+            | Operation::WorkerProcessGet { hive_alias, .. }
+            | Operation::WorkerProcessDelete { hive_alias, .. }
+            | Operation::WorkerCatalogRefresh { hive_alias }
+            | Operation::ModelDownload { hive_alias, .. }
+            | Operation::ModelList { hive_alias }
+            | Operation::ModelGet { hive_alias, .. }
+            | Operation::ModelDelete { hive_alias, .. } => Some(hive_alias),
+            Operation::Infer { hive_alias, .. } => hive_alias.as_deref(),
+            Operation::HiveStart { alias, .. }
+            | Operation::HiveStop { alias, .. }
+            | Operation::HiveGet { alias }
+            | Operation::HiveStatus { alias }
+            | Operation::HiveCapabilities { alias } => Some(alias),
+            _ => None,
+        }
     }
 
     /// `Err` for the removed imperative operations, naming `rbee sync`.

@@ -375,6 +375,50 @@ pub enum OperationResult {
         /// Declared hives.
         hives: Vec<String>,
     },
+    /// A hive's worker processes.
+    Workers {
+        /// The hive.
+        hive: String,
+        /// Its processes.
+        workers: Vec<crate::hive_api::WorkerProcess>,
+    },
+    /// One worker process (spawned, inspected or stopped).
+    Worker {
+        /// The hive.
+        hive: String,
+        /// The process.
+        worker: crate::hive_api::WorkerProcess,
+    },
+    /// A hive's worker catalog (the worker types installed on it).
+    Catalog {
+        /// The hive.
+        hive: String,
+        /// Worker types.
+        workers: Vec<String>,
+    },
+    /// A hive's models.
+    Models {
+        /// The hive.
+        hive: String,
+        /// Its models.
+        models: Vec<crate::hive_api::ModelInfo>,
+    },
+    /// One model (downloaded, inspected or deleted).
+    Model {
+        /// The hive.
+        hive: String,
+        /// The model.
+        model: crate::hive_api::ModelInfo,
+    },
+    /// An inference's whole answer (its tokens streamed before).
+    Inferred {
+        /// The hive that ran it.
+        hive: String,
+        /// The worker that ran it.
+        worker_id: String,
+        /// The generated text.
+        text: String,
+    },
     /// The operation could not run.
     Error {
         /// What went wrong and what to do.
@@ -391,12 +435,19 @@ impl OperationResult {
         match self {
             OperationResult::Sync(o) => o.exit_code(),
             OperationResult::Status(s) => s.exit_code(),
-            OperationResult::Valid { .. } => 0,
+            OperationResult::Valid { .. }
+            | OperationResult::Workers { .. }
+            | OperationResult::Worker { .. }
+            | OperationResult::Catalog { .. }
+            | OperationResult::Models { .. }
+            | OperationResult::Model { .. }
+            | OperationResult::Inferred { .. } => 0,
             OperationResult::Error { .. } => 1,
         }
     }
 
-    fn error(e: impl std::fmt::Display) -> Self {
+    /// An [`OperationResult::Error`] without diagnostics.
+    pub fn error(e: impl std::fmt::Display) -> Self {
         OperationResult::Error { message: e.to_string(), diagnostics: Vec::new() }
     }
 }

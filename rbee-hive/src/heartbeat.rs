@@ -35,19 +35,6 @@ impl QueenLink {
 
 pub use rbee_core::operation::Heartbeat;
 
-fn catalog(dir: Option<&Path>) -> Vec<String> {
-    let Some(dir) = dir else { return Vec::new() };
-    let mut kinds: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("rbee-worker-").map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    kinds.sort();
-    kinds
-}
-
 async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), String> {
     let authority = link.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
     let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&authority))
@@ -82,16 +69,23 @@ fn installed_versions(records: &Path, kinds: &[String]) -> std::collections::BTr
         .collect()
 }
 
-/// Beats until the process ends.
-pub(crate) async fn run(link: QueenLink, mut beat: Heartbeat, workers_dir: Option<PathBuf>) {
+/// Beats until the process ends: every interval, and at once when a worker changes state.
+pub(crate) async fn run(
+    link: QueenLink,
+    mut beat: Heartbeat,
+    hive: std::sync::Arc<crate::ops::Hive>,
+    records: PathBuf,
+) {
     let mut ticker = tokio::time::interval(Duration::from_millis(link.interval_ms.max(100)));
-    let home = std::env::var("HOME").unwrap_or_default();
-    let records = Path::new(&home).join(".local/state/rbee/installed");
-    beat.home = home.clone();
     loop {
-        ticker.tick().await;
-        beat.workers = catalog(workers_dir.as_deref());
+        let changed = hive.workers.changed.clone();
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = changed.notified() => {}
+        }
+        beat.workers = hive.catalog();
         beat.installed = installed_versions(&records, &beat.workers);
+        beat.processes = hive.workers.list();
         if let Err(e) = post(&link, &beat).await {
             eprintln!("rbee-hive: heartbeat to {} failed: {e}", link.url);
         }

@@ -1,22 +1,39 @@
-//! rbee-hive: the daemon on every GPU host. This version serves `GET /health` with its
-//! version and the digest of its own binary (so a sync can tell a hive still running an old
-//! binary), writes its pid file, stops gracefully on SIGTERM and, when a queen installed its
-//! link (`~/.local/state/rbee/queen.link` + `hive.token`), requires the token on every other
-//! request and sends the queen a heartbeat every few seconds.
+//! rbee-hive: the daemon on every GPU host. It serves `GET /health` with its version and the
+//! digest of its own binary (so a sync can tell a hive still running an old binary), writes
+//! its pid file, stops gracefully on SIGTERM and, when a queen installed its link
+//! (`~/.local/state/rbee/queen.link` + `hive.token`), requires the token on every other request
+//! and sends the queen a heartbeat every few seconds (and at once when a worker changes state).
 //!
-//! `GET /v1/capabilities` reports CPU cores, RAM and GPUs (from `nvidia-smi`).
-//!
-//! Not built yet: worker processes, the worker catalog API, models, inference.
+//! ```text
+//! GET  /health                              open
+//! GET  /v1/capabilities                     CPU cores, RAM, GPUs (nvidia-smi)
+//! GET  /v1/catalog                          installed worker types
+//! POST /v1/operations                       a forwarded Operation → NDJSON HiveEvents, result last
+//! POST /v1/workers/{id}/heartbeat           from the hive's workers
+//! POST /v1/workers/{id}/chat/completions    proxied to the worker (OpenAI-compatible, streams)
+//! ```
 #![warn(missing_docs)]
 
 pub mod capabilities;
+pub mod catalog;
 mod heartbeat;
+pub mod models;
+pub mod ops;
 mod probe;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use axum::{Json, Router, routing::get};
+use rbee_core::hive_api::{HiveEvent, WorkerHeartbeat};
+use rbee_core::operation::Operation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -50,8 +67,10 @@ pub struct HiveConfig {
     pub alias: Option<String>,
     /// The queen to report to, and the token both sides require.
     pub link: Option<QueenLink>,
-    /// The worker catalog directory (listed in heartbeats).
-    pub workers_dir: Option<PathBuf>,
+    /// The home directory whose `~/.local/...` holds the worker catalog, models and state.
+    pub home: PathBuf,
+    /// How often workers send heartbeats.
+    pub worker_heartbeat_ms: u64,
 }
 
 /// Why the hive could not run.
@@ -85,8 +104,14 @@ fn own_digest() -> String {
 }
 
 /// The HTTP routes; with a token, everything but `/health` requires it.
-pub fn router(health: Health, token: Option<String>) -> Router {
-    let api = Router::new().route("/v1/capabilities", get(|| async { Json(capabilities::detect().await) }));
+pub fn router(health: Health, token: Option<String>, hive: Arc<ops::Hive>) -> Router {
+    let api = Router::new()
+        .route("/v1/capabilities", get(|| async { Json(capabilities::detect().await) }))
+        .route("/v1/catalog", get(|State(hive): State<Arc<ops::Hive>>| async move { Json(hive.catalog()) }))
+        .route("/v1/operations", post(operation))
+        .route("/v1/workers/{id}/heartbeat", post(worker_heartbeat))
+        .route("/v1/workers/{id}/chat/completions", post(worker_chat))
+        .with_state(hive);
     let api = match token {
         Some(token) => api.route_layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -97,8 +122,7 @@ pub fn router(health: Health, token: Option<String>) -> Router {
                     if ok {
                         next.run(req).await
                     } else {
-                        use axum::response::IntoResponse;
-                        (axum::http::StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
+                        (StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
                     }
                 }
             },
@@ -106,6 +130,54 @@ pub fn router(health: Health, token: Option<String>) -> Router {
         None => api,
     };
     Router::new().route("/health", get(move || std::future::ready(Json(health.clone())))).merge(api)
+}
+
+/// Runs a forwarded operation; answers newline-delimited JSON [`HiveEvent`]s, the result last.
+/// If the caller goes away the operation is dropped (a download keeps its partial file).
+async fn operation(State(hive): State<Arc<ops::Hive>>, Json(op): Json<Operation>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<HiveEvent>();
+    tokio::spawn(async move {
+        let emit_tx = tx.clone();
+        let emit = move |event: HiveEvent| {
+            let _ = emit_tx.send(event);
+        };
+        tokio::select! {
+            result = ops::handle(&hive, op, &emit) => { let _ = tx.send(HiveEvent::Result { result }); }
+            () = tx.closed() => {}
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(hyper::body::Bytes::from(line)), rx))
+    });
+    ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response()
+}
+
+async fn worker_heartbeat(
+    State(hive): State<Arc<ops::Hive>>,
+    Path(id): Path<String>,
+    Json(beat): Json<WorkerHeartbeat>,
+) -> StatusCode {
+    if hive.workers.heartbeat(&id, beat.status == "ready") { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+}
+
+/// Proxies an OpenAI chat-completions request to a worker, streaming its answer back.
+async fn worker_chat(State(hive): State<Arc<ops::Hive>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    match ops::send_chat(&hive, &id, body.to_vec()).await {
+        Ok(response) => {
+            let status = response.status();
+            let content_type = response.headers().get("content-type").cloned();
+            let mut out = Response::new(axum::body::Body::new(response.into_body()));
+            *out.status_mut() = status;
+            if let Some(ct) = content_type {
+                out.headers_mut().insert("content-type", ct);
+            }
+            out
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(serde_json::json!({"error": {"message": e}}))).into_response(),
+    }
 }
 
 /// Serves until `shutdown` resolves.
@@ -121,6 +193,24 @@ pub async fn serve(
         write_pid_file(path).map_err(|source| HiveError::PidFile { path: path.clone(), source })?;
     }
     let token = config.link.as_ref().map(|l| l.token.clone());
+    let layout = |rel: &str| config.home.join(rel);
+    let hive_ip = if config.addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { config.addr.ip().to_string() };
+    let hive_ip = if hive_ip.contains(':') { format!("[{hive_ip}]") } else { hive_ip };
+    let workers = workers::Workers::open(workers::WorkerSettings {
+        catalog_dir: layout(rbee_core::layout::Layout::WORKERS_DIR),
+        registry_dir: layout(&rbee_core::layout::Layout::worker_registry_dir()),
+        models_dir: layout(rbee_core::layout::Layout::MODELS_DIR),
+        hive_url: format!("http://{hive_ip}:{}", config.addr.port()),
+        hive_port: config.addr.port(),
+        token: token.clone(),
+        heartbeat_ms: config.worker_heartbeat_ms,
+    });
+    let hive = Arc::new(ops::Hive {
+        alias: config.alias.clone().unwrap_or_else(|| "localhost".into()),
+        catalog: std::sync::Mutex::new(workers.scan_catalog()),
+        workers,
+        models_dir: layout(rbee_core::layout::Layout::MODELS_DIR),
+    });
     if let (Some(link), Some(alias)) = (config.link.clone(), config.alias.clone()) {
         let beat = Heartbeat {
             alias,
@@ -131,11 +221,17 @@ pub async fn serve(
             interval_ms: link.interval_ms,
             workers: Vec::new(),
             installed: Default::default(),
-            home: String::new(),
+            home: config.home.to_string_lossy().into_owned(),
+            processes: Vec::new(),
         };
-        tokio::spawn(heartbeat::run(link, beat, config.workers_dir.clone()));
+        tokio::spawn(heartbeat::run(
+            link,
+            beat,
+            hive.clone(),
+            config.home.join(rbee_core::layout::Layout::installed_dir()),
+        ));
     }
-    let result = axum::serve(listener, router(health, token)).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, router(health, token, hive)).with_graceful_shutdown(shutdown).await;
     if let Some(path) = &config.pid_file {
         // Only remove the pid file if it is still ours (a newer hive may have replaced it).
         if std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string()) {

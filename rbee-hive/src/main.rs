@@ -61,7 +61,11 @@ async fn main() -> ExitCode {
                 pid_file: args.pid_file,
                 alias: args.alias,
                 link: rbee_hive::QueenLink::load(&home.join(".local/state/rbee")),
-                workers_dir: Some(home.join(".local/share/rbee/workers")),
+                home: home.clone(),
+                worker_heartbeat_ms: std::env::var("RBEE_WORKER_HEARTBEAT_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2000),
             };
             match rbee_hive::serve(config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,13 @@ pub enum JobEventBody {
         /// The line.
         message: String,
     },
+    /// An event of a hive running a forwarded operation (progress, tokens, log lines).
+    Hive {
+        /// The hive.
+        hive: String,
+        /// What it sent.
+        event: rbee_core::hive_api::HiveEvent,
+    },
     /// The final event: the job's result and exit code. The stream ends after it.
     Result {
         /// The documented exit code.

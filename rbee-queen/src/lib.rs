@@ -10,7 +10,10 @@
 
 pub mod api;
 pub mod client;
-pub mod http;
+/// The HTTP(S) client (re-exported from `rbee-http`).
+pub mod http {
+    pub use rbee_http::*;
+}
 mod server;
 
 pub use server::{QueenConfig, Server, bind, ensure_token, state_dir};

@@ -123,6 +123,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job_summary).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
+        .route("/v1/chat/completions", post(chat_completions))
         .route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));
     let router = Router::new().route("/health", get(health)).merge(api).with_state(queen);
     Ok(Server { listener, router, addr })
@@ -177,6 +178,7 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
         interval_ms: u64::try_from(queen.config.heartbeat.as_millis()).unwrap_or(5000),
         token: queen.config.token.clone(),
     };
+    let queen = queen.clone();
     tokio::spawn(async move {
         let ctx = RunContext {
             cancel: job.cancel.clone(),
@@ -186,11 +188,12 @@ async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation
         };
         let on_event = |event| job.push(JobEventBody::Sync { event });
         let result = match job.operation.should_forward_to_hive() {
-            true => OperationResult::Error {
-                message: "forwarding to hives is not built yet in this queen".into(),
-                diagnostics: Vec::new(),
-            },
-            false => run_operation(&job.operation, connect.as_ref(), &ctx, &on_event).await,
+            true => forward(&queen, &job).await,
+            false => {
+                let result = run_operation(&job.operation, connect.as_ref(), &ctx, &on_event).await;
+                refresh_catalogs(&queen, &job, &result).await;
+                result
+            }
         };
         job.push(JobEventBody::Result { exit_code: result.exit_code(), result });
         job.done.store(true, Ordering::Release);
@@ -254,6 +257,192 @@ async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alias): Path<St
             let msg = format!("hive {alias} at {addr}: {e}");
             (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": msg }))).into_response()
         }
+    }
+}
+
+/// A hive's API address, if it is in the registry and fresh.
+fn hive_addr(queen: &Queen, alias: &str) -> Result<std::net::SocketAddr, String> {
+    let hives = queen.hives.lock().expect("hives lock");
+    let Some((seen, ip, beat)) = hives.get(alias) else {
+        let known: Vec<&str> = hives.keys().map(String::as_str).collect();
+        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+        return Err(format!(
+            "no hive {alias} in the registry (known: {known}): it has not sent a heartbeat; run `rbee sync` or \
+             `rbee hive start {alias}`"
+        ));
+    };
+    let age = now_ms().saturating_sub(*seen);
+    if age > 3 * beat.interval_ms {
+        return Err(format!(
+            "hive {alias} is stale: its last heartbeat was {:.1}s ago; check it with `rbee hive status {alias}`",
+            age as f64 / 1000.0
+        ));
+    }
+    Ok(std::net::SocketAddr::new(*ip, beat.port))
+}
+
+/// Picks the hive and worker for a model: a ready worker serving it on a fresh hive (only
+/// `only` if given), taking turns between several.
+fn route(queen: &Queen, model: &str, only: Option<&str>) -> Result<(String, String), String> {
+    let now = now_ms();
+    let hives = queen.hives.lock().expect("hives lock");
+    let fresh: Vec<&(u64, std::net::IpAddr, Heartbeat)> = hives
+        .values()
+        .filter(|(seen, _, beat)| now.saturating_sub(*seen) <= 3 * beat.interval_ms)
+        .filter(|(_, _, beat)| only.is_none_or(|a| a == beat.alias))
+        .collect();
+    let candidates: Vec<(String, String)> = fresh
+        .iter()
+        .flat_map(|(_, _, beat)| {
+            beat.processes
+                .iter()
+                .filter(|p| p.state == rbee_core::hive_api::WorkerState::Ready && p.serves(model))
+                .map(|p| (beat.alias.clone(), p.id.clone()))
+        })
+        .collect();
+    if !candidates.is_empty() {
+        let turn = queen.next.fetch_add(1, Ordering::Relaxed) as usize;
+        return Ok(candidates[turn % candidates.len()].clone());
+    }
+    if let Some(alias) = only {
+        if !fresh.iter().any(|(_, _, b)| b.alias == alias) {
+            drop(hives);
+            hive_addr(queen, alias)?;
+            return Err(format!("no hive {alias}"));
+        }
+    }
+    let starting = fresh.iter().any(|(_, _, b)| {
+        b.processes.iter().any(|p| p.serves(model) && p.state == rbee_core::hive_api::WorkerState::Starting)
+    });
+    if starting {
+        return Err(format!(
+            "the worker for {model} is still starting; try again once `rbee worker list` shows it ready"
+        ));
+    }
+    let (hive, kind) = fresh.first().map_or(("HIVE".to_owned(), "TYPE".to_owned()), |(_, _, b)| {
+        (b.alias.clone(), b.workers.first().cloned().unwrap_or_else(|| "TYPE".into()))
+    });
+    Err(format!(
+        "no ready worker serves model {model}{}; start one: `rbee worker spawn --hive {hive} --type {kind} --model {model}`",
+        only.map_or(String::new(), |a| format!(" on hive {a}"))
+    ))
+}
+
+/// Runs a forwarded operation on its hive: the hive's events join the job's stream, and its
+/// result is the job's result. Cancelling the job closes the connection, which stops the
+/// operation on the hive.
+async fn forward(queen: &Queen, job: &Job) -> OperationResult {
+    let mut operation = job.operation.clone();
+    let alias = match &mut operation {
+        Operation::Infer { hive_alias, model, .. } => match route(queen, model, hive_alias.as_deref()) {
+            Ok((alias, worker)) => {
+                job.push(JobEventBody::Log { message: format!("routing to worker {worker} on hive {alias}") });
+                *hive_alias = Some(alias.clone());
+                alias
+            }
+            Err(e) => return OperationResult::error(e),
+        },
+        op => op.hive_alias().unwrap_or_default().to_owned(),
+    };
+    let addr = match hive_addr(queen, &alias) {
+        Ok(a) => a,
+        Err(e) => return OperationResult::error(e),
+    };
+    let url = format!("http://{addr}/v1/operations");
+    let bearer = format!("Bearer {}", queen.config.token);
+    let body = serde_json::to_vec(&operation).unwrap_or_default();
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let response = match rbee_http::send("POST", &url, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => return OperationResult::error(format!("hive {alias} at {addr}: {e}")),
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let body = rbee_http::collect(response).await.unwrap_or_default();
+        return OperationResult::error(format!("hive {alias} answered {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let mut lines = rbee_http::Lines::new(response);
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            () = async { while !job.cancel.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await } } => {
+                return OperationResult::error(format!("cancelled; hive {alias} stopped the operation"));
+            }
+        };
+        match line {
+            Ok(Some(line)) if line.trim().is_empty() => {}
+            Ok(Some(line)) => match serde_json::from_str::<rbee_core::hive_api::HiveEvent>(&line) {
+                Ok(rbee_core::hive_api::HiveEvent::Result { result }) => return result,
+                Ok(event) => job.push(JobEventBody::Hive { hive: alias.clone(), event }),
+                Err(e) => return OperationResult::error(format!("hive {alias} sent a bad event: {e}")),
+            },
+            Ok(None) => return OperationResult::error(format!("hive {alias} ended the operation without a result")),
+            Err(e) => return OperationResult::error(format!("hive {alias}: {e}")),
+        }
+    }
+}
+
+/// After a sync changed hosts' workers, tells those hives to re-read their worker catalog.
+async fn refresh_catalogs(queen: &Queen, job: &Job, result: &OperationResult) {
+    let OperationResult::Sync(outcome) = result else { return };
+    let Some(report) = &outcome.report else { return };
+    for hive in &report.hives {
+        let changed = hive.steps_done.iter().any(|s| s.contains("/worker/") || s.contains("/remove-worker/"));
+        if !changed {
+            continue;
+        }
+        let Ok(addr) = hive_addr(queen, &hive.alias) else { continue };
+        let op = Operation::WorkerCatalogRefresh { hive_alias: hive.alias.clone() };
+        let bearer = format!("Bearer {}", queen.config.token);
+        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+        let url = format!("http://{addr}/v1/operations");
+        let message = match rbee_http::send("POST", &url, &headers, serde_json::to_vec(&op).unwrap_or_default()).await {
+            Ok(r) => match rbee_http::collect(r).await {
+                Ok(_) => format!("{}: worker catalog refreshed", hive.alias),
+                Err(e) => format!("{}: worker catalog refresh failed: {e}", hive.alias),
+            },
+            Err(e) => format!("{}: worker catalog refresh failed: {e}", hive.alias),
+        };
+        job.push(JobEventBody::Log { message });
+    }
+}
+
+/// OpenAI-compatible chat completions: routed like `Infer` to a ready worker serving the
+/// request's `model`, through its hive; the answer (streaming or not) is passed through.
+async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum::body::Bytes) -> Response {
+    let error = |status: StatusCode, kind: &str, message: String| {
+        (status, Json(serde_json::json!({"error": {"message": message, "type": kind}}))).into_response()
+    };
+    let request: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("bad JSON: {e}")),
+    };
+    let Some(model) = request["model"].as_str() else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "`model` is required".into());
+    };
+    let (alias, worker) = match route(&queen, model, None) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::NOT_FOUND, "model_not_found", e),
+    };
+    let addr = match hive_addr(&queen, &alias) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", e),
+    };
+    let url = format!("http://{addr}/v1/workers/{worker}/chat/completions");
+    let bearer = format!("Bearer {}", queen.config.token);
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    match rbee_http::send("POST", &url, &headers, body.to_vec()).await {
+        Ok(response) => {
+            let status = response.status();
+            let content_type = response.headers().get("content-type").cloned();
+            let mut out = Response::new(axum::body::Body::new(response.into_body()));
+            *out.status_mut() = status;
+            if let Some(ct) = content_type {
+                out.headers_mut().insert("content-type", ct);
+            }
+            out
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {alias}: {e}")),
     }
 }
 

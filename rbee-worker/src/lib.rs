@@ -1,10 +1,14 @@
-//! Worker launchers: `rbee-worker-<type>` takes the worker contract's arguments and launches
-//! the real engine installed on the host with the matching arguments. When the engine is not
-//! installed it fails with a message naming what is missing.
-//!
-//! Not built yet: bridging the engine's health and API to the contract (heartbeats to the
-//! hive, the contract's `/health`); the launcher currently hands the port to the engine.
+//! Workers: `rbee-worker-<type>` takes the worker contract's arguments (see
+//! `docs/worker-contract.md`), launches the real engine installed on the host on a private
+//! port, and bridges it to the contract: `GET /health` from the engine's own health check,
+//! heartbeats to the hive, and `POST /v1/chat/completions` proxied to the engine's
+//! OpenAI-compatible endpoint (streaming included). When the engine is not installed it fails
+//! with a message naming what is missing; when the engine exits, the worker exits with its
+//! status.
 #![warn(missing_docs)]
+
+pub mod contract;
+mod proxy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,9 +47,10 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The program and arguments that start the engine for `args`.
-    pub fn command(self, args: &WorkerArgs) -> (String, Vec<String>) {
-        let port = args.port.to_string();
+    /// The program and arguments that start the engine for `args`, listening on
+    /// `127.0.0.1:<engine_port>` (the worker itself serves the contract on `args.port`).
+    pub fn command(self, args: &WorkerArgs, engine_port: u16) -> (String, Vec<String>) {
+        let port = engine_port.to_string();
         match self {
             Engine::LlamaCpp => {
                 let mut argv = vec![
@@ -91,9 +96,22 @@ impl Engine {
         }
     }
 
+    /// The engine's health endpoint (200 once the model is loaded).
+    pub fn health_path(self) -> &'static str {
+        match self {
+            Engine::LlamaCpp | Engine::Vllm => "/health",
+            Engine::ComfyUi => "/system_stats",
+        }
+    }
+
+    /// True when the engine serves OpenAI chat completions.
+    pub fn serves_chat(self) -> bool {
+        !matches!(self, Engine::ComfyUi)
+    }
+
     /// `Err` naming what is missing when the engine is not installed.
     pub fn check_installed(self, args: &WorkerArgs) -> Result<(), String> {
-        let (program, argv) = self.command(args);
+        let (program, argv) = self.command(args, 0);
         if find_in_path(&program).is_none() {
             return Err(format!("`{program}` not found: this worker needs {}", self.requirement()));
         }
@@ -109,19 +127,26 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
 }
 
-/// The whole launcher: parse, check, run the engine and pass on its exit status.
+/// The whole launcher: parse, check, start the engine, serve the contract in front of it;
+/// exits with the engine's status when it exits, and stops it on SIGTERM.
 pub fn launch(engine: Engine) -> ExitCode {
     let args = WorkerArgs::parse();
     if let Err(msg) = engine.check_installed(&args) {
         eprintln!("error: {msg}");
         return ExitCode::from(127);
     }
-    let (program, argv) = engine.command(&args);
-    match std::process::Command::new(&program).args(&argv).status() {
-        Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start {program}: {e}");
-            ExitCode::from(127)
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(proxy::run(engine, args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -142,14 +167,14 @@ mod tests {
 
     #[test]
     fn llama_cpp_arguments() {
-        let (p, a) = Engine::LlamaCpp.command(&args("cuda:0"));
+        let (p, a) = Engine::LlamaCpp.command(&args("cuda:0"), 9001);
         assert_eq!(p, "llama-server");
         assert_eq!(a.join(" "), "--model /m/model.gguf --host 127.0.0.1 --port 9001 --n-gpu-layers 999");
     }
 
     #[test]
     fn vllm_arguments() {
-        let (p, a) = Engine::Vllm.command(&args("cuda:0"));
+        let (p, a) = Engine::Vllm.command(&args("cuda:0"), 9001);
         assert_eq!((p.as_str(), a.join(" ")), ("vllm", "serve /m/model.gguf --host 127.0.0.1 --port 9001".into()));
     }
 

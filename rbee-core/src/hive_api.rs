@@ -1,0 +1,127 @@
+//! The wire types between queen, hive and workers: worker processes, models, and the events a
+//! hive streams back for a forwarded operation.
+//!
+//! A forwarded [`Operation`](crate::operation::Operation) is `POST`ed to the hive's
+//! `/v1/operations`; the hive answers with newline-delimited JSON [`HiveEvent`]s, the last of
+//! which is a [`HiveEvent::Result`].
+
+use serde::{Deserialize, Serialize};
+
+/// Where a worker process is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Spawned; no heartbeat yet (loading its model).
+    Starting,
+    /// Heartbeats arrive: it takes requests.
+    Ready,
+    /// Alive, but no heartbeat for three intervals.
+    Unresponsive,
+    /// Exited without being asked to.
+    Crashed {
+        /// Its exit code, when it exited.
+        exit_code: Option<i32>,
+        /// The signal that killed it, when one did.
+        signal: Option<i32>,
+        /// Its exit in words, with the last lines of its log.
+        message: String,
+    },
+    /// Stopped by a `worker delete`.
+    Stopped,
+}
+
+impl WorkerState {
+    /// True while the process runs.
+    pub fn is_alive(&self) -> bool {
+        matches!(self, WorkerState::Starting | WorkerState::Ready | WorkerState::Unresponsive)
+    }
+}
+
+/// A worker process on a hive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerProcess {
+    /// Its id, unique on the hive.
+    pub id: String,
+    /// Its type (`llama-cpp`, …): the binary `rbee-worker-<type>`.
+    pub worker_type: String,
+    /// The model it serves, as given to it.
+    pub model: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Its port on the hive's host (127.0.0.1).
+    pub port: u16,
+    /// Its process id (and process group).
+    pub pid: u32,
+    /// When it was spawned (ms since the epoch).
+    pub started_ms: u64,
+    /// Its last heartbeat (ms since the epoch), if any.
+    pub last_heartbeat_ms: Option<u64>,
+    /// True when a restarted hive found it still running and took it back.
+    #[serde(default)]
+    pub adopted: bool,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: WorkerState,
+}
+
+impl WorkerProcess {
+    /// True if it serves `model`: the same string, or the same file name (with or without
+    /// its extension) as the path it was given.
+    pub fn serves(&self, model: &str) -> bool {
+        if self.model == model {
+            return true;
+        }
+        let path = std::path::Path::new(&self.model);
+        path.file_name().is_some_and(|n| n == model) || path.file_stem().is_some_and(|n| n == model)
+    }
+}
+
+/// A worker's heartbeat to its hive (`POST /v1/workers/{id}/heartbeat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHeartbeat {
+    /// The worker's id.
+    pub worker_id: String,
+    /// `ready`, or `loading` while its engine starts.
+    pub status: String,
+}
+
+/// A model file on a hive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Its name: the file name under the models directory.
+    pub name: String,
+    /// Its full path on the host.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256, recorded when rbee downloaded it.
+    pub sha256: Option<String>,
+}
+
+/// One line of a hive's answer to a forwarded operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HiveEvent {
+    /// A log line.
+    Log {
+        /// The line.
+        message: String,
+    },
+    /// Download progress.
+    Progress {
+        /// Bytes so far.
+        done: u64,
+        /// Bytes in all, when known.
+        total: Option<u64>,
+    },
+    /// Generated text, as it streams.
+    Token {
+        /// The text.
+        text: String,
+    },
+    /// The last line: the result.
+    Result {
+        /// The result.
+        result: crate::package::OperationResult,
+    },
+}

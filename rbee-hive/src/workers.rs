@@ -1,0 +1,423 @@
+//! Worker processes: spawn, list, stop, crash detection, and an on-disk registry
+//! (`~/.local/state/rbee/workers/<id>.json`) so a restarted hive re-adopts the workers that
+//! still run and clears the dead ones. A worker is found by its recorded pid *and* that
+//! process's start time, never by searching the process table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rbee_core::hive_api::{WorkerProcess, WorkerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// What the registry file of one worker holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    worker_type: String,
+    model: String,
+    device: String,
+    port: u16,
+    pid: u32,
+    /// The process's start time (`/proc/<pid>/stat` field 22), so a reused pid is not mistaken
+    /// for the worker.
+    start_time: u64,
+    started_ms: u64,
+}
+
+struct Entry {
+    process: WorkerProcess,
+    deleting: bool,
+}
+
+/// How workers are started.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The worker catalog: `rbee-worker-<type>` binaries.
+    pub catalog_dir: PathBuf,
+    /// Where records and logs go.
+    pub registry_dir: PathBuf,
+    /// Models by name.
+    pub models_dir: PathBuf,
+    /// The hive's URL as workers reach it.
+    pub hive_url: String,
+    /// The hive's own port (never given to a worker).
+    pub hive_port: u16,
+    /// The token workers send with heartbeats and require on their API.
+    pub token: Option<String>,
+    /// How often workers beat; unresponsive after three missed beats.
+    pub heartbeat_ms: u64,
+}
+
+/// The hive's worker processes.
+pub struct Workers {
+    settings: WorkerSettings,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// Notified whenever a worker's state changes.
+    pub changed: Arc<Notify>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The start time of a live (not zombie) process, from `/proc/<pid>/stat`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3 (state); field 22 is start time.
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+impl Workers {
+    /// The registry, with the workers of a previous hive process that still run re-adopted
+    /// and the records of dead ones removed.
+    pub fn open(settings: WorkerSettings) -> Arc<Self> {
+        let _ = std::fs::create_dir_all(&settings.registry_dir);
+        let workers =
+            Arc::new(Workers { settings, entries: Mutex::new(BTreeMap::new()), changed: Arc::new(Notify::new()) });
+        let files = std::fs::read_dir(&workers.settings.registry_dir).map(|d| d.flatten().collect::<Vec<_>>());
+        for file in files.unwrap_or_default() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let record: Option<Record> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match record {
+                Some(r) if start_time(r.pid) == Some(r.start_time) => {
+                    eprintln!("rbee-hive: re-adopted worker {} (pid {}, port {})", r.id, r.pid, r.port);
+                    let process = WorkerProcess {
+                        id: r.id.clone(),
+                        worker_type: r.worker_type.clone(),
+                        model: r.model.clone(),
+                        device: r.device.clone(),
+                        port: r.port,
+                        pid: r.pid,
+                        started_ms: r.started_ms,
+                        last_heartbeat_ms: None,
+                        adopted: true,
+                        state: WorkerState::Starting,
+                    };
+                    workers
+                        .entries
+                        .lock()
+                        .expect("workers lock")
+                        .insert(r.id.clone(), Entry { process, deleting: false });
+                    tokio::spawn(watch_adopted(workers.clone(), r));
+                }
+                other => {
+                    if let Some(r) = other {
+                        eprintln!("rbee-hive: cleared worker {} (pid {} is gone)", r.id, r.pid);
+                        let _ = std::fs::remove_file(workers.settings.registry_dir.join(format!("{}.log", r.id)));
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        workers
+    }
+
+    /// Every worker, with `unresponsive` for live ones whose heartbeats stopped.
+    pub fn list(&self) -> Vec<WorkerProcess> {
+        let now = now_ms();
+        let limit = 3 * self.settings.heartbeat_ms;
+        self.entries
+            .lock()
+            .expect("workers lock")
+            .values()
+            .map(|e| {
+                let mut p = e.process.clone();
+                if p.state == WorkerState::Ready && p.last_heartbeat_ms.is_some_and(|t| now.saturating_sub(t) > limit) {
+                    p.state = WorkerState::Unresponsive;
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// One worker.
+    pub fn get(&self, id: &str) -> Result<WorkerProcess, String> {
+        self.list().into_iter().find(|p| p.id == id).ok_or_else(|| self.no_such(id))
+    }
+
+    fn no_such(&self, id: &str) -> String {
+        let ids: Vec<String> = self.list().into_iter().map(|p| p.id).collect();
+        let known = if ids.is_empty() { "none".to_owned() } else { ids.join(", ") };
+        format!("no worker {id} on this hive (workers: {known}); see `rbee worker list`")
+    }
+
+    /// The log file of a worker.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.settings.registry_dir.join(format!("{id}.log"))
+    }
+
+    /// A worker's heartbeat: it is ready (or still loading).
+    pub fn heartbeat(&self, id: &str, ready: bool) -> bool {
+        let mut entries = self.entries.lock().expect("workers lock");
+        let Some(entry) = entries.get_mut(id) else { return false };
+        if !entry.process.state.is_alive() {
+            return false;
+        }
+        entry.process.last_heartbeat_ms = Some(now_ms());
+        let before = entry.process.state.clone();
+        entry.process.state = if ready { WorkerState::Ready } else { WorkerState::Starting };
+        let changed = before != entry.process.state;
+        drop(entries);
+        if changed {
+            self.changed.notify_waiters();
+        }
+        true
+    }
+
+    fn set_exited(&self, id: &str, state: WorkerState) {
+        let mut entries = self.entries.lock().expect("workers lock");
+        if let Some(entry) = entries.get_mut(id) {
+            entry.process.state = if entry.deleting { WorkerState::Stopped } else { state };
+            if let WorkerState::Crashed { message, .. } = &entry.process.state {
+                eprintln!("rbee-hive: worker {id} crashed: {message}");
+            }
+        }
+        drop(entries);
+        let _ = std::fs::remove_file(self.settings.registry_dir.join(format!("{id}.json")));
+        self.changed.notify_waiters();
+    }
+
+    fn free_port(&self) -> Result<u16, String> {
+        let taken: Vec<u16> = self.list().iter().filter(|p| p.state.is_alive()).map(|p| p.port).collect();
+        for _ in 0..32 {
+            // The kernel hands out a port nothing listens on; skip the hive's and live workers'.
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            if port != self.settings.hive_port && !taken.contains(&port) {
+                return Ok(port);
+            }
+        }
+        Err("no free port for the worker".into())
+    }
+
+    /// The installed worker types (the catalog), read from disk.
+    pub fn scan_catalog(&self) -> Vec<String> {
+        crate::catalog::scan(&self.settings.catalog_dir)
+    }
+
+    /// Starts `rbee-worker-<worker_type>` for `model` on `device`; returns at once, in state
+    /// `starting` (see [`Workers::wait_ready`]).
+    pub fn spawn(
+        self: &Arc<Self>,
+        catalog: &[String],
+        worker_type: &str,
+        model: &str,
+        device: &str,
+    ) -> Result<WorkerProcess, String> {
+        if !catalog.iter().any(|t| t == worker_type) {
+            let installed = if catalog.is_empty() { "none".to_owned() } else { catalog.join(", ") };
+            return Err(format!(
+                "worker type {worker_type:?} is not installed on this hive (installed: {installed}): add it to the \
+                 hive's `workers` in hives.conf and run `rbee sync`"
+            ));
+        }
+        let device_ok = device == "cpu" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        if !device_ok {
+            return Err(format!("device {device:?} is not `cpu` or `cuda:N`"));
+        }
+        // A bare name means a model in the models directory.
+        let model_arg = if !model.contains('/') && self.settings.models_dir.join(model).is_file() {
+            self.settings.models_dir.join(model).to_string_lossy().into_owned()
+        } else {
+            model.to_owned()
+        };
+        let port = self.free_port()?;
+        let started_ms = now_ms();
+        let id = {
+            let entries = self.entries.lock().expect("workers lock");
+            let mut n = started_ms % 1_000_000;
+            while entries.contains_key(&format!("{worker_type}-{n}")) {
+                n += 1;
+            }
+            format!("{worker_type}-{n}")
+        };
+        let binary = self.settings.catalog_dir.join(format!("rbee-worker-{worker_type}"));
+        let log = std::fs::File::create(self.log_path(&id)).map_err(|e| format!("cannot create worker log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .args(["--worker-id", &id, "--model", &model_arg, "--device", device, "--port", &port.to_string()])
+            .args(["--hive-url", &self.settings.hive_url])
+            .env("RBEE_HEARTBEAT_MS", self.settings.heartbeat_ms.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a stop reaches the engine it starts too, and the worker
+            // outlives a hive restart (to be re-adopted).
+            .process_group(0)
+            .kill_on_drop(false);
+        match &self.settings.token {
+            Some(token) => command.env("RBEE_WORKER_TOKEN", token),
+            None => command.env_remove("RBEE_WORKER_TOKEN"),
+        };
+        let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let pid = child.id().ok_or("the worker exited at once")?;
+        let record = Record {
+            id: id.clone(),
+            worker_type: worker_type.to_owned(),
+            model: model_arg.clone(),
+            device: device.to_owned(),
+            port,
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            started_ms,
+        };
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+        if let Err(e) = write_atomic(&self.settings.registry_dir.join(format!("{id}.json")), &json) {
+            let _ = child.start_kill();
+            return Err(format!("cannot write the worker registry: {e}"));
+        }
+        let process = WorkerProcess {
+            id: id.clone(),
+            worker_type: worker_type.to_owned(),
+            model: model_arg,
+            device: device.to_owned(),
+            port,
+            pid,
+            started_ms,
+            last_heartbeat_ms: None,
+            adopted: false,
+            state: WorkerState::Starting,
+        };
+        self.entries
+            .lock()
+            .expect("workers lock")
+            .insert(id.clone(), Entry { process: process.clone(), deleting: false });
+        let workers = self.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            use std::os::unix::process::ExitStatusExt;
+            let (exit_code, signal) = status.as_ref().map_or((None, None), |s| (s.code(), s.signal()));
+            let how = match (exit_code, signal) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (None, Some(s)) => format!("was killed by signal {s}"),
+                _ => "exited".to_owned(),
+            };
+            let tail = log_tail(&workers.log_path(&id), 5);
+            let message = if tail.is_empty() { how } else { format!("{how}; last lines of its log:\n{tail}") };
+            workers.set_exited(&id, WorkerState::Crashed { exit_code, signal, message });
+        });
+        self.changed.notify_waiters();
+        Ok(process)
+    }
+
+    /// Waits until the worker is ready; fails if it exits first or `timeout` passes.
+    pub async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<WorkerProcess, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let process = self.get(id)?;
+            match &process.state {
+                WorkerState::Ready => return Ok(process),
+                WorkerState::Crashed { message, .. } => {
+                    return Err(format!("worker {id} {message}"));
+                }
+                WorkerState::Stopped => return Err(format!("worker {id} was stopped while starting")),
+                WorkerState::Starting | WorkerState::Unresponsive => {}
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!(
+                    "worker {id} sent no heartbeat within {}s; it is still running: see its log {} or stop it with \
+                     `rbee worker delete {id}`",
+                    timeout.as_secs(),
+                    self.log_path(id).display()
+                ));
+            }
+        }
+    }
+
+    /// Stops a worker: SIGTERM to its process group, SIGKILL after `grace`. A worker that
+    /// already exited is cleared from the list.
+    pub async fn delete(&self, id: &str, grace: Duration) -> Result<WorkerProcess, String> {
+        let process = {
+            let mut entries = self.entries.lock().expect("workers lock");
+            let Some(entry) = entries.get_mut(id) else {
+                drop(entries);
+                return Err(self.no_such(id));
+            };
+            if !entry.process.state.is_alive() {
+                let process = entries.remove(id).map(|e| e.process);
+                drop(entries);
+                let _ = std::fs::remove_file(self.log_path(id));
+                return process.ok_or_else(|| self.no_such(id));
+            }
+            entry.deleting = true;
+            entry.process.clone()
+        };
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        let group = Pid::from_raw(i32::try_from(process.pid).map_err(|e| e.to_string())?);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut killed = false;
+        loop {
+            if self.get(id).is_ok_and(|p| !p.state.is_alive()) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline && !killed {
+                eprintln!("rbee-hive: worker {id} ignored SIGTERM for {grace:?}; sending SIGKILL");
+                let _ = killpg(group, Signal::SIGKILL);
+                killed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut process = self.entries.lock().expect("workers lock").remove(id).map_or(process, |e| e.process);
+        process.state = WorkerState::Stopped;
+        let _ = std::fs::remove_file(self.settings.registry_dir.join(format!("{id}.json")));
+        let _ = std::fs::remove_file(self.log_path(id));
+        self.changed.notify_waiters();
+        Ok(process)
+    }
+
+    /// A ready worker serving `model`, if any.
+    pub fn ready_for(&self, model: &str) -> Option<WorkerProcess> {
+        self.list().into_iter().find(|p| p.state == WorkerState::Ready && p.serves(model))
+    }
+
+    /// The token workers require.
+    pub fn token(&self) -> Option<&str> {
+        self.settings.token.as_deref()
+    }
+}
+
+/// A worker from a previous hive process is not our child: poll its process until it is gone.
+async fn watch_adopted(workers: Arc<Workers>, record: Record) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if start_time(record.pid) != Some(record.start_time) {
+            let message =
+                "exited; its exit status is unknown (it was re-adopted after a hive restart, so this hive is not \
+                 its parent)"
+                    .to_owned();
+            workers.set_exited(&record.id, WorkerState::Crashed { exit_code: None, signal: None, message });
+            return;
+        }
+    }
+}

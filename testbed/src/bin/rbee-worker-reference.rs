@@ -1,0 +1,103 @@
+//! Test fixture: the reference worker. It honours the worker contract (arguments, token,
+//! `/health`, heartbeats to the hive, streaming `/v1/chat/completions`) with a deterministic
+//! "model": the answer to a prompt is `echo:` followed by the prompt's words, one token per
+//! word. Tests install it into a hive's worker catalog as `rbee-worker-reference`; it is not
+//! shipped.
+//!
+//! `REFERENCE_WORKER_LOAD_MS` delays readiness (default 200 ms), like a model loading.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::response::{IntoResponse, Response};
+use clap::Parser;
+use rbee_worker::WorkerArgs;
+use rbee_worker::contract::{Backend, WorkerEnv, sse_chunk};
+
+struct Echo {
+    model: String,
+    loaded_at: Instant,
+}
+
+/// The deterministic answer: `echo:` and then each word of the prompt, as separate tokens.
+fn tokens(prompt: &str, max_tokens: Option<u64>) -> Vec<String> {
+    let mut out = vec!["echo:".to_owned()];
+    out.extend(prompt.split_whitespace().map(|w| format!(" {w}")));
+    out.truncate(usize::try_from(max_tokens.unwrap_or(u64::MAX)).unwrap_or(usize::MAX).max(1));
+    out
+}
+
+#[async_trait::async_trait]
+impl Backend for Echo {
+    async fn ready(&self) -> bool {
+        Instant::now() >= self.loaded_at
+    }
+
+    async fn chat(&self, body: Bytes) -> Response {
+        let request: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = serde_json::json!({"error": {"message": format!("bad request body: {e}")}});
+                return (axum::http::StatusCode::BAD_REQUEST, axum::Json(err)).into_response();
+            }
+        };
+        let prompt = request["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let tokens = tokens(&prompt, request["max_tokens"].as_u64());
+        let id = "chatcmpl-reference";
+        if request["stream"].as_bool() == Some(true) {
+            let mut frames: Vec<String> = tokens.iter().map(|t| sse_chunk(id, &self.model, Some(t), None)).collect();
+            frames.push(sse_chunk(id, &self.model, None, Some("stop")));
+            frames.push("data: [DONE]\n\n".to_owned());
+            // One frame at a time, a little apart, so the stream is a stream.
+            let stream = futures_util::stream::unfold(frames.into_iter(), |mut frames| async move {
+                let frame = frames.next()?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame)), frames))
+            });
+            ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response()
+        } else {
+            let text: String = tokens.concat();
+            axum::Json(serde_json::json!({
+                "id": id,
+                "object": "chat.completion",
+                "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"completion_tokens": tokens.len()},
+            }))
+            .into_response()
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = WorkerArgs::parse();
+    let load_ms = std::env::var("REFERENCE_WORKER_LOAD_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let backend =
+        Arc::new(Echo { model: args.model.clone(), loaded_at: Instant::now() + Duration::from_millis(load_ms) });
+    eprintln!("reference worker {} serving {} on port {}", args.worker_id, args.model, args.port);
+    match rbee_worker::contract::serve(args, WorkerEnv::from_env(), backend, rbee_worker::contract::terminated()).await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn answer_is_echo_of_the_words() {
+        assert_eq!(super::tokens("hello  big world", None).concat(), "echo: hello big world");
+        assert_eq!(super::tokens("hello big world", Some(2)).concat(), "echo: hello");
+    }
+}
