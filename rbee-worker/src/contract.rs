@@ -94,10 +94,10 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
     let Some(hive) = args.hive_url.clone() else { return };
     let url = format!("{}/v1/workers/{}/heartbeat", hive.trim_end_matches('/'), args.worker_id);
     let bearer = env.token.as_ref().map(|t| format!("Bearer {t}"));
-    let mut ticker = tokio::time::interval(Duration::from_millis(env.heartbeat_ms.max(50)));
+    let interval = Duration::from_millis(env.heartbeat_ms.max(50));
     loop {
-        ticker.tick().await;
-        let status = if backend.ready().await { "ready" } else { "loading" };
+        let ready = backend.ready().await;
+        let status = if ready { "ready" } else { "loading" };
         let beat = WorkerHeartbeat { worker_id: args.worker_id.clone(), status: status.into() };
         let mut headers = vec![("content-type", "application/json")];
         if let Some(b) = &bearer {
@@ -109,6 +109,8 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
             Ok(r) => eprintln!("worker {}: heartbeat to {hive} answered {}", args.worker_id, r.status()),
             Err(e) => eprintln!("worker {}: heartbeat to {hive} failed: {e}", args.worker_id),
         }
+        // While loading, look again soon so the hive learns of readiness at once.
+        tokio::time::sleep(if ready { interval } else { interval.min(Duration::from_millis(100)) }).await;
     }
 }
 

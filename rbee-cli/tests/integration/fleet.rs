@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 pub const ARTIFACTS: [&str; 4] = ["rbee-hive", "rbee-worker-llama-cpp", "rbee-worker-vllm", "rbee-worker-comfyui"];
 
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rbee")).parent().expect("bin dir").to_path_buf()
 }
 
@@ -87,6 +87,18 @@ impl Host {
             return None;
         }
         serde_json::from_str(body).ok()
+    }
+
+    /// Kills the worker processes in the hive's registry (each leads its own process group).
+    pub fn kill_workers(&self) {
+        let dir = self.path(".local/state/rbee/workers");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let record: Option<serde_json::Value> =
+                std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(pid) = record.and_then(|r| r["pid"].as_u64()) {
+                let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).status();
+            }
+        }
     }
 
     pub fn kill_hive(&self) {
@@ -213,6 +225,7 @@ impl Drop for Fleet {
         let _ = self.command(&["queen", "stop"]).output();
         for h in &self.hosts {
             h.kill_hive();
+            h.kill_workers();
         }
     }
 }

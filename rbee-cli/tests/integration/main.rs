@@ -4,3 +4,4 @@ mod fleet;
 mod queen;
 mod sync_local;
 mod sync_ssh;
+mod workers;

@@ -312,6 +312,13 @@ pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout
 
 const UNINSTALL: &str = r#"set -u
 purge=$1
+# Stop the worker processes the hive started (each leads its own process group).
+for f in .local/state/rbee/workers/*.json; do
+  [ -e "$f" ] || continue
+  p=$(sed -n 's/.*"pid": *\([0-9][0-9]*\).*/\1/p' "$f" | head -n 1)
+  [ -n "$p" ] && kill -TERM -- "-$p" 2>/dev/null
+  rm -f "$f"
+done
 rm -f .local/bin/rbee-hive .local/bin/.rbee-hive.rbee-tmp-* .local/bin/.rbee-hive.upload-*
 rm -f .local/share/rbee/workers/rbee-worker-* .local/share/rbee/workers/.rbee-worker-*
 rmdir .local/share/rbee/workers .local/share/rbee 2>/dev/null

@@ -1,0 +1,176 @@
+//! Workers, models and inference end to end: `rbee` → queen → hive → worker, with the
+//! reference worker (a test fixture that honours the worker contract deterministically:
+//! testbed/src/bin/rbee-worker-reference.rs) installed in the hive's worker catalog.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::fleet::{Fleet, Run, alive, bin_dir, sha256_file};
+
+fn json(run: &Run) -> serde_json::Value {
+    let line = run.stdout().lines().rfind(|l| l.starts_with('{')).unwrap_or_default().to_owned();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout(), run.stderr()))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
+fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The queen's OpenAI-compatible endpoint, called as any OpenAI client would.
+fn chat_completions(fleet: &Fleet, body: serde_json::Value) -> (u16, String) {
+    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.token")).unwrap();
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", fleet.queen_port);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let bearer = format!("Bearer {}", token.trim());
+        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+        let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&body).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let body = rbee_http::collect(response).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+#[test]
+fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
+    let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
+    let rbee = |args: &[&str]| {
+        let mut cmd = fleet.via_queen(args);
+        cmd.env("RBEE_HEARTBEAT_MS", "500");
+        Run(cmd.output().unwrap())
+    };
+    let h1 = fleet.host("h1");
+    rbee(&["sync"]).expect_code(0);
+    wait_for("h1 in the registry", Duration::from_secs(10), || {
+        rbee(&["hive", "get", "h1"]).code().eq(&0).then_some(())
+    });
+
+    // The hive reads its catalog at start; the fixture appears after a refresh.
+    let catalog = h1.path(".local/share/rbee/workers");
+    std::fs::copy(bin_dir().join("rbee-worker-reference"), catalog.join("rbee-worker-reference"))
+        .expect("the reference worker is built with the workspace (`cargo build --workspace --bins`)");
+    let refreshed = json(&rbee(&["worker", "refresh", "--hive", "h1", "--json"]).expect_code(0));
+    assert_eq!(refreshed["workers"], serde_json::json!(["llama-cpp", "reference"]));
+
+    // A model from a path on the host, verified.
+    let source = fleet.dir.path().join("tiny.gguf");
+    std::fs::write(&source, b"a tiny model for the reference worker\n").unwrap();
+    let sha = sha256_file(&source);
+    let downloaded = rbee(&["model", "download", "--hive", "h1", source.to_str().unwrap(), "--sha256", &sha, "--json"]);
+    let downloaded = json(&downloaded.expect_code(0));
+    assert_eq!(downloaded["model"]["name"], "tiny.gguf");
+    assert_eq!(downloaded["model"]["sha256"], sha.as_str());
+    let models = json(&rbee(&["model", "list", "--hive", "h1", "--json"]).expect_code(0));
+    assert_eq!(models["models"].as_array().unwrap().len(), 1, "{models}");
+
+    // Nothing serves the model yet: the error says how to start a worker.
+    let none = rbee(&["infer", "--model", "tiny", "hello"]).expect_code(1);
+    assert!(none.stderr().contains("rbee worker spawn --hive h1"), "{}", none.stderr());
+
+    // Spawn: returns once the worker's first heartbeat says it is ready.
+    let spawned = rbee(&["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "tiny.gguf", "--json"]);
+    let worker = json(&spawned.expect_code(0))["worker"].clone();
+    assert_eq!(worker["state"], "ready", "{worker}");
+    let id = worker["id"].as_str().unwrap().to_owned();
+    let pid = u32::try_from(worker["pid"].as_u64().unwrap()).unwrap();
+    assert!(worker["model"].as_str().unwrap().ends_with("/.local/share/rbee/models/tiny.gguf"), "{worker}");
+
+    // Its heartbeats reach the hive, and the hive's reach the queen.
+    let listed = json(&rbee(&["worker", "list", "--hive", "h1", "--json"]).expect_code(0));
+    assert!(listed["workers"][0]["last_heartbeat_ms"].as_u64().is_some(), "{listed}");
+    wait_for("the worker in the queen's registry", Duration::from_secs(5), || {
+        let hives: serde_json::Value =
+            serde_json::from_str(rbee(&["hive", "get", "h1", "--json"]).stdout().trim()).ok()?;
+        (hives[0]["processes"][0]["state"] == "ready").then_some(())
+    });
+
+    // Inference streams through queen and hive: tokens arrive as separate events, in order.
+    let infer = rbee(&["infer", "--model", "tiny", "hello big world"]).expect_code(0);
+    assert_eq!(infer.stdout().trim(), "echo: hello big world");
+    let streamed = rbee(&["infer", "--model", "tiny.gguf", "--hive", "h1", "one two", "--json"]).expect_code(0);
+    let tokens: Vec<String> = streamed
+        .json_lines()
+        .iter()
+        .filter(|l| l["event"] == "hive" && l["data"]["kind"] == "token")
+        .map(|l| l["data"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tokens, ["echo:", " one", " two"]);
+
+    // The queen's OpenAI-compatible endpoint routes the same way, streaming or not.
+    let ask = |stream: bool| serde_json::json!({"model": "tiny", "stream": stream, "messages": [{"role": "user", "content": "hi there"}]});
+    let (status, body) = chat_completions(&fleet, ask(false));
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "echo: hi there");
+    let (status, body) = chat_completions(&fleet, ask(true));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("chat.completion.chunk").count(), 4, "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let (status, body) = chat_completions(&fleet, serde_json::json!({"model": "absent", "messages": []}));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("rbee worker spawn"), "{body}");
+
+    // A hive restart re-adopts the live worker.
+    rbee(&["hive", "stop", "h1"]).expect_code(0);
+    assert!(alive(pid), "the worker outlives its hive");
+    rbee(&["hive", "start", "h1"]).expect_code(0);
+    let adopted = wait_for("the worker re-adopted and ready", Duration::from_secs(10), || {
+        let got = json(&rbee(&["worker", "get", "--hive", "h1", &id, "--json"]));
+        (got["worker"]["state"] == "ready").then_some(got)
+    });
+    assert_eq!(adopted["worker"]["adopted"], true, "{adopted}");
+    wait_for("the re-adopted worker in the queen's registry", Duration::from_secs(5), || {
+        let hives: serde_json::Value =
+            serde_json::from_str(rbee(&["hive", "get", "h1", "--json"]).stdout().trim()).ok()?;
+        (hives[0]["processes"][0]["state"] == "ready").then_some(())
+    });
+    assert_eq!(rbee(&["infer", "--model", "tiny", "still here"]).expect_code(0).stdout().trim(), "echo: still here");
+
+    // Delete: SIGTERM to its process group; it is gone, and so is its entry.
+    let deleted = json(&rbee(&["worker", "delete", "--hive", "h1", &id, "--json"]).expect_code(0));
+    assert_eq!(deleted["worker"]["state"], "stopped");
+    assert!(!alive(pid), "worker {pid} still runs");
+    let gone = rbee(&["worker", "get", "--hive", "h1", &id]).expect_code(1);
+    assert!(gone.stderr().contains("no worker"), "{}", gone.stderr());
+
+    // A crash is detected and its exit status reported, by the hive and in the queen's registry.
+    let spawned = rbee(&["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "tiny.gguf", "--json"]);
+    let worker = json(&spawned.expect_code(0))["worker"].clone();
+    let id = worker["id"].as_str().unwrap().to_owned();
+    Command::new("kill").args(["-9", &worker["pid"].to_string()]).status().unwrap();
+    let crashed = wait_for("the crash reported", Duration::from_secs(5), || {
+        let got = json(&rbee(&["worker", "get", "--hive", "h1", &id, "--json"]));
+        (got["worker"]["state"] == "crashed").then_some(got)
+    });
+    assert_eq!(crashed["worker"]["signal"], 9, "{crashed}");
+    let text = rbee(&["worker", "list", "--hive", "h1"]).expect_code(0);
+    assert!(text.stdout().contains("CRASHED (signal 9)"), "{}", text.stdout());
+    wait_for("the crash in the queen's registry", Duration::from_secs(5), || {
+        let hives: serde_json::Value =
+            serde_json::from_str(rbee(&["hive", "get", "h1", "--json"]).stdout().trim()).ok()?;
+        (hives[0]["processes"][0]["state"] == "crashed").then_some(())
+    });
+    rbee(&["worker", "delete", "--hive", "h1", &id]).expect_code(0);
+
+    // A real engine launcher whose engine is not installed: the spawn fails with its message.
+    let path_has =
+        |p: &str| std::env::var_os("PATH").is_some_and(|v| std::env::split_paths(&v).any(|d| d.join(p).is_file()));
+    if !path_has("llama-server") {
+        let failed = rbee(&["worker", "spawn", "--hive", "h1", "--type", "llama-cpp", "--model", "tiny.gguf"]);
+        let failed = failed.expect_code(1);
+        assert!(failed.stderr().contains("exited with status 127"), "{}", failed.stderr());
+        assert!(failed.stderr().contains("`llama-server` not found"), "{}", failed.stderr());
+    }
+
+    // An undeclared type is refused with what to do.
+    let refused = rbee(&["worker", "spawn", "--hive", "h1", "--type", "vllm", "--model", "tiny.gguf"]).expect_code(1);
+    assert!(refused.stderr().contains("not installed on this hive"), "{}", refused.stderr());
+}
