@@ -125,3 +125,42 @@ pub enum HiveEvent {
         result: crate::package::OperationResult,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(model: &str) -> WorkerProcess {
+        WorkerProcess {
+            id: "w".into(),
+            worker_type: "llama-cpp".into(),
+            model: model.into(),
+            device: "cpu".into(),
+            port: 1,
+            pid: 1,
+            started_ms: 0,
+            last_heartbeat_ms: None,
+            adopted: false,
+            state: WorkerState::Ready,
+        }
+    }
+
+    #[test]
+    fn a_worker_serves_its_model_by_path_file_name_or_stem() {
+        let w = worker("/home/u/.local/share/rbee/models/llama-3-8b.gguf");
+        for name in ["/home/u/.local/share/rbee/models/llama-3-8b.gguf", "llama-3-8b.gguf", "llama-3-8b"] {
+            assert!(w.serves(name), "{name}");
+        }
+        assert!(!w.serves("llama-3"));
+        assert!(worker("meta-llama/Llama-3-8B").serves("meta-llama/Llama-3-8B"));
+    }
+
+    #[test]
+    fn states_flatten_into_the_worker() {
+        let mut w = worker("m");
+        w.state = WorkerState::Crashed { exit_code: None, signal: Some(9), message: "killed".into() };
+        let v = serde_json::to_value(&w).unwrap();
+        assert_eq!((v["state"].as_str(), v["signal"].as_i64()), (Some("crashed"), Some(9)));
+        assert_eq!(serde_json::from_value::<WorkerProcess>(v).unwrap(), w);
+    }
+}

@@ -387,7 +387,7 @@ pub enum OperationResult {
         /// The hive.
         hive: String,
         /// The process.
-        worker: crate::hive_api::WorkerProcess,
+        worker: Box<crate::hive_api::WorkerProcess>,
     },
     /// A hive's worker catalog (the worker types installed on it).
     Catalog {

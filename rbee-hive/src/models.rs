@@ -29,6 +29,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// The name a source gets by default: its last path segment, without a query.
 pub fn default_name(source: &str) -> Result<String, String> {
     let path = source.split(['?', '#']).next().unwrap_or(source);
+    let path = match path.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        None => path,
+    };
     let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_owned();
     check_name(&name).map_err(|_| format!("cannot name a model after {source:?}: give a name with --name"))?;
     Ok(name)
@@ -126,10 +130,10 @@ pub async fn download(
         None => default_name(source)?,
     };
     let want = sha256.map(str::to_ascii_lowercase);
-    if let Some(w) = &want {
-        if w.len() != 64 || !w.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("{w:?} is not a sha256 (64 hex digits)"));
-        }
+    if let Some(w) = &want
+        && (w.len() != 64 || !w.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(format!("{w:?} is not a sha256 (64 hex digits)"));
     }
     if let Ok(existing) = get(dir, &name) {
         match (&want, &existing.sha256) {
@@ -154,13 +158,11 @@ pub async fn download(
         copy_local(Path::new(path), &part, &mut progress).await?;
     }
     let got = sha256_file(&part).await?;
-    if let Some(w) = &want {
-        if *w != got {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(format!(
-                "checksum mismatch for {name}: expected sha256 {w}, got {got}; the download was deleted"
-            ));
-        }
+    if let Some(w) = &want
+        && *w != got
+    {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(format!("checksum mismatch for {name}: expected sha256 {w}, got {got}; the download was deleted"));
     }
     let file = tokio::fs::OpenOptions::new().write(true).open(&part).await.map_err(|e| e.to_string())?;
     file.sync_all().await.map_err(|e| e.to_string())?;
@@ -239,10 +241,8 @@ async fn fetch_http(url: &str, part: &Path, progress: &mut Progress<'_>) -> Resu
         }
     }
     file.flush().await.map_err(|e| e.to_string())?;
-    if let Some(t) = total {
-        if done < t {
-            return Err(interrupted(url, done, total, "the connection closed early"));
-        }
+    if total.is_some_and(|t| done < t) {
+        return Err(interrupted(url, done, total, "the connection closed early"));
     }
     (progress.on)(done, total);
     Ok(())
@@ -275,4 +275,19 @@ async fn copy_local(src: &Path, part: &Path, progress: &mut Progress<'_>) -> Res
     file.flush().await.map_err(|e| e.to_string())?;
     (progress.on)(done, Some(total));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(default_name("https://h/x/llama-3.gguf?download=1").unwrap(), "llama-3.gguf");
+        assert_eq!(default_name("/data/m.bin").unwrap(), "m.bin");
+        assert!(default_name("https://h/").unwrap_err().contains("--name"));
+        for bad in ["", ".hidden", "a/b", "..", "x\ny"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

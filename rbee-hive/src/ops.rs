@@ -47,7 +47,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
                     hive.workers
                         .wait_ready(&p.id, timeout)
                         .await
-                        .map(|worker| OperationResult::Worker { hive: alias, worker })
+                        .map(|worker| OperationResult::Worker { hive: alias, worker: Box::new(worker) })
                 }
                 Err(e) => Err(e),
             }
@@ -56,11 +56,14 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
             Ok(OperationResult::Workers { hive: alias, workers: hive.workers.list() })
         }
         Operation::WorkerProcessGet { worker_id, .. } => {
-            hive.workers.get(&worker_id).map(|worker| OperationResult::Worker { hive: alias, worker })
+            hive.workers.get(&worker_id).map(|worker| OperationResult::Worker { hive: alias, worker: Box::new(worker) })
         }
         Operation::WorkerProcessDelete { worker_id, grace_ms, .. } => {
             let grace = Duration::from_millis(grace_ms.unwrap_or(10_000));
-            hive.workers.delete(&worker_id, grace).await.map(|worker| OperationResult::Worker { hive: alias, worker })
+            hive.workers
+                .delete(&worker_id, grace)
+                .await
+                .map(|worker| OperationResult::Worker { hive: alias, worker: Box::new(worker) })
         }
         Operation::WorkerCatalogRefresh { .. } => {
             let workers = hive.workers.scan_catalog();

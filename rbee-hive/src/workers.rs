@@ -421,3 +421,25 @@ async fn watch_adopted(workers: Arc<Workers>, record: Record) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_identifies_a_live_process() {
+        let me = std::process::id();
+        let t = start_time(me).expect("this process has a start time");
+        assert_eq!(start_time(me), Some(t), "stable");
+        assert_eq!(start_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_nonblank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("w.log");
+        std::fs::write(&log, "a\n\nb\nc\n\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "b\nc");
+        assert_eq!(log_tail(&dir.path().join("absent"), 2), "");
+    }
+}

@@ -304,12 +304,12 @@ fn route(queen: &Queen, model: &str, only: Option<&str>) -> Result<(String, Stri
         let turn = queen.next.fetch_add(1, Ordering::Relaxed) as usize;
         return Ok(candidates[turn % candidates.len()].clone());
     }
-    if let Some(alias) = only {
-        if !fresh.iter().any(|(_, _, b)| b.alias == alias) {
-            drop(hives);
-            hive_addr(queen, alias)?;
-            return Err(format!("no hive {alias}"));
-        }
+    if let Some(alias) = only
+        && !fresh.iter().any(|(_, _, b)| b.alias == alias)
+    {
+        drop(hives);
+        hive_addr(queen, alias)?;
+        return Err(format!("no hive {alias}"));
     }
     let starting = fresh.iter().any(|(_, _, b)| {
         b.processes.iter().any(|p| p.serves(model) && p.state == rbee_core::hive_api::WorkerState::Starting)

@@ -8,7 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod contract;
-mod proxy;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
