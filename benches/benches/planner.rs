@@ -54,6 +54,7 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
         desired.hives.insert(
             alias.clone(),
             DesiredHive {
+                attached: false,
                 alias,
                 hostname: format!("10.0.{}.{}", i / 250, i % 250),
                 transport: TransportKind::Ssh,

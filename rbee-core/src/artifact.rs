@@ -467,6 +467,7 @@ pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, Arti
                 transport: h.transport,
                 hive_port: h.hive_port,
                 auto_start: h.auto_start,
+                attached: h.attached,
                 hive: hive.clone(),
                 workers,
             },

@@ -174,6 +174,7 @@ fn desired_for_uninstall(config: &Config, source: &ArtifactSource) -> Result<Des
                 transport: h.transport,
                 hive_port: h.hive_port,
                 auto_start: h.auto_start,
+                attached: h.attached,
                 hive: stub.clone(),
                 workers: BTreeMap::new(),
             },

@@ -55,6 +55,9 @@ pub struct DesiredHive {
     pub hive: Arc<Artifact>,
     /// Worker binaries by worker type.
     pub workers: BTreeMap<String, Arc<Artifact>>,
+    /// Run by the queen itself (attached-hive mode): no hive binary, no hive daemon.
+    #[serde(default)]
+    pub attached: bool,
 }
 
 /// What the hosts have, as observed.

@@ -78,10 +78,9 @@ pub(crate) async fn run(
 ) {
     let mut ticker = tokio::time::interval(Duration::from_millis(link.interval_ms.max(100)));
     loop {
-        let changed = hive.workers.changed.clone();
         tokio::select! {
             _ = ticker.tick() => {}
-            () = changed.notified() => {}
+            () = hive.workers.beat_now.notified() => {}
         }
         beat.workers = hive.catalog();
         beat.installed = installed_versions(&records, &beat.workers);

@@ -68,7 +68,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
         Operation::WorkerCatalogRefresh { .. } => {
             let workers = hive.workers.scan_catalog();
             *hive.catalog.lock().expect("catalog lock") = workers.clone();
-            hive.workers.changed.notify_waiters();
+            hive.workers.notify();
             Ok(OperationResult::Catalog { hive: alias, workers })
         }
         Operation::ModelDownload { source, sha256, name, .. } => {

@@ -55,8 +55,11 @@ pub struct WorkerSettings {
 pub struct Workers {
     settings: WorkerSettings,
     entries: Mutex<BTreeMap<String, Entry>>,
-    /// Notified whenever a worker's state changes.
+    /// Notified (all waiters) whenever a worker's state changes.
     pub changed: Arc<Notify>,
+    /// Holds a permit after a change until the heartbeat task takes it, so no change goes
+    /// unreported while a heartbeat is on its way.
+    pub beat_now: Arc<Notify>,
 }
 
 fn now_ms() -> u64 {
@@ -94,8 +97,12 @@ impl Workers {
     /// and the records of dead ones removed.
     pub fn open(settings: WorkerSettings) -> Arc<Self> {
         let _ = std::fs::create_dir_all(&settings.registry_dir);
-        let workers =
-            Arc::new(Workers { settings, entries: Mutex::new(BTreeMap::new()), changed: Arc::new(Notify::new()) });
+        let workers = Arc::new(Workers {
+            settings,
+            entries: Mutex::new(BTreeMap::new()),
+            changed: Arc::new(Notify::new()),
+            beat_now: Arc::new(Notify::new()),
+        });
         let files = std::fs::read_dir(&workers.settings.registry_dir).map(|d| d.flatten().collect::<Vec<_>>());
         for file in files.unwrap_or_default() {
             let path = file.path();
@@ -135,6 +142,12 @@ impl Workers {
             }
         }
         workers
+    }
+
+    /// Wakes everyone waiting for a change, and the heartbeat.
+    pub fn notify(&self) {
+        self.changed.notify_waiters();
+        self.beat_now.notify_one();
     }
 
     /// Every worker, with `unresponsive` for live ones whose heartbeats stopped.
@@ -184,7 +197,7 @@ impl Workers {
         let changed = before != entry.process.state;
         drop(entries);
         if changed {
-            self.changed.notify_waiters();
+            self.notify();
         }
         true
     }
@@ -199,7 +212,7 @@ impl Workers {
         }
         drop(entries);
         let _ = std::fs::remove_file(self.settings.registry_dir.join(format!("{id}.json")));
-        self.changed.notify_waiters();
+        self.notify();
     }
 
     fn free_port(&self) -> Result<u16, String> {
@@ -322,7 +335,7 @@ impl Workers {
             let message = if tail.is_empty() { how } else { format!("{how}; last lines of its log:\n{tail}") };
             workers.set_exited(&id, WorkerState::Crashed { exit_code, signal, message });
         });
-        self.changed.notify_waiters();
+        self.notify();
         Ok(process)
     }
 
@@ -392,7 +405,7 @@ impl Workers {
         process.state = WorkerState::Stopped;
         let _ = std::fs::remove_file(self.settings.registry_dir.join(format!("{id}.json")));
         let _ = std::fs::remove_file(self.log_path(id));
-        self.changed.notify_waiters();
+        self.notify();
         Ok(process)
     }
 

@@ -49,6 +49,8 @@ async fn main() -> ExitCode {
         ),
         advertise_url,
     };
+    let heartbeat_ms = u64::try_from(queen.heartbeat.as_millis()).unwrap_or(5000);
+    let token_for_hive = queen.token.clone();
     let server = match rbee_queen::bind(queen).await {
         Ok(s) => s,
         Err(e) => {
@@ -60,6 +62,38 @@ async fn main() -> ExitCode {
         let _ = std::fs::write(path, format!("{}\n", std::process::id()));
     }
     eprintln!("queen-rbee listening on {}", server.addr);
+    // attached-hive: the queen also runs the hive of its own host, in this process.
+    let hive_stop = Arc::new(tokio::sync::Notify::new());
+    let attached = config.as_ref().filter(|c| c.queen.mode == rbee_core::config::QueenMode::AttachedHive).map(|c| {
+        let alias = c.queen.hive_alias.clone();
+        let declared = c.hive(&alias);
+        let port = declared.map_or(8600, |h| h.hive_port);
+        let home = declared
+            .and_then(|h| h.local_home.clone())
+            .or_else(|| std::env::var_os("HOME").map(std::path::PathBuf::from))
+            .unwrap_or_else(|| "/".into());
+        let url = c.queen.advertise_url.clone();
+        let url = if url.is_empty() || c.queen.bind.is_unspecified() {
+            format!("http://127.0.0.1:{}", server.addr.port())
+        } else {
+            url
+        };
+        let hive = rbee_hive::HiveConfig {
+            addr: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+            pid_file: None,
+            alias: Some(alias.clone()),
+            link: Some(rbee_hive::QueenLink { url, interval_ms: heartbeat_ms, token: token_for_hive.clone() }),
+            home,
+            worker_heartbeat_ms: 2000,
+        };
+        eprintln!("queen-rbee: running the attached hive {alias} on 127.0.0.1:{port}");
+        let stop = hive_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rbee_hive::serve(hive, async move { stop.notified().await }).await {
+                eprintln!("queen-rbee: the attached hive stopped: {e}");
+            }
+        })
+    });
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -69,6 +103,10 @@ async fn main() -> ExitCode {
         }
     };
     let result = server.run(shutdown).await;
+    if let Some(hive) = attached {
+        hive_stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(5), hive).await;
+    }
     if let Some(path) = &args.pid_file {
         let _ = std::fs::remove_file(path);
     }

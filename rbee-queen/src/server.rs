@@ -372,13 +372,34 @@ async fn forward(queen: &Queen, job: &Job) -> OperationResult {
         match line {
             Ok(Some(line)) if line.trim().is_empty() => {}
             Ok(Some(line)) => match serde_json::from_str::<rbee_core::hive_api::HiveEvent>(&line) {
-                Ok(rbee_core::hive_api::HiveEvent::Result { result }) => return result,
+                Ok(rbee_core::hive_api::HiveEvent::Result { result }) => {
+                    note_processes(queen, &alias, &result);
+                    return result;
+                }
                 Ok(event) => job.push(JobEventBody::Hive { hive: alias.clone(), event }),
                 Err(e) => return OperationResult::error(format!("hive {alias} sent a bad event: {e}")),
             },
             Ok(None) => return OperationResult::error(format!("hive {alias} ended the operation without a result")),
             Err(e) => return OperationResult::error(format!("hive {alias}: {e}")),
         }
+    }
+}
+
+/// A forwarded operation's answer about worker processes updates the registry at once, so a
+/// command right after `rbee worker spawn` sees the worker without waiting for a heartbeat.
+fn note_processes(queen: &Queen, alias: &str, result: &OperationResult) {
+    let mut hives = queen.hives.lock().expect("hives lock");
+    let Some((_, _, beat)) = hives.get_mut(alias) else { return };
+    match result {
+        OperationResult::Workers { workers, .. } => beat.processes = workers.clone(),
+        OperationResult::Worker { worker, .. } => {
+            beat.processes.retain(|p| p.id != worker.id);
+            if worker.state != rbee_core::hive_api::WorkerState::Stopped {
+                beat.processes.push((**worker).clone());
+            }
+        }
+        OperationResult::Catalog { workers, .. } => beat.workers = workers.clone(),
+        _ => {}
     }
 }
 
@@ -398,7 +419,17 @@ async fn refresh_catalogs(queen: &Queen, job: &Job, result: &OperationResult) {
         let url = format!("http://{addr}/v1/operations");
         let message = match rbee_http::send("POST", &url, &headers, serde_json::to_vec(&op).unwrap_or_default()).await {
             Ok(r) => match rbee_http::collect(r).await {
-                Ok(_) => format!("{}: worker catalog refreshed", hive.alias),
+                Ok(body) => {
+                    let last =
+                        String::from_utf8_lossy(&body).lines().rfind(|l| !l.trim().is_empty()).map(str::to_owned);
+                    match last.and_then(|l| serde_json::from_str::<rbee_core::hive_api::HiveEvent>(&l).ok()) {
+                        Some(rbee_core::hive_api::HiveEvent::Result { result }) => {
+                            note_processes(queen, &hive.alias, &result);
+                            format!("{}: worker catalog refreshed", hive.alias)
+                        }
+                        _ => format!("{}: worker catalog refresh gave no result", hive.alias),
+                    }
+                }
                 Err(e) => format!("{}: worker catalog refresh failed: {e}", hive.alias),
             },
             Err(e) => format!("{}: worker catalog refresh failed: {e}", hive.alias),

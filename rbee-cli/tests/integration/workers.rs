@@ -174,3 +174,53 @@ fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
     let refused = rbee(&["worker", "spawn", "--hive", "h1", "--type", "vllm", "--model", "tiny.gguf"]).expect_code(1);
     assert!(refused.stderr().contains("not installed on this hive"), "{}", refused.stderr());
 }
+
+#[test]
+fn an_attached_hive_runs_inside_the_queen_and_a_sync_refreshes_its_catalog() {
+    let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
+    let rbee_conf = fleet.config_dir().join("rbee.conf");
+    let text = std::fs::read_to_string(&rbee_conf).unwrap();
+    let text = text.replace("[queen]\n", "[queen]\nmode = \"attached-hive\"\nhive_alias = \"h1\"\n");
+    std::fs::write(&rbee_conf, text).unwrap();
+    let rbee = |args: &[&str]| {
+        let mut cmd = fleet.via_queen(args);
+        cmd.env("RBEE_HEARTBEAT_MS", "500");
+        Run(cmd.output().unwrap())
+    };
+    let h1 = fleet.host("h1");
+
+    // The sync installs the attached hive's workers, but no hive binary and no daemon.
+    let synced = rbee(&["sync"]).expect_code(0);
+    assert!(h1.path(".local/share/rbee/workers/rbee-worker-llama-cpp").is_file());
+    assert!(!h1.path(".local/bin/rbee-hive").exists(), "{}", synced.stdout());
+    assert!(h1.pid().is_none(), "no separate hive process");
+    rbee(&["sync", "--dry-run"]).expect_code(0);
+
+    // The queen's own process answers as hive h1, and the sync refreshed its catalog.
+    let queen_pid: u64 = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let entry = wait_for("h1 with its new catalog in the registry", Duration::from_secs(5), || {
+        let hives: serde_json::Value =
+            serde_json::from_str(rbee(&["hive", "get", "h1", "--json"]).stdout().trim()).ok()?;
+        (hives[0]["workers"] == serde_json::json!(["llama-cpp"])).then(|| hives[0].clone())
+    });
+    assert_eq!(entry["pid"].as_u64(), Some(queen_pid), "{entry}");
+
+    // It runs workers like any hive.
+    std::fs::copy(bin_dir().join("rbee-worker-reference"), h1.path(".local/share/rbee/workers/rbee-worker-reference"))
+        .unwrap();
+    rbee(&["worker", "refresh", "--hive", "h1"]).expect_code(0);
+    rbee(&["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "m"]).expect_code(0);
+    assert_eq!(rbee(&["infer", "--model", "m", "attached"]).expect_code(0).stdout().trim(), "echo: attached");
+
+    // It starts and stops with the queen.
+    let stop = rbee(&["hive", "stop", "h1"]).expect_code(1);
+    assert!(
+        stop.stdout().contains("inside the queen") || stop.stderr().contains("inside the queen"),
+        "{}",
+        stop.stdout()
+    );
+}

@@ -185,7 +185,8 @@ pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config
         Some((path, text)) => v.with_file(path, text, |v| v.settings(&rbee_file)),
         None => v.with_file(Path::new(RBEE_CONF), "", |v| v.settings(&rbee_file)),
     };
-    let hives_list = v.with_file(hives.0, hives.1, |v| v.hives(&hives_file));
+    let attached = (queen.mode == super::QueenMode::AttachedHive).then_some(queen.hive_alias.as_str());
+    let hives_list = v.with_file(hives.0, hives.1, |v| v.hives(&hives_file, attached));
     if v.diags.is_empty() {
         Ok(Config { queen, package, ssh, hives: hives_list })
     } else {
@@ -278,8 +279,23 @@ impl<'a> Validator<'a> {
             None if bind.is_ipv6() => format!("http://[{bind}]:{port}"),
             None => format!("http://{bind}:{port}"),
         };
-        let queen =
-            QueenSettings { mode: file.queen.mode, port, auto_start: file.queen.auto_start, bind, advertise_url };
+        let hive_alias = match &file.queen.hive_alias {
+            Some(a) => {
+                if let Some(problem) = alias_problem(a.get_ref()) {
+                    self.error(a.span(), format!("hive_alias {:?} {problem}", a.get_ref()));
+                }
+                a.get_ref().clone()
+            }
+            None => "localhost".to_owned(),
+        };
+        let queen = QueenSettings {
+            mode: file.queen.mode,
+            port,
+            auto_start: file.queen.auto_start,
+            bind,
+            advertise_url,
+            hive_alias,
+        };
         let p = &file.package;
         let concurrency = self.int_in("max_concurrent_installs", &p.max_concurrent_installs, 1..1025);
         let ssh_timeout = self.int_in("ssh_timeout", &p.ssh_timeout, 1..86_401);
@@ -310,7 +326,7 @@ impl<'a> Validator<'a> {
         (queen, package, ssh)
     }
 
-    fn hives(&mut self, file: &HivesConfFile) -> Vec<HiveConfig> {
+    fn hives(&mut self, file: &HivesConfFile, attached_alias: Option<&str>) -> Vec<HiveConfig> {
         let mut seen_alias: BTreeMap<String, usize> = BTreeMap::new();
         let mut local_ports: BTreeMap<(Option<String>, u16), String> = BTreeMap::new();
         let mut out = Vec::new();
@@ -368,6 +384,13 @@ impl<'a> Validator<'a> {
                     format!("hive {alias:?} sets local_home but is reached over SSH: remove local_home or set transport = \"local\""),
                 );
             }
+            let attached = attached_alias == Some(alias.as_str());
+            if attached && transport != TransportKind::Local {
+                self.error(
+                    entry.alias.span(),
+                    format!("hive {alias:?} is the queen's attached hive (mode = \"attached-hive\"), so it is this machine: set hostname = \"localhost\" and transport = \"local\", or name another hive in [queen] hive_alias"),
+                );
+            }
             if transport == TransportKind::Local {
                 let key = (entry.local_home.as_ref().map(|h| h.get_ref().clone()), hive_port);
                 if let Some(other) = local_ports.insert(key, alias.clone()) {
@@ -388,6 +411,7 @@ impl<'a> Validator<'a> {
                 auto_start: entry.auto_start,
                 transport,
                 local_home: entry.local_home.as_ref().map(|h| PathBuf::from(h.get_ref())),
+                attached,
             });
         }
         out

@@ -43,6 +43,8 @@ pub struct QueenSettings {
     pub bind: std::net::IpAddr,
     /// The URL hives use to reach the queen.
     pub advertise_url: String,
+    /// With [`QueenMode::AttachedHive`]: the alias of the hive the queen runs itself.
+    pub hive_alias: String,
 }
 
 /// `[package]` settings.
@@ -90,6 +92,9 @@ pub struct HiveConfig {
     pub transport: TransportKind,
     /// Home directory of a local hive, if not `$HOME`.
     pub local_home: Option<PathBuf>,
+    /// The queen runs this hive in its own process (`mode = "attached-hive"`): a sync installs
+    /// its workers but neither installs nor starts a hive daemon.
+    pub attached: bool,
 }
 
 /// A declared worker.

@@ -49,6 +49,12 @@ pub struct QueenSection {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub advertise_url: Option<Spanned<String>>,
+    /// With `mode = "attached-hive"`: the alias of the hive the queen runs in its own process
+    /// (default `localhost`). Declare it in hives.conf with `transport = "local"` to have its
+    /// workers installed; its `hive_port` is where the queen serves it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub hive_alias: Option<Spanned<String>>,
 }
 
 impl Default for QueenSection {
@@ -59,6 +65,7 @@ impl Default for QueenSection {
             auto_start: true,
             bind: None,
             advertise_url: None,
+            hive_alias: None,
         }
     }
 }

@@ -314,7 +314,10 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
     let mut binaries = Vec::with_capacity(want.workers.len() + 1);
     let mut hive_binary_changes = false;
 
-    if let Some(change) = binary_change(&want.hive, have.hive_binary.as_ref(), options.force) {
+    // An attached hive runs inside the queen: no hive binary to install.
+    let hive_change =
+        if want.attached { None } else { binary_change(&want.hive, have.hive_binary.as_ref(), options.force) };
+    if let Some(change) = hive_change {
         hive_binary_changes = true;
         binaries.push(Action {
             id: id("hive-binary"),
@@ -353,6 +356,13 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
 
     let binary_ids: Vec<String> = binaries.iter().map(|a| a.id.clone()).collect();
     hp.actions = binaries;
+    if want.attached {
+        hp.notes.push(
+            "attached hive: it runs inside the queen (mode = \"attached-hive\"); only its workers are installed"
+                .to_owned(),
+        );
+        return;
+    }
     hp.actions.reserve_exact(2);
 
     let port = want.hive_port;
@@ -410,7 +420,10 @@ pub fn plan_process(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<S
     plan_each(desired, actual, only, |want, have, hp| {
         let id = |step: &str| format!("{}/{step}", want.alias);
         let port = want.hive_port;
-        if start && have.hive_binary.is_none() {
+        if want.attached {
+            let reason = "this hive runs inside the queen (mode = \"attached-hive\"): it starts and stops with the queen (`rbee queen start|stop`)";
+            hp.status = HiveStatus::Unreachable { reason: reason.to_owned() };
+        } else if start && have.hive_binary.is_none() {
             hp.status = HiveStatus::Unreachable { reason: "rbee-hive is not installed: run `rbee sync`".to_owned() };
         } else if start && !(have.running && have.healthy) {
             let (step, kind) = if have.running {

@@ -289,3 +289,23 @@ fn hostile_values_are_rejected() {
 fn toml_string(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
+
+#[test]
+fn attached_hive_mode_marks_its_hive_and_it_must_be_this_machine() {
+    let rbee = "[queen]\nmode = \"attached-hive\"\nhive_alias = \"me\"\n";
+    let hives =
+        "[[hive]]\nalias = \"me\"\nhostname = \"localhost\"\n\n[[hive]]\nalias = \"gpu\"\nhostname = \"10.0.0.2\"\n";
+    let c = config::parse(Some((Path::new("rbee.conf"), rbee)), (Path::new("hives.conf"), hives)).unwrap();
+    assert_eq!(c.queen.hive_alias, "me");
+    assert_eq!(c.hives.iter().map(|h| h.attached).collect::<Vec<_>>(), [true, false]);
+
+    let remote = "[[hive]]\nalias = \"me\"\nhostname = \"10.0.0.2\"\n";
+    let d = diagnostics(Some(rbee), remote);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].starts_with("hives.conf:2:9") && d[0].contains("attached hive"), "{d:?}");
+
+    // Standalone (the default): nothing is attached.
+    let c = config::parse(None, (Path::new("hives.conf"), hives)).unwrap();
+    assert!(c.hives.iter().all(|h| !h.attached));
+    assert_eq!(c.queen.hive_alias, "localhost");
+}

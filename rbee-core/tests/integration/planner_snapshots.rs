@@ -119,3 +119,17 @@ fn plan_json_shape() {
     let json = plan(&desired(vec![h]), &a, &PlanOptions::default()).to_json();
     insta::assert_json_snapshot!(json);
 }
+
+#[test]
+fn attached_hive_gets_its_workers_only() {
+    let mut h = hive("queen-host", "0.1.0", &[("llama-cpp", "0.1.0")]);
+    h.attached = true;
+    let d = desired(vec![h]);
+    let a = actual(vec![("queen-host", reachable(Observed::default()))]);
+    let p = plan(&d, &a, &PlanOptions::default());
+    insta::assert_snapshot!(p.to_string());
+    let after = crate::support::apply(&p, &a);
+    assert!(plan(&d, &after, &PlanOptions::default()).is_empty(), "no hive binary or daemon is expected");
+    let forced = plan(&d, &after, &PlanOptions { force: true, ..PlanOptions::default() });
+    assert!(forced.hives[0].actions.iter().all(|a| a.id.contains("/worker/")), "{forced}");
+}

@@ -23,6 +23,7 @@ pub fn installed(a: &Artifact) -> Installed {
 /// A hive wanting the hive binary at `version` and these workers.
 pub fn hive(alias: &str, version: &str, workers: &[(&str, &str)]) -> DesiredHive {
     DesiredHive {
+        attached: false,
         alias: alias.to_owned(),
         hostname: format!("{alias}.lab"),
         transport: TransportKind::Ssh,
