@@ -4,8 +4,10 @@
 //! typed events over Server-Sent Events, with a token on every request but `/health`; and
 //! [`client::QueenClient`], which `rbee` (or any program) uses to drive it.
 //!
-//! Not built yet: the hive registry and heartbeats, forwarding worker/model/inference
-//! operations to hives, and `migrate`.
+//! It keeps a registry of hives from their heartbeats, forwards worker, model and inference
+//! operations to the hive concerned (the hive's events join the job's stream), serves an
+//! OpenAI-compatible `POST /v1/chat/completions` routed to a ready worker, and in
+//! `attached-hive` mode runs its own host's hive in-process.
 #![warn(missing_docs)]
 
 pub mod api;
