@@ -166,16 +166,7 @@ async fn worker_heartbeat(
 /// Proxies an OpenAI chat-completions request to a worker, streaming its answer back.
 async fn worker_chat(State(hive): State<Arc<ops::Hive>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     match ops::send_chat(&hive, &id, body.to_vec()).await {
-        Ok(response) => {
-            let status = response.status();
-            let content_type = response.headers().get("content-type").cloned();
-            let mut out = Response::new(axum::body::Body::new(response.into_body()));
-            *out.status_mut() = status;
-            if let Some(ct) = content_type {
-                out.headers_mut().insert("content-type", ct);
-            }
-            out
-        }
+        Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
         Err(e) => (StatusCode::BAD_GATEWAY, Json(serde_json::json!({"error": {"message": e}}))).into_response(),
     }
 }

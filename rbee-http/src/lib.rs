@@ -67,6 +67,15 @@ where
     Ok(sender)
 }
 
+/// A response made ready to be passed on by a proxy: status, headers and streaming body kept,
+/// the hop-by-hop headers of this connection removed.
+pub fn passthrough(mut response: Response) -> Response {
+    for name in ["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"] {
+        response.headers_mut().remove(name);
+    }
+    response
+}
+
 /// Reads a whole body.
 pub async fn collect(response: Response) -> Result<Vec<u8>, String> {
     Ok(response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec())

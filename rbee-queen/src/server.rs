@@ -76,6 +76,7 @@ struct Queen {
     jobs: Mutex<BTreeMap<String, Arc<Job>>>,
     next: AtomicU64,
     hives: Mutex<BTreeMap<String, (u64, std::net::IpAddr, Heartbeat)>>,
+    started_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -115,6 +116,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         jobs: Mutex::new(BTreeMap::new()),
         next: AtomicU64::new(1),
         hives: Mutex::new(BTreeMap::new()),
+        started_ms: now_ms(),
     });
     let api = Router::new()
         .route("/v1/heartbeats", post(heartbeat))
@@ -260,6 +262,12 @@ async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alias): Path<St
     }
 }
 
+/// True during the queen's first heartbeat interval (plus a second), while hives that
+/// reported to a previous queen are still finding this one.
+fn started_recently(queen: &Queen) -> bool {
+    now_ms().saturating_sub(queen.started_ms) < u64::try_from(queen.config.heartbeat.as_millis()).unwrap_or(0) + 1000
+}
+
 /// A hive's API address, if it is in the registry and fresh.
 fn hive_addr(queen: &Queen, alias: &str) -> Result<std::net::SocketAddr, String> {
     let hives = queen.hives.lock().expect("hives lock");
@@ -328,13 +336,23 @@ fn route(queen: &Queen, model: &str, only: Option<&str>) -> Result<(String, Stri
     ))
 }
 
+/// [`route`], waiting out the first heartbeat interval of a queen that just started.
+async fn route_soon(queen: &Queen, model: &str, only: Option<&str>) -> Result<(String, String), String> {
+    loop {
+        match route(queen, model, only) {
+            Err(_) if started_recently(queen) => tokio::time::sleep(Duration::from_millis(100)).await,
+            result => return result,
+        }
+    }
+}
+
 /// Runs a forwarded operation on its hive: the hive's events join the job's stream, and its
 /// result is the job's result. Cancelling the job closes the connection, which stops the
 /// operation on the hive.
 async fn forward(queen: &Queen, job: &Job) -> OperationResult {
     let mut operation = job.operation.clone();
     let alias = match &mut operation {
-        Operation::Infer { hive_alias, model, .. } => match route(queen, model, hive_alias.as_deref()) {
+        Operation::Infer { hive_alias, model, .. } => match route_soon(queen, model, hive_alias.as_deref()).await {
             Ok((alias, worker)) => {
                 job.push(JobEventBody::Log { message: format!("routing to worker {worker} on hive {alias}") });
                 *hive_alias = Some(alias.clone());
@@ -344,9 +362,16 @@ async fn forward(queen: &Queen, job: &Job) -> OperationResult {
         },
         op => op.hive_alias().unwrap_or_default().to_owned(),
     };
-    let addr = match hive_addr(queen, &alias) {
-        Ok(a) => a,
-        Err(e) => return OperationResult::error(e),
+    // A queen that just started learns of its hives within one heartbeat interval.
+    let deadline = tokio::time::Instant::now() + queen.config.heartbeat + Duration::from_secs(1);
+    let addr = loop {
+        match hive_addr(queen, &alias) {
+            Ok(a) => break a,
+            Err(_) if tokio::time::Instant::now() < deadline && started_recently(queen) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return OperationResult::error(e),
+        }
     };
     let url = format!("http://{addr}/v1/operations");
     let bearer = format!("Bearer {}", queen.config.token);
@@ -463,16 +488,7 @@ async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum::body::Byt
     let bearer = format!("Bearer {}", queen.config.token);
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
     match rbee_http::send("POST", &url, &headers, body.to_vec()).await {
-        Ok(response) => {
-            let status = response.status();
-            let content_type = response.headers().get("content-type").cloned();
-            let mut out = Response::new(axum::body::Body::new(response.into_body()));
-            *out.status_mut() = status;
-            if let Some(ct) = content_type {
-                out.headers_mut().insert("content-type", ct);
-            }
-            out
-        }
+        Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
         Err(e) => error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {alias}: {e}")),
     }
 }

@@ -36,16 +36,7 @@ impl Backend for EngineProxy {
         }
         let url = format!("{}/v1/chat/completions", self.base);
         match rbee_http::send("POST", &url, &[("content-type", "application/json")], body.to_vec()).await {
-            Ok(response) => {
-                let status = response.status();
-                let content_type = response.headers().get("content-type").cloned();
-                let mut out = Response::new(axum::body::Body::new(response.into_body()));
-                *out.status_mut() = status;
-                if let Some(ct) = content_type {
-                    out.headers_mut().insert("content-type", ct);
-                }
-                out
-            }
+            Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
             Err(e) => {
                 let body = serde_json::json!({"error": {"message": format!("engine: {e}"), "type": "engine_error"}});
                 (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
