@@ -89,9 +89,12 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     shared.backend.chat(body).await
 }
 
-/// Sends a heartbeat to the hive every interval while the process lives.
-async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>) {
-    let Some(hive) = args.hive_url.clone() else { return };
+/// Sends a heartbeat to the hive every interval while the process lives. Returns (the
+/// reason) only when the hive disowns the worker: three `404`s in a row mean it does not
+/// know this worker (any more), and a worker nobody manages should not keep a GPU.
+async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>) -> String {
+    let Some(hive) = args.hive_url.clone() else { return std::future::pending().await };
+    let mut disowned = 0;
     let url = format!("{}/v1/workers/{}/heartbeat", hive.trim_end_matches('/'), args.worker_id);
     let bearer = env.token.as_ref().map(|t| format!("Bearer {t}"));
     let interval = Duration::from_millis(env.heartbeat_ms.max(50));
@@ -105,7 +108,13 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
         }
         let body = serde_json::to_vec(&beat).unwrap_or_default();
         match rbee_http::send("POST", &url, &headers, body).await {
-            Ok(r) if r.status().is_success() => {}
+            Ok(r) if r.status().is_success() => disowned = 0,
+            Ok(r) if r.status() == 404 => {
+                disowned += 1;
+                if disowned >= 3 {
+                    return format!("the hive at {hive} does not know worker {}: stopping", args.worker_id);
+                }
+            }
             Ok(r) => eprintln!("worker {}: heartbeat to {hive} answered {}", args.worker_id, r.status()),
             Err(e) => eprintln!("worker {}: heartbeat to {hive} failed: {e}", args.worker_id),
         }
@@ -114,7 +123,8 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
     }
 }
 
-/// Serves the contract on `127.0.0.1:<port>` and beats to the hive until `shutdown`.
+/// Serves the contract on `127.0.0.1:<port>` and beats to the hive until `shutdown`, or
+/// until the hive disowns the worker (an error).
 pub async fn serve(
     args: WorkerArgs,
     env: WorkerEnv,
@@ -124,10 +134,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", args.port))?;
-    let beats = tokio::spawn(heartbeats(args.clone(), env.clone(), backend.clone()));
-    let result = axum::serve(listener, router(args, &env, backend)).with_graceful_shutdown(shutdown).await;
-    beats.abort();
-    result.map_err(|e| e.to_string())
+    let mut beats = tokio::spawn(heartbeats(args.clone(), env.clone(), backend.clone()));
+    let server = axum::serve(listener, router(args, &env, backend)).with_graceful_shutdown(shutdown);
+    tokio::select! {
+        result = std::future::IntoFuture::into_future(server) => {
+            beats.abort();
+            result.map_err(|e| e.to_string())
+        }
+        disowned = &mut beats => Err(disowned.unwrap_or_else(|e| e.to_string())),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

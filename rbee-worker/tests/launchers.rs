@@ -99,3 +99,36 @@ async fn the_bridge_reports_engine_health_and_proxies_completions_with_the_token
     let body = String::from_utf8(rbee_http::collect(answer).await.unwrap()).unwrap();
     assert!(body.contains("\"content\":\"hi\"") && body.ends_with("data: [DONE]\n\n"), "{body}");
 }
+
+struct AlwaysReady;
+
+#[async_trait::async_trait]
+impl rbee_worker::contract::Backend for AlwaysReady {
+    async fn ready(&self) -> bool {
+        true
+    }
+    async fn chat(&self, _body: axum::body::Bytes) -> axum::response::Response {
+        axum::http::StatusCode::NOT_IMPLEMENTED.into_response()
+    }
+}
+
+#[tokio::test]
+async fn a_worker_its_hive_disowns_stops_instead_of_running_unmanaged() {
+    let hive = axum::Router::new()
+        .route("/v1/workers/{id}/heartbeat", axum::routing::post(|| async { axum::http::StatusCode::NOT_FOUND }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hive_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hive).await });
+    let args = WorkerArgs {
+        worker_id: "w1".into(),
+        model: "m".into(),
+        device: "cpu".into(),
+        port: 0,
+        hive_url: Some(hive_url),
+    };
+    let env = WorkerEnv { token: None, heartbeat_ms: 50 };
+    let served = rbee_worker::contract::serve(args, env, Arc::new(AlwaysReady), std::future::pending());
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), served).await.expect("the worker stopped");
+    let err = result.unwrap_err();
+    assert!(err.contains("does not know worker w1"), "{err}");
+}

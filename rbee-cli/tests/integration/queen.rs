@@ -15,7 +15,13 @@ fn outcomes(result: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
         .unwrap()
         .iter()
         .map(|h| {
-            let steps = h["steps_done"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+            let mut steps: Vec<String> =
+                h["steps_done"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+            // Binary installs run concurrently (one DAG wave): they finish in any order.
+            let installs = |s: &String| s.contains("/worker/") || s.ends_with("/hive-binary");
+            let first = steps.iter().position(installs).unwrap_or(0);
+            let n = steps[first..].iter().take_while(|s| installs(s)).count();
+            steps[first..first + n].sort();
             (h["alias"].as_str().unwrap().to_owned(), h["outcome"].as_str().unwrap().to_owned(), steps)
         })
         .collect()
