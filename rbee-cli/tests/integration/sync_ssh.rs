@@ -221,6 +221,22 @@ fn remote_hives_report_to_the_queen_over_the_network() {
     }
     let caps = fleet.via_queen(&["hive", "capabilities", "h2", "--json"]).expect_code(0);
     assert!(caps.stdout().contains("\"cpu_cores\""), "{}", caps.stdout());
+
+    // Worker operations and inference are forwarded over the network to the remote hive,
+    // which runs the worker inside that host.
+    let h2 = fleet.host("h2");
+    let catalog = h2.root.join(".local/share/rbee/workers");
+    let reference = PathBuf::from(env!("CARGO_BIN_EXE_rbee")).parent().unwrap().join("rbee-worker-reference");
+    std::fs::copy(&reference, catalog.join("rbee-worker-reference")).expect("the reference worker is built");
+    fleet.via_queen(&["worker", "refresh", "--hive", "h2"]).expect_code(0);
+    let spawned =
+        fleet.via_queen(&["worker", "spawn", "--hive", "h2", "--type", "reference", "--model", "m", "--json"]);
+    let spawned = spawned.expect_code(0).stdout();
+    let spawned: serde_json::Value = serde_json::from_str(spawned.trim().lines().last().unwrap()).unwrap();
+    let id = spawned["worker"]["id"].as_str().unwrap().to_owned();
+    let answer = fleet.via_queen(&["infer", "--model", "m", "--hive", "h2", "over the network"]).expect_code(0);
+    assert_eq!(answer.stdout().trim(), "echo: over the network");
+    fleet.via_queen(&["worker", "delete", "--hive", "h2", &id]).expect_code(0);
 }
 
 #[test]
