@@ -96,7 +96,7 @@ async fn sha256_file(path: &Path) -> Result<String, String> {
     .map_err(|e| e.to_string())?
 }
 
-/// Throttles progress to one call per 200 ms (and the last).
+/// Throttles progress to one call per 200 ms; the caller reports completion.
 struct Progress<'a> {
     on: OnProgress<'a>,
     last: std::time::Instant,
@@ -104,7 +104,8 @@ struct Progress<'a> {
 
 impl Progress<'_> {
     fn tick(&mut self, done: u64, total: Option<u64>) {
-        if self.last.elapsed() >= std::time::Duration::from_millis(200) || total == Some(done) {
+        // The last call (complete) is made by the caller once the body ends.
+        if self.last.elapsed() >= std::time::Duration::from_millis(200) && total != Some(done) {
             self.last = std::time::Instant::now();
             (self.on)(done, total);
         }

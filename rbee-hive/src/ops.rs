@@ -39,15 +39,17 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
                 Ok(p) => {
                     emit(HiveEvent::Log {
                         message: format!(
-                            "{alias}: spawned worker {} (pid {}, port {}); waiting for its first heartbeat",
+                            "spawned worker {} (pid {}, port {}); waiting for its first heartbeat",
                             p.id, p.pid, p.port
                         ),
                     });
                     let timeout = Duration::from_millis(ready_timeout_ms.unwrap_or(120_000));
-                    hive.workers
-                        .wait_ready(&p.id, timeout)
-                        .await
-                        .map(|worker| OperationResult::Worker { hive: alias, worker: Box::new(worker) })
+                    let ready = hive.workers.wait_ready(&p.id, timeout).await;
+                    if ready.is_err() && hive.workers.get(&p.id).is_ok_and(|w| !w.state.is_alive()) {
+                        // It died while starting and the error says how: nothing is left to keep.
+                        let _ = hive.workers.delete(&p.id, Duration::ZERO).await;
+                    }
+                    ready.map(|worker| OperationResult::Worker { hive: alias, worker: Box::new(worker) })
                 }
                 Err(e) => Err(e),
             }

@@ -168,6 +168,8 @@ fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
         let failed = failed.expect_code(1);
         assert!(failed.stderr().contains("exited with status 127"), "{}", failed.stderr());
         assert!(failed.stderr().contains("`llama-server` not found"), "{}", failed.stderr());
+        let listed = json(&rbee(&["worker", "list", "--hive", "h1", "--json"]).expect_code(0));
+        assert_eq!(listed["workers"], serde_json::json!([]), "a worker that failed to start is not kept");
     }
 
     // An undeclared type is refused with what to do.
