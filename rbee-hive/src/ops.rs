@@ -35,7 +35,11 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
     let name = alias.clone();
     let result = match op {
         Operation::WorkerSpawn { worker_type, model, device, ready_timeout_ms, .. } => {
-            match hive.workers.spawn(&hive.catalog(), &worker_type, &model, &device) {
+            let checked = match device.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()) {
+                Some(n) => check_gpu(n).await,
+                None => Ok(()),
+            };
+            match checked.and_then(|()| hive.workers.spawn(&hive.catalog(), &worker_type, &model, &device)) {
                 Ok(p) => {
                     emit(HiveEvent::Log {
                         message: format!(
@@ -96,6 +100,21 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
         )),
     };
     result.unwrap_or_else(|message| OperationResult::error(format!("{name}: {message}")))
+}
+
+/// `Err` unless this host has GPU `index` (from `nvidia-smi`), naming the GPUs it has.
+async fn check_gpu(index: u32) -> Result<(), String> {
+    let caps = crate::capabilities::detect().await;
+    if caps.gpus.iter().any(|g| g.index == index) {
+        return Ok(());
+    }
+    let have = if caps.gpus.is_empty() {
+        format!("no NVIDIA GPU ({})", caps.gpu_error.as_deref().unwrap_or("nvidia-smi lists none"))
+    } else {
+        let list: Vec<String> = caps.gpus.iter().map(|g| format!("cuda:{} {}", g.index, g.name)).collect();
+        format!("these GPUs: {}", list.join(", "))
+    };
+    Err(format!("device cuda:{index} is not on this host, which has {have}; use one of them or `--device cpu`"))
 }
 
 /// Runs a prompt on a ready worker serving `model`, streaming its tokens.

@@ -284,6 +284,8 @@ impl Workers {
             // outlives a hive restart (to be re-adopted).
             .process_group(0)
             .kill_on_drop(false);
+        // The worker sees only its GPU (as cuda:0 to the engine); a CPU worker sees none.
+        command.env("CUDA_VISIBLE_DEVICES", device.strip_prefix("cuda:").unwrap_or(""));
         match &self.settings.token {
             Some(token) => command.env("RBEE_WORKER_TOKEN", token),
             None => command.env_remove("RBEE_WORKER_TOKEN"),

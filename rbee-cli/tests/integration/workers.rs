@@ -172,6 +172,11 @@ fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
         assert_eq!(listed["workers"], serde_json::json!([]), "a worker that failed to start is not kept");
     }
 
+    // A GPU the host does not have is refused, naming what it has.
+    let args = ["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "m", "--device", "cuda:99"];
+    let no_gpu = rbee(&args).expect_code(1);
+    assert!(no_gpu.stderr().contains("device cuda:99 is not on this host"), "{}", no_gpu.stderr());
+
     // An undeclared type is refused with what to do.
     let refused = rbee(&["worker", "spawn", "--hive", "h1", "--type", "vllm", "--model", "tiny.gguf"]).expect_code(1);
     assert!(refused.stderr().contains("not installed on this hive"), "{}", refused.stderr());
