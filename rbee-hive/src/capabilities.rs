@@ -131,6 +131,16 @@ mod tests {
         assert_eq!(gpus.iter().map(|g| g.memory_total_mib).sum::<u64>(), 8 * 81559);
     }
 
+    /// Recorded on an H200 host (driver 580) by `scripts/gpu-check`.
+    #[test]
+    fn recorded_h200() {
+        let gpus = parse_nvidia_smi(true, &fixture("h200.txt")).unwrap();
+        assert_eq!(gpus.len(), 1);
+        let g = &gpus[0];
+        assert_eq!((g.index, g.name.as_str(), g.memory_total_mib, g.memory_used_mib), (0, "NVIDIA H200", 143_771, 0));
+        assert_eq!(g.driver, "580.159.04");
+    }
+
     #[test]
     fn driver_error() {
         let err = parse_nvidia_smi(false, &fixture("driver-error.txt")).unwrap_err();
