@@ -573,6 +573,9 @@ async fn hive_list(cli: &Cli, only: Option<&str>) -> Exit {
                         b.port,
                         if b.workers.is_empty() { "-".to_owned() } else { b.workers.join(", ") }
                     );
+                    for p in &b.processes {
+                        println!("{:<16}   {}", "", worker_line(&b.alias, p));
+                    }
                 }
             }
             Exit::Ok
