@@ -246,7 +246,15 @@ async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alias): Path<St
         let msg = format!("no hive {alias} in the registry: it has not sent a heartbeat (see `rbee hive list`)");
         return (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": msg }))).into_response();
     };
-    match forward_get(addr, "/v1/capabilities", &queen.config.token).await {
+    let answer = async {
+        let response = to_hive(&queen, addr, "GET", "/v1/capabilities", Vec::new()).await?;
+        let status = response.status().as_u16();
+        Ok::<_, String>((status, rbee_http::collect(response).await?))
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 30s".to_owned()));
+    match answer {
         Ok((200, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v) => Json(v).into_response(),
             Err(e) => (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": e.to_string() }))).into_response(),
@@ -373,11 +381,36 @@ async fn forward(queen: &Queen, job: &Job) -> OperationResult {
             Err(e) => return OperationResult::error(e),
         }
     };
-    let url = format!("http://{addr}/v1/operations");
+    let on_event = |event| job.push(JobEventBody::Hive { hive: alias.clone(), event });
+    run_on_hive(queen, &alias, addr, &operation, &on_event, &job.cancel).await
+}
+
+/// A request to a hive's API, with the queen's token.
+async fn to_hive(
+    queen: &Queen,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<rbee_http::Response, String> {
     let bearer = format!("Bearer {}", queen.config.token);
-    let body = serde_json::to_vec(&operation).unwrap_or_default();
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-    let response = match rbee_http::send("POST", &url, &headers, body).await {
+    rbee_http::send(method, &format!("http://{addr}{path}"), &headers, body).await
+}
+
+/// Runs `operation` on the hive at `addr`: its events go to `on_event`, its result updates the
+/// registry and is returned. Setting `cancel` closes the connection, which stops the operation
+/// on the hive.
+async fn run_on_hive(
+    queen: &Queen,
+    alias: &str,
+    addr: std::net::SocketAddr,
+    operation: &Operation,
+    on_event: &(dyn Fn(rbee_core::hive_api::HiveEvent) + Send + Sync),
+    cancel: &AtomicBool,
+) -> OperationResult {
+    let body = serde_json::to_vec(operation).unwrap_or_default();
+    let response = match to_hive(queen, addr, "POST", "/v1/operations", body).await {
         Ok(r) => r,
         Err(e) => return OperationResult::error(format!("hive {alias} at {addr}: {e}")),
     };
@@ -390,7 +423,7 @@ async fn forward(queen: &Queen, job: &Job) -> OperationResult {
     loop {
         let line = tokio::select! {
             line = lines.next_line() => line,
-            () = async { while !job.cancel.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await } } => {
+            () = async { while !cancel.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await } } => {
                 return OperationResult::error(format!("cancelled; hive {alias} stopped the operation"));
             }
         };
@@ -398,10 +431,10 @@ async fn forward(queen: &Queen, job: &Job) -> OperationResult {
             Ok(Some(line)) if line.trim().is_empty() => {}
             Ok(Some(line)) => match serde_json::from_str::<rbee_core::hive_api::HiveEvent>(&line) {
                 Ok(rbee_core::hive_api::HiveEvent::Result { result }) => {
-                    note_processes(queen, &alias, &result);
+                    note_processes(queen, alias, &result);
                     return result;
                 }
-                Ok(event) => job.push(JobEventBody::Hive { hive: alias.clone(), event }),
+                Ok(event) => on_event(event),
                 Err(e) => return OperationResult::error(format!("hive {alias} sent a bad event: {e}")),
             },
             Ok(None) => return OperationResult::error(format!("hive {alias} ended the operation without a result")),
@@ -439,25 +472,13 @@ async fn refresh_catalogs(queen: &Queen, job: &Job, result: &OperationResult) {
         }
         let Ok(addr) = hive_addr(queen, &hive.alias) else { continue };
         let op = Operation::WorkerCatalogRefresh { hive_alias: hive.alias.clone() };
-        let bearer = format!("Bearer {}", queen.config.token);
-        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-        let url = format!("http://{addr}/v1/operations");
-        let message = match rbee_http::send("POST", &url, &headers, serde_json::to_vec(&op).unwrap_or_default()).await {
-            Ok(r) => match rbee_http::collect(r).await {
-                Ok(body) => {
-                    let last =
-                        String::from_utf8_lossy(&body).lines().rfind(|l| !l.trim().is_empty()).map(str::to_owned);
-                    match last.and_then(|l| serde_json::from_str::<rbee_core::hive_api::HiveEvent>(&l).ok()) {
-                        Some(rbee_core::hive_api::HiveEvent::Result { result }) => {
-                            note_processes(queen, &hive.alias, &result);
-                            format!("{}: worker catalog refreshed", hive.alias)
-                        }
-                        _ => format!("{}: worker catalog refresh gave no result", hive.alias),
-                    }
-                }
-                Err(e) => format!("{}: worker catalog refresh failed: {e}", hive.alias),
-            },
-            Err(e) => format!("{}: worker catalog refresh failed: {e}", hive.alias),
+        let never = AtomicBool::new(false);
+        let message = match run_on_hive(queen, &hive.alias, addr, &op, &|_| {}, &never).await {
+            OperationResult::Catalog { .. } => format!("{}: worker catalog refreshed", hive.alias),
+            OperationResult::Error { message, .. } => {
+                format!("{}: worker catalog refresh failed: {message}", hive.alias)
+            }
+            _ => format!("{}: worker catalog refresh gave no catalog", hive.alias),
         };
         job.push(JobEventBody::Log { message });
     }
@@ -484,36 +505,11 @@ async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum::body::Byt
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", e),
     };
-    let url = format!("http://{addr}/v1/workers/{worker}/chat/completions");
-    let bearer = format!("Bearer {}", queen.config.token);
-    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-    match rbee_http::send("POST", &url, &headers, body.to_vec()).await {
+    let path = format!("/v1/workers/{worker}/chat/completions");
+    match to_hive(&queen, addr, "POST", &path, body.to_vec()).await {
         Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
         Err(e) => error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {alias}: {e}")),
     }
-}
-
-async fn forward_get(addr: std::net::SocketAddr, path: &str, token: &str) -> Result<(u16, Vec<u8>), String> {
-    use http_body_util::{BodyExt, Empty};
-    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", addr.to_string())
-        .header("authorization", format!("Bearer {token}"))
-        .body(Empty::<hyper::body::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let res = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
-        .await
-        .map_err(|_| "no answer within 30s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
-    Ok((status, body))
 }
 
 fn summary(job: &Job) -> JobSummary {
