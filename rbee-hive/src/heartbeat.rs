@@ -4,9 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
 /// Where the queen is, how often to beat, and the token both sides require. Read from
@@ -36,25 +33,17 @@ impl QueenLink {
 pub use rbee_core::operation::Heartbeat;
 
 async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), String> {
-    let authority = link.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&authority))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let url = format!("{}/v1/heartbeats", link.url.trim_end_matches('/'));
+    let bearer = format!("Bearer {}", link.token);
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
     let body = serde_json::to_vec(beat).map_err(|e| e.to_string())?;
-    let req = hyper::Request::post("/v1/heartbeats")
-        .header("host", authority)
-        .header("authorization", format!("Bearer {}", link.token))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = res.status();
-    let _ = res.into_body().collect().await;
-    if status.is_success() { Ok(()) } else { Err(format!("queen answered {status}")) }
+    let send = async {
+        let response = rbee_http::send("POST", &url, &headers, body).await?;
+        let status = response.status();
+        let _ = rbee_http::collect(response).await;
+        if status.is_success() { Ok(()) } else { Err(format!("queen answered {status}")) }
+    };
+    tokio::time::timeout(Duration::from_secs(3), send).await.map_err(|_| "no answer within 3s".to_owned())?
 }
 
 /// Versions from the install records (`sha size mtime ctime inode version` per file).

@@ -3,26 +3,15 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-
 /// GETs `http://127.0.0.1:{port}/health` and returns the body, or why not.
 pub async fn probe(port: u16, deadline: Duration) -> Result<String, String> {
     let work = async {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let url = format!("http://127.0.0.1:{port}/health");
+        let res = rbee_http::send("GET", &url, &[], Vec::new())
             .await
             .map_err(|e| format!("nothing answers on 127.0.0.1:{port}: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/health")
-            .header("host", format!("127.0.0.1:{port}"))
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status();
-        let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = rbee_http::collect(res).await?;
         let body = String::from_utf8_lossy(&body).trim().to_owned();
         if status.is_success() { Ok(body) } else { Err(format!("/health answered {status}: {body}")) }
     };
