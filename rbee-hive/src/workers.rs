@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rbee_core::execute::now_ms;
 use rbee_core::hive_api::{WorkerProcess, WorkerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -60,12 +61,6 @@ pub struct Workers {
     /// Holds a permit after a change until the heartbeat task takes it, so no change goes
     /// unreported while a heartbeat is on its way.
     pub beat_now: Arc<Notify>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The start time of a live (not zombie) process, from `/proc/<pid>/stat`.

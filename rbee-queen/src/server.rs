@@ -26,7 +26,7 @@ use rbee_core::operation::Operation;
 use rbee_core::package::{ConnectFn, OperationResult, RunContext, run_operation};
 use tokio::sync::Notify;
 
-use rbee_core::execute::QueenLink;
+use rbee_core::execute::{QueenLink, now_ms};
 
 use crate::api::{Heartbeat, HiveEntry, JobEvent, JobEventBody, JobSummary, QueenHealth, Submitted};
 
@@ -77,12 +77,6 @@ struct Queen {
     next: AtomicU64,
     hives: Mutex<BTreeMap<String, (u64, std::net::IpAddr, Heartbeat)>>,
     started_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn wire_name(op: &Operation) -> String {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncReport};
+pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncReport, now_ms};
 pub use steps::{InstallFault, StepError};
 
 use crate::artifact::{ArtifactError, ArtifactSource};
@@ -34,7 +34,6 @@ use crate::observe::observe;
 use crate::plan::{Action, ActionKind, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
 use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState};
 use crate::transport::Transport;
-use events::now_ms;
 
 /// Limits and knobs of an execution.
 #[derive(Debug, Clone)]
