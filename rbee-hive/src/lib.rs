@@ -112,23 +112,7 @@ pub fn router(health: Health, token: Option<String>, hive: Arc<ops::Hive>) -> Ro
         .route("/v1/workers/{id}/heartbeat", post(worker_heartbeat))
         .route("/v1/workers/{id}/chat/completions", post(worker_chat))
         .with_state(hive);
-    let api = match token {
-        Some(token) => api.route_layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let expected = format!("Bearer {token}");
-                async move {
-                    let ok =
-                        req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
-                    if ok {
-                        next.run(req).await
-                    } else {
-                        (StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
-                    }
-                }
-            },
-        )),
-        None => api,
-    };
+    let api = rbee_http::require_token(api, token);
     Router::new().route("/health", get(move || std::future::ready(Json(health.clone())))).merge(api)
 }
 

@@ -1,5 +1,6 @@
 //! rbee's HTTP/1.1 client, over TCP or TLS: artifact and model downloads, and the calls
-//! between queen, hives and workers. HTTPS uses rustls with the webpki root certificates,
+//! between queen, hives and workers; and [`require_token`], the bearer-token check of the
+//! hive's and the workers' APIs. HTTPS uses rustls with the webpki root certificates,
 //! plus the PEM certificates of `$SSL_CERT_FILE` when it is set (a private CA). It follows no
 //! redirects.
 #![warn(missing_docs)]
@@ -65,6 +66,24 @@ where
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(sender)
+}
+
+/// Puts `router` behind `Authorization: Bearer <token>` (401 without it); with no token,
+/// leaves it open.
+pub fn require_token(router: axum::Router, token: Option<String>) -> axum::Router {
+    let Some(token) = token else { return router };
+    let expected = format!("Bearer {token}");
+    router.route_layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+        async move {
+            if ok {
+                next.run(req).await
+            } else {
+                use axum::response::IntoResponse;
+                (axum::http::StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
+            }
+        }
+    }))
 }
 
 /// A response made ready to be passed on by a proxy: status, headers and streaming body kept,

@@ -53,21 +53,7 @@ struct Shared {
 pub fn router(args: WorkerArgs, env: &WorkerEnv, backend: Arc<dyn Backend>) -> Router {
     let shared = Arc::new(Shared { args, backend });
     let api = Router::new().route("/v1/chat/completions", post(chat)).with_state(shared.clone());
-    let api = match env.token.clone() {
-        Some(token) => api.route_layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let expected = format!("Bearer {token}");
-                async move {
-                    if req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str()) {
-                        next.run(req).await
-                    } else {
-                        (StatusCode::UNAUTHORIZED, "missing or wrong token").into_response()
-                    }
-                }
-            },
-        )),
-        None => api,
-    };
+    let api = rbee_http::require_token(api, env.token.clone());
     Router::new().route("/health", get(health)).with_state(shared).merge(api)
 }
 
