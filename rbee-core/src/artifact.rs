@@ -459,19 +459,7 @@ pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, Arti
         for w in &h.workers {
             workers.insert(w.kind.clone(), Arc::new(source.resolve(&Layout::worker_file_name(&w.kind), &w.version)?));
         }
-        desired.hives.insert(
-            h.alias.clone(),
-            DesiredHive {
-                alias: h.alias.clone(),
-                hostname: h.hostname.clone(),
-                transport: h.transport,
-                hive_port: h.hive_port,
-                auto_start: h.auto_start,
-                attached: h.attached,
-                hive: hive.clone(),
-                workers,
-            },
-        );
+        desired.hives.insert(h.alias.clone(), DesiredHive::for_config(h, hive.clone(), workers));
     }
     Ok(desired)
 }

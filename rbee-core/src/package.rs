@@ -166,19 +166,7 @@ fn desired_for_uninstall(config: &Config, source: &ArtifactSource) -> Result<Des
     });
     let mut desired = Desired::default();
     for h in &config.hives {
-        desired.hives.insert(
-            h.alias.clone(),
-            crate::state::DesiredHive {
-                alias: h.alias.clone(),
-                hostname: h.hostname.clone(),
-                transport: h.transport,
-                hive_port: h.hive_port,
-                auto_start: h.auto_start,
-                attached: h.attached,
-                hive: stub.clone(),
-                workers: BTreeMap::new(),
-            },
-        );
+        desired.hives.insert(h.alias.clone(), crate::state::DesiredHive::for_config(h, stub.clone(), BTreeMap::new()));
     }
     Ok(desired)
 }

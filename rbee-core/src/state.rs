@@ -60,6 +60,26 @@ pub struct DesiredHive {
     pub attached: bool,
 }
 
+impl DesiredHive {
+    /// What the declared hive `h` must have: `hive` and these worker binaries.
+    pub fn for_config(
+        h: &crate::config::HiveConfig,
+        hive: Arc<Artifact>,
+        workers: BTreeMap<String, Arc<Artifact>>,
+    ) -> Self {
+        DesiredHive {
+            alias: h.alias.clone(),
+            hostname: h.hostname.clone(),
+            transport: h.transport,
+            hive_port: h.hive_port,
+            auto_start: h.auto_start,
+            hive,
+            workers,
+            attached: h.attached,
+        }
+    }
+}
+
 /// What the hosts have, as observed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actual {
