@@ -259,6 +259,11 @@ pub struct RemovedOperation {
 }
 
 impl Operation {
+    /// Its wire name (the `type` tag), e.g. `worker_spawn`.
+    pub fn wire_name(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v["type"].as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
     /// True for operations the queen forwards to a hive's API; package and hive-daemon
     /// operations always stay in the queen.
     pub fn should_forward_to_hive(&self) -> bool {
@@ -331,6 +336,7 @@ mod tests {
         let op = Operation::WorkerProcessList { hive_alias: "gpu-1".into() };
         let json = serde_json::to_string(&op).unwrap();
         assert_eq!(json, r#"{"type":"worker_process_list","hive_alias":"gpu-1"}"#);
+        assert_eq!(op.wire_name(), "worker_process_list");
         assert_eq!(serde_json::from_str::<Operation>(&json).unwrap(), op);
     }
 

@@ -93,11 +93,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
             crate::models::delete(&hive.models_dir, &name).map(|model| OperationResult::Model { hive: alias, model })
         }
         Operation::Infer { model, prompt, max_tokens, .. } => infer(hive, &model, &prompt, max_tokens, emit).await,
-        other => Err(format!(
-            "{} is not an operation a hive runs",
-            serde_json::to_value(&other)
-                .map_or_else(|_| "this".to_owned(), |v| v["type"].as_str().unwrap_or("this").to_owned())
-        )),
+        other => Err(format!("{} is not an operation a hive runs", other.wire_name())),
     };
     result.unwrap_or_else(|message| OperationResult::error(format!("{name}: {message}")))
 }

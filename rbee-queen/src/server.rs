@@ -79,10 +79,6 @@ struct Queen {
     started_ms: u64,
 }
 
-fn wire_name(op: &Operation) -> String {
-    serde_json::to_value(op).ok().and_then(|v| v["type"].as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 /// A bound, not yet serving, queen: `addr` is known (port 0 picks a free one).
 pub struct Server {
     listener: tokio::net::TcpListener,
@@ -518,7 +514,7 @@ fn summary(job: &Job) -> JobSummary {
     };
     JobSummary {
         job_id: job.id.clone(),
-        operation: wire_name(&job.operation),
+        operation: job.operation.wire_name(),
         state: state.into(),
         exit_code,
         submitted_ms: job.submitted_ms,
