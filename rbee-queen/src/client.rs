@@ -2,11 +2,8 @@
 //! cancel it. Programs drive a running queen with this instead of shelling out to `rbee`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use rbee_core::operation::Operation;
 
 use crate::api::{JobEvent, JobSummary, QueenHealth, Submitted};
@@ -45,38 +42,19 @@ pub struct QueenClient {
     token: String,
 }
 
-type Body = hyper::body::Incoming;
-
 impl QueenClient {
     /// A client for the queen at `addr`, using `token`.
     pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
         Self { addr, token: token.into() }
     }
 
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<Body>, ClientError> {
-        let unreachable =
-            |e: &dyn std::fmt::Display| ClientError::Unreachable { addr: self.addr, reason: e.to_string() };
-        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(self.addr))
+    async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<rbee_http::Response, ClientError> {
+        let url = format!("http://{}{path}", self.addr);
+        let bearer = format!("Bearer {}", self.token);
+        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+        let response = rbee_http::send(method, &url, &headers, body.unwrap_or_default())
             .await
-            .map_err(|_| unreachable(&"connect timed out"))?
-            .map_err(|e| unreachable(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
-        tokio::spawn(conn);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+            .map_err(|reason| ClientError::Unreachable { addr: self.addr, reason })?;
         if response.status() == hyper::StatusCode::UNAUTHORIZED {
             return Err(ClientError::Unauthorized(self.addr));
         }
