@@ -19,8 +19,24 @@ fn addr(config: &Config) -> SocketAddr {
     SocketAddr::new(ip, config.queen.port)
 }
 
-fn pid_file() -> PathBuf {
-    rbee_queen::state_dir().join("queen.pid")
+fn pid_file(config: &Config) -> PathBuf {
+    rbee_queen::state::pid_path(config.queen.port)
+}
+
+/// Whether `pid` is a `queen-rbee` process serving `port` (or started without `--port`), by
+/// its executable and arguments in `/proc`: a pid file may be stale, and its pid reused.
+fn is_queen_process(pid: u32, port: u16) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name != "queen-rbee" && name != "queen-rbee (deleted)" {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    match args.iter().position(|a| *a == b"--port") {
+        Some(i) => args.get(i + 1).is_some_and(|p| *p == port.to_string().as_bytes()),
+        None => true,
+    }
 }
 
 /// A client of the running queen, or why there is none.
@@ -56,12 +72,13 @@ pub(crate) async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, Stri
     let beside = exe.parent().map(|d| d.join("queen-rbee")).filter(|p| p.exists());
     let bin = beside.unwrap_or_else(|| PathBuf::from("queen-rbee"));
     let state = rbee_queen::state_dir();
+    let log_path = rbee_queen::state::log_path();
     std::fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(state.join("queen.log"))
-        .map_err(|e| format!("cannot open {}: {e}", state.join("queen.log").display()))?;
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let mut cmd = if std::path::Path::new("/usr/bin/setsid").exists() || std::path::Path::new("/bin/setsid").exists() {
         let mut c = std::process::Command::new("setsid");
         c.arg("-f").arg(&bin);
@@ -69,7 +86,7 @@ pub(crate) async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, Stri
     } else {
         std::process::Command::new(&bin)
     };
-    cmd.arg("--port").arg(config.queen.port.to_string()).arg("--pid-file").arg(pid_file());
+    cmd.arg("--port").arg(config.queen.port.to_string()).arg("--pid-file").arg(pid_file(config));
     if let Some(dir) = &cli.config {
         cmd.arg("--config").arg(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
     }
@@ -86,19 +103,36 @@ pub(crate) async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, Stri
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("queen-rbee did not answer at {addr} within 10s; see {}", state.join("queen.log").display()))
+    Err(format!("queen-rbee did not answer at {addr} within 10s; see {}", log_path.display()))
 }
 
-/// Stops the queen: SIGTERM, waiting for it to go.
+/// Stops this config's queen: the process that answers `/health` on its address (by the pid
+/// it reports), or else the one its pid file names if `/proc` shows it is `queen-rbee` for that
+/// port. Never a process that is not that queen: a stale pid file is removed, not obeyed.
 pub(crate) async fn stop(config: &Config) -> Result<String, String> {
-    let Ok(pid) = std::fs::read_to_string(pid_file()) else {
-        return Ok("queen-rbee is not running".into());
+    let path = pid_file(config);
+    let answering = QueenClient::new(addr(config), "").health().await.ok().map(|h| h.pid);
+    let recorded = rbee_queen::state::read_pid_file(&path);
+    let pid = match (answering, recorded) {
+        (Some(pid), _) => pid,
+        (None, Some(pid)) if is_queen_process(pid, config.queen.port) => pid,
+        (None, _) => {
+            if path.exists() {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Ok("queen-rbee is not running".into());
+        }
     };
-    let pid = pid.trim().to_owned();
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let target = i32::try_from(pid).ok().filter(|p| *p > 1).ok_or_else(|| format!("refusing to signal pid {pid}"))?;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(target), Signal::SIGTERM).map_err(|e| format!("cannot stop queen-rbee (pid {pid}): {e}"))?;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if connect(config).await.is_err() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if rbee_queen::state::read_pid_file(&path) == Some(pid) {
+                let _ = std::fs::remove_file(&path);
+            }
             return Ok(format!("queen-rbee (pid {pid}) stopped"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -67,9 +67,44 @@ impl Layout {
     pub fn lock_dir() -> String {
         format!("{}/sync.lock", Self::STATE_DIR)
     }
+    /// Files and directories of the state directory that belong to the hive: what
+    /// `rbee uninstall --purge` removes there, and nothing else (a queen or another program
+    /// may keep its own files beside them).
+    pub fn hive_state_entries() -> [String; 6] {
+        [
+            Self::hive_pid(),
+            Self::hive_log(),
+            Self::hive_token(),
+            Self::queen_link(),
+            Self::installed_dir(),
+            Self::worker_registry_dir(),
+        ]
+    }
     /// A staging name for an upload next to its target, so the final rename is atomic.
     pub fn staging(target: &str, sha256: &str) -> String {
         let (dir, name) = target.rsplit_once('/').unwrap_or((".", target));
         format!("{dir}/.{name}.rbee-tmp-{}", &sha256[..sha256.len().min(12)])
     }
+}
+
+/// The directory of the queen (and of `rbee --in-process`) on the operator's machine:
+/// `$XDG_STATE_HOME/rbee-queen`, else `~/.local/state/rbee-queen`. It holds the queen's token,
+/// its pid file per port, its log and the last sync's report. It is apart from a hive's state
+/// directory (`~/.local/state/rbee`), so uninstalling a hive on the same machine never takes
+/// the queen's credentials with it.
+pub fn queen_state_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| crate::config::home_dir().join(".local/state"), std::path::PathBuf::from)
+        .join("rbee-queen")
+}
+
+/// Where a queen kept its token before it had a directory of its own (`queen.token` in the
+/// hive's state directory), read once so an upgraded queen keeps the token its hives know.
+pub fn legacy_queen_token() -> std::path::PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| crate::config::home_dir().join(".local/state"), std::path::PathBuf::from)
+        .join("rbee")
+        .join("queen.token")
 }

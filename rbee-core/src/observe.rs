@@ -16,7 +16,9 @@ use crate::transport::{RemoteCommand, Transport};
 
 /// The observation script. `$1` is the hive port. Output, one fact per line:
 /// `file SHA PATH`, `manifest JSON`, `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
-pub(crate) const OBSERVE_SCRIPT: &str = r#"set -u
+pub(crate) const OBSERVE_SCRIPT: &str = concat!(
+    sh_is_hive!(),
+    r#"set -u
 port=$1
 cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
@@ -35,7 +37,7 @@ done
 pid=$(cat .local/state/rbee/hive.pid 2>/dev/null || true)
 case "$pid" in
   ''|*[!0-9]*) ;;
-  *) if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'rbee-hive'; then
+  *) if is_hive "$pid"; then
        echo "running $pid"
        if [ -x .local/bin/rbee-hive ]; then
          if h=$(.local/bin/rbee-hive probe --port "$port" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
@@ -43,7 +45,8 @@ case "$pid" in
      fi ;;
 esac
 echo "end"
-"#;
+"#
+);
 
 #[derive(Debug, Deserialize)]
 struct Health {

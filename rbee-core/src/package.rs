@@ -320,13 +320,10 @@ fn difference(kind: &ActionKind) -> Option<String> {
     .map(|s| s.replace(&format!("{} ", Binary::Hive), "hive binary "))
 }
 
-/// Where the last sync's report is kept: `$XDG_STATE_HOME/rbee/last-sync.json`, else
-/// `~/.local/state/rbee/last-sync.json`.
+/// Where the last sync's report is kept: `last-sync.json` in the queen's state directory
+/// ([`crate::layout::queen_state_dir`]).
 pub fn last_run_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| crate::config::home_dir().join(".local/state"), PathBuf::from);
-    base.join("rbee").join("last-sync.json")
+    crate::layout::queen_state_dir().join("last-sync.json")
 }
 
 /// Saves a report for `--retry-failed`.

@@ -20,7 +20,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The token was refused.
-    #[error("the queen at {0} refused the token (401): check ~/.local/state/rbee/queen.token")]
+    #[error("the queen at {0} refused the token (401): check ~/.local/state/rbee-queen/queen.token")]
     Unauthorized(SocketAddr),
     /// The queen answered with an error.
     #[error("the queen answered {status}: {body}")]

@@ -17,10 +17,7 @@ pub mod http {
     pub use rbee_http::*;
 }
 mod server;
+pub mod state;
 
-pub use server::{QueenConfig, Server, bind, ensure_token, state_dir};
-
-/// The token file: `<state dir>/queen.token`.
-pub fn token_path() -> std::path::PathBuf {
-    state_dir().join("queen.token")
-}
+pub use server::{QueenConfig, Server, bind};
+pub use state::{ensure_token, state_dir, token_path};

@@ -18,7 +18,8 @@ struct Args {
     /// Config directory, for the `[queen]` and `[ssh]` settings.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
-    /// Write this pid file once listening.
+    /// Write this pid file once listening (default: `queen-<port>.pid` in the queen's state
+    /// directory).
     #[arg(long)]
     pid_file: Option<std::path::PathBuf>,
 }
@@ -58,8 +59,9 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &args.pid_file {
-        let _ = std::fs::write(path, format!("{}\n", std::process::id()));
+    let pid_file = args.pid_file.clone().unwrap_or_else(|| rbee_queen::state::pid_path(server.addr.port()));
+    if let Err(e) = rbee_queen::state::write_pid_file(&pid_file) {
+        eprintln!("queen-rbee: cannot write {}: {e}", pid_file.display());
     }
     eprintln!("queen-rbee listening on {}", server.addr);
     // attached-hive: the queen also runs the hive of its own host, in this process.
@@ -107,9 +109,7 @@ async fn main() -> ExitCode {
         hive_stop.notify_one();
         let _ = tokio::time::timeout(Duration::from_secs(5), hive).await;
     }
-    if let Some(path) = &args.pid_file {
-        let _ = std::fs::remove_file(path);
-    }
+    rbee_queen::state::remove_own_pid_file(&pid_file);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -581,33 +580,4 @@ async fn events(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Resp
     });
     use futures_util::StreamExt;
     Sse::new(stream.flatten()).keep_alive(KeepAlive::new().interval(queen.config.keepalive)).into_response()
-}
-
-/// The token file: created with mode 0600 on first start, read afterwards.
-pub fn ensure_token(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(token) = std::fs::read_to_string(path) {
-        let token = token.trim().to_owned();
-        if !token.is_empty() {
-            return Ok(token);
-        }
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let token = hex::encode(bytes);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(token)
-}
-
-/// rbee's state directory on this machine: `$XDG_STATE_HOME/rbee`, else `~/.local/state/rbee`.
-pub fn state_dir() -> PathBuf {
-    rbee_core::package::last_run_path().parent().map_or_else(|| PathBuf::from("."), PathBuf::from)
 }

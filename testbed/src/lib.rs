@@ -4,7 +4,11 @@
 //! missing. Faults are methods on [`TestHost`]: kill, partition, slow link, new host key,
 //! refusing the user key, a full disk.
 
+mod check;
 mod link;
+
+pub use check::check;
+use check::run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,33 +18,6 @@ use std::time::{Duration, Instant};
 pub use link::LossyLink;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// `Ok` when test hosts can be made here, else why not.
-pub fn check() -> Result<(), String> {
-    if run("id", &["-u"]).map(|u| u.trim() == "0") != Ok(true) {
-        return Err("test hosts need root (network namespaces)".into());
-    }
-    for tool in ["/usr/sbin/sshd", "/usr/bin/ssh-keygen"] {
-        if !Path::new(tool).exists() {
-            return Err(format!("{tool} is missing: install openssh-server"));
-        }
-    }
-    for tool in ["ip", "unshare", "nsenter"] {
-        if Command::new(tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            return Err(format!("`{tool}` is missing: install iproute2 / util-linux"));
-        }
-    }
-    Ok(())
-}
 
 fn keygen(path: &Path) -> Result<(), String> {
     run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "rbee-testbed", "-f", &path.display().to_string()])?;

@@ -2,6 +2,7 @@
 
 mod fleet;
 mod queen;
+mod queen_state;
 mod sync_local;
 mod sync_ssh;
 mod workers;

@@ -94,7 +94,7 @@ fn requests_without_the_right_token_get_401_on_queen_and_hive_and_token_files_ar
     use std::os::unix::fs::PermissionsExt;
     let fleet = Fleet::new(1, &[]);
     Run(fleet.via_queen(&["queen", "start"]).output().unwrap()).expect_code(0);
-    let token_file = fleet.dir.path().join("operator/.local/state/rbee/queen.token");
+    let token_file = fleet.dir.path().join("operator/.local/state/rbee-queen/queen.token");
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let token = std::fs::read_to_string(&token_file).unwrap();
@@ -127,7 +127,7 @@ fn requests_without_the_right_token_get_401_on_queen_and_hive_and_token_files_ar
 fn two_hundred_concurrent_jobs_lose_and_reorder_no_event_and_the_queen_stays_small() {
     let fleet = Fleet::new(2, &[]);
     Run(fleet.via_queen(&["queen", "start"]).output().unwrap()).expect_code(0);
-    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.token")).unwrap();
+    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee-queen/queen.token")).unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], fleet.queen_port));
     let config = fleet.config_dir();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -158,7 +158,10 @@ fn two_hundred_concurrent_jobs_lose_and_reorder_no_event_and_the_queen_stays_sma
     });
     assert_eq!(counts.len(), 200);
     assert!(counts.iter().all(|&n| n >= 1));
-    let pid = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.pid")).unwrap();
+    let pid = std::fs::read_to_string(
+        fleet.dir.path().join(format!("operator/.local/state/rbee-queen/queen-{}.pid", fleet.queen_port)),
+    )
+    .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
     let hwm_kib: u64 = status
         .lines()

@@ -152,6 +152,7 @@ fn assert_others_ok(result: &serde_json::Value, except: &str) {
     }
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn five_hosts_sync_concurrently_then_status_and_uninstall_leave_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +197,7 @@ impl Drop for SshFleet {
     }
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn remote_hives_report_to_the_queen_over_the_network() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,6 +241,7 @@ fn remote_hives_report_to_the_queen_over_the_network() {
     fleet.via_queen(&["worker", "delete", "--hive", "h2", &id]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_a_dead_host_is_unreachable_and_the_next_sync_converges() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,6 +268,7 @@ fn wait_for_file(dir: &Path, needle: &str, within: Duration) -> bool {
     false
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_b_a_host_killed_during_an_upload_fails_without_a_partial_file() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,6 +304,7 @@ fn fault_b_a_host_killed_during_an_upload_fails_without_a_partial_file() {
     fleet.rbee(&["status"]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_c_a_partition_hits_the_deadline_and_is_reported_without_hanging() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -334,6 +339,7 @@ fn fault_c_a_partition_hits_the_deadline_and_is_reported_without_hanging() {
     fleet.rbee(&["sync"]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_d_a_changed_host_key_is_refused_and_nothing_runs_there() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -364,6 +370,7 @@ fn fault_d_a_changed_host_key_is_refused_and_nothing_runs_there() {
     fleet.rbee(&["sync"]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_e_a_key_the_host_does_not_accept_names_user_and_host() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -378,6 +385,7 @@ fn fault_e_a_key_the_host_does_not_accept_names_user_and_host() {
     fleet.rbee(&["sync"]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_f_a_full_disk_fails_clearly_and_keeps_the_old_binary() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -401,6 +409,7 @@ fn fault_f_a_full_disk_fails_clearly_and_keeps_the_old_binary() {
     assert_eq!(health(fleet.host("h2")).unwrap()["sha256"], sha256_file(&release_tree().join("0.2.0/rbee-hive")));
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_g_latency_and_loss_on_one_host_still_converge() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -430,6 +439,7 @@ fn fault_g_latency_and_loss_on_one_host_still_converge() {
     fleet.rbee(&["status"]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn fault_h_two_syncs_at_once_do_not_interleave() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -457,6 +467,7 @@ fn fault_h_two_syncs_at_once_do_not_interleave() {
     fleet.rbee(&["status"]).expect_code(0);
 }
 
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
 fn agent_keys_ssh_config_aliases_and_accept_new() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

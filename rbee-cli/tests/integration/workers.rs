@@ -26,7 +26,7 @@ fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T
 
 /// The queen's OpenAI-compatible endpoint, called as any OpenAI client would.
 fn chat_completions(fleet: &Fleet, body: serde_json::Value) -> (u16, String) {
-    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.token")).unwrap();
+    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee-queen/queen.token")).unwrap();
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", fleet.queen_port);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
@@ -204,11 +204,13 @@ fn an_attached_hive_runs_inside_the_queen_and_a_sync_refreshes_its_catalog() {
     rbee(&["sync", "--dry-run"]).expect_code(0);
 
     // The queen's own process answers as hive h1, and the sync refreshed its catalog.
-    let queen_pid: u64 = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee/queen.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let queen_pid: u64 = std::fs::read_to_string(
+        fleet.dir.path().join(format!("operator/.local/state/rbee-queen/queen-{}.pid", fleet.queen_port)),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     let entry = wait_for("h1 with its new catalog in the registry", Duration::from_secs(5), || {
         let hives: serde_json::Value =
             serde_json::from_str(rbee(&["hive", "get", "h1", "--json"]).stdout().trim()).ok()?;
@@ -230,4 +232,57 @@ fn an_attached_hive_runs_inside_the_queen_and_a_sync_refreshes_its_catalog() {
         "{}",
         stop.stdout()
     );
+}
+
+/// Processes in process group `pgid` that are not zombies.
+fn group_members(pgid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+            (fields.first() != Some(&"Z") && fields.get(2)? == &pgid.to_string()).then_some(pid)
+        })
+        .collect()
+}
+
+/// Under dash (Debian's /bin/sh) `rbee uninstall` deleted the worker records and left the
+/// engines running with their GPU memory. Now the worker's whole process group goes, an
+/// engine that ignores SIGTERM included, before its record does.
+#[test]
+fn uninstall_stops_every_worker_process_even_an_engine_that_ignores_sigterm() {
+    let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
+    let rbee = |args: &[&str]| {
+        let mut cmd = fleet.via_queen(args);
+        cmd.env("RBEE_HEARTBEAT_MS", "500");
+        Run(cmd.output().unwrap())
+    };
+    let h1 = fleet.host("h1");
+    rbee(&["sync"]).expect_code(0);
+    wait_for("h1 in the registry", Duration::from_secs(10), || {
+        rbee(&["hive", "get", "h1"]).code().eq(&0).then_some(())
+    });
+    let catalog = h1.path(".local/share/rbee/workers");
+    std::fs::copy(bin_dir().join("rbee-worker-reference"), catalog.join("rbee-worker-reference")).unwrap();
+    rbee(&["worker", "refresh", "--hive", "h1"]).expect_code(0);
+    let source = fleet.dir.path().join("stubborn.gguf");
+    std::fs::write(&source, b"spawn-engine-ignoring-sigterm\n").unwrap();
+    let sha = sha256_file(&source);
+    rbee(&["model", "download", "--hive", "h1", source.to_str().unwrap(), "--sha256", &sha]).expect_code(0);
+    let spawned =
+        rbee(&["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "stubborn.gguf", "--json"]);
+    let worker = json(&spawned.expect_code(0))["worker"].clone();
+    let pid = u32::try_from(worker["pid"].as_u64().unwrap()).unwrap();
+    let members = wait_for("the worker's engine", Duration::from_secs(5), || {
+        let m = group_members(pid);
+        (m.len() >= 2).then_some(m)
+    });
+
+    let out = rbee(&["uninstall"]).expect_code(0);
+    assert_eq!(group_members(pid), Vec::<u32>::new(), "left running: {members:?}\n{}", out.stderr());
+    let records = std::fs::read_dir(h1.path(".local/state/rbee/workers"))
+        .map_or(0, |d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count());
+    assert_eq!(records, 0, "worker records left");
 }

@@ -411,7 +411,8 @@ impl HiveRun<'_> {
                 .await
             }
             ActionKind::Uninstall { purge } => {
-                self.step(&action.id, &description, || steps::uninstall(self.t, *purge, o.step_timeout)).await
+                self.step(&action.id, &description, || steps::uninstall(self.t, *purge, o.stop_grace, o.step_timeout))
+                    .await
             }
         }
     }

@@ -218,10 +218,12 @@ pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) ->
     Ok(())
 }
 
-const START: &str = r#"set -u
+const START: &str = concat!(
+    sh_is_hive!(),
+    r#"set -u
 port=$1; alias=$2; bin=.local/bin/rbee-hive; state=.local/state/rbee; pidf=$state/hive.pid
 mkdir -p "$state" || exit 1
-alive() { p=$(cat "$pidf" 2>/dev/null) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q rbee-hive; }
+alive() { p=$(cat "$pidf" 2>/dev/null) && is_hive "$p"; }
 if alive; then echo "already running (pid $(cat "$pidf"))"; exit 0; fi
 [ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
 rm -f "$pidf"
@@ -237,7 +239,8 @@ while [ $i -lt 100 ]; do
 done
 echo "rbee-hive did not start; last lines of ~/$state/hive.log:"; tail -n 5 "$state/hive.log"
 exit 1
-"#;
+"#
+);
 
 /// Starts the hive fully detached (own session, output to the hive log, pid file). Does
 /// nothing if it is already running.
@@ -259,18 +262,20 @@ pub async fn link_queen(
     Ok(())
 }
 
-const STOP: &str = r#"set -u
+const STOP: &str = concat!(
+    sh_is_hive!(),
+    r#"set -u
 pidf=.local/state/rbee/hive.pid; grace=$1
 p=$(cat "$pidf" 2>/dev/null) || exit 0
-case "$p" in ''|*[!0-9]*) rm -f "$pidf"; exit 0 ;; esac
-alive() { kill -0 "$p" 2>/dev/null && tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q rbee-hive; }
-if ! alive; then rm -f "$pidf"; exit 0; fi
-kill -TERM "$p" 2>/dev/null
+if ! is_hive "$p"; then rm -f "$pidf"; exit 0; fi
+alive() { is_hive "$p"; }
+kill -s TERM "$p" 2>/dev/null
 i=0
 while alive && [ $i -lt $(( grace * 10 )) ]; do sleep 0.1; i=$((i+1)); done
-if alive; then kill -KILL "$p" 2>/dev/null; sleep 0.2; echo "rbee-hive (pid $p) ignored SIGTERM for ${grace}s; killed" >&2; fi
+if alive; then kill -s KILL "$p" 2>/dev/null; sleep 0.2; echo "rbee-hive (pid $p) ignored SIGTERM for ${grace}s; killed" >&2; fi
 rm -f "$pidf"
-"#;
+"#
+);
 
 /// Stops the hive: SIGTERM, then SIGKILL after `grace`.
 pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -> Result<(), StepError> {
@@ -310,15 +315,43 @@ pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout
     }
 }
 
+/// Uninstalls. `$1` purge (1/0), `$2` grace seconds, then the hive-owned state entries.
+///
+/// Worker processes are stopped before their records go: each record names a process-group
+/// leader and its start time (`/proc/<pid>/stat` field 22), so a pid the kernel gave to another
+/// process since is never signalled. The group gets SIGTERM, SIGKILL after the grace period,
+/// and the record is deleted only once the group is gone. Only POSIX `kill -s SIG -- -PGID`
+/// (dash, Debian's /bin/sh, rejects `kill -TERM -- -PGID`), and a failure is reported.
 const UNINSTALL: &str = r#"set -u
-purge=$1
-# Stop the worker processes the hive started (each leads its own process group).
+purge=$1; grace=$2; shift 2
+field() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" "$2" | head -n 1; }
+group_alive() { kill -s 0 -- "-$1" 2>/dev/null; }
+failed=0
 for f in .local/state/rbee/workers/*.json; do
   [ -e "$f" ] || continue
-  p=$(sed -n 's/.*"pid": *\([0-9][0-9]*\).*/\1/p' "$f" | head -n 1)
-  [ -n "$p" ] && kill -TERM -- "-$p" 2>/dev/null
-  rm -f "$f"
+  p=$(field pid "$f"); st=$(field start_time "$f")
+  case "$p" in ''|0|1|*[!0-9]*) rm -f "$f" "${f%.json}.log"; continue ;; esac
+  if [ -d "/proc/$p" ]; then
+    now=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f20)
+    # A live process with another start time is not the worker: the pid was reused.
+    if [ "$now" != "$st" ]; then rm -f "$f" "${f%.json}.log"; continue; fi
+  fi
+  # The leader is the worker, or it is gone and only its group (an engine) may remain.
+  if group_alive "$p"; then
+    kill -s TERM -- "-$p" 2>/dev/null
+    i=0
+    while group_alive "$p" && [ $i -lt $(( grace * 10 )) ]; do sleep 0.1; i=$((i+1)); done
+    if group_alive "$p"; then
+      echo "worker process group $p ignored SIGTERM for ${grace}s; sending SIGKILL" >&2
+      kill -s KILL -- "-$p" 2>/dev/null
+      i=0
+      while group_alive "$p" && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+    fi
+    if group_alive "$p"; then echo "cannot stop worker process group $p (record $f kept)" >&2; failed=1; continue; fi
+  fi
+  rm -f "$f" "${f%.json}.log"
 done
+[ "$failed" = 0 ] || exit 1
 rm -f .local/bin/rbee-hive .local/bin/.rbee-hive.rbee-tmp-* .local/bin/.rbee-hive.upload-*
 rm -f .local/share/rbee/workers/rbee-worker-* .local/share/rbee/workers/.rbee-worker-*
 rmdir .local/share/rbee/workers .local/share/rbee 2>/dev/null
@@ -326,18 +359,19 @@ rm -rf .local/state/rbee/installed
 rm -f .local/state/rbee/hive.pid
 if [ "$purge" = 1 ]; then
   rm -rf .local/share/rbee
-  # Keep the lock directory until the sync releases it; remove everything else.
-  for f in .local/state/rbee/* .local/state/rbee/.[!.]*; do
-    [ -e "$f" ] || continue
-    [ "$f" = .local/state/rbee/sync.lock ] || rm -rf "$f"
-  done
+  # Only what the hive owns; the lock stays until the sync releases it.
+  for f in "$@"; do rm -rf "$f"; done
 fi
 exit 0
 "#;
 
-/// Removes what rbee installed (and with `purge`, its state and data).
-pub async fn uninstall(t: &dyn Transport, purge: bool, deadline: Duration) -> Result<(), StepError> {
-    script(t, "uninstalling", UNINSTALL, vec![if purge { "1" } else { "0" }.to_owned()], deadline).await?;
+/// Removes what rbee installed (and with `purge`, the hive's state and data). Worker
+/// processes are stopped first, SIGKILL after `grace`.
+pub async fn uninstall(t: &dyn Transport, purge: bool, grace: Duration, deadline: Duration) -> Result<(), StepError> {
+    let grace_s = grace.as_secs().max(1);
+    let mut args = vec![if purge { "1" } else { "0" }.to_owned(), grace_s.to_string()];
+    args.extend(Layout::hive_state_entries());
+    script(t, "uninstalling", UNINSTALL, args, deadline + grace + Duration::from_secs(3)).await?;
     Ok(())
 }
 
@@ -345,4 +379,130 @@ pub async fn uninstall(t: &dyn Transport, purge: bool, deadline: Duration) -> Re
 pub async fn remove_empty_state_dir(t: &dyn Transport, deadline: Duration) -> Result<(), StepError> {
     script(t, "cleaning up", r#"rmdir "$1" 2>/dev/null; exit 0"#, vec![Layout::STATE_DIR.to_owned()], deadline).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::LocalTransport;
+
+    /// A process leading its own group, reaped in the background so a killed one does not
+    /// linger as a zombie (which `kill -s 0` still finds).
+    fn spawn_group(script: &str) -> u32 {
+        let mut child = tokio::process::Command::new("sh").args(["-c", script]).process_group(0).spawn().unwrap();
+        let pid = child.id().unwrap();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        pid
+    }
+
+    fn start_time(pid: u32) -> String {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(") ").unwrap().1.split(' ').nth(19).unwrap().to_owned()
+    }
+
+    fn group_alive(pgid: u32) -> bool {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+        })
+    }
+
+    fn record(home: &std::path::Path, id: &str, pid: u32, start_time: &str) -> std::path::PathBuf {
+        let dir = home.join(Layout::worker_registry_dir());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{id}.json"));
+        let json =
+            format!(r#"{{"id": "{id}", "port": 9000, "pid": {pid}, "start_time": {start_time}, "started_ms": 1}}"#);
+        std::fs::write(&path, json).unwrap();
+        path
+    }
+
+    /// `kill -TERM -- -PGID` is an error in dash (Debian's /bin/sh): uninstall deleted the
+    /// records and left the engines running. A group whose processes ignore SIGTERM gets
+    /// SIGKILL after the grace period; the record goes only once the group is gone.
+    #[tokio::test]
+    async fn uninstall_under_dash_stops_worker_groups_even_when_they_ignore_sigterm() {
+        let home = tempfile::tempdir().unwrap();
+        let polite = spawn_group("exec sleep 60");
+        let stubborn = spawn_group("trap '' TERM; sleep 60 & sleep 60 & wait");
+        std::thread::sleep(Duration::from_millis(100));
+        let polite_rec = record(home.path(), "w1", polite, &start_time(polite));
+        let stubborn_rec = record(home.path(), "w2", stubborn, &start_time(stubborn));
+        let t = LocalTransport::new(home.path());
+        uninstall(&t, false, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap();
+        assert!(!group_alive(polite), "group {polite} still runs");
+        assert!(!group_alive(stubborn), "group {stubborn} (ignoring SIGTERM) still runs");
+        assert!(!polite_rec.exists() && !stubborn_rec.exists(), "records are removed once the groups are gone");
+    }
+
+    /// A record whose pid now belongs to another process (another start time) is dropped
+    /// without signalling that process; so are records naming pid 0 or 1.
+    #[tokio::test]
+    async fn uninstall_never_signals_a_reused_pid_or_init() {
+        let home = tempfile::tempdir().unwrap();
+        let other = spawn_group("exec sleep 60");
+        std::thread::sleep(Duration::from_millis(50));
+        let reused = record(home.path(), "w1", other, "1");
+        let init = record(home.path(), "w2", 1, &start_time(1));
+        let zero = record(home.path(), "w3", 0, "0");
+        let t = LocalTransport::new(home.path());
+        uninstall(&t, false, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap();
+        assert!(group_alive(other), "an unrelated process with a reused pid was signalled");
+        assert!(!reused.exists() && !init.exists() && !zero.exists());
+        nix_kill(other);
+    }
+
+    fn nix_kill(pgid: u32) {
+        let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
+    }
+
+    /// Purge removes the hive's files and leaves whatever else is in the state directory
+    /// (a queen on the same machine kept its token there once; any other file is not rbee's
+    /// hive's to delete).
+    #[tokio::test]
+    async fn purge_removes_only_what_the_hive_owns() {
+        let home = tempfile::tempdir().unwrap();
+        let state = home.path().join(Layout::STATE_DIR);
+        std::fs::create_dir_all(state.join("installed")).unwrap();
+        for f in ["hive.pid", "hive.log", "hive.token", "queen.link", "installed/rbee-hive", "queen.token", "notes"] {
+            std::fs::write(state.join(f), "x").unwrap();
+        }
+        let t = LocalTransport::new(home.path());
+        uninstall(&t, true, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes", "queen.token"]);
+    }
+
+    /// "cmdline contains rbee-hive" took any process with that word in its arguments for the
+    /// hive; the executable is what counts.
+    #[tokio::test]
+    async fn a_process_named_like_the_hive_is_not_the_hive() {
+        let home = tempfile::tempdir().unwrap();
+        let impostor = spawn_group("exec sleep 60");
+        let other = spawn_group("sleep 60; echo rbee-hive");
+        let state = home.path().join(Layout::STATE_DIR);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(home.path().join(Layout::BIN_DIR)).unwrap();
+        std::fs::write(home.path().join(Layout::hive_binary()), "#!/bin/sh\n").unwrap();
+        let t = LocalTransport::new(home.path());
+        for pid in [impostor, other] {
+            std::fs::write(state.join("hive.pid"), format!("{pid}\n")).unwrap();
+            let seen = crate::observe::observe(&t, 1, Duration::from_secs(10)).await;
+            let crate::state::HiveState::Reachable(o) = seen else { panic!("{seen:?}") };
+            assert!(!o.running, "pid {pid} taken for the hive");
+            stop_hive(&t, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap();
+            assert!(group_alive(pid), "stop signalled pid {pid}, which is not the hive");
+        }
+        nix_kill(impostor);
+        nix_kill(other);
+    }
 }

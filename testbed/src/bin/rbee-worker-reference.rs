@@ -83,6 +83,19 @@ async fn main() -> ExitCode {
     let backend =
         Arc::new(Echo { model: args.model.clone(), loaded_at: Instant::now() + Duration::from_millis(load_ms) });
     eprintln!("reference worker {} serving {} on port {}", args.worker_id, args.model, args.port);
+    // A model that asks for it gets an "engine": a child in the worker's process group that
+    // ignores SIGTERM, as a stuck engine would; stopping the worker must still end it.
+    let mut engine = None;
+    if std::fs::read_to_string(&args.model).is_ok_and(|m| m.contains("spawn-engine-ignoring-sigterm")) {
+        match std::process::Command::new("sh").args(["-c", "trap '' TERM; exec sleep 600"]).spawn() {
+            Ok(child) => {
+                eprintln!("reference worker: engine pid {}", child.id());
+                engine = Some(child);
+            }
+            Err(e) => eprintln!("reference worker: cannot start the engine: {e}"),
+        }
+    }
+    let _engine = engine;
     match rbee_worker::contract::serve(args, WorkerEnv::from_env(), backend, rbee_worker::contract::terminated()).await
     {
         Ok(()) => ExitCode::SUCCESS,

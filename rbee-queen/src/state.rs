@@ -1,0 +1,173 @@
+//! The queen's files on its own machine: its directory (apart from any hive's), its token,
+//! and one pid file per port.
+//!
+//! Two queens may start at once (two `rbee` commands that each found none): both must end up
+//! with the same token, and only the one that listens writes the pid file. So the token is
+//! created with a hard link of a complete file (it appears whole or not at all, and the first
+//! one wins), and the pid file is written by rename once the port is bound, and removed only by
+//! the process it names.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The queen's directory: `$XDG_STATE_HOME/rbee-queen`, else `~/.local/state/rbee-queen`.
+pub fn state_dir() -> PathBuf {
+    rbee_core::layout::queen_state_dir()
+}
+
+/// The token file: `<state dir>/queen.token`.
+pub fn token_path() -> PathBuf {
+    state_dir().join("queen.token")
+}
+
+/// The pid file of the queen listening on `port`: `<state dir>/queen-<port>.pid`.
+pub fn pid_path(port: u16) -> PathBuf {
+    state_dir().join(format!("queen-{port}.pid"))
+}
+
+/// The queen's log (written by `rbee` when it starts the queen in the background).
+pub fn log_path() -> PathBuf {
+    state_dir().join("queen.log")
+}
+
+fn unique_tmp(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()))
+}
+
+fn create_dir_0700(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// The token in `path`: created with mode 0600 on first start, read afterwards. When it does
+/// not exist yet and a queen of an earlier rbee left one in the hive's state directory, that
+/// one is kept, so hives linked to it keep working. Safe against a concurrent first start:
+/// the file is linked into place complete, and the loser of the race reads the winner's token.
+pub fn ensure_token(path: &Path) -> std::io::Result<String> {
+    if let Some(token) = read_token(path)? {
+        return Ok(token);
+    }
+    if let Some(dir) = path.parent() {
+        create_dir_0700(dir)?;
+    }
+    let legacy = rbee_core::layout::legacy_queen_token();
+    let token = match std::fs::read_to_string(&legacy) {
+        Ok(t) if is_token(t.trim()) => t.trim().to_owned(),
+        _ => {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+            hex::encode(bytes)
+        }
+    };
+    let tmp = unique_tmp(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(path)?
+            .ok_or_else(|| std::io::Error::other(format!("{} exists but holds no token", path.display()))),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_token(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn read_token(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if is_token(t.trim()) => Ok(Some(t.trim().to_owned())),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} does not hold a token: remove it and start the queen again",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes this process's pid to `path` atomically (a complete file renamed into place).
+pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        create_dir_0700(dir)?;
+    }
+    let tmp = unique_tmp(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+    f.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes the pid file at `path` if it names this process (a queen that lost the race for its
+/// port, or one that started after this one, keeps its own file).
+pub fn remove_own_pid_file(path: &Path) {
+    if read_pid_file(path) == Some(std::process::id()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The pid in a pid file: a positive number that is not 1, or `None`.
+pub fn read_pid_file(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_pid(&text)
+}
+
+/// A pid as a pid file holds it: digits only, greater than 1 (never the init process, never a
+/// process group or "every process").
+pub fn parse_pid(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<u32>().ok().filter(|p| *p > 1 && *p <= i32::MAX as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_files_hold_only_positive_pids_other_than_init() {
+        assert_eq!(parse_pid("1234\n"), Some(1234));
+        for bad in ["", "0", "1", "-5", "12 34", "0x10", "99999999999", "+7", "4294967295"] {
+            assert_eq!(parse_pid(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q/queen.token");
+        let tokens: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| ensure_token(&path).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert!(tokens.iter().all(|t| *t == on_disk), "{tokens:?} vs {on_disk}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left");
+    }
+
+    #[test]
+    fn a_pid_file_is_removed_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queen-1.pid");
+        std::fs::write(&path, "4242\n").unwrap();
+        remove_own_pid_file(&path);
+        assert!(path.exists(), "another process's pid file is kept");
+        write_pid_file(&path).unwrap();
+        assert_eq!(read_pid_file(&path), Some(std::process::id()));
+        remove_own_pid_file(&path);
+        assert!(!path.exists());
+    }
+}
