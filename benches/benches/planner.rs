@@ -12,7 +12,7 @@ fn artifact(name: &str, version: &str) -> Artifact {
     Artifact {
         name: name.into(),
         version: version.into(),
-        sha256: format!("{:0>64}", format!("{name}{version}").len()),
+        sha256: rbee_core::Sha256::parse(&format!("{:0>64}", format!("{name}{version}").len())).unwrap(),
         size: 8 << 20,
     }
 }
@@ -43,8 +43,14 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
                 running_version: None,
             }),
             2 => HiveState::Reachable(Observed {
-                hive_binary: Some(Installed { sha256: "old".into(), version: Some("0.9.0".into()) }),
-                workers: BTreeMap::from([("engine-0".into(), Installed { sha256: "old".into(), version: None })]),
+                hive_binary: Some(Installed {
+                    sha256: rbee_core::Sha256::parse(&"f".repeat(64)).unwrap(),
+                    version: Some("0.9.0".into()),
+                }),
+                workers: BTreeMap::from([(
+                    "engine-0".into(),
+                    Installed { sha256: rbee_core::Sha256::parse(&"f".repeat(64)).unwrap(), version: None },
+                )]),
                 running: true,
                 ..Observed::default()
             }),

@@ -331,7 +331,12 @@ pub(crate) fn render(json: bool, result: &OperationResult, verbose: bool) -> Exi
                 println!("{hive}: no models; download one with `rbee model download --hive {hive} URL`");
             } else {
                 for m in models {
-                    println!("{hive}  {:<32} {:>10}  {}", m.name, mib(m.size), m.sha256.as_deref().unwrap_or("-"));
+                    println!(
+                        "{hive}  {:<32} {:>10}  {}",
+                        m.name,
+                        mib(m.size),
+                        m.sha256.as_ref().map_or("-", |d| d.as_str())
+                    );
                 }
             }
         }
@@ -343,7 +348,7 @@ pub(crate) fn render(json: bool, result: &OperationResult, verbose: bool) -> Exi
                     "{hive}  {}  {}  sha256 {}",
                     model.name,
                     mib(model.size),
-                    model.sha256.as_deref().unwrap_or("-")
+                    model.sha256.as_ref().map_or("-", |d| d.as_str())
                 );
                 println!("{hive}  {}", model.path);
             }

@@ -251,9 +251,9 @@ pub enum ModelCommand {
         hive: String,
         /// http(s) URL, or an absolute path on the hive's host.
         source: String,
-        /// Expected sha256: a mismatch deletes the download.
+        /// Expected sha256 (64 hex characters): a mismatch deletes the download.
         #[arg(long)]
-        sha256: Option<String>,
+        sha256: Option<rbee_core::Sha256>,
         /// File name (default: the source's last path segment).
         #[arg(long)]
         name: Option<String>,

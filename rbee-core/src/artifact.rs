@@ -22,7 +22,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use rbee_proto::Sha256;
+use sha2::Digest;
 
 use crate::config::{Config, VersionReq};
 use crate::layout::{HIVE_BINARY, Layout};
@@ -77,6 +78,19 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
+    /// A source lists something that is not a sha256 digest for an artifact.
+    #[error("{source_name} lists an invalid digest for {artifact} {version}: {reason}")]
+    InvalidDigest {
+        /// The artifact.
+        artifact: String,
+        /// Its version.
+        version: String,
+        /// The source.
+        source_name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: rbee_proto::DigestError,
+    },
     /// The bytes do not have the pinned digest.
     #[error("sha256 mismatch for {artifact} {version}: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -103,7 +117,7 @@ pub trait HttpGet: Send + Sync {
 pub struct ArtifactSource {
     root: PathBuf,
     kind: SourceKind,
-    digests: Mutex<BTreeMap<PathBuf, (String, u64)>>,
+    digests: Mutex<BTreeMap<PathBuf, (Sha256, u64)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +127,7 @@ enum SourceKind {
     /// A build directory holding only [`RBEE_VERSION`].
     Build,
     /// Bytes held by the caller: one version.
-    Memory { version: String, files: BTreeMap<String, (String, Arc<Vec<u8>>)> },
+    Memory { version: String, files: BTreeMap<String, (Sha256, Arc<Vec<u8>>)> },
     /// A release tree at an http URL, with a local cache keyed by sha256.
     Http(HttpSource),
 }
@@ -211,7 +225,7 @@ impl ArtifactSource {
     /// # Ok::<(), rbee_core::artifact::ArtifactError>(())
     /// ```
     pub fn memory<N: Into<String>>(version: &str, files: impl IntoIterator<Item = (N, Vec<u8>)>) -> Self {
-        let files = files.into_iter().map(|(n, b)| (n.into(), (sha256_hex(&b), Arc::new(b)))).collect();
+        let files = files.into_iter().map(|(n, b)| (n.into(), (sha256_of(&b), Arc::new(b)))).collect();
         Self {
             root: PathBuf::new(),
             kind: SourceKind::Memory { version: version.to_owned(), files },
@@ -329,13 +343,13 @@ impl ArtifactSource {
         }
         if let SourceKind::Http(h) = &self.kind {
             let sums = h.sums.lock().expect("sums");
-            let sha256 =
-                sums.get(&version).and_then(|s| s.get(name)).cloned().ok_or_else(|| ArtifactError::Missing {
-                    artifact: name.to_owned(),
-                    version: version.clone(),
-                    source_name: self.name(),
-                    hint: format!("{}/{version}/SHA256SUMS has no line for it", h.base),
-                })?;
+            let sum = sums.get(&version).and_then(|s| s.get(name)).cloned().ok_or_else(|| ArtifactError::Missing {
+                artifact: name.to_owned(),
+                version: version.clone(),
+                source_name: self.name(),
+                hint: format!("{}/{version}/SHA256SUMS has no line for it", h.base),
+            })?;
+            let sha256 = self.checked_digest(name, &version, &sum)?;
             return Ok(Artifact { name: name.to_owned(), version, sha256, size: 0 });
         }
         let path = self.path_of(name, &version);
@@ -364,27 +378,39 @@ impl ArtifactSource {
         Ok(Artifact { name: name.to_owned(), version, sha256, size: meta.len() })
     }
 
-    fn sum_from_file(&self, name: &str, version: &str) -> Result<String, ArtifactError> {
+    /// A digest read from a source's SHA256SUMS, checked before it is used for anything (as a
+    /// cache file name, say).
+    fn checked_digest(&self, name: &str, version: &str, sum: &str) -> Result<Sha256, ArtifactError> {
+        Sha256::parse(sum).map_err(|reason| ArtifactError::InvalidDigest {
+            artifact: name.to_owned(),
+            version: version.to_owned(),
+            source_name: self.name(),
+            reason,
+        })
+    }
+
+    fn sum_from_file(&self, name: &str, version: &str) -> Result<Sha256, ArtifactError> {
         let path = self.root.join(version).join("SHA256SUMS");
         let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io { path: path.clone(), source })?;
         text.lines()
             .filter_map(|l| l.split_once(char::is_whitespace))
             .find(|(_, file)| file.trim_start().trim_start_matches('*') == name)
-            .map(|(sum, _)| sum.to_ascii_lowercase())
+            .map(|(sum, _)| sum.to_owned())
             .ok_or_else(|| ArtifactError::Missing {
                 artifact: name.to_owned(),
                 version: version.to_owned(),
                 source_name: self.name(),
                 hint: format!("{} has no line for it", path.display()),
             })
+            .and_then(|sum| self.checked_digest(name, version, &sum))
     }
 
-    fn digest_of(&self, path: &Path) -> Result<(String, u64), ArtifactError> {
+    fn digest_of(&self, path: &Path) -> Result<(Sha256, u64), ArtifactError> {
         if let Some(hit) = self.digests.lock().expect("digest cache").get(path) {
             return Ok(hit.clone());
         }
         let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
-        let entry = (sha256_hex(&bytes), bytes.len() as u64);
+        let entry = (sha256_of(&bytes), bytes.len() as u64);
         self.digests.lock().expect("digest cache").insert(path.to_owned(), entry.clone());
         Ok(entry)
     }
@@ -393,7 +419,7 @@ impl ArtifactSource {
     /// digest; a cached file is verified again before use).
     pub async fn fetch_async(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
         let SourceKind::Http(h) = &self.kind else { return self.fetch(artifact) };
-        let cached = h.cache.join(&artifact.sha256);
+        let cached = h.cache.join(artifact.sha256.as_str());
         if let Ok(bytes) = std::fs::read(&cached) {
             if verify(artifact, &bytes).is_ok() {
                 return Ok(bytes);
@@ -419,7 +445,7 @@ impl ArtifactSource {
         if let SourceKind::Memory { files, .. } = &self.kind {
             bytes = files.get(&artifact.name).map(|(_, b)| b.to_vec()).unwrap_or_default();
         } else if let SourceKind::Http(h) = &self.kind {
-            let cached = h.cache.join(&artifact.sha256);
+            let cached = h.cache.join(artifact.sha256.as_str());
             bytes = std::fs::read(&cached).map_err(|source| ArtifactError::Io { path: cached.clone(), source })?;
         } else {
             std::fs::File::open(&path)
@@ -433,21 +459,28 @@ impl ArtifactSource {
 
 /// `Err` unless `bytes` have the artifact's pinned digest.
 fn verify(artifact: &Artifact, bytes: &[u8]) -> Result<(), ArtifactError> {
-    let actual = sha256_hex(bytes);
+    let actual = sha256_of(bytes);
     if actual == artifact.sha256 {
         return Ok(());
     }
     Err(ArtifactError::DigestMismatch {
         artifact: artifact.name.clone(),
         version: artifact.version.clone(),
-        expected: artifact.sha256.clone(),
-        actual,
+        expected: artifact.sha256.to_string(),
+        actual: actual.to_string(),
     })
 }
 
 /// Lowercase hex sha256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The sha256 of `bytes`.
+pub fn sha256_of(bytes: &[u8]) -> Sha256 {
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&sha2::Sha256::digest(bytes));
+    Sha256::from_bytes(raw)
 }
 
 /// Config + source → desired state. The hive binary always follows `latest`.

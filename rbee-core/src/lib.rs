@@ -73,14 +73,23 @@ pub mod artifact;
 pub mod config;
 pub mod execute;
 pub mod fleet;
-pub mod hive_api;
+/// Worker, model and hive-event records (defined in `rbee-proto`).
+pub mod hive_api {
+    pub use rbee_proto::hive::*;
+}
 pub mod layout;
 pub mod observe;
-pub mod operation;
+/// The operations a client sends (defined in `rbee-proto`).
+pub mod operation {
+    pub use rbee_proto::operation::*;
+}
 pub mod package;
 pub mod plan;
 pub mod state;
 pub mod transport;
+
+pub use rbee_proto as proto;
+pub use rbee_proto::Sha256;
 
 pub use config::{Config, ConfigError};
 pub use operation::Operation;

@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::layout::{Layout, WORKER_PREFIX};
 use crate::state::{HiveState, Installed, Observed};
 use crate::transport::{RemoteCommand, Transport};
@@ -48,10 +46,41 @@ echo "end"
 "#
 );
 
-#[derive(Debug, Deserialize)]
-struct Health {
-    version: Option<String>,
-    sha256: Option<String>,
+/// Output of the observation script that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// The first line is not the script's marker (another shell profile printed something?).
+    #[error("unexpected output {0:?}")]
+    UnexpectedOutput(String),
+    /// A line that does not have its fields.
+    #[error("bad line {0:?}")]
+    BadLine(String),
+    /// A file's digest (hashed on the host or read from its install record) is not a digest.
+    #[error("{path}: {reason}; remove ~/{record} on the host (or run `rbee sync --force`)")]
+    InvalidDigest {
+        /// The file.
+        path: String,
+        /// Its install record.
+        record: String,
+        /// What is wrong.
+        reason: rbee_proto::DigestError,
+    },
+    /// The hive answered `/health` with something else than its health.
+    #[error("the hive's /health answer cannot be read ({reason}): {shown}")]
+    Health {
+        /// Why.
+        reason: String,
+        /// The answer, escaped and cut.
+        shown: String,
+    },
+    /// The output ended before its `end` line.
+    #[error("observation output was cut short")]
+    CutShort,
+}
+
+fn shown(text: &str) -> String {
+    text.escape_debug().take(120).collect()
 }
 
 /// Observes one host. Failures to reach or read it become [`HiveState::Unreachable`] with the
@@ -77,10 +106,10 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
 }
 
 /// Parses the observation script's output.
-pub fn parse_observation(text: &str) -> Result<Observed, String> {
+pub fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
     let mut lines = text.lines();
     if lines.next() != Some("rbee-observe 1") {
-        return Err(format!("unexpected output {:?}", text.lines().next().unwrap_or("")));
+        return Err(ObserveError::UnexpectedOutput(shown(text.lines().next().unwrap_or(""))));
     }
     let mut observed = Observed::default();
     let mut files = Vec::new();
@@ -91,10 +120,15 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
             "file" => {
                 let mut parts = rest.split(' ');
                 let (Some(sha), Some(path)) = (parts.next(), parts.next()) else {
-                    return Err(format!("bad line {line:?}"));
+                    return Err(ObserveError::BadLine(shown(line)));
                 };
                 let version = parts.next().filter(|v| !v.is_empty()).map(str::to_owned);
-                files.push((Installed { sha256: sha.to_owned(), version }, path.to_owned()));
+                let sha256 = rbee_proto::Sha256::parse(sha).map_err(|reason| ObserveError::InvalidDigest {
+                    path: shown(path),
+                    record: format!("{}/{}", Layout::installed_dir(), shown(path.rsplit('/').next().unwrap_or(path))),
+                    reason,
+                })?;
+                files.push((Installed { sha256, version }, path.to_owned()));
             }
             "running" => {
                 observed.running = true;
@@ -102,10 +136,10 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
             }
             "health" => {
                 observed.healthy = true;
-                if let Ok(h) = serde_json::from_str::<Health>(rest) {
-                    observed.running_version = h.version;
-                    observed.running_sha256 = h.sha256;
-                }
+                let h = serde_json::from_str::<rbee_proto::hive::HiveHealth>(rest)
+                    .map_err(|e| ObserveError::Health { reason: e.to_string(), shown: shown(rest) })?;
+                observed.running_version = Some(h.version);
+                observed.running_sha256 = Some(h.sha256);
             }
             "unhealthy" => observed.healthy = false,
             "end" => complete = true,
@@ -113,7 +147,7 @@ pub fn parse_observation(text: &str) -> Result<Observed, String> {
         }
     }
     if !complete {
-        return Err("observation output was cut short".to_owned());
+        return Err(ObserveError::CutShort);
     }
     let hive_path = Layout::hive_binary();
     let worker_dir = format!("{}/{WORKER_PREFIX}", Layout::WORKERS_DIR);
@@ -132,22 +166,65 @@ mod tests {
     use super::*;
     use crate::transport::{CommandOutput, LocalTransport, MockTransport, TransportError};
 
+    fn digest(c: char) -> rbee_proto::Sha256 {
+        rbee_proto::Sha256::parse(&c.to_string().repeat(64)).unwrap()
+    }
+
     #[test]
     fn parses_a_full_observation() {
-        let text = "rbee-observe 1\nfile aaa .local/bin/rbee-hive 0.1.0\nfile bbb .local/share/rbee/workers/rbee-worker-vllm\n\
-                    running 42\nhealth {\"status\":\"ok\",\"version\":\"0.1.0\",\"sha256\":\"aaa\"}\nend\n";
-        let o = parse_observation(text).unwrap();
-        assert_eq!(o.hive_binary, Some(Installed { sha256: "aaa".into(), version: Some("0.1.0".into()) }));
-        assert_eq!(o.workers["vllm"], Installed { sha256: "bbb".into(), version: None });
+        let (a, b) = (digest('a'), digest('b'));
+        let text = format!(
+            "rbee-observe 1\nfile {a} .local/bin/rbee-hive 0.1.0\nfile {b} .local/share/rbee/workers/rbee-worker-vllm\n\
+             running 42\nhealth {{\"status\":\"ok\",\"version\":\"0.1.0\",\"sha256\":\"{a}\",\"pid\":42}}\nend\n"
+        );
+        let o = parse_observation(&text).unwrap();
+        assert_eq!(o.hive_binary, Some(Installed { sha256: a.clone(), version: Some("0.1.0".into()) }));
+        assert_eq!(o.workers["vllm"], Installed { sha256: b, version: None });
         assert!(o.running && o.healthy);
         assert_eq!(o.pid, Some(42));
-        assert_eq!(o.running_sha256.as_deref(), Some("aaa"));
+        assert_eq!(o.running_sha256, Some(a));
     }
 
     #[test]
     fn truncated_output_is_an_error() {
-        assert!(parse_observation("rbee-observe 1\nfile aaa .local/bin/rbee-hive\n").is_err());
+        let text = format!("rbee-observe 1\nfile {} .local/bin/rbee-hive\n", digest('a'));
+        assert_eq!(parse_observation(&text), Err(ObserveError::CutShort));
         assert!(parse_observation("Welcome to my server!\n").is_err());
+    }
+
+    /// A non-ASCII digest in an install record made `rbee status` panic while shortening it
+    /// (and the queen's job hang): it is an error that names the record now.
+    #[test]
+    fn a_non_ascii_or_non_hex_digest_is_an_error_not_a_panic() {
+        for bad in ["é".repeat(32), "ab".into(), "z".repeat(64), "../../../etc/passwd".into()] {
+            let text = format!("rbee-observe 1\nfile {bad} .local/bin/rbee-hive 0.1.0\nend\n");
+            let err = parse_observation(&text).unwrap_err();
+            assert!(matches!(err, ObserveError::InvalidDigest { .. }), "{err:?}");
+            assert!(err.to_string().contains(".local/state/rbee/installed/rbee-hive"), "{err}");
+        }
+        let health = format!(
+            "rbee-observe 1\nrunning 4\nhealth {{\"status\":\"ok\",\"version\":\"x\",\"sha256\":\"{}\",\"pid\":4}}\nend\n",
+            "ü".repeat(40)
+        );
+        assert!(matches!(parse_observation(&health), Err(ObserveError::Health { .. })));
+    }
+
+    /// The same through the real script: a corrupt install record whose stat matches the file
+    /// (so the script trusts it) makes the host unreachable with the reason, within the call.
+    #[tokio::test]
+    async fn a_corrupt_install_record_on_a_host_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join(".local/bin/rbee-hive");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::write(&bin, b"hive").unwrap();
+        let st = std::process::Command::new("stat").args(["-c", "%s %.9Y %.9Z %i"]).arg(&bin).output().unwrap();
+        let st = String::from_utf8(st.stdout).unwrap();
+        let rec = dir.path().join(".local/state/rbee/installed/rbee-hive");
+        std::fs::create_dir_all(rec.parent().unwrap()).unwrap();
+        std::fs::write(&rec, format!("{} {} 0.1.0\n", "é".repeat(32), st.trim())).unwrap();
+        let state = observe(&LocalTransport::new(dir.path()), 1, Duration::from_secs(5)).await;
+        let HiveState::Unreachable { reason } = state else { panic!("{state:?}") };
+        assert!(reason.contains("not a sha256 digest"), "{reason}");
     }
 
     #[tokio::test]

@@ -9,13 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 use crate::artifact::{ArtifactError, ArtifactSource, resolve};
 use crate::config::Config;
 use crate::execute::{ExecuteOptions, Intent, OnEvent, SyncReport, execute};
 use crate::fleet::{Connector, connect_fleet, observe_fleet};
-use crate::plan::{ActionKind, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
+use crate::plan::{ActionKind, HiveStatus, PlanOptions, plan, plan_uninstall};
 use crate::state::{Actual, Desired, HiveState};
 
 /// Why an operation could not run at all (per-hive failures are in the report instead).
@@ -56,31 +54,7 @@ pub fn select(config: &Config, aliases: &[String]) -> Result<Option<BTreeSet<Str
     Ok(Some(aliases.iter().cloned().collect()))
 }
 
-/// Plan and, unless it is a dry run, its execution.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SyncOutcome {
-    /// The plan made from the first observation.
-    pub plan: Plan,
-    /// What happened; `None` for a dry run.
-    pub report: Option<SyncReport>,
-}
-
-impl SyncOutcome {
-    /// The documented exit code: a dry run gives 0 (in sync), 2 (changes pending) or 1 (a
-    /// hive could not be observed); a run gives 0 (all ok), 3 (partial) or 1 (all failed).
-    pub fn exit_code(&self) -> u8 {
-        match &self.report {
-            None if self.plan.summary().unreachable > 0 => 1,
-            None if self.plan.is_empty() => 0,
-            None => 2,
-            Some(report) => match report.overall() {
-                crate::execute::Overall::Ok => 0,
-                crate::execute::Overall::Partial => 3,
-                crate::execute::Overall::Failed => 1,
-            },
-        }
-    }
-}
+pub use rbee_proto::result::{DriftState, HiveStatusReport, OperationResult, StatusReport, SyncOutcome};
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -161,7 +135,7 @@ fn desired_for_uninstall(config: &Config, source: &ArtifactSource) -> Result<Des
     let stub = std::sync::Arc::new(crate::state::Artifact {
         name: crate::layout::HIVE_BINARY.to_owned(),
         version: "unknown".to_owned(),
-        sha256: String::new(),
+        sha256: rbee_proto::Sha256::from_bytes([0; 32]),
         size: 0,
     });
     let mut desired = Desired::default();
@@ -169,64 +143,6 @@ fn desired_for_uninstall(config: &Config, source: &ArtifactSource) -> Result<Des
         desired.hives.insert(h.alias.clone(), crate::state::DesiredHive::for_config(h, stub.clone(), BTreeMap::new()));
     }
     Ok(desired)
-}
-
-/// One hive in a status report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HiveStatusReport {
-    /// The hive.
-    pub alias: String,
-    /// In sync, drift, not installed, or unreachable.
-    #[serde(flatten)]
-    pub state: DriftState,
-    /// The hive answers `/health`.
-    pub healthy: bool,
-    /// Pid of the running hive.
-    pub pid: Option<u32>,
-    /// Installed files (`--verbose`): path → short digest and version.
-    pub files: BTreeMap<String, String>,
-}
-
-/// Drift of one hive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum DriftState {
-    /// Matches the config.
-    InSync,
-    /// Nothing rbee installs is there.
-    NotInstalled,
-    /// Differs; each entry says what.
-    Drift {
-        /// What differs.
-        differences: Vec<String>,
-    },
-    /// Could not be checked.
-    Unreachable {
-        /// Why.
-        reason: String,
-    },
-    /// Not selected.
-    Skipped,
-}
-
-/// Drift between the config and the hosts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// Per hive, by alias.
-    pub hives: Vec<HiveStatusReport>,
-}
-
-impl StatusReport {
-    /// 0 in sync, 2 drift, 1 when a hive could not be checked.
-    pub fn exit_code(&self) -> u8 {
-        if self.hives.iter().any(|h| matches!(h.state, DriftState::Unreachable { .. })) {
-            1
-        } else if self.hives.iter().any(|h| matches!(h.state, DriftState::Drift { .. } | DriftState::NotInstalled)) {
-            2
-        } else {
-            0
-        }
-    }
 }
 
 /// Observes the selected hives and says how each differs from the config.
@@ -269,11 +185,7 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
             let mut files = BTreeMap::new();
             if let Some(o) = observed {
                 let describe = |i: &crate::state::Installed| {
-                    format!(
-                        "{} (sha256:{})",
-                        i.version.as_deref().unwrap_or("unknown version"),
-                        crate::state::short(&i.sha256)
-                    )
+                    format!("{} (sha256:{})", i.version.as_deref().unwrap_or("unknown version"), i.sha256.short())
                 };
                 if let Some(h) = &o.hive_binary {
                     files.insert(crate::layout::Layout::hive_binary(), describe(h));
@@ -303,7 +215,7 @@ fn difference(kind: &ActionKind) -> Option<String> {
         ActionKind::InstallBinary { binary, change: Change::Upgrade { from }, artifact } => format!(
             "{binary} is {} (sha256:{}), want {} (sha256:{})",
             from.version.as_deref().unwrap_or("an unknown version"),
-            crate::state::short(&from.sha256),
+            from.sha256.short(),
             artifact.version,
             artifact.short_digest()
         ),
@@ -346,96 +258,6 @@ pub fn last_failed() -> Result<BTreeSet<String>, PackageError> {
     let report: SyncReport =
         serde_json::from_str(&text).map_err(|e| PackageError::State { path: path.clone(), reason: e.to_string() })?;
     Ok(report.failed().into_iter().collect())
-}
-
-/// The result of a package operation, as the CLI renders it and the queen streams it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OperationResult {
-    /// A sync, install or uninstall (with its plan and, unless a dry run, its report).
-    Sync(SyncOutcome),
-    /// A drift report.
-    Status(StatusReport),
-    /// The config is valid.
-    Valid {
-        /// Declared hives.
-        hives: Vec<String>,
-    },
-    /// A hive's worker processes.
-    Workers {
-        /// The hive.
-        hive: String,
-        /// Its processes.
-        workers: Vec<crate::hive_api::WorkerProcess>,
-    },
-    /// One worker process (spawned, inspected or stopped).
-    Worker {
-        /// The hive.
-        hive: String,
-        /// The process.
-        worker: Box<crate::hive_api::WorkerProcess>,
-    },
-    /// A hive's worker catalog (the worker types installed on it).
-    Catalog {
-        /// The hive.
-        hive: String,
-        /// Worker types.
-        workers: Vec<String>,
-    },
-    /// A hive's models.
-    Models {
-        /// The hive.
-        hive: String,
-        /// Its models.
-        models: Vec<crate::hive_api::ModelInfo>,
-    },
-    /// One model (downloaded, inspected or deleted).
-    Model {
-        /// The hive.
-        hive: String,
-        /// The model.
-        model: crate::hive_api::ModelInfo,
-    },
-    /// An inference's whole answer (its tokens streamed before).
-    Inferred {
-        /// The hive that ran it.
-        hive: String,
-        /// The worker that ran it.
-        worker_id: String,
-        /// The generated text.
-        text: String,
-    },
-    /// The operation could not run.
-    Error {
-        /// What went wrong and what to do.
-        message: String,
-        /// Config problems, each with file:line:column.
-        #[serde(default)]
-        diagnostics: Vec<crate::config::Diagnostic>,
-    },
-}
-
-impl OperationResult {
-    /// The documented exit code.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            OperationResult::Sync(o) => o.exit_code(),
-            OperationResult::Status(s) => s.exit_code(),
-            OperationResult::Valid { .. }
-            | OperationResult::Workers { .. }
-            | OperationResult::Worker { .. }
-            | OperationResult::Catalog { .. }
-            | OperationResult::Models { .. }
-            | OperationResult::Model { .. }
-            | OperationResult::Inferred { .. } => 0,
-            OperationResult::Error { .. } => 1,
-        }
-    }
-
-    /// An [`OperationResult::Error`] without diagnostics.
-    pub fn error(e: impl std::fmt::Display) -> Self {
-        OperationResult::Error { message: e.to_string(), diagnostics: Vec::new() }
-    }
 }
 
 /// Makes the connector for an operation's config (so its `[ssh]` settings apply).

@@ -7,29 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TransportKind;
 
-/// An artifact pinned to one version and one digest.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Artifact {
-    /// File name in the source and on the host, e.g. `rbee-hive`, `rbee-worker-vllm`.
-    pub name: String,
-    /// Resolved version (never `latest`).
-    pub version: String,
-    /// Lowercase hex sha256 of the file.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-impl Artifact {
-    /// The first 12 hex digits of the digest, for display.
-    pub fn short_digest(&self) -> &str {
-        short(&self.sha256)
-    }
-}
-
-pub(crate) fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
+pub use rbee_proto::state::{Artifact, Installed};
 
 /// What the config wants, with every artifact resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,15 +78,6 @@ pub enum HiveState {
     Reachable(Observed),
 }
 
-/// An installed file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Installed {
-    /// Its sha256 as computed on the host.
-    pub sha256: String,
-    /// The version the install manifest records for this digest, if any.
-    pub version: Option<String>,
-}
-
 /// The state of a reachable host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observed {
@@ -123,7 +92,7 @@ pub struct Observed {
     /// The hive answered `/health`.
     pub healthy: bool,
     /// Digest of the binary the running hive was started from, as it reports it.
-    pub running_sha256: Option<String>,
+    pub running_sha256: Option<rbee_proto::Sha256>,
     /// Version the running hive reports.
     pub running_version: Option<String>,
 }

@@ -34,8 +34,6 @@ use axum::routing::post;
 use axum::{Json, Router, routing::get};
 use rbee_core::hive_api::{HiveEvent, WorkerHeartbeat};
 use rbee_core::operation::Operation;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use heartbeat::{Heartbeat, QueenLink};
 pub use probe::probe;
@@ -44,17 +42,7 @@ pub use probe::probe;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What `GET /health` answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    /// Always `ok` when it answers.
-    pub status: String,
-    /// The hive's version.
-    pub version: String,
-    /// sha256 of the binary this process was started from.
-    pub sha256: String,
-    /// Process id.
-    pub pid: u32,
-}
+pub use rbee_core::proto::hive::HiveHealth as Health;
 
 /// How to run a hive.
 #[derive(Debug, Clone)]
@@ -99,8 +87,12 @@ pub enum HiveError {
     Serve(#[source] std::io::Error),
 }
 
-fn own_digest() -> String {
-    std::env::current_exe().and_then(std::fs::read).map(|bytes| hex::encode(Sha256::digest(&bytes))).unwrap_or_default()
+/// The digest of this process's binary (all zeros if it cannot be read: it then matches no
+/// artifact, and a sync restarts the hive).
+fn own_digest() -> rbee_core::Sha256 {
+    std::env::current_exe()
+        .and_then(std::fs::read)
+        .map_or_else(|_| rbee_core::Sha256::from_bytes([0; 32]), |bytes| rbee_core::artifact::sha256_of(&bytes))
 }
 
 /// The HTTP routes; with a token, everything but `/health` requires it.

@@ -54,8 +54,7 @@ pub fn get(dir: &Path, name: &str) -> Result<ModelInfo, String> {
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
-    let sha256 =
-        std::fs::read_to_string(sidecar(dir, name)).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let sha256 = std::fs::read_to_string(sidecar(dir, name)).ok().and_then(|s| rbee_core::Sha256::parse(&s).ok());
     Ok(ModelInfo { name: name.to_owned(), path: path.to_string_lossy().into_owned(), size: meta.len(), sha256 })
 }
 
@@ -119,7 +118,7 @@ impl Progress<'_> {
 pub async fn download(
     dir: &Path,
     source: &str,
-    sha256: Option<&str>,
+    want: Option<&rbee_core::Sha256>,
     name: Option<&str>,
     on_progress: OnProgress<'_>,
 ) -> Result<ModelInfo, String> {
@@ -130,14 +129,8 @@ pub async fn download(
         }
         None => default_name(source)?,
     };
-    let want = sha256.map(str::to_ascii_lowercase);
-    if let Some(w) = &want
-        && (w.len() != 64 || !w.chars().all(|c| c.is_ascii_hexdigit()))
-    {
-        return Err(format!("{w:?} is not a sha256 (64 hex digits)"));
-    }
     if let Ok(existing) = get(dir, &name) {
-        match (&want, &existing.sha256) {
+        match (want, &existing.sha256) {
             (None, _) => return Ok(existing),
             (Some(w), Some(have)) if w == have => return Ok(existing),
             _ => {} // a different digest asked for: download again, replaced atomically at the end
@@ -159,8 +152,8 @@ pub async fn download(
         copy_local(Path::new(path), &part, &mut progress).await?;
     }
     let got = sha256_file(&part).await?;
-    if let Some(w) = &want
-        && *w != got
+    if let Some(w) = want
+        && w.as_str() != got
     {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(format!("checksum mismatch for {name}: expected sha256 {w}, got {got}; the download was deleted"));

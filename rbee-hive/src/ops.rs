@@ -79,7 +79,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
         }
         Operation::ModelDownload { source, sha256, name, .. } => {
             let mut on_progress = |done, total| emit(HiveEvent::Progress { done, total });
-            crate::models::download(&hive.models_dir, &source, sha256.as_deref(), name.as_deref(), &mut on_progress)
+            crate::models::download(&hive.models_dir, &source, sha256.as_ref(), name.as_deref(), &mut on_progress)
                 .await
                 .map(|model| OperationResult::Model { hive: alias, model })
         }

@@ -88,7 +88,8 @@ fn sha(bytes: &[u8]) -> String {
 async fn download(dir: &Path, url: &str, sha256: Option<&str>) -> Result<rbee_core::hive_api::ModelInfo, String> {
     let mut progress = Vec::new();
     let mut on = |done, total| progress.push((done, total));
-    let result = rbee_hive::models::download(dir, url, sha256, None, &mut on).await;
+    let want = sha256.map(|s| rbee_core::Sha256::parse(s).unwrap());
+    let result = rbee_hive::models::download(dir, url, want.as_ref(), None, &mut on).await;
     if result.is_ok() {
         assert!(!progress.is_empty(), "progress was reported");
         let (done, total) = *progress.last().unwrap();
@@ -105,14 +106,15 @@ async fn a_download_is_verified_and_appears_complete() {
     let info = download(dir.path(), &server.url, Some(&sha(&body))).await.unwrap();
     assert_eq!(info.name, "tiny.gguf");
     assert_eq!(info.size, body.len() as u64);
-    assert_eq!(info.sha256.as_deref(), Some(sha(&body).as_str()));
+    assert_eq!(info.sha256.map(String::from), Some(sha(&body)));
     assert_eq!(std::fs::read(dir.path().join("tiny.gguf")).unwrap(), body);
     assert!(!dir.path().join(".partial/tiny.gguf.part").exists());
     let listed = rbee_hive::models::list(dir.path());
     assert_eq!(listed.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["tiny.gguf"]);
     // Asked again with the same digest: nothing is fetched.
     let mut on = |_, _| {};
-    rbee_hive::models::download(dir.path(), &server.url, Some(&sha(&body)), None, &mut on).await.unwrap();
+    let want = rbee_core::Sha256::parse(&sha(&body)).unwrap();
+    rbee_hive::models::download(dir.path(), &server.url, Some(&want), None, &mut on).await.unwrap();
     assert_eq!(server.ranges.lock().unwrap().len(), 1);
     rbee_hive::models::delete(dir.path(), "tiny.gguf").unwrap();
     assert!(rbee_hive::models::list(dir.path()).is_empty());

@@ -10,7 +10,10 @@
 //! `attached-hive` mode runs its own host's hive in-process.
 #![warn(missing_docs)]
 
-pub mod api;
+/// The queen's wire types (defined in `rbee-proto`).
+pub mod api {
+    pub use rbee_core::proto::queen::*;
+}
 pub mod client;
 /// The HTTP(S) client (re-exported from `rbee-http`).
 pub mod http {

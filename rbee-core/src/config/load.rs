@@ -7,13 +7,11 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
 use toml::Spanned;
 
 use super::model::{
@@ -27,24 +25,7 @@ pub const RBEE_CONF: &str = "rbee.conf";
 /// File name of the fleet file.
 pub const HIVES_CONF: &str = "hives.conf";
 
-/// One problem in a config file, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Diagnostic {
-    /// The file, as the user named it.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (in characters).
-    pub column: usize,
-    /// What is wrong and, where it helps, what to do.
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
-    }
-}
+pub use rbee_proto::config::Diagnostic;
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -206,15 +206,7 @@ pub struct WorkerEntry {
     pub version: Spanned<String>,
 }
 
-/// How a host is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TransportKind {
-    /// Commands run on this machine.
-    Local,
-    /// Commands run over SSH.
-    Ssh,
-}
+pub use rbee_proto::config::TransportKind;
 
 fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(0..0, value)

@@ -140,7 +140,7 @@ pub type OnEvent<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
 /// artifacts are fetched at the same time.
 struct ArtifactCache<'a> {
     source: &'a ArtifactSource,
-    bytes: std::sync::Mutex<BTreeMap<String, Arc<FetchCell>>>,
+    bytes: std::sync::Mutex<BTreeMap<rbee_proto::Sha256, Arc<FetchCell>>>,
 }
 
 /// The bytes of one artifact, fetched at most once.

@@ -110,8 +110,13 @@ pub async fn install_binary(
     if fault == Some(InstallFault::StopBeforeRename) {
         return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
     }
-    let args =
-        vec![staging, target.to_owned(), artifact.sha256.clone(), artifact.version.clone(), Layout::installed_dir()];
+    let args = vec![
+        staging,
+        target.to_owned(),
+        artifact.sha256.to_string(),
+        artifact.version.clone(),
+        Layout::installed_dir(),
+    ];
     script(t, &format!("installing {target}"), VERIFY_AND_RENAME, args, deadline).await?;
     Ok(())
 }
@@ -301,17 +306,17 @@ pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout
     let args = vec![port.to_string(), timeout.as_secs().max(1).to_string()];
     let out = script(t, "waiting for /health", WAIT_HEALTHY, args, timeout + Duration::from_secs(10)).await?;
     let body = out.stdout_text();
-    let sha = serde_json::from_str::<serde_json::Value>(body.trim())
-        .ok()
-        .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(str::to_owned));
-    match sha {
-        Some(sha) if sha == want.sha256 => Ok(()),
-        Some(sha) => Err(StepError::Failed(format!(
+    match serde_json::from_str::<rbee_proto::hive::HiveHealth>(body.trim()) {
+        Ok(health) if health.sha256 == want.sha256 => Ok(()),
+        Ok(health) => Err(StepError::Failed(format!(
             "the process answering on port {port} runs rbee-hive sha256:{} but {} was installed; is another hive using that port?",
-            &sha[..sha.len().min(12)],
+            health.sha256.short(),
             want.short_digest()
         ))),
-        None => Err(StepError::Failed(format!("unexpected /health answer on port {port}: {}", body.trim()))),
+        Err(e) => Err(StepError::Failed(format!(
+            "unexpected /health answer on port {port} ({e}): {}",
+            body.trim().escape_debug().take(200).collect::<String>()
+        ))),
     }
 }
 

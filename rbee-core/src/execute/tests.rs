@@ -32,7 +32,10 @@ fn fixture() -> (tempfile::TempDir, Desired, ArtifactSource) {
 }
 
 fn health(desired: &Desired) -> CommandOutput {
-    CommandOutput::ok(format!("{{\"status\":\"ok\",\"sha256\":\"{}\"}}\n", desired.hives["a"].hive.sha256))
+    CommandOutput::ok(format!(
+        "{{\"status\":\"ok\",\"version\":\"1.0.0\",\"sha256\":\"{}\",\"pid\":4242}}\n",
+        desired.hives["a"].hive.sha256
+    ))
 }
 
 /// A host that accepts a full install.
@@ -144,7 +147,7 @@ async fn observation_trusts_the_install_record_until_the_file_changes() {
     let artifact = crate::state::Artifact {
         name: "rbee-worker-vllm".into(),
         version: "1.2.3".into(),
-        sha256: sha256_hex(&bytes),
+        sha256: crate::artifact::sha256_of(&bytes),
         size: bytes.len() as u64,
     };
     let target = Layout::worker_binary("vllm");
@@ -158,7 +161,7 @@ async fn observation_trusts_the_install_record_until_the_file_changes() {
     // size, mtime and inode match it...
     let rec = dir.path().join(Layout::installed_dir()).join("rbee-worker-vllm");
     let text = std::fs::read_to_string(&rec).unwrap();
-    std::fs::write(&rec, text.replacen(&artifact.sha256, &"0".repeat(64), 1)).unwrap();
+    std::fs::write(&rec, text.replacen(artifact.sha256.as_str(), &"0".repeat(64), 1)).unwrap();
     let HiveState::Reachable(o) = observe().await else { panic!() };
     assert_eq!(o.workers["vllm"].sha256, "0".repeat(64));
 

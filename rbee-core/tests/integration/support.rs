@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use rbee_core::artifact::sha256_hex;
 use rbee_core::config::TransportKind;
 use rbee_core::plan::{ActionKind, Binary, Plan};
 use rbee_core::state::{Actual, Artifact, Desired, DesiredHive, HiveState, Installed, Observed};
@@ -11,7 +10,7 @@ pub fn artifact(name: &str, version: &str) -> Artifact {
     Artifact {
         name: name.to_owned(),
         version: version.to_owned(),
-        sha256: sha256_hex(format!("{name}@{version}").as_bytes()),
+        sha256: rbee_core::artifact::sha256_of(format!("{name}@{version}").as_bytes()),
         size: 1000,
     }
 }

@@ -1,11 +1,11 @@
 //! The queen's wire types (keeper ↔ queen), shared by server and client.
 
-use rbee_core::execute::SyncEvent;
-use rbee_core::package::OperationResult;
+use crate::report::SyncEvent;
+use crate::result::OperationResult;
 use serde::{Deserialize, Serialize};
 
 /// Answer to `POST /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Submitted {
     /// The job's id.
     pub job_id: String,
@@ -15,7 +15,7 @@ pub struct Submitted {
 
 /// One event of a job's stream. `seq` counts from 0 with no gaps, so a reader can tell a
 /// lost or reordered event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobEvent {
     /// Position in the job's stream.
     pub seq: u64,
@@ -25,7 +25,7 @@ pub struct JobEvent {
 }
 
 /// What a job event carries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobEventBody {
     /// An executor event.
@@ -43,7 +43,7 @@ pub enum JobEventBody {
         /// The hive.
         hive: String,
         /// What it sent.
-        event: rbee_core::hive_api::HiveEvent,
+        event: crate::hive::HiveEvent,
     },
     /// The final event: the job's result and exit code. The stream ends after it.
     Result {
@@ -55,7 +55,7 @@ pub enum JobEventBody {
 }
 
 /// A job in `GET /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobSummary {
     /// Id.
     pub job_id: String,
@@ -70,7 +70,7 @@ pub struct JobSummary {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueenHealth {
     /// `ok`.
     pub status: String,
@@ -80,10 +80,10 @@ pub struct QueenHealth {
     pub pid: u32,
 }
 
-pub use rbee_core::operation::Heartbeat;
+pub use crate::operation::Heartbeat;
 
 /// A hive in the registry (`GET /v1/hives`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HiveEntry {
     /// Its last heartbeat.
     #[serde(flatten)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Everything a client can ask rbee to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Operation {
     // --- package manager (the queen) ---
@@ -149,7 +149,7 @@ pub enum Operation {
         /// http(s) URL or local path.
         source: String,
         /// Expected sha256, if known.
-        sha256: Option<String>,
+        sha256: Option<crate::Sha256>,
         /// File name under the models directory (default: the source's last path segment).
         #[serde(default)]
         name: Option<String>,
@@ -221,14 +221,14 @@ pub enum Operation {
 }
 
 /// A hive's heartbeat to the queen (`POST /v1/heartbeats`), every few seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     /// The hive's alias.
     pub alias: String,
     /// Its version.
     pub version: String,
     /// Digest of its binary.
-    pub sha256: String,
+    pub sha256: crate::Sha256,
     /// Its pid.
     pub pid: u32,
     /// Its port.
@@ -245,7 +245,7 @@ pub struct Heartbeat {
     pub home: String,
     /// Its worker processes.
     #[serde(default)]
-    pub processes: Vec<crate::hive_api::WorkerProcess>,
+    pub processes: Vec<crate::hive::WorkerProcess>,
 }
 
 /// A removed imperative operation, with what to do instead.

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use super::{ActionKind, Binary, Change, HiveStatus, Plan, RestartReason, Summary};
 use crate::config::TransportKind;
-use crate::state::short;
+use crate::plan::{ActionKind, Binary, Change, HiveStatus, Plan, RestartReason, Summary};
 
 impl fmt::Display for Binary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -35,14 +34,14 @@ impl fmt::Display for ActionKind {
                     Change::Install => write!(f, "+ install   {binary} {to}"),
                     Change::Upgrade { from } => {
                         let was = from.version.as_deref().unwrap_or("unknown version");
-                        write!(f, "~ upgrade   {binary} {was} (sha256:{}) -> {to}", short(&from.sha256))
+                        write!(f, "~ upgrade   {binary} {was} (sha256:{}) -> {to}", from.sha256.short())
                     }
                     Change::Reinstall => write!(f, "~ reinstall {binary} {to} (--force)"),
                 }
             }
             ActionKind::RemoveWorker { worker, installed } => {
                 let v = installed.version.as_deref().unwrap_or("unknown version");
-                write!(f, "- remove    worker {worker} {v} (sha256:{})", short(&installed.sha256))
+                write!(f, "- remove    worker {worker} {v} (sha256:{})", installed.sha256.short())
             }
             ActionKind::StartHive { port } => write!(f, "+ start     hive on port {port}"),
             ActionKind::RestartHive { port, reason } => {

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a worker process is in its life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum WorkerState {
     /// Spawned; no heartbeat yet (loading its model).
@@ -38,7 +38,7 @@ impl WorkerState {
 }
 
 /// A worker process on a hive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkerProcess {
     /// Its id, unique on the hive.
     pub id: String,
@@ -77,7 +77,7 @@ impl WorkerProcess {
 }
 
 /// A worker's heartbeat to its hive (`POST /v1/workers/{id}/heartbeat`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkerHeartbeat {
     /// The worker's id.
     pub worker_id: String,
@@ -86,7 +86,7 @@ pub struct WorkerHeartbeat {
 }
 
 /// A model file on a hive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelInfo {
     /// Its name: the file name under the models directory.
     pub name: String,
@@ -95,11 +95,11 @@ pub struct ModelInfo {
     /// Size in bytes.
     pub size: u64,
     /// sha256, recorded when rbee downloaded it.
-    pub sha256: Option<String>,
+    pub sha256: Option<crate::Sha256>,
 }
 
 /// One line of a hive's answer to a forwarded operation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HiveEvent {
     /// A log line.
@@ -122,8 +122,91 @@ pub enum HiveEvent {
     /// The last line: the result.
     Result {
         /// The result.
-        result: crate::package::OperationResult,
+        result: crate::result::OperationResult,
     },
+}
+
+/// What a hive's `GET /health` answers (no token needed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HiveHealth {
+    /// Always `ok` when it answers.
+    pub status: String,
+    /// The hive's version.
+    pub version: String,
+    /// sha256 of the binary this process was started from.
+    pub sha256: crate::Sha256,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// Where the queen is and how often to beat: the hive's `queen.link` file (JSON: url,
+/// interval_ms), written by a sync beside `hive.token`, which holds the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct QueenLink {
+    /// The queen's base URL, e.g. `http://127.0.0.1:8500`.
+    pub url: String,
+    /// Heartbeat interval.
+    pub interval_ms: u64,
+    /// The API token (kept in `hive.token`, never in `queen.link`).
+    #[serde(skip)]
+    pub token: String,
+}
+
+/// One line of the install manifest (`installed/<file name>` in the hive's state directory),
+/// written on the host right after an install's rename:
+/// `SHA256 SIZE MTIME CTIME INODE VERSION` (times as `stat -c %.9Y`/`%.9Z` print them).
+/// The observation script trusts the digest while the file's stat still matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallRecord {
+    /// The installed file's digest.
+    pub sha256: crate::Sha256,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, as `stat` printed it.
+    pub mtime: String,
+    /// Change time, as `stat` printed it.
+    pub ctime: String,
+    /// Inode number.
+    pub inode: u64,
+    /// The version installed.
+    pub version: String,
+}
+
+/// An install record that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallRecordError {
+    /// Not six space-separated fields.
+    #[error("an install record has 6 fields (sha256 size mtime ctime inode version), this one {0}")]
+    Fields(usize),
+    /// The digest is not one.
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestError),
+    /// Size or inode is not a number.
+    #[error("the install record's {0} is not a number")]
+    Number(&'static str),
+}
+
+impl InstallRecord {
+    /// Reads one record (its first line).
+    pub fn parse(text: &str) -> Result<Self, InstallRecordError> {
+        let fields: Vec<&str> = text.lines().next().unwrap_or("").split_whitespace().collect();
+        let [sha, size, mtime, ctime, inode, version] = fields[..] else {
+            return Err(InstallRecordError::Fields(fields.len()));
+        };
+        Ok(Self {
+            sha256: crate::Sha256::parse(sha)?,
+            size: size.parse().map_err(|_| InstallRecordError::Number("size"))?,
+            mtime: mtime.to_owned(),
+            ctime: ctime.to_owned(),
+            inode: inode.parse().map_err(|_| InstallRecordError::Number("inode"))?,
+            version: version.to_owned(),
+        })
+    }
+
+    /// The record as a line (what [`InstallRecord::parse`] reads).
+    pub fn format(&self) -> String {
+        format!("{} {} {} {} {} {}\n", self.sha256, self.size, self.mtime, self.ctime, self.inode, self.version)
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +236,16 @@ mod tests {
         }
         assert!(!w.serves("llama-3"));
         assert!(worker("meta-llama/Llama-3-8B").serves("meta-llama/Llama-3-8B"));
+    }
+
+    #[test]
+    fn install_records_round_trip_and_reject_bad_digests() {
+        let line = format!("{} 10 1.5 2.5 77 0.1.0\n", "a".repeat(64));
+        let r = InstallRecord::parse(&line).unwrap();
+        assert_eq!((r.size, r.inode, r.version.as_str()), (10, 77, "0.1.0"));
+        assert_eq!(r.format(), line);
+        assert!(InstallRecord::parse(&format!("{} 10 1.5 2.5 77 0.1.0", "é".repeat(32))).is_err());
+        assert!(InstallRecord::parse("x y").is_err());
     }
 
     #[test]
