@@ -524,21 +524,17 @@ async fn hive_capabilities(cli: &Cli, alias: &str) -> Exit {
     match client.hive_capabilities(alias).await {
         Ok(caps) => {
             if cli.json {
-                println!("{caps}");
+                println!("{}", serde_json::to_string(&caps).unwrap_or_default());
             } else {
-                let gib = caps["ram_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
-                println!("{alias}: {} CPU cores, {gib:.1} GiB RAM", caps["cpu_cores"]);
-                let gpus = caps["gpus"].as_array().cloned().unwrap_or_default();
-                if gpus.is_empty() {
-                    println!("  no GPU{}", caps["gpu_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default());
+                let gib = caps.ram_bytes as f64 / (1u64 << 30) as f64;
+                println!("{alias}: {} CPU cores, {gib:.1} GiB RAM", caps.cpu_cores);
+                if caps.gpus.is_empty() {
+                    println!("  no GPU{}", caps.gpu_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
                 }
-                for g in gpus {
+                for g in &caps.gpus {
                     println!(
                         "  cuda:{} {} — {} MiB ({} MiB used)",
-                        g["index"],
-                        g["name"].as_str().unwrap_or(""),
-                        g["memory_total_mib"],
-                        g["memory_used_mib"]
+                        g.index, g.name, g.memory_total_mib, g.memory_used_mib
                     );
                 }
             }

@@ -43,6 +43,15 @@ pub enum ArtifactError {
         /// Why.
         reason: String,
     },
+    /// Fetching from an http(s) source failed.
+    #[error("artifact source {url}: {source}")]
+    Fetch {
+        /// What was fetched.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: HttpGetError,
+    },
     /// A requested version does not exist in the source.
     #[error(
         "version {version} of {artifact} is not in {source_name} (it has {available}); pin another version or use \"latest\""
@@ -105,11 +114,14 @@ pub enum ArtifactError {
     },
 }
 
+/// Why an [`HttpGet`] failed: the client's own error (e.g. `rbee_http::HttpError`).
+pub type HttpGetError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Fetches a URL: the HTTP client an http source uses (rbee-core itself speaks no HTTP).
 #[async_trait::async_trait]
 pub trait HttpGet: Send + Sync {
     /// The body of a `GET`, or why not (a non-2xx status is an error).
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String>;
+    async fn get(&self, url: &str) -> Result<Vec<u8>, HttpGetError>;
 }
 
 /// Where artifacts come from.
@@ -250,7 +262,7 @@ impl ArtifactSource {
     pub async fn prepare(&self, config: &Config) -> Result<(), ArtifactError> {
         let SourceKind::Http(h) = &self.kind else { return Ok(()) };
         let get = |url: String| async move {
-            h.client.get(&url).await.map_err(|reason| ArtifactError::Source { source_name: url.clone(), reason })
+            h.client.get(&url).await.map_err(|source| ArtifactError::Fetch { url: url.clone(), source })
         };
         let latest = String::from_utf8_lossy(&get(format!("{}/latest", h.base)).await?).trim().to_owned();
         let mut versions = vec![latest.clone()];
@@ -427,8 +439,7 @@ impl ArtifactSource {
             let _ = std::fs::remove_file(&cached);
         }
         let url = format!("{}/{}/{}", h.base, artifact.version, artifact.name);
-        let bytes =
-            h.client.get(&url).await.map_err(|reason| ArtifactError::Source { source_name: url.clone(), reason })?;
+        let bytes = h.client.get(&url).await.map_err(|source| ArtifactError::Fetch { url: url.clone(), source })?;
         verify(artifact, &bytes)?;
         let io = |source| ArtifactError::Io { path: cached.clone(), source };
         std::fs::create_dir_all(&h.cache).map_err(io)?;

@@ -1,34 +1,6 @@
 //! What a host offers: CPU cores, RAM, and GPUs with their memory from `nvidia-smi`.
 
-use serde::{Deserialize, Serialize};
-
-/// One GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gpu {
-    /// `cuda:<index>`.
-    pub index: u32,
-    /// Model name.
-    pub name: String,
-    /// Total memory in MiB.
-    pub memory_total_mib: u64,
-    /// Used memory in MiB.
-    pub memory_used_mib: u64,
-    /// Driver version.
-    pub driver: String,
-}
-
-/// A host's capabilities.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    /// Logical CPUs.
-    pub cpu_cores: usize,
-    /// Total RAM in bytes.
-    pub ram_bytes: u64,
-    /// GPUs found.
-    pub gpus: Vec<Gpu>,
-    /// Why GPUs could not be listed, when `nvidia-smi` exists but failed.
-    pub gpu_error: Option<String>,
-}
+pub use rbee_core::proto::hive::{Capabilities, Gpu};
 
 /// The `nvidia-smi` query rbee runs.
 pub const NVIDIA_SMI_ARGS: &[&str] =

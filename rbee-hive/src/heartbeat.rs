@@ -4,46 +4,48 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use rbee_core::layout::Layout;
+use rbee_core::proto::hive::InstallRecord;
 
-/// Where the queen is, how often to beat, and the token both sides require. Read from
-/// `queen.link` (JSON: url, interval_ms) and `hive.token` in the hive's state directory,
-/// which a sync run by the queen writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueenLink {
-    /// The queen's base URL, e.g. `http://127.0.0.1:8500`.
-    pub url: String,
-    /// Heartbeat interval.
-    pub interval_ms: u64,
-    /// The API token.
-    #[serde(skip)]
-    pub token: String,
-}
+pub use rbee_core::proto::hive::QueenLink;
 
-impl QueenLink {
-    /// Reads the link from `state_dir`, if a queen installed one.
-    pub fn load(state_dir: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(state_dir.join("queen.link")).ok()?;
-        let mut link: QueenLink = serde_json::from_str(&text).ok()?;
-        link.token = std::fs::read_to_string(state_dir.join("hive.token")).ok()?.trim().to_owned();
-        (!link.token.is_empty()).then_some(link)
-    }
+/// Reads the queen's link from `state_dir` (`queen.link` and `hive.token`), if a queen
+/// installed one.
+pub fn load_link(state_dir: &Path) -> Option<QueenLink> {
+    let text = std::fs::read_to_string(state_dir.join("queen.link")).ok()?;
+    let mut link: QueenLink = serde_json::from_str(&text).ok()?;
+    link.token = std::fs::read_to_string(state_dir.join("hive.token")).ok()?.trim().to_owned();
+    (!link.token.is_empty()).then_some(link)
 }
 
 pub use rbee_core::operation::Heartbeat;
 
-async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), String> {
+/// Why a heartbeat did not reach the queen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BeatError {
+    /// The request failed.
+    #[error(transparent)]
+    Http(#[from] rbee_http::HttpError),
+    /// The queen refused it (404: it does not know this hive; 401: another token).
+    #[error("queen answered {0}")]
+    Status(u16),
+    /// No answer in time.
+    #[error("no answer within 3s")]
+    Timeout,
+}
+
+async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), BeatError> {
     let url = format!("{}/v1/heartbeats", link.url.trim_end_matches('/'));
-    let bearer = format!("Bearer {}", link.token);
+    let bearer = rbee_core::proto::bearer(&link.token);
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-    let body = serde_json::to_vec(beat).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(beat).unwrap_or_default();
     let send = async {
         let response = rbee_http::send("POST", &url, &headers, body).await?;
         let status = response.status();
         let _ = rbee_http::collect(response).await;
-        if status.is_success() { Ok(()) } else { Err(format!("queen answered {status}")) }
+        if status.is_success() { Ok(()) } else { Err(BeatError::Status(status.as_u16())) }
     };
-    tokio::time::timeout(Duration::from_secs(3), send).await.map_err(|_| "no answer within 3s".to_owned())?
+    tokio::time::timeout(Duration::from_secs(3), send).await.map_err(|_| BeatError::Timeout)?
 }
 
 /// Versions from the install records (`sha size mtime ctime inode version` per file).
@@ -51,9 +53,9 @@ fn installed_versions(records: &Path, kinds: &[String]) -> std::collections::BTr
     kinds
         .iter()
         .filter_map(|kind| {
-            let text = std::fs::read_to_string(records.join(format!("rbee-worker-{kind}"))).ok()?;
-            let version = text.split_whitespace().nth(5)?.to_owned();
-            Some((kind.clone(), version))
+            let text = std::fs::read_to_string(records.join(Layout::worker_file_name(kind))).ok()?;
+            let record = InstallRecord::parse(&text).ok()?;
+            Some((kind.clone(), record.version))
         })
         .collect()
 }

@@ -35,7 +35,7 @@ use axum::{Json, Router, routing::get};
 use rbee_core::hive_api::{HiveEvent, WorkerHeartbeat};
 use rbee_core::operation::Operation;
 
-pub use heartbeat::{Heartbeat, QueenLink};
+pub use heartbeat::{Heartbeat, QueenLink, load_link};
 pub use probe::probe;
 
 /// The hive's version.
@@ -143,7 +143,7 @@ async fn worker_heartbeat(
 async fn worker_chat(State(hive): State<Arc<ops::Hive>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     match ops::send_chat(&hive, &id, body.to_vec()).await {
         Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
-        Err(e) => (StatusCode::BAD_GATEWAY, Json(serde_json::json!({"error": {"message": e}}))).into_response(),
+        Err(e) => rbee_http::ApiError::openai(StatusCode::BAD_GATEWAY, "worker_unavailable", e).into_response(),
     }
 }
 

@@ -60,7 +60,7 @@ async fn main() -> ExitCode {
                 addr: SocketAddr::new(args.bind, args.port),
                 pid_file: args.pid_file,
                 alias: args.alias,
-                link: rbee_hive::QueenLink::load(&home.join(".local/state/rbee")),
+                link: rbee_hive::load_link(&home.join(rbee_core::layout::Layout::STATE_DIR)),
                 home: home.clone(),
                 worker_heartbeat_ms: std::env::var("RBEE_WORKER_HEARTBEAT_MS")
                     .ok()

@@ -181,7 +181,7 @@ async fn fetch_http(url: &str, part: &Path, progress: &mut Progress<'_>) -> Resu
     let (mut file, have) = open_part(part).await?;
     let range = format!("bytes={have}-");
     let headers: Vec<(&str, &str)> = if have > 0 { vec![("range", range.as_str())] } else { Vec::new() };
-    let response = rbee_http::send("GET", url, &headers, Vec::new()).await?;
+    let response = rbee_http::send("GET", url, &headers, Vec::new()).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let length =
         response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());

@@ -178,10 +178,10 @@ pub async fn send_chat(hive: &Hive, worker_id: &str, body: Vec<u8>) -> Result<rb
         return Err(format!("worker {worker_id} is not running"));
     }
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", worker.port);
-    let bearer = hive.workers.token().map(|t| format!("Bearer {t}"));
+    let bearer = hive.workers.token().map(rbee_core::proto::bearer);
     let mut headers = vec![("content-type", "application/json")];
     if let Some(b) = &bearer {
         headers.push(("authorization", b.as_str()));
     }
-    rbee_http::send("POST", &url, &headers, body).await
+    rbee_http::send("POST", &url, &headers, body).await.map_err(|e| e.to_string())
 }

@@ -11,7 +11,7 @@ pub async fn probe(port: u16, deadline: Duration) -> Result<String, String> {
             .await
             .map_err(|e| format!("nothing answers on 127.0.0.1:{port}: {e}"))?;
         let status = res.status();
-        let body = rbee_http::collect(res).await?;
+        let body = rbee_http::collect(res).await.map_err(|e| e.to_string())?;
         let body = String::from_utf8_lossy(&body).trim().to_owned();
         if status.is_success() { Ok(body) } else { Err(format!("/health answered {status}: {body}")) }
     };

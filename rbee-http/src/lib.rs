@@ -13,6 +13,85 @@ use hyper_util::rt::TokioIo;
 use rbee_core::artifact::HttpGet;
 use tokio_rustls::rustls;
 
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The URL cannot be used.
+    #[error("bad URL {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing accepts connections there (refused, no route, unknown host).
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The system's answer.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting (TCP and TLS) took longer than [`CONNECT_TIMEOUT`].
+    #[error("{url}: connecting timed out after {after:?}")]
+    ConnectTimeout {
+        /// The URL.
+        url: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The TLS handshake failed (an untrusted certificate, say).
+    #[error("TLS with {host}: {source}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The trust store could not be built (`$SSL_CERT_FILE`).
+    #[error("trusted certificates: {0}")]
+    TrustStore(String),
+    /// HTTP itself failed (the connection closed mid-answer, a malformed answer).
+    #[error("{url}: {source}")]
+    Protocol {
+        /// The URL.
+        url: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// Reading an answer's body failed.
+    #[error("reading the answer: {0}")]
+    Body(#[source] hyper::Error),
+    /// A non-2xx status where a body was wanted.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// No complete answer within the deadline.
+    #[error("{url}: no answer within {after:?}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The deadline.
+        after: Duration,
+    },
+}
+
+impl HttpError {
+    /// True when nothing could be reached at the address (as opposed to a bad URL, a TLS or
+    /// protocol failure, or an error answer).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, HttpError::Connect { .. } | HttpError::ConnectTimeout { .. })
+    }
+}
+
 /// A response whose body is read as it arrives.
 pub type Response = hyper::Response<Incoming>;
 
@@ -21,30 +100,35 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends one request to `url` and returns the response once its head arrives; the body is
 /// the caller's to read (see [`collect`] and [`Lines`]).
-pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Response, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Response, HttpError> {
+    let bad = |reason: String| HttpError::BadUrl { url: url.to_owned(), reason };
+    let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(e.to_string()))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("{url}: only http:// and https:// are supported")),
+        _ => return Err(bad("only http:// and https:// are supported".into())),
     };
-    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
+    let host = uri.host().ok_or_else(|| bad("no host".into()))?.trim_matches(['[', ']']).to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let connect = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|source| HttpError::Connect { url: url.to_owned(), source })?;
         let _ = tcp.set_nodelay(true);
         if tls {
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let stream = tls_connector()?.connect(name, tcp).await.map_err(|e| format!("TLS with {host}: {e}"))?;
-            handshake(stream).await
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| bad(e.to_string()))?;
+            let stream = tls_connector()?
+                .connect(name, tcp)
+                .await
+                .map_err(|source| HttpError::Tls { host: host.clone(), source })?;
+            handshake(stream, url).await
         } else {
-            handshake(tcp).await
+            handshake(tcp, url).await
         }
     };
     let mut sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| format!("{url}: connecting timed out after {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|_| HttpError::ConnectTimeout { url: url.to_owned(), after: CONNECT_TIMEOUT })??;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = hyper::Request::builder()
         .method(method)
@@ -54,16 +138,17 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-    sender.send_request(request).await.map_err(|e| format!("{url}: {e}"))
+    let request = request.body(Full::new(Bytes::from(body))).map_err(|e| bad(e.to_string()))?;
+    sender.send_request(request).await.map_err(|source| HttpError::Protocol { url: url.to_owned(), source })
 }
 
-async fn handshake<S>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+async fn handshake<S>(stream: S, url: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, HttpError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| HttpError::Protocol { url: url.to_owned(), source })?;
     tokio::spawn(conn);
     Ok(sender)
 }
@@ -72,7 +157,7 @@ where
 /// leaves it open.
 pub fn require_token(router: axum::Router, token: Option<String>) -> axum::Router {
     let Some(token) = token else { return router };
-    let expected = format!("Bearer {token}");
+    let expected = rbee_core::proto::bearer(&token);
     router.route_layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
         let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
         async move {
@@ -86,6 +171,40 @@ pub fn require_token(router: axum::Router, token: Option<String>) -> axum::Route
     }))
 }
 
+/// An error answer of rbee's daemons, one shape per API: the job API's
+/// `{"error": "message"}`, or the OpenAI-compatible `{"error": {"message", "type"}}` of the
+/// chat endpoints (when it has a `kind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: axum::http::StatusCode,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// The OpenAI error `type` (`not_found`, `hive_unavailable`, …) on chat endpoints.
+    pub kind: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A job-API error.
+    pub fn new(status: axum::http::StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind: None }
+    }
+    /// An OpenAI-style error of type `kind`.
+    pub fn openai(status: axum::http::StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind: Some(kind) }
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let body = match self.kind {
+            None => serde_json::json!({ "error": self.message }),
+            Some(kind) => serde_json::json!({ "error": { "message": self.message, "type": kind } }),
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
 /// A response made ready to be passed on by a proxy: status, headers and streaming body kept,
 /// the hop-by-hop headers of this connection removed.
 pub fn passthrough(mut response: Response) -> Response {
@@ -96,8 +215,8 @@ pub fn passthrough(mut response: Response) -> Response {
 }
 
 /// Reads a whole body.
-pub async fn collect(response: Response) -> Result<Vec<u8>, String> {
-    Ok(response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec())
+pub async fn collect(response: Response) -> Result<Vec<u8>, HttpError> {
+    Ok(response.into_body().collect().await.map_err(HttpError::Body)?.to_bytes().to_vec())
 }
 
 /// A body read line by line (NDJSON, Server-Sent Events).
@@ -114,7 +233,7 @@ impl Lines {
     }
 
     /// The next line without its `\n` (or `\r\n`); `None` at the end of the body.
-    pub async fn next_line(&mut self) -> Result<Option<String>, String> {
+    pub async fn next_line(&mut self) -> Result<Option<String>, HttpError> {
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
                 let mut line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -138,7 +257,7 @@ impl Lines {
                         self.buf.extend_from_slice(data);
                     }
                 }
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(HttpError::Body(e)),
                 None => self.ended = true,
             }
         }
@@ -160,34 +279,41 @@ impl Default for HyperGet {
 
 #[async_trait::async_trait]
 impl HttpGet for HyperGet {
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, rbee_core::artifact::HttpGetError> {
         let work = async {
             let response = send("GET", url, &[], Vec::new()).await?;
             let status = response.status();
             let body = collect(response).await?;
-            if status.is_success() { Ok(body) } else { Err(format!("{url} answered {status}")) }
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(HttpError::Status { url: url.to_owned(), status: status.as_u16() })
+            }
         };
-        tokio::time::timeout(self.timeout, work)
+        let answer = tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| format!("{url}: no answer within {:?}", self.timeout))?
+            .unwrap_or_else(|_| Err(HttpError::Timeout { url: url.to_owned(), after: self.timeout }));
+        answer.map_err(Into::into)
     }
 }
 
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, HttpError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
-        let pem = std::fs::read(&path).map_err(|e| format!("SSL_CERT_FILE {}: {e}", path.to_string_lossy()))?;
+        let bad =
+            |e: &dyn std::fmt::Display| HttpError::TrustStore(format!("SSL_CERT_FILE {}: {e}", path.to_string_lossy()));
+        let pem = std::fs::read(&path).map_err(|e| bad(&e))?;
         for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("SSL_CERT_FILE: {e}"))?;
-            roots.add(cert).map_err(|e| format!("SSL_CERT_FILE: {e}"))?;
+            let cert = cert.map_err(|e| bad(&e))?;
+            roots.add(cert).map_err(|e| bad(&e))?;
         }
     }
     let config =
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| HttpError::TrustStore(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))

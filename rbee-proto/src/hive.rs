@@ -209,6 +209,34 @@ impl InstallRecord {
     }
 }
 
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Gpu {
+    /// `cuda:<index>`.
+    pub index: u32,
+    /// Model name.
+    pub name: String,
+    /// Total memory in MiB.
+    pub memory_total_mib: u64,
+    /// Used memory in MiB.
+    pub memory_used_mib: u64,
+    /// Driver version.
+    pub driver: String,
+}
+
+/// A host's capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Capabilities {
+    /// Logical CPUs.
+    pub cpu_cores: usize,
+    /// Total RAM in bytes.
+    pub ram_bytes: u64,
+    /// GPUs found.
+    pub gpus: Vec<Gpu>,
+    /// Why GPUs could not be listed, when `nvidia-smi` exists but failed.
+    pub gpu_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

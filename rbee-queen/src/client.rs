@@ -19,6 +19,9 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The request failed for another reason than an absent queen (a TLS or protocol error).
+    #[error("request to the queen failed: {0}")]
+    Http(#[source] rbee_http::HttpError),
     /// The token was refused.
     #[error("the queen at {0} refused the token (401): check ~/.local/state/rbee-queen/queen.token")]
     Unauthorized(SocketAddr),
@@ -50,11 +53,15 @@ impl QueenClient {
 
     async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<rbee_http::Response, ClientError> {
         let url = format!("http://{}{path}", self.addr);
-        let bearer = format!("Bearer {}", self.token);
+        let bearer = rbee_core::proto::bearer(&self.token);
         let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-        let response = rbee_http::send(method, &url, &headers, body.unwrap_or_default())
-            .await
-            .map_err(|reason| ClientError::Unreachable { addr: self.addr, reason })?;
+        let response = rbee_http::send(method, &url, &headers, body.unwrap_or_default()).await.map_err(|e| {
+            if e.is_unreachable() {
+                ClientError::Unreachable { addr: self.addr, reason: e.to_string() }
+            } else {
+                ClientError::Http(e)
+            }
+        })?;
         if response.status() == hyper::StatusCode::UNAUTHORIZED {
             return Err(ClientError::Unauthorized(self.addr));
         }
@@ -102,7 +109,7 @@ impl QueenClient {
     }
 
     /// A hive's capabilities (CPU, RAM, GPUs), asked of the hive through the queen.
-    pub async fn hive_capabilities(&self, alias: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn hive_capabilities(&self, alias: &str) -> Result<rbee_core::proto::hive::Capabilities, ClientError> {
         self.json("GET", &format!("/v1/hives/{alias}/capabilities"), None).await
     }
 

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rbee_core::operation::Operation;
 use rbee_core::package::{ConnectFn, OperationResult, RunContext, run_operation};
+use rbee_http::ApiError;
 use tokio::sync::Notify;
 
 use rbee_core::execute::{QueenLink, now_ms};
@@ -121,11 +122,10 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
 }
 
 async fn auth(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
-    let expected = format!("Bearer {}", queen.config.token);
+    let expected = rbee_core::proto::bearer(&queen.config.token);
     let given = request.headers().get("authorization").and_then(|v| v.to_str().ok());
     if given != Some(expected.as_str()) {
-        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "missing or wrong token"})))
-            .into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong token").into_response();
     }
     next.run(request).await
 }
@@ -136,7 +136,7 @@ async fn health() -> Json<QueenHealth> {
 
 async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Json<Operation>) -> Response {
     if let Err(removed) = operation.check_supported() {
-        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": removed.to_string()}))).into_response();
+        return ApiError::new(StatusCode::BAD_REQUEST, removed.to_string()).into_response();
     }
     let n = queen.next.fetch_add(1, Ordering::Relaxed);
     let id = format!("job-{}-{n}", now_ms());
@@ -233,29 +233,28 @@ async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alias): Path<St
         .map(|(_, ip, beat)| std::net::SocketAddr::new(*ip, beat.port));
     let Some(addr) = target else {
         let msg = format!("no hive {alias} in the registry: it has not sent a heartbeat (see `rbee hive list`)");
-        return (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": msg }))).into_response();
+        return ApiError::new(StatusCode::NOT_FOUND, msg).into_response();
     };
     let answer = async {
         let response = to_hive(&queen, addr, "GET", "/v1/capabilities", Vec::new()).await?;
         let status = response.status().as_u16();
-        Ok::<_, String>((status, rbee_http::collect(response).await?))
+        Ok::<_, rbee_http::HttpError>((status, rbee_http::collect(response).await?))
     };
+    let url = format!("http://{addr}/v1/capabilities");
     let answer = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
-        .unwrap_or_else(|_| Err("no answer within 30s".to_owned()));
+        .unwrap_or_else(|_| Err(rbee_http::HttpError::Timeout { url, after: Duration::from_secs(30) }));
     match answer {
-        Ok((200, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok((200, body)) => match serde_json::from_slice::<rbee_core::proto::hive::Capabilities>(&body) {
             Ok(v) => Json(v).into_response(),
-            Err(e) => (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": e.to_string() }))).into_response(),
+            Err(e) => ApiError::new(StatusCode::BAD_GATEWAY, format!("hive {alias}: unexpected capabilities: {e}"))
+                .into_response(),
         },
         Ok((status, body)) => {
             let msg = format!("hive {alias} answered {status}: {}", String::from_utf8_lossy(&body));
-            (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": msg }))).into_response()
+            ApiError::new(StatusCode::BAD_GATEWAY, msg).into_response()
         }
-        Err(e) => {
-            let msg = format!("hive {alias} at {addr}: {e}");
-            (StatusCode::BAD_GATEWAY, Json(serde_json::json!({ "error": msg }))).into_response()
-        }
+        Err(e) => ApiError::new(StatusCode::BAD_GATEWAY, format!("hive {alias} at {addr}: {e}")).into_response(),
     }
 }
 
@@ -381,8 +380,8 @@ async fn to_hive(
     method: &str,
     path: &str,
     body: Vec<u8>,
-) -> Result<rbee_http::Response, String> {
-    let bearer = format!("Bearer {}", queen.config.token);
+) -> Result<rbee_http::Response, rbee_http::HttpError> {
+    let bearer = rbee_core::proto::bearer(&queen.config.token);
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
     rbee_http::send(method, &format!("http://{addr}{path}"), &headers, body).await
 }
@@ -476,8 +475,8 @@ async fn refresh_catalogs(queen: &Queen, job: &Job, result: &OperationResult) {
 /// OpenAI-compatible chat completions: routed like `Infer` to a ready worker serving the
 /// request's `model`, through its hive; the answer (streaming or not) is passed through.
 async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum::body::Bytes) -> Response {
-    let error = |status: StatusCode, kind: &str, message: String| {
-        (status, Json(serde_json::json!({"error": {"message": message, "type": kind}}))).into_response()
+    let error = |status: StatusCode, kind: &'static str, message: String| {
+        ApiError::openai(status, kind, message).into_response()
     };
     let request: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -532,7 +531,7 @@ fn find(queen: &Queen, id: &str) -> Option<Arc<Job>> {
 async fn job_summary(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Response {
     match find(&queen, &id) {
         Some(job) => Json(summary(&job)).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("no job {id}")}))).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")).into_response(),
     }
 }
 
@@ -543,13 +542,13 @@ async fn cancel(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Resp
             job.push(JobEventBody::Log { message: "cancel requested: no new step will start".into() });
             (StatusCode::ACCEPTED, Json(summary(&job))).into_response()
         }
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("no job {id}")}))).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")).into_response(),
     }
 }
 
 async fn events(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Response {
     let Some(job) = find(&queen, &id) else {
-        return (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("no job {id}")}))).into_response();
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}")).into_response();
     };
     // Replay from the start, then follow; end right after the result event.
     let stream = futures_util::stream::unfold((job, 0usize, false), |(job, next, finished)| async move {

@@ -69,8 +69,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     if !shared.backend.ready().await {
-        let body = serde_json::json!({"error": {"message": "the model is still loading", "type": "unavailable"}});
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        return rbee_http::ApiError::openai(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the model is still loading",
+        )
+        .into_response();
     }
     shared.backend.chat(body).await
 }
@@ -82,7 +86,7 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
     let Some(hive) = args.hive_url.clone() else { return std::future::pending().await };
     let mut disowned = 0;
     let url = format!("{}/v1/workers/{}/heartbeat", hive.trim_end_matches('/'), args.worker_id);
-    let bearer = env.token.as_ref().map(|t| format!("Bearer {t}"));
+    let bearer = env.token.as_deref().map(rbee_core::proto::bearer);
     let interval = Duration::from_millis(env.heartbeat_ms.max(50));
     loop {
         let ready = backend.ready().await;

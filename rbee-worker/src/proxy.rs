@@ -31,16 +31,13 @@ impl Backend for EngineProxy {
     async fn chat(&self, body: Bytes) -> Response {
         if !self.engine.serves_chat() {
             let message = "this worker's engine (ComfyUI) serves workflows through its own API, not chat completions";
-            let body = serde_json::json!({"error": {"message": message, "type": "not_supported"}});
-            return (StatusCode::NOT_IMPLEMENTED, axum::Json(body)).into_response();
+            return rbee_http::ApiError::openai(StatusCode::NOT_IMPLEMENTED, "not_supported", message).into_response();
         }
         let url = format!("{}/v1/chat/completions", self.base);
         match rbee_http::send("POST", &url, &[("content-type", "application/json")], body.to_vec()).await {
             Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
-            Err(e) => {
-                let body = serde_json::json!({"error": {"message": format!("engine: {e}"), "type": "engine_error"}});
-                (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
-            }
+            Err(e) => rbee_http::ApiError::openai(StatusCode::BAD_GATEWAY, "engine_error", format!("engine: {e}"))
+                .into_response(),
         }
     }
 }

@@ -94,16 +94,7 @@ impl Default for ExecuteOptions {
     }
 }
 
-/// The queen's address and token as a hive needs them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueenLink {
-    /// e.g. `http://127.0.0.1:8500`.
-    pub url: String,
-    /// Heartbeat interval.
-    pub interval_ms: u64,
-    /// The API token.
-    pub token: String,
-}
+pub use rbee_proto::hive::QueenLink;
 
 /// What the execution is for; the hive is re-planned with it under its lock.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -261,7 +261,7 @@ pub async fn link_queen(
     deadline: Duration,
 ) -> Result<(), StepError> {
     let Some(link) = link else { return Ok(()) };
-    let json = serde_json::json!({ "url": link.url, "interval_ms": link.interval_ms }).to_string();
+    let json = serde_json::to_string(link).map_err(|e| StepError::Failed(e.to_string()))?;
     t.upload(link.token.as_bytes(), &Layout::hive_token(), 0o600, deadline, &|_| {}).await?;
     t.upload(json.as_bytes(), &Layout::queen_link(), 0o644, deadline, &|_| {}).await?;
     Ok(())
