@@ -53,17 +53,19 @@
 #![warn(missing_docs)]
 
 /// Shell function for the scripts that find the running hive: `is_hive PID` is true when that
-/// process runs the installed hive binary — its executable, not its command line (any process
-/// may put "rbee-hive" in its arguments). After an upgrade renamed a new binary into place,
-/// the old process's executable reads "… (deleted)"; it is still the hive. Never pid 0 or 1.
+/// process runs the installed hive binary `$bin` (a path relative to the home directory) — its
+/// executable, not its command line (any process may put "rbee-hive" in its arguments). After
+/// an upgrade renamed a new binary into place, the old process's executable reads
+/// "… (deleted)"; it is still the hive. Never pid 0 or 1.
 macro_rules! sh_is_hive {
     () => {
         r#"is_hive() {
   case "$1" in ''|0|1|*[!0-9]*) return 1 ;; esac
   kill -s 0 "$1" 2>/dev/null || return 1
   e=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
-  d=$(cd .local/bin 2>/dev/null && pwd -P) || return 1
-  [ "$e" = "$d/rbee-hive" ] || [ "$e" = "$d/rbee-hive (deleted)" ]
+  d=$(cd "$(dirname "$bin")" 2>/dev/null && pwd -P) || return 1
+  n=$(basename "$bin")
+  [ "$e" = "$d/$n" ] || [ "$e" = "$d/$n (deleted)" ]
 }
 "#
     };

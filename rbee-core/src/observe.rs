@@ -12,18 +12,21 @@ use crate::layout::{Layout, WORKER_PREFIX};
 use crate::state::{HiveState, Installed, Observed};
 use crate::transport::{RemoteCommand, Transport};
 
-/// The observation script. `$1` is the hive port. Output, one fact per line:
-/// `file SHA PATH`, `manifest JSON`, `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
+/// The observation script. `$1` is the hive port, `$2` the hive binary, `$3` the worker
+/// catalog, `$4` the worker binary prefix, `$5` the install records, `$6` the hive's pid file
+/// (paths from [`Layout`]). Output, one fact per line:
+/// `file SHA PATH [VERSION]`, `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
 pub(crate) const OBSERVE_SCRIPT: &str = concat!(
+    "# rbee-step: observe\n",
     sh_is_hive!(),
     r#"set -u
-port=$1
+port=$1; bin=$2; catalog=$3; prefix=$4; records=$5; pidf=$6
 cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
 digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
-for f in .local/bin/rbee-hive .local/share/rbee/workers/rbee-worker-*; do
+for f in "$bin" "$catalog/$prefix"*; do
   [ -f "$f" ] || continue
-  rec=.local/state/rbee/installed/$(basename "$f")
+  rec=$records/$(basename "$f")
   st=$(stat -c '%s %.9Y %.9Z %i' "$f" 2>/dev/null || echo none)
   if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$size $mtime $ctime $ino" = "$st" ]; then
     echo "file $sha $f $version"
@@ -32,16 +35,13 @@ for f in .local/bin/rbee-hive .local/share/rbee/workers/rbee-worker-*; do
     if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$sha" = "$got" ]; then echo "file $got $f $version"; else echo "file $got $f"; fi
   fi
 done
-pid=$(cat .local/state/rbee/hive.pid 2>/dev/null || true)
-case "$pid" in
-  ''|*[!0-9]*) ;;
-  *) if is_hive "$pid"; then
-       echo "running $pid"
-       if [ -x .local/bin/rbee-hive ]; then
-         if h=$(.local/bin/rbee-hive probe --port "$port" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
-       fi
-     fi ;;
-esac
+pid=$(cat "$pidf" 2>/dev/null || true)
+if is_hive "$pid"; then
+  echo "running $pid"
+  if [ -x "$bin" ]; then
+    if h=$("$bin" probe --port "$port" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
+  fi
+fi
 echo "end"
 "#
 );
@@ -86,7 +86,15 @@ fn shown(text: &str) -> String {
 /// Observes one host. Failures to reach or read it become [`HiveState::Unreachable`] with the
 /// reason; this never fails and never guesses.
 pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Duration) -> HiveState {
-    let cmd = RemoteCommand::script(OBSERVE_SCRIPT, [hive_port.to_string()], deadline);
+    let args = [
+        hive_port.to_string(),
+        Layout::hive_binary(),
+        Layout::WORKERS_DIR.to_owned(),
+        WORKER_PREFIX.to_owned(),
+        Layout::installed_dir(),
+        Layout::hive_pid(),
+    ];
+    let cmd = RemoteCommand::script(OBSERVE_SCRIPT, args, deadline);
     match transport.run(cmd).await {
         Err(e) => HiveState::Unreachable { reason: e.to_string() },
         Ok(out) if !out.success() => HiveState::Unreachable {
@@ -229,7 +237,8 @@ mod tests {
 
     #[tokio::test]
     async fn observing_is_one_round_trip() {
-        let mock = MockTransport::new("h1").on_run("rbee-observe", Ok(CommandOutput::ok("rbee-observe 1\nend\n")));
+        let mock =
+            MockTransport::new("h1").on_run("# rbee-step: observe", Ok(CommandOutput::ok("rbee-observe 1\nend\n")));
         let state = observe(&mock, 8600, Duration::from_secs(1)).await;
         assert_eq!(state, HiveState::Reachable(Observed::default()));
         assert_eq!(mock.calls().len(), 1);

@@ -11,7 +11,9 @@ pub fn scan(dir: &Path) -> Vec<String> {
             entries
                 .flatten()
                 .filter(|e| e.path().is_file())
-                .filter_map(|e| e.file_name().to_str()?.strip_prefix("rbee-worker-").map(str::to_owned))
+                .filter_map(|e| {
+                    e.file_name().to_str()?.strip_prefix(rbee_core::layout::WORKER_PREFIX).map(str::to_owned)
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -264,7 +264,7 @@ impl Workers {
             }
             format!("{worker_type}-{n}")
         };
-        let binary = self.settings.catalog_dir.join(format!("rbee-worker-{worker_type}"));
+        let binary = self.settings.catalog_dir.join(rbee_core::layout::Layout::worker_file_name(worker_type));
         let log = std::fs::File::create(self.log_path(&id)).map_err(|e| format!("cannot create worker log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = tokio::process::Command::new(&binary);

@@ -60,7 +60,8 @@ pub enum InstallFault {
     StopBeforeRename,
 }
 
-const VERIFY_AND_RENAME: &str = r#"set -u
+const VERIFY_AND_RENAME: &str = r#"# rbee-step: verify-and-rename
+set -u
 staging=$1; target=$2; want=$3; version=$4; records=$5
 if command -v sha256sum >/dev/null 2>&1; then got=$(sha256sum < "$staging" | cut -d' ' -f1); else got=$(shasum -a 256 < "$staging" | cut -d' ' -f1); fi
 if [ "$got" != "$want" ]; then
@@ -123,12 +124,13 @@ pub async fn install_binary(
 
 /// Removes a worker binary from the catalog, with its install record.
 pub async fn remove_file(t: &dyn Transport, target: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = r#"rm -f "$1" "$2/$(basename "$1")""#;
+    let text = "# rbee-step: remove-file\nrm -f \"$1\" \"$2/$(basename \"$1\")\"";
     script(t, &format!("removing {target}"), text, vec![target.to_owned(), Layout::installed_dir()], deadline).await?;
     Ok(())
 }
 
-const TRY_LOCK: &str = r#"set -u
+const TRY_LOCK: &str = r#"# rbee-step: try-lock
+set -u
 dir=$1; stale_s=$2; owner=$3; breakable=$4
 mkdir -p "$(dirname "$dir")" || exit 1
 take() { mkdir "$dir" 2>/dev/null || return 1; date +%s > "$dir/since"; printf '%s\n' "$owner" > "$dir/owner"; }
@@ -211,38 +213,40 @@ pub async fn lock(
 
 /// Releases the lock if `owner` still holds it.
 pub async fn unlock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = r#"if [ "$(cat "$1/owner" 2>/dev/null)" = "$2" ]; then rm -rf "$1"; fi"#;
+    let text = "# rbee-step: unlock\nif [ \"$(cat \"$1/owner\" 2>/dev/null)\" = \"$2\" ]; then rm -rf \"$1\"; fi";
     script(t, "releasing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
 
 /// Keeps the lock fresh while a long step runs, so it is not taken for stale.
 pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = r#"if [ "$(cat "$1/owner" 2>/dev/null)" = "$2" ]; then date +%s > "$1/since"; fi"#;
+    let text = "# rbee-step: refresh-lock\nif [ \"$(cat \"$1/owner\" 2>/dev/null)\" = \"$2\" ]; then date +%s > \"$1/since\"; fi";
     script(t, "refreshing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
 
+/// `$1` port, `$2` alias, `$3` hive binary, `$4` pid file, `$5` log (paths from [`Layout`]).
 const START: &str = concat!(
+    "# rbee-step: start-hive\n",
     sh_is_hive!(),
     r#"set -u
-port=$1; alias=$2; bin=.local/bin/rbee-hive; state=.local/state/rbee; pidf=$state/hive.pid
-mkdir -p "$state" || exit 1
+port=$1; alias=$2; bin=$3; pidf=$4; log=$5
+mkdir -p "$(dirname "$pidf")" "$(dirname "$log")" || exit 1
 alive() { p=$(cat "$pidf" 2>/dev/null) && is_hive "$p"; }
 if alive; then echo "already running (pid $(cat "$pidf"))"; exit 0; fi
 [ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
 rm -f "$pidf"
 if command -v setsid >/dev/null 2>&1; then
-  setsid -f "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null
+  setsid -f "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$log" 2>&1 < /dev/null
 else
-  nohup "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$state/hive.log" 2>&1 < /dev/null &
+  nohup "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$log" 2>&1 < /dev/null &
 fi
 i=0
 while [ $i -lt 100 ]; do
   if alive; then exit 0; fi
   sleep 0.1; i=$((i+1))
 done
-echo "rbee-hive did not start; last lines of ~/$state/hive.log:"; tail -n 5 "$state/hive.log"
+echo "rbee-hive did not start; last lines of ~/$log:"; tail -n 5 "$log"
 exit 1
 "#
 );
@@ -250,7 +254,8 @@ exit 1
 /// Starts the hive fully detached (own session, output to the hive log, pid file). Does
 /// nothing if it is already running.
 pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Duration) -> Result<(), StepError> {
-    script(t, "starting rbee-hive", START, vec![port.to_string(), alias.to_owned()], deadline).await?;
+    let args = vec![port.to_string(), alias.to_owned(), Layout::hive_binary(), Layout::hive_pid(), Layout::hive_log()];
+    script(t, "starting rbee-hive", START, args, deadline).await?;
     Ok(())
 }
 
@@ -267,10 +272,12 @@ pub async fn link_queen(
     Ok(())
 }
 
+/// `$1` grace seconds, `$2` hive binary, `$3` pid file.
 const STOP: &str = concat!(
+    "# rbee-step: stop-hive\n",
     sh_is_hive!(),
     r#"set -u
-pidf=.local/state/rbee/hive.pid; grace=$1
+grace=$1; bin=$2; pidf=$3
 p=$(cat "$pidf" 2>/dev/null) || exit 0
 if ! is_hive "$p"; then rm -f "$pidf"; exit 0; fi
 alive() { is_hive "$p"; }
@@ -284,17 +291,20 @@ rm -f "$pidf"
 
 /// Stops the hive: SIGTERM, then SIGKILL after `grace`.
 pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -> Result<(), StepError> {
-    script(t, "stopping rbee-hive", STOP, vec![grace.as_secs().max(1).to_string()], deadline + grace).await?;
+    let args = vec![grace.as_secs().max(1).to_string(), Layout::hive_binary(), Layout::hive_pid()];
+    script(t, "stopping rbee-hive", STOP, args, deadline + grace).await?;
     Ok(())
 }
 
-const WAIT_HEALTHY: &str = r#"set -u
-port=$1; end=$(( $(date +%s) + $2 ))
+/// `$1` port, `$2` seconds, `$3` hive binary, `$4` log.
+const WAIT_HEALTHY: &str = r#"# rbee-step: wait-healthy
+set -u
+port=$1; end=$(( $(date +%s) + $2 )); bin=$3; log=$4
 while :; do
-  if out=$(.local/bin/rbee-hive probe --port "$port" --timeout-ms 1000 2>&1); then echo "$out"; exit 0; fi
+  if out=$("$bin" probe --port "$port" --timeout-ms 1000 2>&1); then echo "$out"; exit 0; fi
   if [ "$(date +%s)" -ge "$end" ]; then
     echo "rbee-hive did not answer /health on port $port within $2s: $out"
-    tail -n 5 .local/state/rbee/hive.log 2>/dev/null
+    tail -n 5 "$log" 2>/dev/null
     exit 1
   fi
   sleep 0.2
@@ -303,7 +313,7 @@ done
 
 /// Polls `/health` on the host until it answers, and checks the hive runs `want`.
 pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout: Duration) -> Result<(), StepError> {
-    let args = vec![port.to_string(), timeout.as_secs().max(1).to_string()];
+    let args = vec![port.to_string(), timeout.as_secs().max(1).to_string(), Layout::hive_binary(), Layout::hive_log()];
     let out = script(t, "waiting for /health", WAIT_HEALTHY, args, timeout + Duration::from_secs(10)).await?;
     let body = out.stdout_text();
     match serde_json::from_str::<rbee_proto::hive::HiveHealth>(body.trim()) {
@@ -320,19 +330,22 @@ pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout
     }
 }
 
-/// Uninstalls. `$1` purge (1/0), `$2` grace seconds, then the hive-owned state entries.
+/// Uninstalls. `$1` purge (1/0), `$2` grace seconds, `$3` hive binary, `$4` worker catalog,
+/// `$5` worker binary prefix, `$6` data directory, `$7` install records, `$8` hive pid file,
+/// `$9` worker registry, then the hive-owned state entries (all from [`Layout`]).
 ///
 /// Worker processes are stopped before their records go: each record names a process-group
 /// leader and its start time (`/proc/<pid>/stat` field 22), so a pid the kernel gave to another
 /// process since is never signalled. The group gets SIGTERM, SIGKILL after the grace period,
 /// and the record is deleted only once the group is gone. Only POSIX `kill -s SIG -- -PGID`
 /// (dash, Debian's /bin/sh, rejects `kill -TERM -- -PGID`), and a failure is reported.
-const UNINSTALL: &str = r#"set -u
-purge=$1; grace=$2; shift 2
+const UNINSTALL: &str = r#"# rbee-step: uninstall
+set -u
+purge=$1; grace=$2; bin=$3; catalog=$4; prefix=$5; data=$6; records=$7; pidf=$8; registry=$9; shift 9
 field() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" "$2" | head -n 1; }
 group_alive() { kill -s 0 -- "-$1" 2>/dev/null; }
 failed=0
-for f in .local/state/rbee/workers/*.json; do
+for f in "$registry"/*.json; do
   [ -e "$f" ] || continue
   p=$(field pid "$f"); st=$(field start_time "$f")
   case "$p" in ''|0|1|*[!0-9]*) rm -f "$f" "${f%.json}.log"; continue ;; esac
@@ -357,13 +370,14 @@ for f in .local/state/rbee/workers/*.json; do
   rm -f "$f" "${f%.json}.log"
 done
 [ "$failed" = 0 ] || exit 1
-rm -f .local/bin/rbee-hive .local/bin/.rbee-hive.rbee-tmp-* .local/bin/.rbee-hive.upload-*
-rm -f .local/share/rbee/workers/rbee-worker-* .local/share/rbee/workers/.rbee-worker-*
-rmdir .local/share/rbee/workers .local/share/rbee 2>/dev/null
-rm -rf .local/state/rbee/installed
-rm -f .local/state/rbee/hive.pid
+bindir=$(dirname "$bin"); name=$(basename "$bin")
+rm -f "$bin" "$bindir/.$name.rbee-tmp-"* "$bindir/.$name.upload-"*
+rm -f "$catalog/$prefix"* "$catalog/.$prefix"*
+rmdir "$catalog" "$data" 2>/dev/null
+rm -rf "$records"
+rm -f "$pidf"
 if [ "$purge" = 1 ]; then
-  rm -rf .local/share/rbee
+  rm -rf "$data"
   # Only what the hive owns; the lock stays until the sync releases it.
   for f in "$@"; do rm -rf "$f"; done
 fi
@@ -374,7 +388,17 @@ exit 0
 /// processes are stopped first, SIGKILL after `grace`.
 pub async fn uninstall(t: &dyn Transport, purge: bool, grace: Duration, deadline: Duration) -> Result<(), StepError> {
     let grace_s = grace.as_secs().max(1);
-    let mut args = vec![if purge { "1" } else { "0" }.to_owned(), grace_s.to_string()];
+    let mut args = vec![
+        if purge { "1" } else { "0" }.to_owned(),
+        grace_s.to_string(),
+        Layout::hive_binary(),
+        Layout::WORKERS_DIR.to_owned(),
+        crate::layout::WORKER_PREFIX.to_owned(),
+        Layout::DATA_DIR.to_owned(),
+        Layout::installed_dir(),
+        Layout::hive_pid(),
+        Layout::worker_registry_dir(),
+    ];
     args.extend(Layout::hive_state_entries());
     script(t, "uninstalling", UNINSTALL, args, deadline + grace + Duration::from_secs(3)).await?;
     Ok(())
@@ -382,7 +406,14 @@ pub async fn uninstall(t: &dyn Transport, purge: bool, grace: Duration, deadline
 
 /// After a purge the lock was the last thing in the state directory: remove the directory.
 pub async fn remove_empty_state_dir(t: &dyn Transport, deadline: Duration) -> Result<(), StepError> {
-    script(t, "cleaning up", r#"rmdir "$1" 2>/dev/null; exit 0"#, vec![Layout::STATE_DIR.to_owned()], deadline).await?;
+    script(
+        t,
+        "cleaning up",
+        "# rbee-step: remove-empty-state-dir\nrmdir \"$1\" 2>/dev/null; exit 0",
+        vec![Layout::STATE_DIR.to_owned()],
+        deadline,
+    )
+    .await?;
     Ok(())
 }
 

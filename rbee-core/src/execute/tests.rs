@@ -44,15 +44,15 @@ fn good_host(name: &str, desired: &Desired) -> MockTransport {
 }
 
 fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
-    mock.on_run("take() { mkdir", Ok(CommandOutput::ok("")))
-        .on_run("rbee-observe", Ok(CommandOutput::ok(EMPTY_HOST)))
+    mock.on_run("# rbee-step: try-lock", Ok(CommandOutput::ok("")))
+        .on_run("# rbee-step: observe", Ok(CommandOutput::ok(EMPTY_HOST)))
         .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
         .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
-        .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
-        .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
-        .on_run("setsid", Ok(CommandOutput::ok("")))
-        .on_run("probe --port", Ok(health(desired)))
-        .on_run("/owner\" 2>/dev/null)\" = \"$2\"", Ok(CommandOutput::ok("")))
+        .on_run("# rbee-step: verify-and-rename", Ok(CommandOutput::ok("")))
+        .on_run("# rbee-step: verify-and-rename", Ok(CommandOutput::ok("")))
+        .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")))
+        .on_run("# rbee-step: wait-healthy", Ok(health(desired)))
+        .on_run("# rbee-step: unlock", Ok(CommandOutput::ok("")))
 }
 
 async fn run(
@@ -81,8 +81,10 @@ async fn run(
 async fn a_transient_failure_is_retried_with_backoff() {
     let (_dir, desired, source) = fixture();
     // The lock fails once with a connection error before good_host's lock succeeds.
-    let failing_once = MockTransport::new("a")
-        .on_run("take() { mkdir", Err(TransportError::Connect { host: "a".into(), reason: "connection reset".into() }));
+    let failing_once = MockTransport::new("a").on_run(
+        "# rbee-step: try-lock",
+        Err(TransportError::Connect { host: "a".into(), reason: "connection reset".into() }),
+    );
     let a = Arc::new(accepts_install(failing_once, &desired));
     let b = Arc::new(good_host("b", &desired));
     let started = tokio::time::Instant::now();
@@ -101,16 +103,16 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
     let (_dir, desired, source) = fixture();
     let a = Arc::new(
         MockTransport::new("a")
-            .on_run("take() { mkdir", Ok(CommandOutput::ok("")))
-            .on_run("rbee-observe", Ok(CommandOutput::ok(EMPTY_HOST)))
+            .on_run("# rbee-step: try-lock", Ok(CommandOutput::ok("")))
+            .on_run("# rbee-step: observe", Ok(CommandOutput::ok(EMPTY_HOST)))
             .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
             .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
-            .on_run("sha256 mismatch for", Ok(CommandOutput::ok("")))
+            .on_run("# rbee-step: verify-and-rename", Ok(CommandOutput::ok("")))
             .on_run(
                 "sha256 mismatch for",
                 Ok(CommandOutput { status: 65, stdout: b"sha256 mismatch for x".to_vec(), stderr: Vec::new() }),
             )
-            .on_run("/owner\" 2>/dev/null)\" = \"$2\"", Ok(CommandOutput::ok(""))),
+            .on_run("# rbee-step: unlock", Ok(CommandOutput::ok(""))),
     );
     let b = Arc::new(good_host("b", &desired));
     let (report, events) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
