@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rbee_core::artifact::ArtifactSource;
 use rbee_core::config;
-use rbee_core::execute::{ExecuteOptions, SyncEvent};
+use rbee_core::execute::{ExecuteOptions, SyncEvent, SyncEventKind};
 use rbee_core::fleet::LocalConnector;
 use rbee_core::package::{self, SyncRequest};
 
@@ -25,14 +25,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let source = ArtifactSource::from_config(&config)?;
     let options = ExecuteOptions::from_settings(&config.package);
 
-    let on_event = |event: SyncEvent| match event {
-        SyncEvent::StepStarted { alias, description, .. } => println!("[{alias}] start  {description}"),
-        SyncEvent::StepFinished { alias, step, elapsed_ms, .. } => {
-            println!("[{alias}] done   {step} in {elapsed_ms} ms")
+    let on_event = |event: SyncEvent| match &event.kind {
+        SyncEventKind::StepStarted { description, .. } => println!("[{}] start  {description}", event.alias),
+        SyncEventKind::StepFinished { step, elapsed_ms } => {
+            println!("[{}] done   {step} in {elapsed_ms} ms", event.alias)
         }
-        SyncEvent::StepFailed { alias, error, .. } => println!("[{alias}] failed {error}"),
-        SyncEvent::Progress { .. } | SyncEvent::HiveStarted { .. } => {}
-        SyncEvent::HiveDone { alias, outcome, .. } => println!("[{alias}] {outcome:?}"),
+        SyncEventKind::StepFailed { error, .. } => println!("[{}] failed {error}", event.alias),
+        SyncEventKind::HiveDone { outcome } => println!("[{}] {outcome:?}", event.alias),
+        _ => {}
     };
     let outcome =
         package::sync(&config, &source, &LocalConnector, &SyncRequest::default(), &options, &on_event).await?;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rbee_core::execute::{HiveOutcome, SyncEvent};
+use rbee_core::execute::{HiveOutcome, SyncEvent, SyncEventKind};
 
 /// How events are shown.
 pub(crate) enum Renderer {
@@ -58,22 +58,21 @@ fn outcome_text(o: &HiveOutcome) -> String {
 }
 
 fn plain(steps: &Mutex<BTreeMap<(String, String), String>>, e: &SyncEvent) {
-    match e {
-        SyncEvent::HiveStarted { .. } | SyncEvent::Progress { .. } => {}
-        SyncEvent::StepStarted { alias, step, description, .. } => {
+    let alias = &e.alias;
+    match &e.kind {
+        SyncEventKind::StepStarted { step, description } => {
             steps.lock().expect("steps").insert((alias.clone(), step.clone()), description.clone());
             eprintln!("[{alias}] {description} ...");
         }
-        SyncEvent::StepFinished { alias, step, elapsed_ms, .. } => {
+        SyncEventKind::StepFinished { step, elapsed_ms } => {
             let d = steps.lock().expect("steps").get(&(alias.clone(), step.clone())).cloned().unwrap_or_default();
             eprintln!("[{alias}] {d}: ok ({elapsed_ms} ms)");
         }
-        SyncEvent::StepFailed { alias, error, will_retry, .. } => {
+        SyncEventKind::StepFailed { error, will_retry, .. } => {
             eprintln!("[{alias}] {error}{}", if *will_retry { " (retrying)" } else { "" });
         }
-        SyncEvent::HiveDone { alias, outcome, .. } => {
-            eprintln!("[{alias}] {}", outcome_text(outcome))
-        }
+        SyncEventKind::HiveDone { outcome } => eprintln!("[{alias}] {}", outcome_text(outcome)),
+        _ => {}
     }
 }
 
@@ -92,23 +91,24 @@ fn live(
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
-    match e {
-        SyncEvent::HiveStarted { .. } => bar.set_message("starting"),
-        SyncEvent::StepStarted { step, description, .. } => {
+    match &e.kind {
+        SyncEventKind::HiveStarted => bar.set_message("starting"),
+        SyncEventKind::StepStarted { step, description } => {
             steps.lock().expect("steps").insert((alias.clone(), step.clone()), description.clone());
             bar.set_message(description.clone());
         }
-        SyncEvent::Progress { step, bytes, total, .. } => {
+        SyncEventKind::Progress { step, bytes, total } => {
             let d = steps.lock().expect("steps").get(&(alias.clone(), step.clone())).cloned().unwrap_or_default();
             bar.set_message(format!("{d} [{} / {}]", mib(*bytes), mib(*total)));
         }
-        SyncEvent::StepFinished { .. } => {}
-        SyncEvent::StepFailed { error, will_retry: true, .. } => bar.set_message(format!("retrying after: {error}")),
-        SyncEvent::StepFailed { .. } => {}
-        SyncEvent::HiveDone { outcome, .. } => {
+        SyncEventKind::StepFailed { error, will_retry: true, .. } => {
+            bar.set_message(format!("retrying after: {error}"))
+        }
+        SyncEventKind::HiveDone { outcome } => {
             let mark = if outcome.is_failure() { "✗" } else { "✓" };
             bar.set_style(ProgressStyle::with_template("{prefix:.bold} {wide_msg}").expect("template"));
             bar.finish_with_message(format!("{mark} {}", outcome_text(outcome)));
         }
+        _ => {}
     }
 }

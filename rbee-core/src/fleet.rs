@@ -13,6 +13,7 @@ use crate::transport::{LocalTransport, Transport, TransportError};
 
 /// Opens a transport to a hive. The default, [`LocalConnector`], handles local hives; an SSH
 /// connector (or any custom one) plugs in here.
+#[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait Connector: Send + Sync {
     /// A transport for this hive, or why there is none.

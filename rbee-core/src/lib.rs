@@ -16,8 +16,9 @@
 //! Entry points: [`config::load`] / [`config::parse`], [`artifact::resolve`],
 //! [`fleet::connect_fleet`] + [`fleet::observe_fleet`], [`plan::plan`], [`execute::execute`];
 //! or the whole operations at once in [`package`] (`sync`, `status`, `uninstall`). Hosts are
-//! reached through the [`transport::Transport`] trait; [`transport::LocalTransport`] and
-//! [`transport::MockTransport`] are built in, SSH is in the `rbee-ssh` crate.
+//! reached through the [`transport::Transport`] trait; [`transport::LocalTransport`] is built
+//! in (and, with the `test-util` feature, a scriptable `transport::MockTransport` for tests),
+//! SSH is in the `rbee-ssh` crate.
 //!
 //! Planning a sync for a config given as a string:
 //!
@@ -89,6 +90,9 @@ pub mod package;
 pub mod plan;
 pub mod state;
 pub mod transport;
+
+#[cfg(test)]
+mod interaction_tests;
 
 pub use rbee_proto as proto;
 pub use rbee_proto::Sha256;

@@ -3,87 +3,75 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One thing that happened during a sync. Every event names its hive and carries a timestamp.
+/// One thing that happened during a sync: which hive, when, and what ([`SyncEventKind`]).
+/// On the wire the three are one flat object: `{"event": "step_started", "alias": …, "at_ms":
+/// …, "step": …, …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SyncEvent {
+    /// The hive.
+    pub alias: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: SyncEventKind,
+}
+
+/// What a [`SyncEvent`] reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum SyncEvent {
+#[non_exhaustive]
+pub enum SyncEventKind {
     /// Work on a hive began (its lock is held from here to `HiveDone`).
-    HiveStarted {
-        /// The hive.
-        alias: String,
-        /// When.
-        at_ms: u64,
-    },
+    HiveStarted,
     /// A step began.
     StepStarted {
-        /// The hive.
-        alias: String,
         /// The action id.
         step: String,
         /// What it does, in words.
         description: String,
-        /// When.
-        at_ms: u64,
     },
     /// Bytes of an upload have been sent.
     Progress {
-        /// The hive.
-        alias: String,
         /// The action id.
         step: String,
         /// Sent so far.
         bytes: u64,
         /// Total.
         total: u64,
-        /// When.
-        at_ms: u64,
     },
     /// A step finished.
     StepFinished {
-        /// The hive.
-        alias: String,
         /// The action id.
         step: String,
         /// How long it took.
         elapsed_ms: u64,
-        /// When.
-        at_ms: u64,
     },
     /// A step failed (and may be retried).
     StepFailed {
-        /// The hive.
-        alias: String,
         /// The action id.
         step: String,
         /// Why.
         error: String,
         /// True if it will be tried again.
         will_retry: bool,
-        /// When.
-        at_ms: u64,
     },
     /// A hive is done, with its outcome.
     HiveDone {
-        /// The hive.
-        alias: String,
         /// How it ended.
         outcome: HiveOutcome,
-        /// When.
-        at_ms: u64,
     },
 }
 
 impl SyncEvent {
+    /// An event about `alias` at `at_ms`.
+    pub fn new(alias: impl Into<String>, at_ms: u64, kind: SyncEventKind) -> Self {
+        Self { alias: alias.into(), at_ms, kind }
+    }
+
     /// The hive the event is about.
     pub fn alias(&self) -> &str {
-        match self {
-            SyncEvent::HiveStarted { alias, .. }
-            | SyncEvent::StepStarted { alias, .. }
-            | SyncEvent::Progress { alias, .. }
-            | SyncEvent::StepFinished { alias, .. }
-            | SyncEvent::StepFailed { alias, .. }
-            | SyncEvent::HiveDone { alias, .. } => alias,
-        }
+        &self.alias
     }
 }
 

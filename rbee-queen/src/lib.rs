@@ -19,8 +19,12 @@ pub mod client;
 pub mod http {
     pub use rbee_http::*;
 }
-mod server;
+mod chat;
+mod forward;
+mod jobs;
+mod registry;
+mod routes;
 pub mod state;
 
-pub use server::{QueenConfig, Server, bind};
+pub use routes::{QueenConfig, Server, bind};
 pub use state::{ensure_token, state_dir, token_path};

@@ -111,8 +111,13 @@ impl Engine {
 
     /// `Err` naming what is missing when the engine is not installed.
     pub fn check_installed(self, args: &WorkerArgs) -> Result<(), String> {
+        self.check_installed_in(args, &std::env::var_os("PATH").unwrap_or_default())
+    }
+
+    /// [`Engine::check_installed`] with `path` as `$PATH`.
+    fn check_installed_in(self, args: &WorkerArgs, path: &std::ffi::OsStr) -> Result<(), String> {
         let (program, argv) = self.command(args, 0);
-        if find_in_path(&program).is_none() {
+        if find_in(path, &program).is_none() {
             return Err(format!("`{program}` not found: this worker needs {}", self.requirement()));
         }
         if self == Engine::ComfyUi && !std::path::Path::new(&argv[0]).is_file() {
@@ -122,9 +127,8 @@ impl Engine {
     }
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+fn find_in(path: &std::ffi::OsStr, program: &str) -> Option<PathBuf> {
+    std::env::split_paths(path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
 /// The whole launcher: parse, check, start the engine, serve the contract in front of it;
@@ -178,11 +182,16 @@ mod tests {
         assert_eq!((p.as_str(), a.join(" ")), ("vllm", "serve /m/model.gguf --host 127.0.0.1 --port 9001".into()));
     }
 
+    /// Whether or not this machine has the engine: the check runs against a `$PATH` the test
+    /// controls.
     #[test]
     fn missing_engine_is_named() {
-        let err = Engine::Vllm.check_installed(&args("cpu"));
-        if find_in_path("vllm").is_none() {
-            assert!(err.unwrap_err().contains("`vllm` not found"));
-        }
+        let empty = tempfile::tempdir().unwrap();
+        let err = Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err();
+        assert!(err.contains("`vllm` not found"), "{err}");
+        let err = Engine::LlamaCpp.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err();
+        assert!(err.contains("`llama-server` not found"), "{err}");
+        std::fs::write(empty.path().join("vllm"), "#!/bin/sh\n").unwrap();
+        assert_eq!(Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()), Ok(()));
     }
 }

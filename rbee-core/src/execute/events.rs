@@ -8,4 +8,4 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-pub use rbee_proto::report::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncReport};
+pub use rbee_proto::report::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncEventKind, SyncReport};

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncReport, now_ms};
+pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncEventKind, SyncReport, now_ms};
 pub use steps::{InstallFault, StepError};
 
 use crate::artifact::{ArtifactError, ArtifactSource};
@@ -196,7 +196,7 @@ pub async fn execute(
 }
 
 fn done(on_event: OnEvent<'_>, alias: &str, outcome: HiveOutcome, steps_done: Vec<String>, bytes: u64) -> HiveReport {
-    on_event(SyncEvent::HiveDone { alias: alias.to_owned(), outcome: outcome.clone(), at_ms: now_ms() });
+    on_event(SyncEvent::new(alias, now_ms(), SyncEventKind::HiveDone { outcome: outcome.clone() }));
     HiveReport { alias: alias.to_owned(), outcome, steps_done, bytes_transferred: bytes }
 }
 
@@ -216,7 +216,7 @@ impl HiveRun<'_> {
     }
 
     async fn run(&self, intent: &Intent, owner: &str) -> HiveOutcome {
-        (self.on_event)(SyncEvent::HiveStarted { alias: self.alias().to_owned(), at_ms: now_ms() });
+        (self.on_event)(SyncEvent::new(self.alias(), now_ms(), SyncEventKind::HiveStarted));
         let o = self.options;
         let lock_id = format!("{}/lock", self.alias());
         if let Err(e) = self
@@ -298,36 +298,33 @@ impl HiveRun<'_> {
         Fut: std::future::Future<Output = Result<(), StepError>>,
     {
         let alias = self.alias().to_owned();
-        (self.on_event)(SyncEvent::StepStarted {
-            alias: alias.clone(),
-            step: id.to_owned(),
-            description: description.to_owned(),
-            at_ms: now_ms(),
-        });
+        (self.on_event)(SyncEvent::new(
+            &alias,
+            now_ms(),
+            SyncEventKind::StepStarted { step: id.to_owned(), description: description.to_owned() },
+        ));
         let started = Instant::now();
         let mut backoff = self.options.backoff;
         let mut attempt = 0;
         loop {
             match f().await {
                 Ok(()) => {
-                    (self.on_event)(SyncEvent::StepFinished {
+                    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    (self.on_event)(SyncEvent::new(
                         alias,
-                        step: id.to_owned(),
-                        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                        at_ms: now_ms(),
-                    });
+                        now_ms(),
+                        SyncEventKind::StepFinished { step: id.to_owned(), elapsed_ms },
+                    ));
                     self.steps_done.lock().expect("steps lock").push(id.to_owned());
                     return Ok(());
                 }
                 Err(e) => {
                     let will_retry = e.is_transient() && attempt < self.options.retries;
-                    (self.on_event)(SyncEvent::StepFailed {
-                        alias: alias.clone(),
-                        step: id.to_owned(),
-                        error: e.to_string(),
-                        will_retry,
-                        at_ms: now_ms(),
-                    });
+                    (self.on_event)(SyncEvent::new(
+                        &alias,
+                        now_ms(),
+                        SyncEventKind::StepFailed { step: id.to_owned(), error: e.to_string(), will_retry },
+                    ));
                     if !will_retry {
                         return Err(e);
                     }
@@ -353,13 +350,11 @@ impl HiveRun<'_> {
                 // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
                 let deadline = o.step_timeout + Duration::from_secs(total >> 20);
                 let progress = |sent: u64| {
-                    (self.on_event)(SyncEvent::Progress {
-                        alias: self.alias().to_owned(),
-                        step: action.id.clone(),
-                        bytes: sent,
-                        total,
-                        at_ms: now_ms(),
-                    });
+                    (self.on_event)(SyncEvent::new(
+                        self.alias(),
+                        now_ms(),
+                        SyncEventKind::Progress { step: action.id.clone(), bytes: sent, total },
+                    ));
                 };
                 let sent_before = AtomicU64::new(0);
                 let counted = |sent: u64| {

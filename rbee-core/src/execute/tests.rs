@@ -91,7 +91,7 @@ async fn a_transient_failure_is_retried_with_backoff() {
     let (report, events) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
     assert_eq!(report.overall(), Overall::Ok, "{report:#?}");
     let retries: Vec<_> =
-        events.iter().filter(|e| matches!(e, SyncEvent::StepFailed { will_retry: true, .. })).collect();
+        events.iter().filter(|e| matches!(e.kind, SyncEventKind::StepFailed { will_retry: true, .. })).collect();
     assert_eq!(retries.len(), 1, "{events:#?}");
     assert!(started.elapsed() >= Duration::from_millis(500), "backed off before retrying");
     a.verify().unwrap();
@@ -120,7 +120,7 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
     let HiveOutcome::Failed { reason, .. } = &report.hives[0].outcome else { panic!("{report:#?}") };
     assert!(reason.contains("sha256 mismatch"), "{reason}");
     assert_eq!(report.hives[1].outcome, HiveOutcome::Ok { changed: true });
-    assert!(events.iter().all(|e| !matches!(e, SyncEvent::StepFailed { will_retry: true, .. })));
+    assert!(events.iter().all(|e| !matches!(e.kind, SyncEventKind::StepFailed { will_retry: true, .. })));
     // Nothing after the failed wave ran on a: no start.
     a.verify().unwrap();
     b.verify().unwrap();

@@ -3,6 +3,7 @@
 //! (see `crate::install`), never methods each transport re-implements.
 
 mod local;
+#[cfg(any(test, feature = "test-util"))]
 mod mock;
 mod shell;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use local::LocalTransport;
+#[cfg(any(test, feature = "test-util"))]
 pub use mock::{MockCall, MockTransport};
 pub use shell::{quote, shell_line};
 

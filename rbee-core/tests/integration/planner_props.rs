@@ -69,6 +69,23 @@ fn arb_fleet() -> impl Strategy<Value = (Desired, Actual)> {
         })
 }
 
+/// Parses a hives.conf declaring `hives` in this order and resolves it against one release.
+fn desired_from_config(hives: &[(String, Vec<&str>)]) -> Desired {
+    let mut text = String::new();
+    for (alias, kinds) in hives {
+        let workers: Vec<String> = kinds.iter().map(|k| format!("{{ type = \"{k}\" }}")).collect();
+        text.push_str(&format!(
+            "[[hive]]\nalias = \"{alias}\"\nhostname = \"{alias}.lab\"\nworkers = [{}]\n\n",
+            workers.join(", ")
+        ));
+    }
+    let config = rbee_core::config::parse(None, (std::path::Path::new("hives.conf"), &text)).unwrap();
+    let mut files = vec![("rbee-hive".to_owned(), b"hive".to_vec())];
+    files.extend(KINDS.iter().map(|k| (format!("rbee-worker-{k}"), k.as_bytes().to_vec())));
+    let source = rbee_core::artifact::ArtifactSource::memory("1.0.0", files);
+    rbee_core::artifact::resolve(&config, &source).unwrap()
+}
+
 fn arb_options(aliases: Vec<String>) -> impl Strategy<Value = PlanOptions> {
     (
         any::<bool>(),
@@ -98,23 +115,32 @@ proptest! {
         }
     }
 
+    /// The config is a list: the order in which hives (and each hive's workers) are declared
+    /// must not change the plan. Two configs with the same content in different orders are
+    /// parsed, resolved and planned against the same hosts.
     #[test]
-    fn reordered_input_gives_the_identical_plan((d, a) in arb_fleet(), seed in any::<u64>()) {
-        // Rebuild both maps inserting in a shuffled order.
-        let mut keys: Vec<String> = d.hives.keys().cloned().collect();
-        let n = keys.len();
-        for i in 0..n { keys.swap(i, (seed as usize).wrapping_add(i * 7) % n); }
-        let mut d2 = Desired::default();
-        let mut a2 = Actual::default();
-        for k in keys.iter().rev() {
-            let mut h = d.hives[k].clone();
-            h.workers = h.workers.into_iter().rev().collect();
-            d2.hives.insert(k.clone(), h);
-            a2.hives.insert(k.clone(), a.hives[k].clone());
+    fn reordered_input_gives_the_identical_plan(
+        fleet in proptest::collection::btree_map("[a-z]{1,6}", proptest::sample::subsequence(KINDS.to_vec(), 0..=3), 1..6),
+        shapes in proptest::collection::vec(0..3usize, 6),
+        seed in any::<u64>(),
+    ) {
+        let declared: Vec<(String, Vec<&str>)> = fleet.into_iter().collect();
+        let mut shuffled = declared.clone();
+        let n = shuffled.len();
+        for i in 0..n { shuffled.swap(i, (seed as usize).wrapping_add(i * 7) % n); }
+        for (_, kinds) in &mut shuffled { kinds.reverse(); }
+        let (d1, d2) = (desired_from_config(&declared), desired_from_config(&shuffled));
+        let mut a = Actual::default();
+        for (i, (alias, h)) in d1.hives.iter().enumerate() {
+            let state = match shapes[i] {
+                0 => HiveState::Unreachable { reason: "down".into() },
+                1 => HiveState::Reachable(Observed::default()),
+                _ => HiveState::Reachable(converged(h)),
+            };
+            a.hives.insert(alias.clone(), state);
         }
         let options = PlanOptions::default();
-        let p1 = plan(&d, &a, &options);
-        let p2 = plan(&d2, &a2, &options);
+        let (p1, p2) = (plan(&d1, &a, &options), plan(&d2, &a, &options));
         prop_assert_eq!(p1.to_string(), p2.to_string());
         prop_assert_eq!(serde_json::to_string(&p1).unwrap(), serde_json::to_string(&p2).unwrap());
     }

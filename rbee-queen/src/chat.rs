@@ -1,0 +1,277 @@
+//! Inference routing and the OpenAI-compatible `POST /v1/chat/completions`.
+//!
+//! Clients name a model, not a machine: the queen alone knows (from heartbeats) which workers
+//! are ready and where, so it picks one, spreading requests over several, and says exactly
+//! which command would start one when none serves the model. `rbee infer` jobs and chat
+//! completions share this routing so both reach the same workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rbee_core::execute::now_ms;
+use rbee_core::hive_api::WorkerState;
+use rbee_http::ApiError;
+
+use crate::forward::to_hive;
+use crate::registry::{HiveError, Registry};
+use crate::routes::Queen;
+
+/// Whose turn it is among several workers serving a model: each routed request takes the next.
+#[derive(Default)]
+pub(crate) struct Turns(AtomicU64);
+
+impl Turns {
+    fn next(&self) -> usize {
+        self.0.fetch_add(1, Ordering::Relaxed) as usize
+    }
+}
+
+/// The worker a request goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Routed {
+    /// The hive it runs on.
+    pub(crate) hive: String,
+    /// Its id on that hive.
+    pub(crate) worker: String,
+}
+
+/// Why no worker could take a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RouteError {
+    /// The hive the request was restricted to is unknown or stale.
+    #[error(transparent)]
+    Hive(#[from] HiveError),
+    /// The restricted-to hive came back between two looks at the registry.
+    #[error("no hive {alias}")]
+    NoHive {
+        /// Its alias.
+        alias: String,
+    },
+    /// A worker for the model exists but has not loaded it yet.
+    #[error("the worker for {model} is still starting; try again once `rbee worker list` shows it ready")]
+    Starting {
+        /// The model asked for.
+        model: String,
+    },
+    /// Nothing serves the model.
+    #[error(
+        "no ready worker serves model {model}{}; start one: `rbee worker spawn --hive {hive} --type {kind} --model {model}`",
+        only.as_ref().map_or(String::new(), |a| format!(" on hive {a}"))
+    )]
+    NoWorker {
+        /// The model asked for.
+        model: String,
+        /// The hive the request was restricted to, if any.
+        only: Option<String>,
+        /// A hive to suggest spawning on (`HIVE` when none is fresh).
+        hive: String,
+        /// A worker type to suggest (`TYPE` when that hive has none).
+        kind: String,
+    },
+}
+
+/// Picks the hive and worker for `model` at `now_ms`: a ready worker serving it on a fresh
+/// hive (only `only` if given), taking turns between several.
+pub(crate) fn route(
+    registry: &Registry,
+    turns: &Turns,
+    model: &str,
+    only: Option<&str>,
+    now_ms: u64,
+) -> Result<Routed, RouteError> {
+    let fresh: Vec<_> =
+        registry.fresh(now_ms).into_iter().filter(|beat| only.is_none_or(|a| a == beat.alias)).collect();
+    let candidates: Vec<Routed> = fresh
+        .iter()
+        .flat_map(|beat| {
+            beat.processes
+                .iter()
+                .filter(|p| p.state == WorkerState::Ready && p.serves(model))
+                .map(|p| Routed { hive: beat.alias.clone(), worker: p.id.clone() })
+        })
+        .collect();
+    if !candidates.is_empty() {
+        return Ok(candidates[turns.next() % candidates.len()].clone());
+    }
+    if let Some(alias) = only
+        && fresh.is_empty()
+    {
+        registry.fresh_addr(alias, now_ms)?;
+        return Err(RouteError::NoHive { alias: alias.to_owned() });
+    }
+    let starting =
+        fresh.iter().any(|b| b.processes.iter().any(|p| p.serves(model) && p.state == WorkerState::Starting));
+    if starting {
+        return Err(RouteError::Starting { model: model.to_owned() });
+    }
+    let (hive, kind) = fresh.first().map_or(("HIVE".to_owned(), "TYPE".to_owned()), |b| {
+        (b.alias.clone(), b.workers.first().cloned().unwrap_or_else(|| "TYPE".into()))
+    });
+    Err(RouteError::NoWorker { model: model.to_owned(), only: only.map(str::to_owned), hive, kind })
+}
+
+/// [`route`], waiting out the first heartbeat interval of a queen that just started, while
+/// the worker's hive may not have reported yet.
+pub(crate) async fn route_soon(queen: &Queen, model: &str, only: Option<&str>) -> Result<Routed, RouteError> {
+    loop {
+        match route(&queen.registry, &queen.turns, model, only, now_ms()) {
+            Err(_) if queen.registry.warming_up(now_ms()) => tokio::time::sleep(Duration::from_millis(100)).await,
+            result => return result,
+        }
+    }
+}
+
+/// OpenAI-compatible chat completions: routed like `Infer` to a ready worker serving the
+/// request's `model`, through its hive; the answer (streaming or not) is passed through.
+pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum::body::Bytes) -> Response {
+    let error = |status: StatusCode, kind: &'static str, message: String| {
+        ApiError::openai(status, kind, message).into_response()
+    };
+    let request: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("bad JSON: {e}")),
+    };
+    let Some(model) = request["model"].as_str() else {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "`model` is required".into());
+    };
+    let Routed { hive: alias, worker } = match route(&queen.registry, &queen.turns, model, None, now_ms()) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::NOT_FOUND, "model_not_found", e.to_string()),
+    };
+    let addr = match queen.registry.fresh_addr(&alias, now_ms()) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", e.to_string()),
+    };
+    let path = format!("/v1/workers/{worker}/chat/completions");
+    match to_hive(&queen, addr, "POST", &path, body.to_vec()).await {
+        Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {alias}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::tests::{INTERVAL_MS, beat, ip, worker};
+
+    const NOW: u64 = 100_000;
+
+    fn routed(hive: &str, worker: &str) -> Routed {
+        Routed { hive: hive.into(), worker: worker.into() }
+    }
+
+    #[test]
+    fn picks_only_ready_workers_for_the_model_on_fresh_hives() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        registry.record(
+            beat(
+                "alpha",
+                7000,
+                vec![
+                    worker("starting", "llama", WorkerState::Starting),
+                    worker("other-model", "qwen", WorkerState::Ready),
+                    worker("unresponsive", "llama", WorkerState::Unresponsive),
+                    worker("stopped", "llama", WorkerState::Stopped),
+                ],
+            ),
+            ip(1),
+            NOW,
+        );
+        // Stale: three missed beats and a millisecond.
+        registry.record(
+            beat("old", 7001, vec![worker("on-stale", "llama", WorkerState::Ready)]),
+            ip(2),
+            NOW - 3 * INTERVAL_MS - 1,
+        );
+        registry.record(beat("zeta", 7002, vec![worker("good", "/models/llama.gguf", WorkerState::Ready)]), ip(3), NOW);
+        for _ in 0..5 {
+            assert_eq!(route(&registry, &turns, "llama", None, NOW), Ok(routed("zeta", "good")));
+        }
+        assert_eq!(route(&registry, &turns, "qwen", None, NOW), Ok(routed("alpha", "other-model")));
+    }
+
+    #[test]
+    fn takes_turns_between_several_ready_workers() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        registry.record(beat("alpha", 7000, vec![worker("a1", "llama", WorkerState::Ready)]), ip(1), NOW);
+        registry.record(beat("beta", 7001, vec![worker("b1", "llama", WorkerState::Ready)]), ip(2), NOW);
+        let picks: Vec<Routed> =
+            (0..4).map(|_| route(&registry, &turns, "llama", None, NOW).expect("routed")).collect();
+        assert_eq!(
+            picks,
+            vec![routed("alpha", "a1"), routed("beta", "b1"), routed("alpha", "a1"), routed("beta", "b1")]
+        );
+    }
+
+    #[test]
+    fn honours_a_hive_restriction() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        registry.record(beat("alpha", 7000, vec![worker("a1", "llama", WorkerState::Ready)]), ip(1), NOW);
+        registry.record(beat("beta", 7001, vec![worker("b1", "llama", WorkerState::Ready)]), ip(2), NOW);
+        registry.record(beat("gamma", 7002, vec![]), ip(3), NOW);
+        for _ in 0..3 {
+            assert_eq!(route(&registry, &turns, "llama", Some("beta"), NOW), Ok(routed("beta", "b1")));
+        }
+
+        let err = route(&registry, &turns, "llama", Some("gamma"), NOW).unwrap_err();
+        assert_eq!(
+            err,
+            RouteError::NoWorker {
+                model: "llama".into(),
+                only: Some("gamma".into()),
+                hive: "gamma".into(),
+                kind: "llama-cpp".into()
+            }
+        );
+        assert!(err.to_string().contains("no ready worker serves model llama on hive gamma;"), "{err}");
+    }
+
+    #[test]
+    fn restriction_to_an_unknown_or_stale_hive_says_so() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        registry.record(beat("alpha", 7000, vec![worker("a1", "llama", WorkerState::Ready)]), ip(1), NOW);
+        let err = route(&registry, &turns, "llama", Some("ghost"), NOW).unwrap_err();
+        assert!(matches!(&err, RouteError::Hive(HiveError::Unknown { alias, .. }) if alias == "ghost"), "{err:?}");
+
+        let later = NOW + 3 * INTERVAL_MS + 1;
+        let err = route(&registry, &turns, "llama", Some("alpha"), later).unwrap_err();
+        assert!(matches!(&err, RouteError::Hive(HiveError::Stale { alias, .. }) if alias == "alpha"), "{err:?}");
+        assert!(err.to_string().contains("`rbee hive status alpha`"), "{err}");
+    }
+
+    #[test]
+    fn no_worker_for_the_model_names_rbee_worker_spawn() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        let err = route(&registry, &turns, "llama", None, NOW).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no ready worker serves model llama; start one: `rbee worker spawn --hive HIVE --type TYPE --model llama`"
+        );
+
+        registry.record(beat("alpha", 7000, vec![worker("q", "qwen", WorkerState::Ready)]), ip(1), NOW);
+        let err = route(&registry, &turns, "llama", None, NOW).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no ready worker serves model llama; start one: `rbee worker spawn --hive alpha --type llama-cpp --model llama`"
+        );
+    }
+
+    #[test]
+    fn a_starting_worker_is_waited_for_not_replaced() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        registry.record(beat("alpha", 7000, vec![worker("w", "llama", WorkerState::Starting)]), ip(1), NOW);
+        let err = route(&registry, &turns, "llama", None, NOW).unwrap_err();
+        assert_eq!(err, RouteError::Starting { model: "llama".into() });
+        assert!(err.to_string().contains("`rbee worker list`"), "{err}");
+    }
+}

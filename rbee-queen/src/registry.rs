@@ -1,0 +1,351 @@
+//! The hive registry: the queen's only knowledge of which hives exist, where they listen and
+//! which workers they run.
+//!
+//! Nothing registers a hive but its own heartbeats, so a hive that stops beating fades out
+//! (stale after three missed beats) instead of being trusted forever, and a hive that restarts
+//! elsewhere is found at its new address by its next beat. Every check takes "now" as a
+//! parameter so freshness can be reasoned about (and tested) without clocks or sleeps.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use rbee_core::execute::now_ms;
+use rbee_core::hive_api::WorkerState;
+use rbee_core::package::OperationResult;
+
+use crate::api::{Heartbeat, HiveEntry};
+use crate::routes::Queen;
+
+/// A hive is stale once this many of its heartbeat intervals pass without a beat.
+const MISSED_BEATS: u64 = 3;
+
+/// True if a hive that beats every `interval_ms` and was last heard `age_ms` ago is stale.
+pub(crate) fn is_stale(age_ms: u64, interval_ms: u64) -> bool {
+    age_ms > MISSED_BEATS.saturating_mul(interval_ms)
+}
+
+/// Why a hive cannot be reached through the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HiveError {
+    /// It never sent a heartbeat to this queen.
+    #[error(
+        "no hive {alias} in the registry (known: {known}): it has not sent a heartbeat; run `rbee sync` or \
+         `rbee hive start {alias}`"
+    )]
+    Unknown {
+        /// The alias asked for.
+        alias: String,
+        /// The aliases the registry has, or `none`.
+        known: String,
+    },
+    /// Its heartbeats stopped.
+    #[error("hive {alias} is stale: its last heartbeat was {:.1}s ago; check it with `rbee hive status {alias}`", *age_ms as f64 / 1000.0)]
+    Stale {
+        /// Its alias.
+        alias: String,
+        /// Milliseconds since its last heartbeat.
+        age_ms: u64,
+    },
+}
+
+/// A hive as last heard from.
+struct Hive {
+    /// When its last heartbeat arrived (ms since the epoch).
+    seen_ms: u64,
+    /// Where its heartbeats come from: its API is at this address and the heartbeat's port.
+    ip: IpAddr,
+    beat: Heartbeat,
+}
+
+impl Hive {
+    fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.seen_ms)
+    }
+
+    fn is_fresh(&self, now_ms: u64) -> bool {
+        !is_stale(self.age_ms(now_ms), self.beat.interval_ms)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.beat.port)
+    }
+}
+
+/// Every hive that sent a heartbeat, by alias.
+pub(crate) struct Registry {
+    hives: Mutex<BTreeMap<String, Hive>>,
+    /// When the queen started (ms since the epoch).
+    started_ms: u64,
+    /// How long after start the registry may still be missing hives that reported to a
+    /// previous queen.
+    warmup_ms: u64,
+}
+
+impl Registry {
+    /// An empty registry for a queen started at `started_ms` whose hives beat every
+    /// `heartbeat_ms`.
+    pub(crate) fn new(started_ms: u64, heartbeat_ms: u64) -> Self {
+        Self { hives: Mutex::new(BTreeMap::new()), started_ms, warmup_ms: heartbeat_ms.saturating_add(1000) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hive>> {
+        self.hives.lock().expect("hives lock")
+    }
+
+    /// Takes `beat`, heard from `ip` at `now_ms`, as the hive's whole current state: a hive that
+    /// restarted (new port, pid or address) replaces its old entry.
+    pub(crate) fn record(&self, beat: Heartbeat, ip: IpAddr, now_ms: u64) {
+        self.lock().insert(beat.alias.clone(), Hive { seen_ms: now_ms, ip, beat });
+    }
+
+    /// Every hive, fresh or stale, as `GET /v1/hives` shows it.
+    pub(crate) fn entries(&self, now_ms: u64) -> Vec<HiveEntry> {
+        self.lock()
+            .values()
+            .map(|hive| {
+                let age_ms = hive.age_ms(now_ms);
+                HiveEntry {
+                    stale: is_stale(age_ms, hive.beat.interval_ms),
+                    age_ms,
+                    heartbeat: hive.beat.clone(),
+                    address: hive.ip.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// The hive's API address, stale or not (for questions a stale hive may still answer).
+    pub(crate) fn addr(&self, alias: &str) -> Option<SocketAddr> {
+        self.lock().get(alias).map(Hive::addr)
+    }
+
+    /// The hive's API address, if it is in the registry and fresh at `now_ms`.
+    pub(crate) fn fresh_addr(&self, alias: &str, now_ms: u64) -> Result<SocketAddr, HiveError> {
+        let hives = self.lock();
+        let Some(hive) = hives.get(alias) else {
+            let known: Vec<&str> = hives.keys().map(String::as_str).collect();
+            let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+            return Err(HiveError::Unknown { alias: alias.to_owned(), known });
+        };
+        if !hive.is_fresh(now_ms) {
+            return Err(HiveError::Stale { alias: alias.to_owned(), age_ms: hive.age_ms(now_ms) });
+        }
+        Ok(hive.addr())
+    }
+
+    /// The last heartbeat of every hive fresh at `now_ms`, in alias order.
+    pub(crate) fn fresh(&self, now_ms: u64) -> Vec<Heartbeat> {
+        self.lock().values().filter(|h| h.is_fresh(now_ms)).map(|h| h.beat.clone()).collect()
+    }
+
+    /// True during the queen's first heartbeat interval (plus a second), while hives that
+    /// reported to a previous queen are still finding this one: a missing hive may yet appear.
+    pub(crate) fn warming_up(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.started_ms) < self.warmup_ms
+    }
+
+    /// A forwarded operation's answer about worker processes updates the registry at once, so
+    /// a command right after `rbee worker spawn` sees the worker without waiting for a
+    /// heartbeat.
+    pub(crate) fn note_result(&self, alias: &str, result: &OperationResult) {
+        let mut hives = self.lock();
+        let Some(hive) = hives.get_mut(alias) else { return };
+        let beat = &mut hive.beat;
+        match result {
+            OperationResult::Workers { workers, .. } => beat.processes = workers.clone(),
+            OperationResult::Worker { worker, .. } => {
+                beat.processes.retain(|p| p.id != worker.id);
+                if worker.state != WorkerState::Stopped {
+                    beat.processes.push((**worker).clone());
+                }
+            }
+            OperationResult::Catalog { workers, .. } => beat.workers = workers.clone(),
+            _ => {}
+        }
+    }
+}
+
+/// `POST /v1/heartbeats`: the hive's address is taken from the connection, not from the beat,
+/// so the queen reaches it the way it reached the queen.
+pub(crate) async fn heartbeat(
+    State(queen): State<Arc<Queen>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(beat): Json<Heartbeat>,
+) -> StatusCode {
+    queen.registry.record(beat, peer.ip(), now_ms());
+    StatusCode::NO_CONTENT
+}
+
+/// `GET /v1/hives`: every hive that sent a heartbeat, stale ones included, so a hive that went
+/// quiet shows as stale rather than vanishing.
+pub(crate) async fn hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveEntry>> {
+    Json(queen.registry.entries(now_ms()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rbee_core::hive_api::WorkerProcess;
+
+    pub(crate) const INTERVAL_MS: u64 = 1000;
+
+    /// A heartbeat from `alias` on `port` with these worker processes.
+    pub(crate) fn beat(alias: &str, port: u16, processes: Vec<WorkerProcess>) -> Heartbeat {
+        Heartbeat {
+            alias: alias.into(),
+            version: "0.0.0".into(),
+            sha256: rbee_core::Sha256::from_bytes([0; 32]),
+            pid: 42,
+            port,
+            interval_ms: INTERVAL_MS,
+            workers: vec!["llama-cpp".into()],
+            installed: BTreeMap::new(),
+            home: String::new(),
+            processes,
+        }
+    }
+
+    pub(crate) fn worker(id: &str, model: &str, state: WorkerState) -> WorkerProcess {
+        WorkerProcess {
+            id: id.into(),
+            worker_type: "llama-cpp".into(),
+            model: model.into(),
+            device: "cpu".into(),
+            port: 9000,
+            pid: 7,
+            started_ms: 0,
+            last_heartbeat_ms: None,
+            adopted: false,
+            state,
+        }
+    }
+
+    pub(crate) fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn stale_only_after_three_missed_intervals() {
+        assert!(!is_stale(0, 1000));
+        assert!(!is_stale(3000, 1000), "exactly three intervals is still fresh");
+        assert!(is_stale(3001, 1000));
+        assert!(!is_stale(u64::MAX, u64::MAX), "a huge interval must not overflow into staleness");
+    }
+
+    #[test]
+    fn heartbeat_registers_a_hive_and_later_beats_update_it() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        assert!(registry.entries(0).is_empty());
+
+        registry.record(beat("alpha", 7000, vec![]), ip(1), 10_000);
+        let entries = registry.entries(10_500);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].heartbeat.alias, "alpha");
+        assert_eq!(entries[0].age_ms, 500);
+        assert!(!entries[0].stale);
+        assert_eq!(entries[0].address, "10.0.0.1");
+        assert_eq!(registry.fresh_addr("alpha", 10_500), Ok(SocketAddr::new(ip(1), 7000)));
+
+        let mut next = beat("alpha", 7000, vec![worker("w1", "m", WorkerState::Ready)]);
+        next.pid = 43;
+        registry.record(next.clone(), ip(1), 11_000);
+        let entries = registry.entries(11_000);
+        assert_eq!(entries.len(), 1, "a second beat updates the entry, not adds one");
+        assert_eq!(entries[0].heartbeat, next);
+        assert_eq!(entries[0].age_ms, 0);
+    }
+
+    #[test]
+    fn hive_goes_stale_after_three_missed_beats() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        registry.record(beat("alpha", 7000, vec![]), ip(1), 10_000);
+
+        let at_limit = 10_000 + 3 * INTERVAL_MS;
+        assert!(!registry.entries(at_limit)[0].stale);
+        assert!(registry.fresh_addr("alpha", at_limit).is_ok());
+        assert_eq!(registry.fresh(at_limit).len(), 1);
+
+        let past = at_limit + 1;
+        let entry = &registry.entries(past)[0];
+        assert!(entry.stale, "stale hives stay listed, marked stale");
+        assert_eq!(entry.age_ms, 3001);
+        assert!(registry.fresh(past).is_empty());
+        let err = registry.fresh_addr("alpha", past).unwrap_err();
+        assert_eq!(err, HiveError::Stale { alias: "alpha".into(), age_ms: 3001 });
+        assert!(err.to_string().contains("3.0s ago"), "{err}");
+        assert!(err.to_string().contains("`rbee hive status alpha`"), "{err}");
+        assert_eq!(registry.addr("alpha"), Some(SocketAddr::new(ip(1), 7000)), "a stale hive can still be asked");
+    }
+
+    #[test]
+    fn hive_that_re_registers_replaces_its_old_entry() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        registry.record(beat("alpha", 7000, vec![worker("w1", "m", WorkerState::Ready)]), ip(1), 1_000);
+        registry.record(beat("beta", 7001, vec![]), ip(2), 1_000);
+        assert!(registry.fresh_addr("alpha", 60_000).is_err(), "stale before it comes back");
+
+        // Restarted on another host and port, without its old workers.
+        registry.record(beat("alpha", 7100, vec![]), ip(9), 60_000);
+        assert_eq!(registry.fresh_addr("alpha", 60_000), Ok(SocketAddr::new(ip(9), 7100)));
+        let entries = registry.entries(60_000);
+        assert_eq!(entries.len(), 2);
+        let alpha = entries.iter().find(|e| e.heartbeat.alias == "alpha").expect("alpha listed");
+        assert!(!alpha.stale);
+        assert!(alpha.heartbeat.processes.is_empty(), "old workers are forgotten");
+        let beta = entries.iter().find(|e| e.heartbeat.alias == "beta").expect("beta listed");
+        assert!(beta.stale, "the other hive is untouched");
+    }
+
+    #[test]
+    fn unknown_hive_names_the_known_ones() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let err = registry.fresh_addr("alpha", 0).unwrap_err();
+        assert_eq!(err, HiveError::Unknown { alias: "alpha".into(), known: "none".into() });
+        assert!(err.to_string().contains("`rbee hive start alpha`"), "{err}");
+
+        registry.record(beat("beta", 7001, vec![]), ip(2), 0);
+        registry.record(beat("gamma", 7002, vec![]), ip(3), 0);
+        let err = registry.fresh_addr("alpha", 0).unwrap_err();
+        assert!(err.to_string().contains("(known: beta, gamma)"), "{err}");
+        assert_eq!(registry.addr("alpha"), None);
+    }
+
+    #[test]
+    fn warming_up_lasts_one_interval_and_a_second() {
+        let registry = Registry::new(100_000, 5000);
+        assert!(registry.warming_up(100_000));
+        assert!(registry.warming_up(105_999));
+        assert!(!registry.warming_up(106_000));
+    }
+
+    #[test]
+    fn worker_results_update_processes_before_the_next_heartbeat() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        registry.record(beat("alpha", 7000, vec![worker("w1", "m", WorkerState::Starting)]), ip(1), 0);
+        let processes = |r: &Registry| r.fresh(0)[0].processes.clone();
+
+        let ready = worker("w1", "m", WorkerState::Ready);
+        registry
+            .note_result("alpha", &OperationResult::Worker { hive: "alpha".into(), worker: Box::new(ready.clone()) });
+        assert_eq!(processes(&registry), vec![ready.clone()], "the spawned worker replaces its old record");
+
+        let stopped = worker("w1", "m", WorkerState::Stopped);
+        registry.note_result("alpha", &OperationResult::Worker { hive: "alpha".into(), worker: Box::new(stopped) });
+        assert!(processes(&registry).is_empty(), "a stopped worker is dropped");
+
+        let listed = vec![worker("w2", "m", WorkerState::Ready), worker("w3", "n", WorkerState::Ready)];
+        registry.note_result("alpha", &OperationResult::Workers { hive: "alpha".into(), workers: listed.clone() });
+        assert_eq!(processes(&registry), listed);
+
+        registry.note_result("alpha", &OperationResult::Catalog { hive: "alpha".into(), workers: vec!["vllm".into()] });
+        assert_eq!(registry.fresh(0)[0].workers, vec!["vllm".to_owned()]);
+
+        // A hive the registry does not know is ignored, not added.
+        registry.note_result("ghost", &OperationResult::Workers { hive: "ghost".into(), workers: listed });
+        assert_eq!(registry.entries(0).len(), 1);
+    }
+}
