@@ -5,17 +5,18 @@
 #![warn(missing_docs)]
 
 mod commands;
+mod exit;
 mod migrate;
-mod output;
 mod progress;
 mod queen;
+mod render;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use output::Exit;
+pub use exit::Exit;
 
 /// rbee: make a fleet of GPU hosts match hives.conf.
 #[derive(Debug, Parser)]

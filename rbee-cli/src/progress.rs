@@ -1,5 +1,5 @@
-//! Rendering executor events: a live display with one line per hive on a terminal, plain
-//! lines otherwise, JSON lines with `--json`.
+//! The live display of executor events: one line per hive on a terminal, plain lines
+//! otherwise, JSON lines with `--json`. Everything else printed is in [`crate::render`].
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rbee_core::execute::{HiveOutcome, SyncEvent, SyncEventKind};
+
+use crate::render::mib;
 
 /// How events are shown.
 pub(crate) enum Renderer {
@@ -20,10 +22,6 @@ pub(crate) enum Renderer {
         bars: Mutex<BTreeMap<String, ProgressBar>>,
         steps: Mutex<BTreeMap<(String, String), String>>,
     },
-}
-
-pub(crate) fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 impl Renderer {

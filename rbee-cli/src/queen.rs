@@ -1,4 +1,5 @@
-//! Finding, starting and stopping the local queen, and following a job's event stream.
+//! Finding, starting and stopping the local queen (all of `rbee queen ...`), and following a
+//! job's event stream.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +10,8 @@ use rbee_core::package::OperationResult;
 use rbee_queen::api::JobEventBody;
 use rbee_queen::client::QueenClient;
 
-use crate::Cli;
 use crate::progress::Renderer;
+use crate::{Cli, QueenCommand};
 
 /// Where this machine reaches its queen: loopback when it listens on every address.
 fn addr(config: &Config) -> SocketAddr {
@@ -62,8 +63,20 @@ pub(crate) async fn ensure(cli: &Cli, config: &Config) -> Result<QueenClient, St
     connect(config).await
 }
 
+/// `rbee queen start|stop|status|ensure`: what happened, in one sentence.
+pub(crate) async fn control(cli: &Cli, config: &Config, what: &QueenCommand) -> Result<String, String> {
+    match what {
+        QueenCommand::Start | QueenCommand::Ensure => {
+            let addr = start(cli, config).await?;
+            Ok(format!("queen-rbee is running at http://{addr} (token: {})", rbee_queen::token_path().display()))
+        }
+        QueenCommand::Stop => stop(config).await,
+        QueenCommand::Status => status(config).await,
+    }
+}
+
 /// Starts `queen-rbee` detached (own session, output to queen.log) unless it runs already.
-pub(crate) async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, String> {
+async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, String> {
     let addr = addr(config);
     if connect(config).await.is_ok() {
         return Ok(addr);
@@ -109,7 +122,7 @@ pub(crate) async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, Stri
 /// Stops this config's queen: the process that answers `/health` on its address (by the pid
 /// it reports), or else the one its pid file names if `/proc` shows it is `queen-rbee` for that
 /// port. Never a process that is not that queen: a stale pid file is removed, not obeyed.
-pub(crate) async fn stop(config: &Config) -> Result<String, String> {
+async fn stop(config: &Config) -> Result<String, String> {
     let path = pid_file(config);
     let answering = QueenClient::new(addr(config), "").health().await.ok().map(|h| h.pid);
     let recorded = rbee_queen::state::read_pid_file(&path);
@@ -141,7 +154,7 @@ pub(crate) async fn stop(config: &Config) -> Result<String, String> {
 }
 
 /// Whether the queen runs, in words; `Err` when it does not.
-pub(crate) async fn status(config: &Config) -> Result<String, String> {
+async fn status(config: &Config) -> Result<String, String> {
     let client = connect(config).await?;
     let health = client.health().await.map_err(|e| e.to_string())?;
     let jobs = client.jobs().await.map_err(|e| e.to_string())?;
@@ -166,7 +179,7 @@ pub(crate) async fn follow(
     let json = matches!(renderer, Renderer::Json);
     let stream = client.stream(job_id, |event| match &event.body {
         JobEventBody::Sync { event } => renderer.event(event.clone()),
-        other => crate::commands::log_line(json, other),
+        other => crate::render::log_line(json, other),
     });
     tokio::pin!(stream);
     let mut cancelled = !cancel_on_ctrl_c;

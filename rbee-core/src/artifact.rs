@@ -34,6 +34,7 @@ pub const RBEE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why artifacts could not be resolved or read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArtifactError {
     /// The source cannot be used at all.
     #[error("artifact source {source_name}: {reason}")]

@@ -10,6 +10,7 @@ use crate::api::{JobEvent, JobSummary, QueenHealth, Submitted};
 
 /// Why a request to the queen failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Nothing answers at the address.
     #[error("no queen answers at {addr}: {reason}")]

@@ -22,7 +22,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use rbee_core::execute::{QueenLink, now_ms};
 use rbee_core::operation::Operation;
-use rbee_core::package::{RunContext, run_operation};
+use rbee_core::package::{OperationResult, RunContext, run_operation};
 use rbee_http::ApiError;
 use tokio::sync::Notify;
 
@@ -61,7 +61,7 @@ impl Job {
     /// Appends an event. Its seq is its index, taken under the same lock as the append, so seqs
     /// are gapless and in order however many tasks push.
     pub(crate) fn push(&self, body: JobEventBody) {
-        let mut events = self.events.lock().expect("events lock");
+        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let seq = events.len() as u64;
         events.push(JobEvent { seq, body });
         drop(events);
@@ -69,10 +69,11 @@ impl Job {
     }
 
     fn summary(&self) -> JobSummary {
-        let exit_code = self.events.lock().expect("events lock").last().and_then(|e| match &e.body {
-            JobEventBody::Result { exit_code, .. } => Some(*exit_code),
-            _ => None,
-        });
+        let exit_code =
+            self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last().and_then(|e| match &e.body {
+                JobEventBody::Result { exit_code, .. } => Some(*exit_code),
+                _ => None,
+            });
         let state = match (self.done.load(Ordering::Acquire), self.cancel.load(Ordering::Relaxed)) {
             (true, true) => "cancelled",
             (true, false) => "done",
@@ -98,7 +99,7 @@ pub(crate) struct Jobs {
 
 impl Jobs {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
-        self.jobs.lock().expect("jobs lock")
+        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new job for `operation`, submitted at `now_ms`, stored.
@@ -146,27 +147,53 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
     };
     let queen = queen.clone();
     tokio::spawn(async move {
-        let ctx = RunContext {
-            cancel: job.cancel.clone(),
-            queen_link: Some(link),
-            http: Some(Arc::new(crate::http::HyperGet::default())),
-            ..RunContext::default()
-        };
-        let on_event = |event| job.push(JobEventBody::Sync { event });
-        let result = match job.operation.should_forward_to_hive() {
-            true => forward(&queen, &job).await,
-            false => {
-                let result = run_operation(&job.operation, connect.as_ref(), &ctx, &on_event).await;
-                refresh_catalogs(&queen, &job, &result).await;
-                result
+        let work_job = job.clone();
+        let result = guarded(async move {
+            let job = work_job;
+            let ctx = RunContext {
+                cancel: job.cancel.clone(),
+                queen_link: Some(link),
+                http: Some(Arc::new(crate::http::HyperGet::default())),
+                ..RunContext::default()
+            };
+            let on_event = |event| job.push(JobEventBody::Sync { event });
+            match job.operation.should_forward_to_hive() {
+                true => forward(&queen, &job).await,
+                false => {
+                    let result = run_operation(&job.operation, connect.as_ref(), &ctx, &on_event).await;
+                    refresh_catalogs(&queen, &job, &result).await;
+                    result
+                }
             }
-        };
+        })
+        .await;
         job.push(JobEventBody::Result { exit_code: result.exit_code(), result });
         job.done.store(true, Ordering::Release);
         job.changed.notify_waiters();
     });
     let events_url = format!("/v1/jobs/{id}/events");
     (StatusCode::CREATED, Json(Submitted { job_id: id, events_url })).into_response()
+}
+
+/// Runs a job's work as a task of its own, so that a panic in it (a bug) ends the job with an
+/// error result naming it instead of leaving the job `running` forever and its client waiting.
+pub(crate) async fn guarded<F>(work: F) -> OperationResult
+where
+    F: std::future::Future<Output = OperationResult> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            OperationResult::error(format!("internal error (a bug in rbee, please report it): {message}"))
+        }
+        Err(e) => OperationResult::error(format!("the job was stopped: {e}")),
+    }
 }
 
 /// `GET /v1/jobs`.
@@ -215,7 +242,7 @@ pub(crate) async fn events(State(queen): State<Arc<Queen>>, Path(id): Path<Strin
                 let notified = job.changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let batch = job.events.lock().expect("events lock")[next..].to_vec();
+                let batch = job.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[next..].to_vec();
                 if batch.is_empty() {
                     notified.await;
                     continue;
@@ -237,6 +264,18 @@ pub(crate) async fn events(State(queen): State<Arc<Queen>>, Path(id): Path<Strin
 
 #[cfg(test)]
 mod tests {
+    /// A panic in a job left it `running` forever (`rbee status` hung on a host whose install
+    /// record held a non-ASCII digest): the job now ends with the panic as its error.
+    #[tokio::test]
+    async fn a_panicking_job_ends_with_an_error_result() {
+        let result = super::guarded(async { panic!("index out of range in a digest") }).await;
+        assert_eq!(result.exit_code(), 1);
+        let text = serde_json::to_string(&result).unwrap();
+        assert!(text.contains("internal error") && text.contains("index out of range in a digest"), "{text}");
+        let ok = super::guarded(async { OperationResult::Valid { hives: vec![] } }).await;
+        assert_eq!(ok.exit_code(), 0);
+    }
+
     use super::*;
 
     fn op() -> Operation {
@@ -257,7 +296,8 @@ mod tests {
             })
             .collect();
         pushers.into_iter().for_each(|t| t.join().expect("pusher"));
-        let seqs: Vec<u64> = job.events.lock().expect("events lock").iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> =
+            job.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (0..200).collect::<Vec<u64>>());
     }
 

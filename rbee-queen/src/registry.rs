@@ -23,6 +23,11 @@ use crate::routes::Queen;
 /// A hive is stale once this many of its heartbeat intervals pass without a beat.
 const MISSED_BEATS: u64 = 3;
 
+/// The heartbeat intervals the registry accepts; others are clamped to these.
+pub(crate) const MIN_INTERVAL_MS: u64 = 100;
+/// See [`MIN_INTERVAL_MS`].
+pub(crate) const MAX_INTERVAL_MS: u64 = 10 * 60 * 1000;
+
 /// True if a hive that beats every `interval_ms` and was last heard `age_ms` ago is stale.
 pub(crate) fn is_stale(age_ms: u64, interval_ms: u64) -> bool {
     age_ms > MISSED_BEATS.saturating_mul(interval_ms)
@@ -93,12 +98,15 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hive>> {
-        self.hives.lock().expect("hives lock")
+        self.hives.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes `beat`, heard from `ip` at `now_ms`, as the hive's whole current state: a hive that
     /// restarted (new port, pid or address) replaces its old entry.
-    pub(crate) fn record(&self, beat: Heartbeat, ip: IpAddr, now_ms: u64) {
+    pub(crate) fn record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) {
+        // A hostile or broken interval (0, or u64::MAX) must not make a hive fresh forever or
+        // stale at once.
+        beat.interval_ms = beat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
         self.lock().insert(beat.alias.clone(), Hive { seen_ms: now_ms, ip, beat });
     }
 
@@ -226,6 +234,41 @@ pub(crate) mod tests {
 
     pub(crate) fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
+    }
+
+    /// `interval_ms = u64::MAX` kept a dead hive fresh for good (and overflowed the staleness
+    /// check); intervals are clamped where they enter.
+    #[test]
+    fn hostile_heartbeat_intervals_are_clamped() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let mut wild = beat("wild", 1, Vec::new());
+        wild.interval_ms = u64::MAX;
+        registry.record(wild, ip(1), 1_000);
+        let later = 1_000 + 3 * MAX_INTERVAL_MS + 1;
+        assert!(registry.fresh(later).is_empty(), "a silent hive must go stale");
+        let mut zero = beat("zero", 2, Vec::new());
+        zero.interval_ms = 0;
+        registry.record(zero, ip(2), 1_000);
+        let fresh = registry.fresh(1_000);
+        let zero = fresh.iter().find(|b| b.alias == "zero").expect("zero is fresh when it beats");
+        assert_eq!(zero.interval_ms, MIN_INTERVAL_MS);
+        assert!(registry.fresh(1_000 + 3 * MIN_INTERVAL_MS + 1).iter().all(|b| b.alias != "zero"));
+    }
+
+    /// A panic while the registry's lock was held (in any handler) must not take the registry
+    /// down with it.
+    #[test]
+    fn the_registry_survives_a_poisoned_lock() {
+        let registry = std::sync::Arc::new(Registry::new(0, INTERVAL_MS));
+        let r = registry.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = r.hives.lock().unwrap();
+            panic!("a handler panicked while holding the registry");
+        })
+        .join();
+        assert!(registry.hives.is_poisoned());
+        registry.record(beat("after", 3, Vec::new()), ip(3), 1_000);
+        assert_eq!(registry.fresh(1_000).len(), 1);
     }
 
     #[test]

@@ -122,3 +122,28 @@ fn two_queens_starting_at_once_end_with_one_queen_and_its_token() {
         Run(fleet.via_queen(&["queen", "stop"]).output().unwrap()).expect_code(0);
     }
 }
+
+/// `rbee status` hung for good when a host's install record held a non-ASCII digest (the
+/// queen's job panicked while shortening it and never ended). Now the host is reported as not
+/// checkable, naming the record, and the command returns.
+#[test]
+fn status_with_a_non_ascii_digest_on_a_host_returns_an_error_quickly() {
+    let fleet = Fleet::new(1, WORKERS);
+    Run(fleet.via_queen(&["sync"]).output().unwrap()).expect_code(0);
+    let record = fleet.host("h1").path(".local/state/rbee/installed/rbee-hive");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let (_, rest) = text.split_once(' ').unwrap();
+    std::fs::write(&record, format!("{} {rest}", "é".repeat(32))).unwrap();
+    let mut child = fleet.via_queen(&["status"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("rbee status did not return within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let run = Run(child.wait_with_output().unwrap()).expect_code(1);
+    let all = format!("{}{}", run.stdout(), run.stderr());
+    assert!(all.contains("not a sha256 digest") && all.contains("installed/rbee-hive"), "{all}");
+}

@@ -10,6 +10,7 @@ use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, Transp
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StepError {
     /// The transport failed (maybe transient).
     #[error(transparent)]

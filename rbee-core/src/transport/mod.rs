@@ -83,6 +83,7 @@ impl CommandOutput {
 
 /// Why a transport call failed. [`TransportError::is_transient`] says whether a retry may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The host could not be reached.
     #[error("cannot connect to {host}: {reason}")]
