@@ -4,7 +4,7 @@
 //! Run (with a queen running: `rbee queen start`):
 //! `cargo run -p rbee-examples --example queen_client -- [CONFIG_DIR] [PORT]`
 
-use rbee_core::operation::Operation;
+use rbee_core::proto::operation::Operation;
 use rbee_queen::api::JobEventBody;
 use rbee_queen::client::QueenClient;
 

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use rbee_core::config::Diagnostic;
 use rbee_core::execute::{HiveOutcome, SyncReport};
-use rbee_core::hive_api::{Capabilities, HiveEvent, WorkerProcess, WorkerState};
 use rbee_core::package::{DriftState, OperationResult, StatusReport, SyncOutcome};
+use rbee_core::proto::hive::{Capabilities, HiveEvent, WorkerProcess, WorkerState};
 use rbee_queen::api::{HiveEntry, JobEventBody, JobSummary};
 
 use crate::exit::{CliError, Exit, Outcome};

@@ -187,7 +187,7 @@ fn parse_sums(text: &str) -> BTreeMap<String, String> {
 }
 
 /// `$XDG_CACHE_HOME/rbee/artifacts`, else `~/.cache/rbee/artifacts`.
-pub fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map_or_else(|| crate::config::home_dir().join(".cache"), PathBuf::from)
@@ -484,7 +484,8 @@ fn verify(artifact: &Artifact, bytes: &[u8]) -> Result<(), ArtifactError> {
 }
 
 /// Lowercase hex sha256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+#[cfg(test)]
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 

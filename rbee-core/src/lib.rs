@@ -76,16 +76,8 @@ pub mod artifact;
 pub mod config;
 pub mod execute;
 pub mod fleet;
-/// Worker, model and hive-event records (defined in `rbee-proto`).
-pub mod hive_api {
-    pub use rbee_proto::hive::*;
-}
 pub mod layout;
 pub mod observe;
-/// The operations a client sends (defined in `rbee-proto`).
-pub mod operation {
-    pub use rbee_proto::operation::*;
-}
 pub mod package;
 pub mod plan;
 pub mod state;
@@ -98,6 +90,6 @@ pub use rbee_proto as proto;
 pub use rbee_proto::Sha256;
 
 pub use config::{Config, ConfigError};
-pub use operation::Operation;
 pub use plan::{Plan, PlanOptions, plan};
+pub use rbee_proto::operation::Operation;
 pub use state::{Actual, Desired};

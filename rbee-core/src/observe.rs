@@ -114,7 +114,7 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
 }
 
 /// Parses the observation script's output.
-pub fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
+pub(crate) fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
     let mut lines = text.lines();
     if lines.next() != Some("rbee-observe 1") {
         return Err(ObserveError::UnexpectedOutput(shown(text.lines().next().unwrap_or(""))));

@@ -195,7 +195,7 @@ pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet
 /// Plans starting (`start = true`) or stopping the selected hives' daemons, nothing else. A
 /// hive whose binary is not installed cannot be started: it is reported unreachable with the
 /// reason, so the user runs `rbee sync` first.
-pub fn plan_process(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, start: bool) -> Plan {
+pub(crate) fn plan_process(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, start: bool) -> Plan {
     plan_each(desired, actual, only, |want, have, hp| {
         let id = |step: &str| format!("{}/{step}", want.alias);
         let port = want.hive_port;

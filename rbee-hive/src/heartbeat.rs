@@ -18,7 +18,7 @@ pub fn load_link(state_dir: &Path) -> Option<QueenLink> {
     (!link.token.is_empty()).then_some(link)
 }
 
-pub use rbee_core::operation::Heartbeat;
+pub use rbee_core::proto::operation::Heartbeat;
 
 /// Why a heartbeat did not reach the queen.
 #[derive(Debug, thiserror::Error)]

@@ -32,8 +32,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router, routing::get};
-use rbee_core::hive_api::{HiveEvent, WorkerHeartbeat};
-use rbee_core::operation::Operation;
+use rbee_core::proto::hive::{HiveEvent, WorkerHeartbeat};
+use rbee_core::proto::operation::Operation;
 
 pub use heartbeat::{Heartbeat, QueenLink, load_link};
 pub use probe::probe;

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rbee_core::hive_api::ModelInfo;
+use rbee_core::proto::hive::ModelInfo;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rbee_core::hive_api::{HiveEvent, WorkerState};
-use rbee_core::operation::Operation;
 use rbee_core::package::OperationResult;
+use rbee_core::proto::hive::{HiveEvent, WorkerState};
+use rbee_core::proto::operation::Operation;
 
 use crate::workers::Workers;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbee_core::execute::now_ms;
-use rbee_core::hive_api::{WorkerProcess, WorkerState};
+use rbee_core::proto::hive::{WorkerProcess, WorkerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 

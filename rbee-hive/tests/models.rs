@@ -85,7 +85,7 @@ fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-async fn download(dir: &Path, url: &str, sha256: Option<&str>) -> Result<rbee_core::hive_api::ModelInfo, String> {
+async fn download(dir: &Path, url: &str, sha256: Option<&str>) -> Result<rbee_core::proto::hive::ModelInfo, String> {
     let mut progress = Vec::new();
     let mut on = |done, total| progress.push((done, total));
     let want = sha256.map(|s| rbee_core::Sha256::parse(s).unwrap());

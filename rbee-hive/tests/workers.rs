@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rbee_core::hive_api::WorkerState;
+use rbee_core::proto::hive::WorkerState;
 use rbee_hive::workers::{WorkerSettings, Workers};
 
 fn settings(dir: &Path) -> WorkerSettings {

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rbee_core::execute::now_ms;
-use rbee_core::hive_api::WorkerState;
+use rbee_core::proto::hive::WorkerState;
 use rbee_http::ApiError;
 
 use crate::forward::to_hive;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use http_body_util::BodyExt;
-use rbee_core::operation::Operation;
+use rbee_core::proto::operation::Operation;
 
 use crate::api::{JobEvent, JobSummary, QueenHealth, Submitted};
 

@@ -14,9 +14,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rbee_core::execute::now_ms;
-use rbee_core::hive_api::HiveEvent;
-use rbee_core::operation::Operation;
 use rbee_core::package::OperationResult;
+use rbee_core::proto::hive::HiveEvent;
+use rbee_core::proto::operation::Operation;
 use rbee_http::ApiError;
 
 use crate::api::JobEventBody;

@@ -21,8 +21,8 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use rbee_core::execute::{QueenLink, now_ms};
-use rbee_core::operation::Operation;
 use rbee_core::package::{OperationResult, RunContext, run_operation};
+use rbee_core::proto::operation::Operation;
 use rbee_http::ApiError;
 use tokio::sync::Notify;
 

@@ -14,8 +14,8 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use rbee_core::execute::now_ms;
-use rbee_core::hive_api::WorkerState;
 use rbee_core::package::OperationResult;
+use rbee_core::proto::hive::WorkerState;
 
 use crate::api::{Heartbeat, HiveEntry};
 use crate::routes::Queen;
@@ -197,7 +197,7 @@ pub(crate) async fn hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveEntry
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use rbee_core::hive_api::WorkerProcess;
+    use rbee_core::proto::hive::WorkerProcess;
 
     pub(crate) const INTERVAL_MS: u64 = 1000;
 

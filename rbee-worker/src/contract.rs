@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rbee_core::hive_api::WorkerHeartbeat;
+use rbee_core::proto::hive::WorkerHeartbeat;
 
 use crate::WorkerArgs;
 

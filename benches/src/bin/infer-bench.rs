@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rbee_core::operation::Operation;
+use rbee_core::proto::operation::Operation;
 
 const TOKEN: &str = "bench-token";
 

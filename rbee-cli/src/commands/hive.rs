@@ -1,7 +1,7 @@
 //! `rbee hive ...`: the queen's registry of hives and their capabilities (asked of a running
 //! queen), and one hive's daemon started, stopped or checked as package operations.
 
-use rbee_core::operation::Operation;
+use rbee_core::proto::operation::Operation;
 
 use super::operation::{self, config_path, running_queen};
 use crate::exit::{CliError, Exit, Outcome};

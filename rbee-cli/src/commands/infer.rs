@@ -1,6 +1,6 @@
 //! `rbee infer`: a prompt run on a ready worker; the answer streams to stdout.
 
-use rbee_core::operation::Operation;
+use rbee_core::proto::operation::Operation;
 
 use super::operation;
 use crate::Cli;

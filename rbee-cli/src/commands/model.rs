@@ -1,6 +1,6 @@
 //! `rbee model ...`: models on a hive, through the queen.
 
-use rbee_core::operation::Operation;
+use rbee_core::proto::operation::Operation;
 
 use super::operation;
 use crate::exit::Outcome;

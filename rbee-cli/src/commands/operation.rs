@@ -10,8 +10,8 @@ use std::sync::Arc;
 use rbee_core::config::{self, Config, ConfigFiles};
 use rbee_core::execute::InstallFault;
 use rbee_core::fleet::Connector;
-use rbee_core::operation::Operation;
 use rbee_core::package::{self, RunContext};
+use rbee_core::proto::operation::Operation;
 use rbee_queen::client::QueenClient;
 use rbee_ssh::SshConnector;
 

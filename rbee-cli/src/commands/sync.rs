@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use rbee_core::operation::Operation;
 use rbee_core::package;
+use rbee_core::proto::operation::Operation;
 
 use super::operation::{self, config_path};
 use crate::exit::{CliError, Exit, Outcome};

@@ -136,7 +136,7 @@ fn two_hundred_concurrent_jobs_lose_and_reorder_no_event_and_the_queen_stays_sma
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let client = client.clone();
-            let op = rbee_core::operation::Operation::PackageStatus {
+            let op = rbee_core::proto::operation::Operation::PackageStatus {
                 config_path: Some(config.clone()),
                 verbose: false,
                 hive_aliases: Vec::new(),

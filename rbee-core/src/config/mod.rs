@@ -11,7 +11,8 @@ pub use model::{
     Config, HiveConfig, HostKeyPolicy, PackageSettings, QueenMode, QueenSettings, SshSettings, TransportKind,
     VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
 };
-pub use schema::{HiveEntry, HivesConfFile, RbeeConfFile, WorkerEntry};
+pub use schema::{HiveEntry, WorkerEntry};
+pub(crate) use schema::{HivesConfFile, RbeeConfFile};
 
 /// The JSON Schemas of both files, keyed by file name.
 pub fn json_schema() -> serde_json::Value {

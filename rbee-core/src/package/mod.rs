@@ -15,7 +15,8 @@ mod sync;
 mod uninstall;
 
 pub use error::{PackageError, select};
-pub use last_run::{last_failed, last_run_path, save_last_run};
+pub use last_run::last_failed;
+pub(crate) use last_run::save_last_run;
 pub use process::process;
 pub use rbee_proto::result::{DriftState, HiveStatusReport, OperationResult, StatusReport, SyncOutcome};
 pub use run::{ConnectFn, RunContext, run_operation};

@@ -42,12 +42,12 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, OperationResult
 /// result; other operations are not the package manager's and give an error result.
 /// `connect` makes the connector for the operation's config (its `[ssh]` settings).
 pub async fn run_operation(
-    op: &crate::operation::Operation,
+    op: &rbee_proto::operation::Operation,
     connect: &ConnectFn,
     ctx: &RunContext,
     on_event: OnEvent<'_>,
 ) -> OperationResult {
-    use crate::operation::Operation as Op;
+    use rbee_proto::operation::Operation as Op;
     if let Err(removed) = op.check_supported() {
         return OperationResult::error(removed);
     }
