@@ -39,24 +39,34 @@ fn chat_completions(fleet: &Fleet, body: serde_json::Value) -> (u16, String) {
     })
 }
 
-#[test]
-fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
-    let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
-    let rbee = |args: &[&str]| {
+/// `rbee` through this fleet's queen, with fast heartbeats.
+fn through_queen(fleet: &Fleet) -> impl Fn(&[&str]) -> Run + '_ {
+    move |args: &[&str]| {
         let mut cmd = fleet.via_queen(args);
         cmd.env("RBEE_HEARTBEAT_MS", "500");
         Run(cmd.output().unwrap())
-    };
-    let h1 = fleet.host("h1");
+    }
+}
+
+/// Syncs the fleet, waits for h1 in the queen's registry, and puts the reference worker in
+/// h1's catalog (it appears after `rbee worker refresh`).
+fn sync_and_add_the_reference_worker(fleet: &Fleet) {
+    let rbee = through_queen(fleet);
     rbee(&["sync"]).expect_code(0);
     wait_for("h1 in the registry", Duration::from_secs(10), || {
         rbee(&["hive", "get", "h1"]).code().eq(&0).then_some(())
     });
-
-    // The hive reads its catalog at start; the fixture appears after a refresh.
-    let catalog = h1.path(".local/share/rbee/workers");
+    let catalog = fleet.host("h1").path(".local/share/rbee/workers");
     std::fs::copy(bin_dir().join("rbee-worker-reference"), catalog.join("rbee-worker-reference"))
         .expect("the reference worker is built with the workspace (`cargo build --workspace --bins`)");
+}
+
+#[test]
+fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
+    let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
+    let rbee = through_queen(&fleet);
+    // The hive reads its catalog at start; the fixture appears after a refresh.
+    sync_and_add_the_reference_worker(&fleet);
     let refreshed = json(&rbee(&["worker", "refresh", "--hive", "h1", "--json"]).expect_code(0));
     assert_eq!(refreshed["workers"], serde_json::json!(["llama-cpp", "reference"]));
 
@@ -254,18 +264,9 @@ fn group_members(pgid: u32) -> Vec<u32> {
 #[test]
 fn uninstall_stops_every_worker_process_even_an_engine_that_ignores_sigterm() {
     let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
-    let rbee = |args: &[&str]| {
-        let mut cmd = fleet.via_queen(args);
-        cmd.env("RBEE_HEARTBEAT_MS", "500");
-        Run(cmd.output().unwrap())
-    };
+    let rbee = through_queen(&fleet);
     let h1 = fleet.host("h1");
-    rbee(&["sync"]).expect_code(0);
-    wait_for("h1 in the registry", Duration::from_secs(10), || {
-        rbee(&["hive", "get", "h1"]).code().eq(&0).then_some(())
-    });
-    let catalog = h1.path(".local/share/rbee/workers");
-    std::fs::copy(bin_dir().join("rbee-worker-reference"), catalog.join("rbee-worker-reference")).unwrap();
+    sync_and_add_the_reference_worker(&fleet);
     rbee(&["worker", "refresh", "--hive", "h1"]).expect_code(0);
     let source = fleet.dir.path().join("stubborn.gguf");
     std::fs::write(&source, b"spawn-engine-ignoring-sigterm\n").unwrap();

@@ -3,11 +3,11 @@
 use super::{PackageError, SyncOutcome};
 use std::collections::BTreeSet;
 
-use super::uninstall::desired_for_uninstall;
+use super::uninstall::without_artifacts;
 use crate::artifact::ArtifactSource;
 use crate::config::Config;
-use crate::execute::{ExecuteOptions, Intent, OnEvent, execute};
-use crate::fleet::{Connector, connect_fleet, observe_fleet};
+use crate::execute::{ExecuteOptions, Intent, OnEvent};
+use crate::fleet::Connector;
 
 /// Starts or stops the selected hives' daemons (and nothing else).
 pub async fn process(
@@ -19,12 +19,5 @@ pub async fn process(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
-    let _ = source.prepare(config).await;
-    let desired = desired_for_uninstall(config, source)?;
-    let connections = connect_fleet(config, connector, only).await;
-    let actual = observe_fleet(config, &connections, options.step_timeout).await;
-    let plan = crate::plan::plan_process(&desired, &actual, only, start);
-    let intent = Intent::Process { start };
-    let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
-    Ok(SyncOutcome { plan, report: Some(report) })
+    without_artifacts(config, source, connector, only, Intent::Process { start }, options, on_event).await
 }

@@ -7,7 +7,7 @@ use crate::artifact::{ArtifactSource, resolve};
 use crate::config::Config;
 use crate::execute::{ExecuteOptions, Intent, OnEvent, execute};
 use crate::fleet::{Connector, connect_fleet, observe_fleet};
-use crate::plan::plan_uninstall;
+use crate::plan::{plan_process, plan_uninstall};
 use crate::state::Desired;
 
 /// Stops and removes what rbee installed on the selected hives.
@@ -20,12 +20,30 @@ pub async fn uninstall(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
-    let _ = source.prepare(config).await; // uninstalling works without the source
+    without_artifacts(config, source, connector, only, Intent::Uninstall { purge }, options, on_event).await
+}
+
+/// The pipeline of the operations that must work when the artifacts are gone (uninstall,
+/// start/stop): empty pins where the source cannot resolve, then observe, plan for `intent`
+/// and execute.
+pub(super) async fn without_artifacts(
+    config: &Config,
+    source: &ArtifactSource,
+    connector: &dyn Connector,
+    only: Option<&BTreeSet<String>>,
+    intent: Intent,
+    options: &ExecuteOptions,
+    on_event: OnEvent<'_>,
+) -> Result<SyncOutcome, PackageError> {
+    let _ = source.prepare(config).await;
     let desired = desired_for_uninstall(config, source)?;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
-    let plan = plan_uninstall(&desired, &actual, only, purge);
-    let intent = Intent::Uninstall { purge };
+    let plan = match &intent {
+        Intent::Uninstall { purge } => plan_uninstall(&desired, &actual, only, *purge),
+        Intent::Process { start } => plan_process(&desired, &actual, only, *start),
+        Intent::Sync(options) => crate::plan::plan(&desired, &actual, options),
+    };
     let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
     Ok(SyncOutcome { plan, report: Some(report) })
 }
