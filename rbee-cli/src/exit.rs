@@ -52,6 +52,12 @@ pub(crate) enum CliError {
     /// A request to the queen failed.
     #[error(transparent)]
     Queen(#[from] ClientError),
+    /// `rbee migrate` could not write its file.
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::WriteError),
+    /// The local queen could not be reached, started, stopped or followed.
+    #[error(transparent)]
+    QueenControl(#[from] crate::queen::QueenError),
 }
 
 impl CliError {

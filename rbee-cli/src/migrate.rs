@@ -79,14 +79,31 @@ pub(crate) fn render(hives: &[HiveEntry], ssh: Option<&SshConfig>) -> String {
     out
 }
 
+/// Why the migrated hives.conf was not written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    /// The file is there and `--force` was not given.
+    #[error("{} exists; pass --force to overwrite it", .0.display())]
+    Exists(std::path::PathBuf),
+    /// Writing failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Writes `text` to `path` atomically, refusing to overwrite without `force`.
-pub(crate) fn write(path: &Path, text: &str, force: bool) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str, force: bool) -> Result<(), WriteError> {
     if path.exists() && !force {
-        return Err(format!("{} exists; pass --force to overwrite it", path.display()));
+        return Err(WriteError::Exists(path.to_owned()));
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(&tmp, text).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| WriteError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

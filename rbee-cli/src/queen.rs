@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rbee_core::config::Config;
 use rbee_core::package::OperationResult;
 use rbee_queen::api::JobEventBody;
-use rbee_queen::client::QueenClient;
+use rbee_queen::client::{ClientError, QueenClient};
 
 use crate::progress::Renderer;
 use crate::{Cli, QueenCommand};
@@ -40,31 +40,81 @@ fn is_queen_process(pid: u32, port: u16) -> bool {
     }
 }
 
+/// Why the local queen could not be reached, started, stopped or followed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueenError {
+    /// A request to it failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// None runs, and the config says not to start one.
+    #[error(
+        "no queen answers at {addr} and [queen] auto_start = false: start it with `rbee queen start`, or run with --in-process"
+    )]
+    NotStarted {
+        /// Where it was looked for.
+        addr: SocketAddr,
+    },
+    /// A file or directory of the queen's could not be used.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        /// create, open, …
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Started, but it did not answer in time.
+    #[error("queen-rbee did not answer at {addr} within 10s; see {}", log.display())]
+    StartTimeout {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// A pid no process of ours may signal (0, 1, negative).
+    #[error("refusing to signal pid {0}")]
+    BadPid(u32),
+    /// Signalling it failed.
+    #[error("cannot stop queen-rbee (pid {pid}): {source}")]
+    Signal {
+        /// Its pid.
+        pid: u32,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+    /// It did not exit in time.
+    #[error("queen-rbee (pid {0}) did not stop within 10s")]
+    StopTimeout(u32),
+    /// The job's stream ended before its result.
+    #[error("the job ended without a result")]
+    NoResult,
+}
+
 /// A client of the running queen, or why there is none.
-pub(crate) async fn connect(config: &Config) -> Result<QueenClient, String> {
+pub(crate) async fn connect(config: &Config) -> Result<QueenClient, QueenError> {
     let token = std::fs::read_to_string(rbee_queen::token_path()).unwrap_or_default();
     let client = QueenClient::new(addr(config), token.trim());
-    client.health().await.map_err(|e| e.to_string())?;
+    client.health().await?;
     Ok(client)
 }
 
 /// The running queen; started first when `[queen] auto_start` allows.
-pub(crate) async fn ensure(cli: &Cli, config: &Config) -> Result<QueenClient, String> {
+pub(crate) async fn ensure(cli: &Cli, config: &Config) -> Result<QueenClient, QueenError> {
     if let Ok(client) = connect(config).await {
         return Ok(client);
     }
     if !config.queen.auto_start {
-        return Err(format!(
-            "no queen answers at {} and [queen] auto_start = false: start it with `rbee queen start`, or run with --in-process",
-            addr(config)
-        ));
+        return Err(QueenError::NotStarted { addr: addr(config) });
     }
     start(cli, config).await?;
     connect(config).await
 }
 
 /// `rbee queen start|stop|status|ensure`: what happened, in one sentence.
-pub(crate) async fn control(cli: &Cli, config: &Config, what: &QueenCommand) -> Result<String, String> {
+pub(crate) async fn control(cli: &Cli, config: &Config, what: &QueenCommand) -> Result<String, QueenError> {
     match what {
         QueenCommand::Start | QueenCommand::Ensure => {
             let addr = start(cli, config).await?;
@@ -76,22 +126,24 @@ pub(crate) async fn control(cli: &Cli, config: &Config, what: &QueenCommand) -> 
 }
 
 /// Starts `queen-rbee` detached (own session, output to queen.log) unless it runs already.
-async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, String> {
+async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, QueenError> {
     let addr = addr(config);
     if connect(config).await.is_ok() {
         return Ok(addr);
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|source| QueenError::Io {
+        what: "find",
+        path: "the running rbee".into(),
+        source,
+    })?;
     let beside = exe.parent().map(|d| d.join("queen-rbee")).filter(|p| p.exists());
     let bin = beside.unwrap_or_else(|| PathBuf::from("queen-rbee"));
     let state = rbee_queen::state_dir();
     let log_path = rbee_queen::state::log_path();
-    std::fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    std::fs::create_dir_all(&state).map_err(|source| QueenError::Io { what: "create", path: state.clone(), source })?;
+    let open_log = || std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
+    let io = |source| QueenError::Io { what: "open", path: log_path.clone(), source };
+    let (log, log_err) = (open_log().map_err(io)?, open_log().map_err(io)?);
     let mut cmd = if std::path::Path::new("/usr/bin/setsid").exists() || std::path::Path::new("/bin/setsid").exists() {
         let mut c = std::process::Command::new("setsid");
         c.arg("-f").arg(&bin);
@@ -104,11 +156,8 @@ async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, String> {
         cmd.arg("--config").arg(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
     }
     use std::os::unix::process::CommandExt;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .process_group(0);
-    cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    cmd.stdin(std::process::Stdio::null()).stdout(log).stderr(log_err).process_group(0);
+    cmd.spawn().map_err(|source| QueenError::Io { what: "start", path: bin.clone(), source })?;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if connect(config).await.is_ok() {
@@ -116,13 +165,13 @@ async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("queen-rbee did not answer at {addr} within 10s; see {}", log_path.display()))
+    Err(QueenError::StartTimeout { addr, log: log_path })
 }
 
 /// Stops this config's queen: the process that answers `/health` on its address (by the pid
 /// it reports), or else the one its pid file names if `/proc` shows it is `queen-rbee` for that
 /// port. Never a process that is not that queen: a stale pid file is removed, not obeyed.
-async fn stop(config: &Config) -> Result<String, String> {
+async fn stop(config: &Config) -> Result<String, QueenError> {
     let path = pid_file(config);
     let answering = QueenClient::new(addr(config), "").health().await.ok().map(|h| h.pid);
     let recorded = rbee_queen::state::read_pid_file(&path);
@@ -136,10 +185,10 @@ async fn stop(config: &Config) -> Result<String, String> {
             return Ok("queen-rbee is not running".into());
         }
     };
-    let target = i32::try_from(pid).ok().filter(|p| *p > 1).ok_or_else(|| format!("refusing to signal pid {pid}"))?;
+    let target = i32::try_from(pid).ok().filter(|p| *p > 1).ok_or(QueenError::BadPid(pid))?;
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    kill(Pid::from_raw(target), Signal::SIGTERM).map_err(|e| format!("cannot stop queen-rbee (pid {pid}): {e}"))?;
+    kill(Pid::from_raw(target), Signal::SIGTERM).map_err(|source| QueenError::Signal { pid, source })?;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if connect(config).await.is_err() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -150,14 +199,14 @@ async fn stop(config: &Config) -> Result<String, String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("queen-rbee (pid {pid}) did not stop within 10s"))
+    Err(QueenError::StopTimeout(pid))
 }
 
 /// Whether the queen runs, in words; `Err` when it does not.
-async fn status(config: &Config) -> Result<String, String> {
+async fn status(config: &Config) -> Result<String, QueenError> {
     let client = connect(config).await?;
-    let health = client.health().await.map_err(|e| e.to_string())?;
-    let jobs = client.jobs().await.map_err(|e| e.to_string())?;
+    let health = client.health().await?;
+    let jobs = client.jobs().await?;
     let running = jobs.iter().filter(|j| j.state == "running").count();
     Ok(format!(
         "queen-rbee {} is running at http://{} (pid {}); {} jobs, {running} running",
@@ -175,7 +224,7 @@ pub(crate) async fn follow(
     job_id: &str,
     renderer: &Renderer,
     cancel_on_ctrl_c: bool,
-) -> Result<OperationResult, String> {
+) -> Result<OperationResult, QueenError> {
     let json = matches!(renderer, Renderer::Json);
     let stream = client.stream(job_id, |event| match &event.body {
         JobEventBody::Sync { event } => renderer.event(event.clone()),
@@ -185,7 +234,7 @@ pub(crate) async fn follow(
     let mut cancelled = !cancel_on_ctrl_c;
     let last = loop {
         tokio::select! {
-            result = &mut stream => break result.map_err(|e| e.to_string())?,
+            result = &mut stream => break result?,
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 eprintln!("cancelling job {job_id}: no new step will start; waiting for running steps");
@@ -195,6 +244,6 @@ pub(crate) async fn follow(
     };
     match last.body {
         JobEventBody::Result { result, .. } => Ok(result),
-        _ => Err("the job ended without a result".into()),
+        _ => Err(QueenError::NoResult),
     }
 }

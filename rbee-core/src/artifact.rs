@@ -266,6 +266,7 @@ impl ArtifactSource {
             h.client.get(&url).await.map_err(|source| ArtifactError::Fetch { url: url.clone(), source })
         };
         let latest = String::from_utf8_lossy(&get(format!("{}/latest", h.base)).await?).trim().to_owned();
+        let latest = checked_version(&h.base, latest)?;
         let mut versions = vec![latest.clone()];
         for hive in &config.hives {
             for w in &hive.workers {
@@ -318,7 +319,7 @@ impl ArtifactSource {
             SourceKind::Releases => {
                 let path = self.root.join("latest");
                 let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io { path, source })?;
-                Ok(text.trim().to_owned())
+                checked_version(&self.name(), text.trim().to_owned())
             }
         }
     }
@@ -469,6 +470,20 @@ impl ArtifactSource {
     }
 }
 
+/// A source's `latest` must name a version (semver): it becomes a path and a URL.
+fn checked_version(source_name: &str, latest: String) -> Result<String, ArtifactError> {
+    match semver::Version::parse(&latest) {
+        Ok(_) => Ok(latest),
+        Err(e) => Err(ArtifactError::Source {
+            source_name: source_name.to_owned(),
+            reason: format!(
+                "`latest` holds {:?}, which is not a version ({e})",
+                latest.escape_debug().take(80).collect::<String>()
+            ),
+        }),
+    }
+}
+
 /// `Err` unless `bytes` have the artifact's pinned digest.
 fn verify(artifact: &Artifact, bytes: &[u8]) -> Result<(), ArtifactError> {
     let actual = sha256_of(bytes);
@@ -513,6 +528,54 @@ pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, Arti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers from a map of URL → body, like a release server would.
+    struct Served(BTreeMap<String, Vec<u8>>);
+
+    #[async_trait::async_trait]
+    impl HttpGet for Served {
+        async fn get(&self, url: &str) -> Result<Vec<u8>, HttpGetError> {
+            self.0.get(url).cloned().ok_or_else(|| format!("{url} answered 404 Not Found").into())
+        }
+    }
+
+    /// A hostile source once listed "../../victim" as a digest; it was used as a cache path,
+    /// and the cache's "remove a file that fails verification" deleted the victim. Digests and
+    /// `latest` are checked before anything uses them.
+    #[tokio::test]
+    async fn a_hostile_sha256sums_or_latest_is_rejected_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let config =
+            crate::config::parse(None, (Path::new("hives.conf"), "[[hive]]\nalias = \"a\"\nhostname = \"a.lab\"\n"))
+                .unwrap();
+        let base = "https://releases.example";
+        for (latest, sums) in [
+            ("1.0.0", "../victim  rbee-hive\n".to_owned()),
+            ("1.0.0", format!("{}  rbee-hive\n", "é".repeat(32))),
+            ("../../etc", format!("{}  rbee-hive\n", sha256_hex(b"x"))),
+        ] {
+            let served = Served(BTreeMap::from([
+                (format!("{base}/latest"), latest.as_bytes().to_vec()),
+                (format!("{base}/{latest}/SHA256SUMS"), sums.into_bytes()),
+                (format!("{base}/1.0.0/rbee-hive"), b"x".to_vec()),
+            ]));
+            let source = ArtifactSource::http(base, Arc::new(served), cache.clone());
+            let outcome = match source.prepare(&config).await {
+                Err(e) => Err(e),
+                Ok(()) => source.resolve("rbee-hive", &VersionReq::Latest),
+            };
+            let err = outcome.expect_err("a hostile source must be refused");
+            assert!(
+                matches!(err, ArtifactError::InvalidDigest { .. }) || err.to_string().contains("not a version"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        }
+    }
 
     #[test]
     fn release_tree_resolves_latest_and_pins() {

@@ -6,26 +6,51 @@ pub use rbee_core::proto::hive::{Capabilities, Gpu};
 pub const NVIDIA_SMI_ARGS: &[&str] =
     &["--query-gpu=index,name,memory.total,memory.used,driver_version", "--format=csv,noheader,nounits"];
 
+/// Why `nvidia-smi`'s output lists no usable GPUs. Its text is shown to users as the host's
+/// `gpu_error`, so it keeps nvidia-smi's own words (and any source's text).
+#[derive(Debug, thiserror::Error)]
+pub enum NvidiaSmiError {
+    /// nvidia-smi failed (a driver problem, say); its first line says why.
+    #[error("nvidia-smi failed: {0}")]
+    Failed(String),
+    /// A line without the five fields asked for.
+    #[error("unexpected nvidia-smi line {0:?}")]
+    Line(String),
+    /// A field that should be a number is not one.
+    #[error("unexpected number {value:?} in {line:?}")]
+    Number {
+        /// The field.
+        value: String,
+        /// Its line.
+        line: String,
+    },
+    /// A GPU index that does not fit a `u32`.
+    #[error("{0}")]
+    Index(#[source] std::num::TryFromIntError),
+}
+
 /// Parses `nvidia-smi` output (for [`NVIDIA_SMI_ARGS`]) given its exit status. No devices is
 /// an empty list; a failing driver is an error with nvidia-smi's own words.
-pub fn parse_nvidia_smi(success: bool, output: &str) -> Result<Vec<Gpu>, String> {
+pub fn parse_nvidia_smi(success: bool, output: &str) -> Result<Vec<Gpu>, NvidiaSmiError> {
     let text = output.trim();
     if text.is_empty() || text.starts_with("No devices were found") {
         return Ok(Vec::new());
     }
     if !success || text.starts_with("NVIDIA-SMI has failed") {
-        return Err(format!("nvidia-smi failed: {}", text.lines().next().unwrap_or(text)));
+        return Err(NvidiaSmiError::Failed(text.lines().next().unwrap_or(text).to_owned()));
     }
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
             let f: Vec<&str> = line.split(',').map(str::trim).collect();
             let [index, name, total, used, driver] = f.as_slice() else {
-                return Err(format!("unexpected nvidia-smi line {line:?}"));
+                return Err(NvidiaSmiError::Line(line.to_owned()));
             };
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("unexpected number {v:?} in {line:?}"));
+            let num = |v: &str| {
+                v.parse::<u64>().map_err(|_| NvidiaSmiError::Number { value: v.to_owned(), line: line.to_owned() })
+            };
             Ok(Gpu {
-                index: u32::try_from(num(index)?).map_err(|e| e.to_string())?,
+                index: u32::try_from(num(index)?).map_err(NvidiaSmiError::Index)?,
                 name: (*name).to_owned(),
                 memory_total_mib: num(total)?,
                 memory_used_mib: num(used)?,
@@ -55,7 +80,7 @@ pub async fn detect() -> Capabilities {
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             match parse_nvidia_smi(out.status.success(), &text) {
                 Ok(g) => (g, None),
-                Err(e) => (Vec::new(), Some(e)),
+                Err(e) => (Vec::new(), Some(e.to_string())),
             }
         }
     };
@@ -77,7 +102,7 @@ mod tests {
 
     #[test]
     fn no_gpu() {
-        assert_eq!(parse_nvidia_smi(false, &fixture("no-gpu.txt")), Ok(Vec::new()));
+        assert!(parse_nvidia_smi(false, &fixture("no-gpu.txt")).unwrap().is_empty());
     }
 
     #[test]
@@ -115,7 +140,7 @@ mod tests {
 
     #[test]
     fn driver_error() {
-        let err = parse_nvidia_smi(false, &fixture("driver-error.txt")).unwrap_err();
+        let err = parse_nvidia_smi(false, &fixture("driver-error.txt")).unwrap_err().to_string();
         assert!(err.contains("couldn't communicate with the NVIDIA driver"), "{err}");
     }
 

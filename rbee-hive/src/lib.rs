@@ -36,7 +36,7 @@ use rbee_core::proto::hive::{HiveEvent, WorkerHeartbeat};
 use rbee_core::proto::operation::Operation;
 
 pub use heartbeat::{Heartbeat, QueenLink, load_link};
-pub use probe::probe;
+pub use probe::{ProbeError, probe};
 
 /// The hive's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -143,7 +143,9 @@ async fn worker_heartbeat(
 async fn worker_chat(State(hive): State<Arc<ops::Hive>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     match ops::send_chat(&hive, &id, body.to_vec()).await {
         Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
-        Err(e) => rbee_http::ApiError::openai(StatusCode::BAD_GATEWAY, "worker_unavailable", e).into_response(),
+        Err(e) => {
+            rbee_http::ApiError::openai(StatusCode::BAD_GATEWAY, "worker_unavailable", e.to_string()).into_response()
+        }
     }
 }
 

@@ -13,6 +13,99 @@ use rbee_core::proto::hive::{WorkerProcess, WorkerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+/// Why a worker could not be found, started, waited for or stopped. The texts reach users as
+/// the hive's answers to forwarded operations, so each carries its source's text too (callers
+/// print only `Display`); the source stays attached for callers that inspect it.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No worker with this id.
+    #[error("no worker {id} on this hive (workers: {known}); see `rbee worker list`")]
+    NoSuchWorker {
+        /// The id asked for.
+        id: String,
+        /// The ids the hive has, comma-separated (`none` when it has none).
+        known: String,
+    },
+    /// The worker type is not in the catalog.
+    #[error(
+        "worker type {worker_type:?} is not installed on this hive (installed: {installed}): add it to the \
+         hive's `workers` in hives.conf and run `rbee sync`"
+    )]
+    NotInstalled {
+        /// The type asked for.
+        worker_type: String,
+        /// The installed types, comma-separated (`none` when there are none).
+        installed: String,
+    },
+    /// The device is neither `cpu` nor `cuda:N`.
+    #[error("device {device:?} is not `cpu` or `cuda:N`")]
+    BadDevice {
+        /// The device asked for.
+        device: String,
+    },
+    /// Asking the kernel for a free port failed.
+    #[error("{0}")]
+    PortProbe(#[source] std::io::Error),
+    /// Every port the kernel offered was taken by the hive or a live worker.
+    #[error("no free port for the worker")]
+    NoFreePort,
+    /// The worker's log file could not be created.
+    #[error("cannot create worker log: {0}")]
+    CreateLog(#[source] std::io::Error),
+    /// The log file could not be shared between stdout and stderr.
+    #[error("{0}")]
+    ShareLog(#[source] std::io::Error),
+    /// The worker binary could not be started.
+    #[error("cannot start {}: {source}", .binary.display())]
+    Start {
+        /// The `rbee-worker-<type>` binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker exited before its pid could be read.
+    #[error("the worker exited at once")]
+    ExitedAtOnce,
+    /// The registry record could not be encoded.
+    #[error("{0}")]
+    EncodeRecord(#[source] serde_json::Error),
+    /// The registry record could not be written (the worker is then killed).
+    #[error("cannot write the worker registry: {0}")]
+    WriteRecord(#[source] std::io::Error),
+    /// The worker exited while starting; `how` says how, with the end of its log.
+    #[error("worker {id} {how}")]
+    Crashed {
+        /// The worker.
+        id: String,
+        /// Its crash message (`exited with status N; last lines of its log: ...`).
+        how: String,
+    },
+    /// The worker was stopped before it became ready.
+    #[error("worker {id} was stopped while starting")]
+    StoppedWhileStarting {
+        /// The worker.
+        id: String,
+    },
+    /// No heartbeat came in time; the worker still runs.
+    #[error(
+        "worker {id} sent no heartbeat within {secs}s; it is still running: see its log {} or stop it with \
+         `rbee worker delete {id}`",
+        .log.display()
+    )]
+    NoHeartbeat {
+        /// The worker.
+        id: String,
+        /// The timeout, in seconds.
+        secs: u64,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// The recorded pid does not fit a process group id.
+    #[error("{0}")]
+    BadPid(#[source] std::num::TryFromIntError),
+}
+
 /// What the registry file of one worker holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -164,14 +257,14 @@ impl Workers {
     }
 
     /// One worker.
-    pub fn get(&self, id: &str) -> Result<WorkerProcess, String> {
+    pub fn get(&self, id: &str) -> Result<WorkerProcess, WorkerError> {
         self.list().into_iter().find(|p| p.id == id).ok_or_else(|| self.no_such(id))
     }
 
-    fn no_such(&self, id: &str) -> String {
+    fn no_such(&self, id: &str) -> WorkerError {
         let ids: Vec<String> = self.list().into_iter().map(|p| p.id).collect();
         let known = if ids.is_empty() { "none".to_owned() } else { ids.join(", ") };
-        format!("no worker {id} on this hive (workers: {known}); see `rbee worker list`")
+        WorkerError::NoSuchWorker { id: id.to_owned(), known }
     }
 
     /// The log file of a worker.
@@ -210,17 +303,17 @@ impl Workers {
         self.notify();
     }
 
-    fn free_port(&self) -> Result<u16, String> {
+    fn free_port(&self) -> Result<u16, WorkerError> {
         let taken: Vec<u16> = self.list().iter().filter(|p| p.state.is_alive()).map(|p| p.port).collect();
         for _ in 0..32 {
             // The kernel hands out a port nothing listens on; skip the hive's and live workers'.
-            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
-            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(WorkerError::PortProbe)?;
+            let port = listener.local_addr().map_err(WorkerError::PortProbe)?.port();
             if port != self.settings.hive_port && !taken.contains(&port) {
                 return Ok(port);
             }
         }
-        Err("no free port for the worker".into())
+        Err(WorkerError::NoFreePort)
     }
 
     /// The installed worker types (the catalog), read from disk.
@@ -236,17 +329,14 @@ impl Workers {
         worker_type: &str,
         model: &str,
         device: &str,
-    ) -> Result<WorkerProcess, String> {
+    ) -> Result<WorkerProcess, WorkerError> {
         if !catalog.iter().any(|t| t == worker_type) {
             let installed = if catalog.is_empty() { "none".to_owned() } else { catalog.join(", ") };
-            return Err(format!(
-                "worker type {worker_type:?} is not installed on this hive (installed: {installed}): add it to the \
-                 hive's `workers` in hives.conf and run `rbee sync`"
-            ));
+            return Err(WorkerError::NotInstalled { worker_type: worker_type.to_owned(), installed });
         }
         let device_ok = device == "cpu" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
         if !device_ok {
-            return Err(format!("device {device:?} is not `cpu` or `cuda:N`"));
+            return Err(WorkerError::BadDevice { device: device.to_owned() });
         }
         // A bare name means a model in the models directory.
         let model_arg = if !model.contains('/') && self.settings.models_dir.join(model).is_file() {
@@ -265,8 +355,8 @@ impl Workers {
             format!("{worker_type}-{n}")
         };
         let binary = self.settings.catalog_dir.join(rbee_core::layout::Layout::worker_file_name(worker_type));
-        let log = std::fs::File::create(self.log_path(&id)).map_err(|e| format!("cannot create worker log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(self.log_path(&id)).map_err(WorkerError::CreateLog)?;
+        let log2 = log.try_clone().map_err(WorkerError::ShareLog)?;
         let mut command = tokio::process::Command::new(&binary);
         command
             .args(["--worker-id", &id, "--model", &model_arg, "--device", device, "--port", &port.to_string()])
@@ -285,8 +375,8 @@ impl Workers {
             Some(token) => command.env("RBEE_WORKER_TOKEN", token),
             None => command.env_remove("RBEE_WORKER_TOKEN"),
         };
-        let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let pid = child.id().ok_or("the worker exited at once")?;
+        let mut child = command.spawn().map_err(|source| WorkerError::Start { binary: binary.clone(), source })?;
+        let pid = child.id().ok_or(WorkerError::ExitedAtOnce)?;
         let record = Record {
             id: id.clone(),
             worker_type: worker_type.to_owned(),
@@ -297,10 +387,10 @@ impl Workers {
             start_time: start_time(pid).unwrap_or(0),
             started_ms,
         };
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&record).map_err(WorkerError::EncodeRecord)?;
         if let Err(e) = write_atomic(&self.settings.registry_dir.join(format!("{id}.json")), &json) {
             let _ = child.start_kill();
-            return Err(format!("cannot write the worker registry: {e}"));
+            return Err(WorkerError::WriteRecord(e));
         }
         let process = WorkerProcess {
             id: id.clone(),
@@ -337,7 +427,7 @@ impl Workers {
     }
 
     /// Waits until the worker is ready; fails if it exits first or `timeout` passes.
-    pub async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<WorkerProcess, String> {
+    pub async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<WorkerProcess, WorkerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -347,25 +437,24 @@ impl Workers {
             match &process.state {
                 WorkerState::Ready => return Ok(process),
                 WorkerState::Crashed { message, .. } => {
-                    return Err(format!("worker {id} {message}"));
+                    return Err(WorkerError::Crashed { id: id.to_owned(), how: message.clone() });
                 }
-                WorkerState::Stopped => return Err(format!("worker {id} was stopped while starting")),
+                WorkerState::Stopped => return Err(WorkerError::StoppedWhileStarting { id: id.to_owned() }),
                 WorkerState::Starting | WorkerState::Unresponsive => {}
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(format!(
-                    "worker {id} sent no heartbeat within {}s; it is still running: see its log {} or stop it with \
-                     `rbee worker delete {id}`",
-                    timeout.as_secs(),
-                    self.log_path(id).display()
-                ));
+                return Err(WorkerError::NoHeartbeat {
+                    id: id.to_owned(),
+                    secs: timeout.as_secs(),
+                    log: self.log_path(id),
+                });
             }
         }
     }
 
     /// Stops a worker: SIGTERM to its process group, SIGKILL after `grace`. A worker that
     /// already exited is cleared from the list.
-    pub async fn delete(&self, id: &str, grace: Duration) -> Result<WorkerProcess, String> {
+    pub async fn delete(&self, id: &str, grace: Duration) -> Result<WorkerProcess, WorkerError> {
         let process = {
             let mut entries = self.entries.lock().expect("workers lock");
             let Some(entry) = entries.get_mut(id) else {
@@ -383,7 +472,7 @@ impl Workers {
         };
         use nix::sys::signal::{Signal, killpg};
         use nix::unistd::Pid;
-        let group = Pid::from_raw(i32::try_from(process.pid).map_err(|e| e.to_string())?);
+        let group = Pid::from_raw(i32::try_from(process.pid).map_err(WorkerError::BadPid)?);
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         let mut killed = false;
@@ -442,6 +531,25 @@ mod tests {
         let t = start_time(me).expect("this process has a start time");
         assert_eq!(start_time(me), Some(t), "stable");
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    /// These texts reach users (and end-to-end tests) as operation errors: pinned word for word.
+    #[test]
+    fn messages_read_as_before() {
+        let e = WorkerError::NoHeartbeat { id: "w-1".into(), secs: 120, log: "/s/w-1.log".into() };
+        assert_eq!(
+            e.to_string(),
+            "worker w-1 sent no heartbeat within 120s; it is still running: see its log /s/w-1.log or stop it with \
+             `rbee worker delete w-1`"
+        );
+        let e = WorkerError::NotInstalled { worker_type: "vllm".into(), installed: "none".into() };
+        assert_eq!(
+            e.to_string(),
+            "worker type \"vllm\" is not installed on this hive (installed: none): add it to the hive's `workers` \
+             in hives.conf and run `rbee sync`"
+        );
+        let e = WorkerError::Crashed { id: "w-1".into(), how: "exited with status 127".into() };
+        assert_eq!(e.to_string(), "worker w-1 exited with status 127");
     }
 
     #[test]

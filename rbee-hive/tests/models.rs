@@ -85,7 +85,11 @@ fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-async fn download(dir: &Path, url: &str, sha256: Option<&str>) -> Result<rbee_core::proto::hive::ModelInfo, String> {
+async fn download(
+    dir: &Path,
+    url: &str,
+    sha256: Option<&str>,
+) -> Result<rbee_core::proto::hive::ModelInfo, rbee_hive::models::ModelError> {
     let mut progress = Vec::new();
     let mut on = |done, total| progress.push((done, total));
     let want = sha256.map(|s| rbee_core::Sha256::parse(s).unwrap());
@@ -127,6 +131,8 @@ async fn a_checksum_mismatch_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = sha(b"something else");
     let err = download(dir.path(), &server.url, Some(&wrong)).await.unwrap_err();
+    assert!(matches!(err, rbee_hive::models::ModelError::ChecksumMismatch { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("checksum mismatch") && err.contains(&wrong) && err.contains(&sha(&body)), "{err}");
     assert!(err.contains("deleted"), "{err}");
     assert!(!dir.path().join("tiny.gguf").exists());
@@ -140,7 +146,7 @@ async fn an_interrupted_download_resumes_where_it_stopped() {
     let cut = 1024 * 1024 + 3;
     let server = serve(body.clone(), Mode::CutFirstAt(cut));
     let dir = tempfile::tempdir().unwrap();
-    let err = download(dir.path(), &server.url, Some(&sha(&body))).await.unwrap_err();
+    let err = download(dir.path(), &server.url, Some(&sha(&body))).await.unwrap_err().to_string();
     assert!(err.contains("interrupted") && err.contains("resume"), "{err}");
     assert!(!dir.path().join("tiny.gguf").exists(), "no partial model under its name");
     let part = dir.path().join(".partial/tiny.gguf.part");
@@ -174,12 +180,14 @@ async fn local_paths_and_bad_names() {
     let models = dir.path().join("models");
     let info = download(&models, src.to_str().unwrap(), None).await.unwrap();
     assert_eq!((info.name.as_str(), info.size), ("src.bin", 7));
-    let err = download(&models, "relative/path.bin", None).await.unwrap_err();
+    let err = download(&models, "relative/path.bin", None).await.unwrap_err().to_string();
     assert!(err.contains("absolute path"), "{err}");
     let mut on = |_, _| {};
-    let err =
-        rbee_hive::models::download(&models, src.to_str().unwrap(), None, Some("../x"), &mut on).await.unwrap_err();
+    let err = rbee_hive::models::download(&models, src.to_str().unwrap(), None, Some("../x"), &mut on)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a model name"), "{err}");
-    let err = rbee_hive::models::get(&models, "absent").unwrap_err();
+    let err = rbee_hive::models::get(&models, "absent").unwrap_err().to_string();
     assert!(err.contains("rbee model list"), "{err}");
 }

@@ -53,7 +53,7 @@ async fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period_and_ports_ne
     assert_eq!(stopped.state, WorkerState::Stopped);
     assert!(started.elapsed() >= Duration::from_millis(400), "SIGKILL only after the grace period");
     assert!(!alive(spawned[0].pid));
-    assert!(workers.get(&spawned[0].id).unwrap_err().contains("no worker"));
+    assert!(workers.get(&spawned[0].id).unwrap_err().to_string().contains("no worker"));
     for p in &spawned[1..] {
         workers.delete(&p.id, Duration::from_millis(100)).await.unwrap();
         assert!(!alive(p.pid));
@@ -67,7 +67,7 @@ async fn a_worker_exiting_during_startup_is_reported_with_its_status_and_log() {
     worker_script(dir.path(), "broken", "echo 'error: `engine` not found: this worker needs an engine' >&2\nexit 3");
     let workers = Workers::open(settings(dir.path()));
     let p = workers.spawn(&workers.scan_catalog(), "broken", "m", "cpu").unwrap();
-    let err = workers.wait_ready(&p.id, Duration::from_secs(10)).await.unwrap_err();
+    let err = workers.wait_ready(&p.id, Duration::from_secs(10)).await.unwrap_err().to_string();
     assert!(err.contains("exited with status 3") && err.contains("`engine` not found"), "{err}");
     match workers.get(&p.id).unwrap().state {
         WorkerState::Crashed { exit_code, signal, .. } => assert_eq!((exit_code, signal), (Some(3), None)),
@@ -84,9 +84,9 @@ async fn bad_requests_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     worker_script(dir.path(), "ok", "exec sleep 30");
     let workers = Workers::open(settings(dir.path()));
-    let err = workers.spawn(&workers.scan_catalog(), "vllm", "m", "cpu").unwrap_err();
+    let err = workers.spawn(&workers.scan_catalog(), "vllm", "m", "cpu").unwrap_err().to_string();
     assert!(err.contains("not installed on this hive (installed: ok)") && err.contains("rbee sync"), "{err}");
-    let err = workers.spawn(&workers.scan_catalog(), "ok", "m", "gpu0").unwrap_err();
+    let err = workers.spawn(&workers.scan_catalog(), "ok", "m", "gpu0").unwrap_err().to_string();
     assert!(err.contains("`cpu` or `cuda:N`"), "{err}");
 }
 

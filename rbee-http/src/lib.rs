@@ -157,9 +157,8 @@ where
 /// leaves it open.
 pub fn require_token(router: axum::Router, token: Option<String>) -> axum::Router {
     let Some(token) = token else { return router };
-    let expected = rbee_core::proto::bearer(&token);
     router.route_layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+        let ok = rbee_core::proto::authorized(req.headers().get("authorization").and_then(|v| v.to_str().ok()), &token);
         async move {
             if ok {
                 next.run(req).await

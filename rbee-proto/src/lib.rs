@@ -30,3 +30,27 @@ pub use digest::{DigestError, Sha256};
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+/// Whether an `authorization` header carries `token`, compared in constant time (for equal
+/// lengths), so the time an answer takes says nothing about how much of a guess was right.
+pub fn authorized(header: Option<&str>, token: &str) -> bool {
+    let expected = bearer(token);
+    let Some(given) = header else { return false };
+    if given.len() != expected.len() {
+        return false;
+    }
+    given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_exact_bearer_token_is_authorized() {
+        assert!(super::authorized(Some("Bearer s3cret"), "s3cret"));
+        for wrong in
+            [None, Some(""), Some("Bearer s3creT"), Some("Bearer s3cret "), Some("bearer s3cret"), Some("s3cret")]
+        {
+            assert!(!super::authorized(wrong, "s3cret"), "{wrong:?}");
+        }
+    }
+}

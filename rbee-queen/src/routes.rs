@@ -94,9 +94,8 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
 }
 
 async fn auth(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
-    let expected = rbee_core::proto::bearer(&queen.config.token);
     let given = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-    if given != Some(expected.as_str()) {
+    if !rbee_core::proto::authorized(given, &queen.config.token) {
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong token").into_response();
     }
     next.run(request).await

@@ -15,6 +15,35 @@ use rbee_core::proto::hive::WorkerHeartbeat;
 
 use crate::WorkerArgs;
 
+/// Why the contract server stopped. Launchers print only `Display`, so each variant carries its
+/// source's text too; the source stays attached for callers that inspect it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    /// The worker's port could not be bound.
+    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
+    Listen {
+        /// The port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("{0}")]
+    Serve(#[source] std::io::Error),
+    /// The hive answered three heartbeats in a row with 404: it does not manage this worker.
+    #[error("the hive at {hive} does not know worker {worker_id}: stopping")]
+    Disowned {
+        /// The hive's URL.
+        hive: String,
+        /// This worker.
+        worker_id: String,
+    },
+    /// The heartbeat task panicked or was cancelled.
+    #[error("{0}")]
+    Heartbeats(#[source] tokio::task::JoinError),
+}
+
 /// What serves the contract's API behind a worker: an engine it bridges to, or (in tests) a
 /// deterministic fixture.
 #[async_trait::async_trait]
@@ -82,7 +111,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 /// Sends a heartbeat to the hive every interval while the process lives. Returns (the
 /// reason) only when the hive disowns the worker: three `404`s in a row mean it does not
 /// know this worker (any more), and a worker nobody manages should not keep a GPU.
-async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>) -> String {
+async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>) -> ContractError {
     let Some(hive) = args.hive_url.clone() else { return std::future::pending().await };
     let mut disowned = 0;
     let url = format!("{}/v1/workers/{}/heartbeat", hive.trim_end_matches('/'), args.worker_id);
@@ -102,7 +131,7 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
             Ok(r) if r.status() == 404 => {
                 disowned += 1;
                 if disowned >= 3 {
-                    return format!("the hive at {hive} does not know worker {}: stopping", args.worker_id);
+                    return ContractError::Disowned { hive, worker_id: args.worker_id };
                 }
             }
             Ok(r) => eprintln!("worker {}: heartbeat to {hive} answered {}", args.worker_id, r.status()),
@@ -120,18 +149,18 @@ pub async fn serve(
     env: WorkerEnv,
     backend: Arc<dyn Backend>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), ContractError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", args.port))?;
+        .map_err(|source| ContractError::Listen { port: args.port, source })?;
     let mut beats = tokio::spawn(heartbeats(args.clone(), env.clone(), backend.clone()));
     let server = axum::serve(listener, router(args, &env, backend)).with_graceful_shutdown(shutdown);
     tokio::select! {
         result = std::future::IntoFuture::into_future(server) => {
             beats.abort();
-            result.map_err(|e| e.to_string())
+            result.map_err(ContractError::Serve)
         }
-        disowned = &mut beats => Err(disowned.unwrap_or_else(|e| e.to_string())),
+        disowned = &mut beats => Err(disowned.unwrap_or_else(ContractError::Heartbeats)),
     }
 }
 

@@ -35,6 +35,27 @@ pub struct WorkerArgs {
     pub hive_url: Option<String>,
 }
 
+/// What an engine is missing on this host; the launcher prints it and exits 127.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotInstalled {
+    /// The engine's program is not on `$PATH`.
+    #[error("`{program}` not found: this worker needs {needs}")]
+    Program {
+        /// The program looked for.
+        program: String,
+        /// What must be installed, in words.
+        needs: &'static str,
+    },
+    /// A file the engine runs (ComfyUI's `main.py`) does not exist.
+    #[error("{path} not found: this worker needs {needs}")]
+    File {
+        /// The file looked for.
+        path: String,
+        /// What must be installed, in words.
+        needs: &'static str,
+    },
+}
+
 /// An engine a launcher starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -110,18 +131,18 @@ impl Engine {
     }
 
     /// `Err` naming what is missing when the engine is not installed.
-    pub fn check_installed(self, args: &WorkerArgs) -> Result<(), String> {
+    pub fn check_installed(self, args: &WorkerArgs) -> Result<(), NotInstalled> {
         self.check_installed_in(args, &std::env::var_os("PATH").unwrap_or_default())
     }
 
     /// [`Engine::check_installed`] with `path` as `$PATH`.
-    fn check_installed_in(self, args: &WorkerArgs, path: &std::ffi::OsStr) -> Result<(), String> {
+    fn check_installed_in(self, args: &WorkerArgs, path: &std::ffi::OsStr) -> Result<(), NotInstalled> {
         let (program, argv) = self.command(args, 0);
         if find_in(path, &program).is_none() {
-            return Err(format!("`{program}` not found: this worker needs {}", self.requirement()));
+            return Err(NotInstalled::Program { program, needs: self.requirement() });
         }
         if self == Engine::ComfyUi && !std::path::Path::new(&argv[0]).is_file() {
-            return Err(format!("{} not found: this worker needs {}", argv[0], self.requirement()));
+            return Err(NotInstalled::File { path: argv[0].clone(), needs: self.requirement() });
         }
         Ok(())
     }
@@ -135,8 +156,8 @@ fn find_in(path: &std::ffi::OsStr, program: &str) -> Option<PathBuf> {
 /// exits with the engine's status when it exits, and stops it on SIGTERM.
 pub fn launch(engine: Engine) -> ExitCode {
     let args = WorkerArgs::parse();
-    if let Err(msg) = engine.check_installed(&args) {
-        eprintln!("error: {msg}");
+    if let Err(e) = engine.check_installed(&args) {
+        eprintln!("error: {e}");
         return ExitCode::from(127);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -148,8 +169,8 @@ pub fn launch(engine: Engine) -> ExitCode {
     };
     match runtime.block_on(proxy::run(engine, args)) {
         Ok(code) => ExitCode::from(code),
-        Err(msg) => {
-            eprintln!("error: {msg}");
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -187,9 +208,9 @@ mod tests {
     #[test]
     fn missing_engine_is_named() {
         let empty = tempfile::tempdir().unwrap();
-        let err = Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err();
+        let err = Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err().to_string();
         assert!(err.contains("`vllm` not found"), "{err}");
-        let err = Engine::LlamaCpp.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err();
+        let err = Engine::LlamaCpp.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err().to_string();
         assert!(err.contains("`llama-server` not found"), "{err}");
         std::fs::write(empty.path().join("vllm"), "#!/bin/sh\n").unwrap();
         assert_eq!(Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()), Ok(()));

@@ -7,8 +7,38 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::contract::{Backend, WorkerEnv};
+use crate::contract::{Backend, ContractError, WorkerEnv};
 use crate::{Engine, WorkerArgs};
+
+/// Why a worker stopped other than by its engine exiting or SIGTERM. The launcher prints only
+/// `Display`, so each variant carries its source's text too; the source stays attached.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    /// Asking the kernel for a port for the engine failed.
+    #[error("{0}")]
+    EnginePort(#[source] std::io::Error),
+    /// The engine could not be started.
+    #[error("cannot start {program}: {source}")]
+    Start {
+        /// The engine's program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the engine failed.
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+    /// The contract server failed (or the hive disowned the worker).
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    /// The contract server returned without being asked to.
+    #[error("the contract server stopped")]
+    ContractStopped,
+    /// The contract server's task panicked or was cancelled.
+    #[error("{0}")]
+    ContractTask(#[source] tokio::task::JoinError),
+}
 
 /// Proxies the contract to an engine at `base`.
 pub struct EngineProxy {
@@ -42,14 +72,14 @@ impl Backend for EngineProxy {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+fn free_port() -> Result<u16, ProxyError> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(ProxyError::EnginePort)?;
+    Ok(listener.local_addr().map_err(ProxyError::EnginePort)?.port())
 }
 
 /// Starts the engine and serves the contract in front of it. Returns the exit code: the
 /// engine's when it exits on its own, 0 after SIGTERM.
-pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, String> {
+pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyError> {
     let engine_port = free_port()?;
     let (program, argv) = engine.command(&args, engine_port);
     eprintln!("worker {}: starting {program} {}", args.worker_id, argv.join(" "));
@@ -58,7 +88,7 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, String> 
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))?;
+        .map_err(|source| ProxyError::Start { program: program.clone(), source })?;
     let backend = Arc::new(EngineProxy { base: format!("http://127.0.0.1:{engine_port}"), engine });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(crate::contract::serve(args.clone(), WorkerEnv::from_env(), backend, async move {
@@ -66,7 +96,7 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, String> 
     }));
     let code = tokio::select! {
         status = child.wait() => {
-            let status = status.map_err(|e| e.to_string())?;
+            let status = status.map_err(ProxyError::Wait)?;
             eprintln!("worker {}: {program} exited ({status})", args.worker_id);
             u8::try_from(status.code().unwrap_or(1)).unwrap_or(1).max(1)
         }
@@ -79,9 +109,9 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, String> 
             let _ = child.start_kill();
             let _ = child.wait().await;
             let why = match served {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) => "the contract server stopped".to_owned(),
-                Err(e) => e.to_string(),
+                Ok(Err(e)) => ProxyError::Contract(e),
+                Ok(Ok(())) => ProxyError::ContractStopped,
+                Err(e) => ProxyError::ContractTask(e),
             };
             return Err(why);
         }

@@ -43,15 +43,19 @@ pub(super) fn config_path(cli: &Cli) -> Option<PathBuf> {
 }
 
 /// Test hooks, honoured in-process only: `RBEE_TEST_FAULT=alias=corrupt-upload,other=stop-before-rename`.
-fn faults() -> Result<BTreeMap<String, InstallFault>, String> {
+fn faults() -> Result<BTreeMap<String, InstallFault>, crate::exit::CliError> {
     let mut faults = BTreeMap::new();
     if let Ok(spec) = std::env::var("RBEE_TEST_FAULT") {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
-            let (alias, fault) = part.split_once('=').ok_or_else(|| format!("RBEE_TEST_FAULT: bad entry {part:?}"))?;
+            let (alias, fault) = part
+                .split_once('=')
+                .ok_or_else(|| crate::exit::CliError::Message(format!("RBEE_TEST_FAULT: bad entry {part:?}")))?;
             let fault = match fault {
                 "corrupt-upload" => InstallFault::CorruptUpload,
                 "stop-before-rename" => InstallFault::StopBeforeRename,
-                other => return Err(format!("RBEE_TEST_FAULT: unknown fault {other:?}")),
+                other => {
+                    return Err(crate::exit::CliError::Message(format!("RBEE_TEST_FAULT: unknown fault {other:?}")));
+                }
             };
             faults.insert(alias.to_owned(), fault);
         }

@@ -181,8 +181,10 @@ impl Fleet {
         let dir = self.config_dir();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hives.conf"), hives).unwrap();
+        let insecure =
+            if self.source.to_string_lossy().starts_with("http://") { "allow_insecure_source = true\n" } else { "" };
         let rbee = format!(
-            "[queen]\nport = {}\n\n[package]\nsource = \"{}\"\nssh_timeout = 20\nhealth_check_timeout = 20\n",
+            "[queen]\nport = {}\n\n[package]\nsource = \"{}\"\n{insecure}ssh_timeout = 20\nhealth_check_timeout = 20\n",
             self.queen_port,
             self.source.display()
         );

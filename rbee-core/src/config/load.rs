@@ -286,6 +286,14 @@ impl<'a> Validator<'a> {
                 self.error(s.span(), "source is empty: give a directory or an http(s) URL, or leave it out");
             } else if let Some(problem) = path_problem(s.get_ref()) {
                 self.error(s.span(), format!("source {:?} {problem}", s.get_ref()));
+            } else if s.get_ref().starts_with("http://") && !p.allow_insecure_source {
+                self.error(
+                    s.span(),
+                    format!(
+                        "source {:?} is plain HTTP: anyone on the way can change what gets installed; use https://, or set allow_insecure_source = true in [package] on a network you trust",
+                        s.get_ref()
+                    ),
+                );
             }
             s.get_ref().clone()
         });
@@ -308,6 +316,12 @@ impl<'a> Validator<'a> {
     }
 
     fn hives(&mut self, file: &HivesConfFile, attached_alias: Option<&str>) -> Vec<HiveConfig> {
+        if file.hive.is_empty() && attached_alias.is_none() {
+            self.error(
+                0..0,
+                "declares no hive: add one, e.g.\n[[hive]]\nalias = \"gpu-1\"\nhostname = \"192.168.1.10\"\nworkers = [{ type = \"llama-cpp\" }]",
+            );
+        }
         let mut seen_alias: BTreeMap<String, usize> = BTreeMap::new();
         let mut local_ports: BTreeMap<(Option<String>, u16), String> = BTreeMap::new();
         let mut out = Vec::new();

@@ -103,6 +103,10 @@ pub struct PackageSection {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub source: Option<Spanned<String>>,
+    /// Accept a plain `http://` source. Off by default: over plain HTTP anyone on the path
+    /// can change both the binaries and the SHA256SUMS that vouch for them.
+    #[serde(default)]
+    pub allow_insecure_source: bool,
 }
 
 impl Default for PackageSection {
@@ -112,6 +116,7 @@ impl Default for PackageSection {
             ssh_timeout: default_ssh_timeout(),
             health_check_timeout: default_health_timeout(),
             source: None,
+            allow_insecure_source: false,
         }
     }
 }

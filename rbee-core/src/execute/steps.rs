@@ -137,8 +137,10 @@ mkdir -p "$(dirname "$dir")" || exit 1
 take() { mkdir "$dir" 2>/dev/null || return 1; date +%s > "$dir/since"; printf '%s\n' "$owner" > "$dir/owner"; }
 if [ -n "$breakable" ] && [ "$(cat "$dir/owner" 2>/dev/null)" = "$breakable" ]; then rm -rf "$dir"; fi
 take && exit 0
-now=$(date +%s); since=$(cat "$dir/since" 2>/dev/null || echo "$now")
-case "$since" in ''|*[!0-9]*) since=$now ;; esac
+# A lock without a readable "since" (its holder died between mkdir and writing it) ages from
+# the directory's own time, so it is taken over after the lease like any other.
+now=$(date +%s); since=$(cat "$dir/since" 2>/dev/null || stat -c %Y "$dir" 2>/dev/null || echo "$now")
+case "$since" in ''|*[!0-9]*) since=$(stat -c %Y "$dir" 2>/dev/null || echo "$now") ;; esac
 if [ $(( now - since )) -gt "$stale_s" ]; then rm -rf "$dir"; take && exit 0; fi
 printf 'busy %s\n' "$(cat "$dir/owner" 2>/dev/null)"
 exit 75
@@ -517,6 +519,24 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["notes", "queen.token"]);
+    }
+
+    /// A lock directory without its `since` file (its holder died right after `mkdir`) made
+    /// every later sync wait the whole lock wait and fail, forever; it now ages from the
+    /// directory's own time and is taken over after the lease.
+    #[tokio::test]
+    async fn a_lock_without_its_since_file_is_taken_over_after_the_lease() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(Layout::lock_dir());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("owner"), "rbee pid 1 on another-machine since 0\n").unwrap();
+        let old = std::process::Command::new("touch").args(["-d", "5 minutes ago"]).arg(&dir).status().unwrap();
+        assert!(old.success());
+        let t = LocalTransport::new(home.path());
+        let started = std::time::Instant::now();
+        lock(&t, "me", Duration::from_secs(20), Duration::from_secs(60), Duration::from_secs(10)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert_eq!(std::fs::read_to_string(dir.join("owner")).unwrap().trim(), "me");
     }
 
     /// "cmdline contains rbee-hive" took any process with that word in its arguments for the

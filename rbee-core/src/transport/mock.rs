@@ -38,6 +38,18 @@ struct Expectation {
     reply: Result<Option<CommandOutput>, TransportError>,
 }
 
+/// What a [`MockTransport`] saw that its script did not say, or did not see that it did.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{host}: unexpected calls {unexpected}; unmet expectations {unmet:?}")]
+pub struct MockMismatch {
+    /// The mock host.
+    pub host: String,
+    /// Calls no expectation matched.
+    pub unexpected: String,
+    /// Expectations no call met.
+    pub unmet: Vec<String>,
+}
+
 /// A scripted transport.
 #[derive(Debug)]
 pub struct MockTransport {
@@ -100,14 +112,14 @@ impl MockTransport {
     }
 
     /// `Err` naming unexpected calls and unmet expectations.
-    pub fn verify(&self) -> Result<(), String> {
+    pub fn verify(&self) -> Result<(), MockMismatch> {
         let unexpected = self.unexpected.lock().expect("mock lock");
         let left = self.expectations.lock().expect("mock lock");
         if unexpected.is_empty() && left.is_empty() {
             return Ok(());
         }
-        let left: Vec<String> = left.iter().map(|e| format!("{:?} containing {:?}", e.kind, e.needle)).collect();
-        Err(format!("{}: unexpected calls {unexpected:?}; unmet expectations {left:?}", self.name))
+        let unmet: Vec<String> = left.iter().map(|e| format!("{:?} containing {:?}", e.kind, e.needle)).collect();
+        Err(MockMismatch { host: self.name.clone(), unexpected: format!("{unexpected:?}"), unmet })
     }
 
     async fn answer(

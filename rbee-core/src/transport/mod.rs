@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 pub use local::LocalTransport;
 #[cfg(any(test, feature = "test-util"))]
-pub use mock::{MockCall, MockTransport};
+pub use mock::{MockCall, MockMismatch, MockTransport};
 pub use shell::{quote, shell_line};
 
 /// A command to run on a host, from argv (never a string spliced into a shell).

@@ -100,6 +100,22 @@ fn invalid_files_name_file_line_and_column() {
             &["hives.conf:2:9: alias \"a;rm\" may only contain a-z, 0-9, '.', '_' and '-' ([a-z0-9][a-z0-9._-]*)"],
         ),
         (
+            "plain http source",
+            Some("[package]\nsource = \"http://releases.lab\"\n"),
+            "[[hive]]\nalias = \"a\"\nhostname = \"h\"\n",
+            &[
+                "rbee.conf:2:10: source \"http://releases.lab\" is plain HTTP: anyone on the way can change what gets installed; use https://, or set allow_insecure_source = true in [package] on a network you trust",
+            ],
+        ),
+        (
+            "no hive at all",
+            None,
+            "# nothing yet\n",
+            &[
+                "hives.conf:1:1: declares no hive: add one, e.g.\n[[hive]]\nalias = \"gpu-1\"\nhostname = \"192.168.1.10\"\nworkers = [{ type = \"llama-cpp\" }]",
+            ],
+        ),
+        (
             "empty alias",
             None,
             "[[hive]]\nalias = \"\"\nhostname = \"h\"\n",
@@ -194,7 +210,7 @@ fn invalid_files_name_file_line_and_column() {
             Some("[package]\nmax_concurrent = 3\n"),
             H,
             &[
-                "rbee.conf:2:1: unknown field `max_concurrent`, expected one of `max_concurrent_installs`, `ssh_timeout`, `health_check_timeout`, `source`",
+                "rbee.conf:2:1: unknown field `max_concurrent`, expected one of `max_concurrent_installs`, `ssh_timeout`, `health_check_timeout`, `source`, `allow_insecure_source`",
             ],
         ),
         (
