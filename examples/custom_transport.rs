@@ -15,7 +15,7 @@ use rbee_core::config::{self, HiveConfig};
 use rbee_core::execute::ExecuteOptions;
 use rbee_core::fleet::{Connector, local_transport};
 use rbee_core::package::{self, SyncRequest};
-use rbee_core::transport::{CommandOutput, LocalTransport, Progress, RemoteCommand, Transport, TransportError};
+use rbee_core::transport::{CommandOutput, LocalTransport, RemoteCommand, Transport, TransportError, Upload};
 
 /// Records what it is asked to do, then does it locally.
 struct Recording {
@@ -34,16 +34,9 @@ impl Transport for Recording {
         self.log.lock().unwrap().push(format!("run    {what}"));
         self.inner.run(command).await
     }
-    async fn upload(
-        &self,
-        data: &[u8],
-        path: &str,
-        mode: u32,
-        deadline: Duration,
-        progress: Progress<'_>,
-    ) -> Result<(), TransportError> {
-        self.log.lock().unwrap().push(format!("upload {path} ({} bytes)", data.len()));
-        self.inner.upload(data, path, mode, deadline, progress).await
+    async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
+        self.log.lock().unwrap().push(format!("upload {} ({} bytes)", file.path, file.data.len()));
+        self.inner.upload(file).await
     }
     async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
         self.log.lock().unwrap().push(format!("read   {path}"));

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rbee_core::config::HostKeyPolicy;
-use rbee_core::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, shell_line};
+use rbee_core::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload, shell_line};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, client};
 use tokio::sync::Semaphore;
@@ -282,14 +282,8 @@ impl Transport for SshTransport {
         self.exec(line, command.stdin.as_deref(), &|_| {}, command.deadline, &what).await
     }
 
-    async fn upload(
-        &self,
-        data: &[u8],
-        path: &str,
-        mode: u32,
-        deadline: Duration,
-        progress: Progress<'_>,
-    ) -> Result<(), TransportError> {
+    async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
+        let Upload { data, path, mode, deadline, progress } = file;
         let argv = ["sh", "-c", UPLOAD, "sh", path, &format!("{mode:o}")].map(str::to_owned);
         let what = format!("upload to {path}");
         let out = self.exec(with_deadline(&argv, deadline), Some(data), progress, deadline, &what).await?;

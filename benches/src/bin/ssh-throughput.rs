@@ -38,7 +38,9 @@ async fn main() {
         for i in 0..parallel {
             let (t, data) = (t.clone(), data.clone());
             tasks.push(tokio::spawn(async move {
-                t.upload(&data, &format!("f{i}"), 0o644, Duration::from_secs(120), &|_| {}).await.expect("upload");
+                t.upload(rbee_core::transport::Upload::new(&data, &format!("f{i}"), 0o644, Duration::from_secs(120)))
+                    .await
+                    .expect("upload");
             }));
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::layout::Layout;
 use crate::state::Artifact;
-use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError};
+use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload};
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,7 +108,7 @@ pub async fn install_binary(
     } else {
         bytes
     };
-    t.upload(payload, &staging, 0o600, deadline, progress).await?;
+    t.upload(Upload::new(payload, &staging, 0o600, deadline).with_progress(progress)).await?;
     if fault == Some(InstallFault::StopBeforeRename) {
         return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
     }
@@ -270,8 +270,8 @@ pub async fn link_queen(
 ) -> Result<(), StepError> {
     let Some(link) = link else { return Ok(()) };
     let json = serde_json::to_string(link).map_err(|e| StepError::Failed(e.to_string()))?;
-    t.upload(link.token.as_bytes(), &Layout::hive_token(), 0o600, deadline, &|_| {}).await?;
-    t.upload(json.as_bytes(), &Layout::queen_link(), 0o644, deadline, &|_| {}).await?;
+    t.upload(Upload::new(link.token.as_bytes(), &Layout::hive_token(), 0o600, deadline)).await?;
+    t.upload(Upload::new(json.as_bytes(), &Layout::queen_link(), 0o644, deadline)).await?;
     Ok(())
 }
 

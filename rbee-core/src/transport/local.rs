@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{CommandOutput, Progress, RemoteCommand, Transport, TransportError};
+use super::{CommandOutput, RemoteCommand, Transport, TransportError, Upload};
 
 static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -81,14 +81,8 @@ impl Transport for LocalTransport {
         }
     }
 
-    async fn upload(
-        &self,
-        data: &[u8],
-        path: &str,
-        mode: u32,
-        deadline: Duration,
-        progress: Progress<'_>,
-    ) -> Result<(), TransportError> {
+    async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
+        let Upload { data, path, mode, deadline, progress } = file;
         use std::os::unix::fs::PermissionsExt;
         let target = self.resolve(path);
         let what = format!("upload to {path}");
@@ -150,7 +144,8 @@ mod tests {
         let home = dir.path().display().to_string();
         assert_eq!(out.stdout_text(), format!("{home}\n{home}\n"));
         let seen = std::sync::Mutex::new(Vec::new());
-        t.upload(&[7u8; 3_000_000], "a/b/file", 0o755, Duration::from_secs(5), &|n| seen.lock().unwrap().push(n))
+        let progress = |n| seen.lock().unwrap().push(n);
+        t.upload(Upload::new(&[7u8; 3_000_000], "a/b/file", 0o755, Duration::from_secs(5)).with_progress(&progress))
             .await
             .unwrap();
         assert_eq!(seen.lock().unwrap().last(), Some(&3_000_000));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, shell_line};
+use super::{CommandOutput, RemoteCommand, Transport, TransportError, Upload, shell_line};
 
 /// A call the mock received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,16 +164,10 @@ impl Transport for MockTransport {
         }
     }
 
-    async fn upload(
-        &self,
-        data: &[u8],
-        path: &str,
-        _mode: u32,
-        _deadline: Duration,
-        progress: Progress<'_>,
-    ) -> Result<(), TransportError> {
+    async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
+        let (data, path) = (file.data, file.path);
         self.answer(|k| matches!(k, Kind::Upload), MockCall::Upload(path.to_owned(), data.len()), path).await?;
-        progress(data.len() as u64);
+        (file.progress)(data.len() as u64);
         Ok(())
     }
 

@@ -147,6 +147,41 @@ impl TransportError {
 /// Called with the number of bytes transferred so far.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
+/// One file to write on a host: what [`Transport::upload`] takes.
+#[derive(Clone, Copy)]
+pub struct Upload<'a> {
+    /// The bytes.
+    pub data: &'a [u8],
+    /// Where, relative to the home directory (or absolute).
+    pub path: &'a str,
+    /// Permission bits, e.g. `0o600`.
+    pub mode: u32,
+    /// Deadline for the whole write.
+    pub deadline: Duration,
+    /// Told the bytes sent so far.
+    pub progress: Progress<'a>,
+}
+
+fn no_progress(_: u64) {}
+
+impl<'a> Upload<'a> {
+    /// `data` to `path` with `mode` within `deadline`, with no progress reports.
+    pub fn new(data: &'a [u8], path: &'a str, mode: u32, deadline: Duration) -> Self {
+        Self { data, path, mode, deadline, progress: &no_progress }
+    }
+
+    /// The same, reporting progress to `progress`.
+    pub fn with_progress(self, progress: Progress<'a>) -> Self {
+        Self { progress, ..self }
+    }
+}
+
+impl std::fmt::Debug for Upload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upload({} bytes to {} mode {:o})", self.data.len(), self.path, self.mode)
+    }
+}
+
 /// One host's primitives. Paths are relative to the home directory of the user rbee acts as
 /// (absolute paths are used as given).
 #[async_trait]
@@ -157,16 +192,10 @@ pub trait Transport: Send + Sync {
     /// Runs a command in the home directory and waits for it (or its deadline).
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError>;
 
-    /// Writes `data` to `path` with `mode`, atomically: `path` is either untouched or complete.
-    /// Parent directories are created. `progress` gets the bytes sent so far.
-    async fn upload(
-        &self,
-        data: &[u8],
-        path: &str,
-        mode: u32,
-        deadline: Duration,
-        progress: Progress<'_>,
-    ) -> Result<(), TransportError>;
+    /// Writes `file.data` to `file.path` with `file.mode`, atomically: the path is either
+    /// untouched or complete. Parent directories are created. `file.progress` gets the bytes
+    /// sent so far.
+    async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError>;
 
     /// Reads a file of at most `max` bytes; `None` if it does not exist.
     async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError>;
