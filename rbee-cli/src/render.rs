@@ -291,6 +291,8 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
                 sync_report(report);
             }
         }
+        // A result kind from a newer queen or hive: its JSON, so nothing is lost.
+        other => println!("{}", serde_json::to_string(other).unwrap_or_default()),
     }
     Ok(exit)
 }

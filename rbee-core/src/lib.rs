@@ -9,7 +9,7 @@
 //! plan(&Desired, &Actual, &PlanOptions) ──▶ Plan           (pure, deterministic DAG of actions)
 //! ```
 //!
-//! Then `execute::execute(&Desired, &Plan, …, on_event) -> SyncReport` runs the plan:
+//! Then `execute::execute(&Desired, &Planned, …, on_event) -> SyncReport` runs the plan:
 //! hives concurrently, each under a per-host lock, atomic verified installs, typed
 //! [`execute::SyncEvent`]s to a callback.
 //!

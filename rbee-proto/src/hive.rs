@@ -101,6 +101,7 @@ pub struct ModelInfo {
 /// One line of a hive's answer to a forwarded operation.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HiveEvent {
     /// A log line.
     Log {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Everything a client can ask rbee to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Operation {
     // --- package manager (the queen) ---
     /// Make the hosts match the config.

@@ -27,6 +27,7 @@ pub struct JobEvent {
 /// What a job event carries.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum JobEventBody {
     /// An executor event.
     Sync {

@@ -96,6 +96,7 @@ impl StatusReport {
 /// The result of a package operation, as the CLI renders it and the queen streams it.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum OperationResult {
     /// A sync, install or uninstall (with its plan and, unless a dry run, its report).
     Sync(SyncOutcome),

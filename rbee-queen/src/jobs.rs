@@ -150,12 +150,10 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
         let work_job = job.clone();
         let result = guarded(async move {
             let job = work_job;
-            let ctx = RunContext {
-                cancel: job.cancel.clone(),
-                queen_link: Some(link),
-                http: Some(Arc::new(crate::http::HyperGet::default())),
-                ..RunContext::default()
-            };
+            let mut ctx = RunContext::default();
+            ctx.cancel = job.cancel.clone();
+            ctx.queen_link = Some(link);
+            ctx.http = Some(Arc::new(crate::http::HyperGet::default()));
             let on_event = |event| job.push(JobEventBody::Sync { event });
             match job.operation.should_forward_to_hive() {
                 true => forward(&queen, &job).await,

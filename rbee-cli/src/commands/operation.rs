@@ -67,11 +67,9 @@ fn faults() -> Result<BTreeMap<String, InstallFault>, crate::exit::CliError> {
 pub(super) async fn run(cli: &Cli, op: Operation, verbose: bool) -> Outcome {
     let renderer = Renderer::new(cli.json);
     let result = if cli.in_process && !op.should_forward_to_hive() {
-        let ctx = RunContext {
-            faults: faults()?,
-            http: Some(Arc::new(rbee_queen::http::HyperGet::default())),
-            ..RunContext::default()
-        };
+        let mut ctx = RunContext::default();
+        ctx.faults = faults()?;
+        ctx.http = Some(Arc::new(rbee_queen::http::HyperGet::default()));
         let connect = |c: &Config| Arc::new(SshConnector::new(c)) as Arc<dyn Connector>;
         let on_event = |e| renderer.event(e);
         package::run_operation(&op, &connect, &ctx, &on_event).await

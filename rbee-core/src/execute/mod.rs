@@ -37,6 +37,7 @@ use crate::transport::Transport;
 
 /// Limits and knobs of an execution.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExecuteOptions {
     /// Hives worked on at once.
     pub concurrency: usize,
@@ -114,12 +115,34 @@ pub enum Intent {
 }
 
 impl Intent {
-    fn replan(&self, desired: &Desired, actual: &Actual) -> Plan {
+    /// The plan this intent makes of `desired` and `actual`, for the hives in `only` (all when
+    /// `None`): once for the whole fleet before a run, and again for each hive under its lock.
+    pub fn plan(&self, desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>) -> Plan {
         match self {
-            Intent::Sync(options) => plan(desired, actual, &PlanOptions { only: None, ..options.clone() }),
-            Intent::Uninstall { purge } => plan_uninstall(desired, actual, None, *purge),
-            Intent::Process { start } => crate::plan::plan_process(desired, actual, None, *start),
+            Intent::Sync(options) => plan(desired, actual, &PlanOptions { only: only.cloned(), ..options.clone() }),
+            Intent::Uninstall { purge } => plan_uninstall(desired, actual, only, *purge),
+            Intent::Process { start } => crate::plan::plan_process(desired, actual, only, *start),
         }
+    }
+}
+
+/// What [`execute`] runs: a plan together with the intent that made it. The plan says which
+/// hives have work (and why the others have none); under each hive's lock the intent makes
+/// that hive's plan again from a fresh observation, so a plan made before another sync ran is
+/// never replayed.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The intent.
+    pub intent: Intent,
+    /// Its plan of the fleet as observed before the run.
+    pub plan: Plan,
+}
+
+impl Planned {
+    /// Plans `intent` for `desired` and `actual` (the hives in `only`).
+    pub fn new(intent: Intent, desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>) -> Self {
+        let plan = intent.plan(desired, actual, only);
+        Self { intent, plan }
     }
 }
 
@@ -147,8 +170,7 @@ impl ArtifactCache<'_> {
 /// Executes `plan`. `transports` holds a transport for each reachable hive.
 pub async fn execute(
     desired: &Desired,
-    plan: &Plan,
-    intent: &Intent,
+    planned: &Planned,
     transports: &BTreeMap<String, Arc<dyn Transport>>,
     source: &ArtifactSource,
     options: &ExecuteOptions,
@@ -157,7 +179,8 @@ pub async fn execute(
     let cache = ArtifactCache { source, bytes: std::sync::Mutex::new(BTreeMap::new()) };
     let permits = Semaphore::new(options.concurrency.max(1));
     let owner = steps::lock_owner();
-    let tasks = plan.hives.iter().map(|hp| {
+    let intent = &planned.intent;
+    let tasks = planned.plan.hives.iter().map(|hp| {
         let (cache, permits, owner) = (&cache, &permits, &owner);
         async move {
             let early = match &hp.status {
@@ -257,7 +280,7 @@ impl HiveRun<'_> {
         }
         let desired = Desired { hives: BTreeMap::from([(self.alias().to_owned(), self.want.clone())]) };
         let actual = Actual { hives: BTreeMap::from([(self.alias().to_owned(), observed)]) };
-        let fresh = intent.replan(&desired, &actual);
+        let fresh = intent.plan(&desired, &actual, None);
         let Some(hp) = fresh.hives.into_iter().next() else {
             return HiveOutcome::Ok { changed: false };
         };

@@ -66,14 +66,13 @@ async fn run(
             .map(|(a, _)| (a.to_string(), HiveState::Reachable(crate::state::Observed::default())))
             .collect(),
     };
-    let plan = crate::plan::plan(desired, &actual, &PlanOptions::default());
+    let planned = Planned::new(Intent::Sync(PlanOptions::default()), desired, &actual, None);
     let transports: BTreeMap<String, Arc<dyn Transport>> =
         hosts.into_iter().map(|(a, t)| (a.to_owned(), t as Arc<dyn Transport>)).collect();
     let events = Mutex::new(Vec::new());
     let on_event = |e| events.lock().unwrap().push(e);
     let options = ExecuteOptions { retries: 2, ..ExecuteOptions::default() };
-    let report =
-        execute(desired, &plan, &Intent::Sync(PlanOptions::default()), &transports, source, &options, &on_event).await;
+    let report = execute(desired, &planned, &transports, source, &options, &on_event).await;
     (report, events.into_inner().unwrap())
 }
 

@@ -14,13 +14,14 @@ pub type ConnectFn = dyn Fn(&Config) -> std::sync::Arc<dyn Connector> + Send + S
 
 /// What a run may be told besides the operation.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct RunContext {
     /// Set to cancel (see [`ExecuteOptions::cancel`]).
     pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Test hooks by alias.
     pub faults: BTreeMap<String, crate::execute::InstallFault>,
     /// The queen started hives report to (set when the queen runs the operation).
-    pub queen_link: Option<crate::execute::QueenLink>,
+    pub queen_link: Option<rbee_proto::hive::QueenLink>,
     /// The HTTP client for an `http://` artifact source.
     pub http: Option<std::sync::Arc<dyn crate::artifact::HttpGet>>,
 }

@@ -4,9 +4,9 @@ use super::{PackageError, SyncOutcome};
 
 use crate::artifact::{ArtifactSource, resolve};
 use crate::config::Config;
-use crate::execute::{ExecuteOptions, Intent, OnEvent, execute};
+use crate::execute::{ExecuteOptions, Intent, OnEvent, Planned, execute};
 use crate::fleet::{Connector, connect_fleet, observe_fleet};
-use crate::plan::{PlanOptions, plan};
+use crate::plan::PlanOptions;
 
 /// What to sync.
 #[derive(Debug, Clone, Default)]
@@ -30,11 +30,10 @@ pub async fn sync(
     let desired = resolve(config, source)?;
     let connections = connect_fleet(config, connector, request.plan.only.as_ref()).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
-    let plan = plan(&desired, &actual, &request.plan);
+    let planned = Planned::new(Intent::Sync(request.plan.clone()), &desired, &actual, request.plan.only.as_ref());
     if request.dry_run {
-        return Ok(SyncOutcome { plan, report: None });
+        return Ok(SyncOutcome { plan: planned.plan, report: None });
     }
-    let intent = Intent::Sync(request.plan.clone());
-    let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
-    Ok(SyncOutcome { plan, report: Some(report) })
+    let report = execute(&desired, &planned, &connections.transports, source, options, on_event).await;
+    Ok(SyncOutcome { plan: planned.plan, report: Some(report) })
 }

@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::artifact::{ArtifactSource, resolve};
 use crate::config::Config;
-use crate::execute::{ExecuteOptions, Intent, OnEvent, execute};
+use crate::execute::{ExecuteOptions, Intent, OnEvent, Planned, execute};
 use crate::fleet::{Connector, connect_fleet, observe_fleet};
-use crate::plan::{plan_process, plan_uninstall};
 use crate::state::Desired;
 
 /// Stops and removes what rbee installed on the selected hives.
@@ -39,13 +38,9 @@ pub(super) async fn without_artifacts(
     let desired = desired_for_uninstall(config, source)?;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
-    let plan = match &intent {
-        Intent::Uninstall { purge } => plan_uninstall(&desired, &actual, only, *purge),
-        Intent::Process { start } => plan_process(&desired, &actual, only, *start),
-        Intent::Sync(options) => crate::plan::plan(&desired, &actual, options),
-    };
-    let report = execute(&desired, &plan, &intent, &connections.transports, source, options, on_event).await;
-    Ok(SyncOutcome { plan, report: Some(report) })
+    let planned = Planned::new(intent, &desired, &actual, only);
+    let report = execute(&desired, &planned, &connections.transports, source, options, on_event).await;
+    Ok(SyncOutcome { plan: planned.plan, report: Some(report) })
 }
 
 /// Uninstalling must work even when the artifacts are gone: fall back to empty pins.
