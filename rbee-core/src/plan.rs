@@ -20,8 +20,10 @@ pub use rbee_proto::plan::{Action, ActionKind, Binary, Change, HivePlan, HiveSta
 use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState, Installed, Observed};
 use std::collections::BTreeSet;
 
-/// Knobs of a plan.
+/// Knobs of a plan. Built from `PlanOptions::default()` and the `with_*` methods, so that new
+/// knobs do not break callers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlanOptions {
     /// Reinstall every binary and restart every hive even if in sync.
     pub force: bool,
@@ -29,6 +31,21 @@ pub struct PlanOptions {
     pub remove_extra: bool,
     /// Plan only these aliases; `None` means all.
     pub only: Option<BTreeSet<String>>,
+}
+
+impl PlanOptions {
+    /// With `force`: reinstall every binary and restart every hive.
+    pub fn with_force(self, force: bool) -> Self {
+        Self { force, ..self }
+    }
+    /// With `remove_extra`: remove undeclared workers.
+    pub fn with_remove_extra(self, remove_extra: bool) -> Self {
+        Self { remove_extra, ..self }
+    }
+    /// Only these hives (`None`: all).
+    pub fn with_only(self, only: Option<BTreeSet<String>>) -> Self {
+        Self { only, ..self }
+    }
 }
 
 /// The skeleton every planner shares: one [`HivePlan`] per desired hive, skipped when not

@@ -42,9 +42,13 @@ pub(super) fn config_path(cli: &Cli) -> Option<PathBuf> {
     Some(abs)
 }
 
-/// Test hooks, honoured in-process only: `RBEE_TEST_FAULT=alias=corrupt-upload,other=stop-before-rename`.
+/// Test hooks, honoured in-process and in debug builds only (a release `rbee` ignores them):
+/// `RBEE_TEST_FAULT=alias=corrupt-upload,other=stop-before-rename`.
 fn faults() -> Result<BTreeMap<String, InstallFault>, crate::exit::CliError> {
     let mut faults = BTreeMap::new();
+    if !cfg!(debug_assertions) {
+        return Ok(faults);
+    }
     if let Ok(spec) = std::env::var("RBEE_TEST_FAULT") {
         for part in spec.split(',').filter(|p| !p.is_empty()) {
             let (alias, fault) = part

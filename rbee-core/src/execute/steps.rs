@@ -52,7 +52,9 @@ async fn script(
 }
 
 /// Test hooks that break an install on purpose, to prove a broken install leaves the old
-/// binary in place.
+/// binary in place. Not for programs: `rbee` honours them (`RBEE_TEST_FAULT`) only in debug
+/// builds.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstallFault {
     /// Upload bytes that differ from the artifact (the host's sha256 check must catch it).

@@ -92,17 +92,18 @@ fn arb_options(aliases: Vec<String>) -> impl Strategy<Value = PlanOptions> {
         any::<bool>(),
         proptest::option::of(proptest::sample::subsequence(aliases.clone(), 0..=aliases.len())),
     )
-        .prop_map(|(force, remove_extra, only)| PlanOptions {
-            force,
-            remove_extra,
-            only: only.map(|o| o.into_iter().collect::<BTreeSet<_>>()),
+        .prop_map(|(force, remove_extra, only)| {
+            PlanOptions::default()
+                .with_force(force)
+                .with_remove_extra(remove_extra)
+                .with_only(only.map(|o| o.into_iter().collect::<BTreeSet<_>>()))
         })
 }
 
 proptest! {
     #[test]
     fn plan_graph_is_acyclic_and_ordered((d, a) in arb_fleet(), force in any::<bool>(), remove_extra in any::<bool>()) {
-        let p = plan(&d, &a, &PlanOptions { force, remove_extra, only: None });
+        let p = plan(&d, &a, &PlanOptions::default().with_force(force).with_remove_extra(remove_extra));
         for hp in &p.hives {
             // Listed in a topological order: every dependency appears earlier.
             let mut seen = BTreeSet::new();
@@ -149,7 +150,7 @@ proptest! {
     fn applying_a_plan_converges(((d, a), options) in arb_fleet().prop_flat_map(|(d, a)| { let o = arb_options(d.hives.keys().cloned().collect()); (Just((d, a)), o) })) {
         let first = plan(&d, &a, &options);
         let after = apply(&first, &a);
-        let again = plan(&d, &after, &PlanOptions { force: false, ..options.clone() });
+        let again = plan(&d, &after, &options.clone().with_force(false));
         prop_assert!(again.is_empty(), "after applying\n{first}\nthe plan is still\n{again}");
     }
 }

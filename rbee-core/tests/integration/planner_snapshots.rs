@@ -59,7 +59,7 @@ fn extra_worker_kept() {
 #[test]
 fn extra_worker_removed() {
     let (d, a) = with_extra_worker();
-    let options = PlanOptions { remove_extra: true, ..PlanOptions::default() };
+    let options = PlanOptions::default().with_remove_extra(true);
     insta::assert_snapshot!(plan(&d, &a, &options).to_string());
 }
 
@@ -67,7 +67,7 @@ fn extra_worker_removed() {
 fn force() {
     let h = hive("gpu-1", "0.1.0", &[("vllm", "0.1.0")]);
     let a = actual(vec![("gpu-1", reachable(converged(&h)))]);
-    let options = PlanOptions { force: true, ..PlanOptions::default() };
+    let options = PlanOptions::default().with_force(true);
     insta::assert_snapshot!(plan(&desired(vec![h]), &a, &options).to_string());
 }
 
@@ -86,7 +86,7 @@ fn unreachable_host() {
 fn hive_filter() {
     let hives: Vec<_> = ["gpu-1", "gpu-2", "gpu-3"].iter().map(|a| hive(a, "0.1.0", &[("vllm", "0.1.0")])).collect();
     let a = actual(vec![("gpu-2", reachable(Observed::default()))]);
-    let options = PlanOptions { only: Some(["gpu-2".to_owned()].into()), ..PlanOptions::default() };
+    let options = PlanOptions::default().with_only(Some(["gpu-2".to_owned()].into()));
     insta::assert_snapshot!(plan(&desired(hives), &a, &options).to_string());
 }
 
@@ -130,6 +130,6 @@ fn attached_hive_gets_its_workers_only() {
     insta::assert_snapshot!(p.to_string());
     let after = crate::support::apply(&p, &a);
     assert!(plan(&d, &after, &PlanOptions::default()).is_empty(), "no hive binary or daemon is expected");
-    let forced = plan(&d, &after, &PlanOptions { force: true, ..PlanOptions::default() });
+    let forced = plan(&d, &after, &PlanOptions::default().with_force(true));
     assert!(forced.hives[0].actions.iter().all(|a| a.id.contains("/worker/")), "{forced}");
 }
