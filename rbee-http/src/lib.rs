@@ -74,6 +74,12 @@ pub enum HttpError {
         /// The status.
         status: u16,
     },
+    /// A line longer than the reader accepts.
+    #[error("a line of the answer is longer than {max} bytes")]
+    LineTooLong {
+        /// The limit.
+        max: usize,
+    },
     /// No complete answer within the deadline.
     #[error("{url}: no answer within {after:?}")]
     Timeout {
@@ -218,42 +224,85 @@ pub async fn collect(response: Response) -> Result<Vec<u8>, HttpError> {
     Ok(response.into_body().collect().await.map_err(HttpError::Body)?.to_bytes().to_vec())
 }
 
+/// The longest line [`Lines`] accepts: a job's result (a plan and report of a large fleet) is
+/// one line, so this is generous; it only stops a peer that never sends a newline.
+pub const MAX_LINE: usize = 64 << 20;
+
 /// A body read line by line (NDJSON, Server-Sent Events).
 pub struct Lines {
     body: Incoming,
-    buf: Vec<u8>,
+    buf: LineBuf,
     ended: bool,
+}
+
+/// Bytes cut into lines. Remembers how far it has looked for a newline, so a long line that
+/// arrives in many pieces is scanned once (rescanning from the start made one 16 MiB line
+/// cost the queen a minute of CPU).
+#[derive(Debug, Default)]
+pub(crate) struct LineBuf {
+    bytes: Vec<u8>,
+    scanned: usize,
+}
+
+impl LineBuf {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), HttpError> {
+        if self.bytes.len() + data.len() > MAX_LINE
+            && !data.contains(&b'\n')
+            && !self.bytes[self.scanned..].contains(&b'\n')
+        {
+            return Err(HttpError::LineTooLong { max: MAX_LINE });
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The next complete line, without its `\n` or `\r\n`.
+    pub(crate) fn line(&mut self) -> Option<String> {
+        let end = self.scanned + self.bytes[self.scanned..].iter().position(|b| *b == b'\n')?;
+        let mut line: Vec<u8> = self.bytes.drain(..=end).collect();
+        self.scanned = 0;
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        Some(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// Marks everything held as scanned (no newline in it).
+    fn scanned_all(&mut self) {
+        self.scanned = self.bytes.len();
+    }
+
+    /// What is left at the end of the body, as a last line.
+    fn rest(&mut self) -> Option<String> {
+        (!self.bytes.is_empty()).then(|| {
+            self.scanned = 0;
+            String::from_utf8_lossy(&std::mem::take(&mut self.bytes)).into_owned()
+        })
+    }
 }
 
 impl Lines {
     /// Reads `response`'s body as lines.
     pub fn new(response: Response) -> Self {
-        Self { body: response.into_body(), buf: Vec::new(), ended: false }
+        Self { body: response.into_body(), buf: LineBuf::default(), ended: false }
     }
 
-    /// The next line without its `\n` (or `\r\n`); `None` at the end of the body.
+    /// The next line without its `\n` (or `\r\n`); `None` at the end of the body. A line
+    /// longer than [`MAX_LINE`] is an error.
     pub async fn next_line(&mut self) -> Result<Option<String>, HttpError> {
         loop {
-            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
-            }
-            if self.ended {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                let line = String::from_utf8_lossy(&self.buf).into_owned();
-                self.buf.clear();
+            if let Some(line) = self.buf.line() {
                 return Ok(Some(line));
+            }
+            self.buf.scanned_all();
+            if self.ended {
+                return Ok(self.buf.rest());
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        self.buf.extend_from_slice(data);
+                        self.buf.push(data)?;
                     }
                 }
                 Some(Err(e)) => return Err(HttpError::Body(e)),
@@ -316,4 +365,53 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, HttpError> {
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_arrive_whole_whatever_the_pieces() {
+        let mut buf = LineBuf::default();
+        for piece in ["da", "ta: one\r", "\ntwo\nthr", "ee"] {
+            buf.push(piece.as_bytes()).unwrap();
+        }
+        assert_eq!(buf.line().as_deref(), Some("data: one"));
+        assert_eq!(buf.line().as_deref(), Some("two"));
+        assert_eq!(buf.line(), None);
+        buf.scanned_all();
+        assert_eq!(buf.rest().as_deref(), Some("three"));
+    }
+
+    /// One long line in many small pieces is scanned once: each piece is looked at when it
+    /// arrives, not again with every later piece.
+    #[test]
+    fn a_long_line_in_small_pieces_is_scanned_once() {
+        let mut buf = LineBuf::default();
+        let piece = vec![b'x'; 4096];
+        for _ in 0..4096 {
+            buf.push(&piece).unwrap();
+            assert_eq!(buf.line(), None);
+            buf.scanned_all();
+            assert_eq!(buf.scanned, buf.bytes.len());
+        }
+        buf.push(b"\n").unwrap();
+        assert_eq!(buf.line().map(|l| l.len()), Some(4096 * 4096));
+    }
+
+    #[test]
+    fn a_line_without_end_is_refused_past_the_cap() {
+        let mut buf = LineBuf::default();
+        let piece = vec![b'x'; 1 << 20];
+        let mut refused = false;
+        for _ in 0..(MAX_LINE >> 20) + 2 {
+            if buf.push(&piece).is_err() {
+                refused = true;
+                break;
+            }
+            buf.scanned_all();
+        }
+        assert!(refused, "a line longer than MAX_LINE was accepted");
+    }
 }
