@@ -6,6 +6,28 @@
 //! models/.partial/<name>.part   a download in progress (resumed from its length)
 //! models/.sha256/<name>         the digest recorded when the download finished
 //! ```
+//!
+//! Limits on a download:
+//!
+//! - **One at a time per name.** A hive process runs one download of a model name at a time;
+//!   a second request for the same name while the first runs fails at once with `a download of
+//!   NAME is already running` (it would append to the same partial file). Two hive processes
+//!   sharing one home are not coordinated; a partial file that changes under a download (its
+//!   length is not what was written) fails the download instead of becoming the model.
+//! - **Resuming.** A partial file resumes with `Range: bytes=N-`. A server that answers
+//!   `416 Range Not Satisfiable` gets one more request from byte 0 (the partial file is
+//!   discarded); a second 416 fails the download and deletes the partial file.
+//! - **Size.** A model may have at most [`MAX_BYTES`] (1 TiB) bytes, or what the hive's
+//!   environment variable [`MAX_BYTES_ENV`] (`RBEE_MODEL_MAX_BYTES`, read at each download)
+//!   says. It is checked against `Content-Length` (or a local file's length) before anything is
+//!   written and again while the body streams; a download over the cap is refused and its
+//!   partial file deleted.
+//! - **Host paths.** A source that is an absolute path (or `file://` URL) must be a regular file
+//!   (not a device such as `/dev/zero`, a FIFO or a directory) and must not lie, once symlinks
+//!   and `..` are resolved, in the hive's state directory (`~/.local/state/rbee`, which holds
+//!   `hive.token`). That directory is found from the models directory (`HOME/.local/share/rbee/
+//!   models` → `HOME/.local/state/rbee`) and from `$HOME`. A hive has no setting for allowed
+//!   roots yet, so any other absolute path the hive's user can read is accepted.
 
 use std::path::{Path, PathBuf};
 
@@ -170,6 +192,128 @@ pub enum ModelError {
     /// The complete download could not be renamed to the model's name.
     #[error("cannot move the model into place: {0}")]
     MoveIntoPlace(#[source] std::io::Error),
+    /// Another download of the same name is running in this hive.
+    #[error("a download of {name} is already running on this hive; wait for it to finish (`rbee model list`)")]
+    AlreadyRunning {
+        /// The model's name.
+        name: String,
+    },
+    /// The server refused the range asked for, and then a download from the start too.
+    #[error(
+        "{url} answered 416 range not satisfiable {}; check the URL{}",
+        range_attempts(*.resumed_from),
+        if .resumed_from.is_some() { " (the partial download was deleted)" } else { "" }
+    )]
+    RangeNotSatisfiable {
+        /// The model's URL.
+        url: String,
+        /// The byte a resumed download asked for first, if there was a partial file.
+        resumed_from: Option<u64>,
+    },
+    /// The source is larger than this hive accepts; its partial file was deleted.
+    #[error(
+        "{location} is {} than this hive's limit of {max} bytes per model; the partial download was deleted; to \
+         allow it, raise {MAX_BYTES_ENV} in the hive's environment",
+        size.map_or_else(|| "larger".to_owned(), |s| format!("{s} bytes, more"))
+    )]
+    TooLarge {
+        /// The source.
+        location: String,
+        /// Its size, when announced; `None` when the cap was reached while streaming.
+        size: Option<u64>,
+        /// The cap.
+        max: u64,
+    },
+    /// `RBEE_MODEL_MAX_BYTES` is set to something other than a positive number of bytes.
+    #[error("{MAX_BYTES_ENV}={value:?} is not a number of bytes; set it to a positive whole number or unset it")]
+    BadMaxBytes {
+        /// What it is set to.
+        value: String,
+    },
+    /// A host path that is a device, FIFO, directory or other non-regular file.
+    #[error("{} is not a regular file; give the path of a model file", .path.display())]
+    NotRegularSource {
+        /// The source given.
+        path: PathBuf,
+    },
+    /// A host path inside the hive's state directory (its token, pid file, registry).
+    #[error(
+        "{} is in the hive's state directory {}, which holds its credentials; give the path of a model file \
+         elsewhere",
+        .path.display(),
+        .state.display()
+    )]
+    StateSource {
+        /// The source given.
+        path: PathBuf,
+        /// The state directory.
+        state: PathBuf,
+    },
+    /// The partial file's length is not what this download wrote (something else wrote to it).
+    #[error(
+        "{} changed during the download ({written} bytes written, {found} found); delete it and run the download \
+         again",
+        .part.display()
+    )]
+    PartChanged {
+        /// The partial file.
+        part: PathBuf,
+        /// Bytes this download has in it.
+        written: u64,
+        /// Its length on disk.
+        found: u64,
+    },
+}
+
+/// The requests a 416 answered, for [`ModelError::RangeNotSatisfiable`].
+fn range_attempts(resumed_from: Option<u64>) -> String {
+    match resumed_from {
+        Some(at) => format!("to a resume from byte {at} and again to a download from the start"),
+        None => "to a download from the start".to_owned(),
+    }
+}
+
+/// The most bytes a model may have unless [`MAX_BYTES_ENV`] says otherwise: 1 TiB.
+pub const MAX_BYTES: u64 = 1 << 40;
+
+/// The hive's environment variable that overrides [`MAX_BYTES`] (a positive number of bytes).
+pub const MAX_BYTES_ENV: &str = "RBEE_MODEL_MAX_BYTES";
+
+/// The size cap for one model: [`MAX_BYTES_ENV`] when set (and not empty), else [`MAX_BYTES`].
+pub fn max_bytes() -> Result<u64, ModelError> {
+    match std::env::var(MAX_BYTES_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(MAX_BYTES),
+        Ok(v) if v.trim().is_empty() => Ok(MAX_BYTES),
+        Ok(v) => v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(ModelError::BadMaxBytes { value: v }),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            Err(ModelError::BadMaxBytes { value: v.to_string_lossy().into_owned() })
+        }
+    }
+}
+
+/// The partial files of the downloads running in this process (one per model name).
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A running download's claim on its partial file; released when dropped (also when the
+/// download's future is dropped because its caller went away).
+struct Claim(PathBuf);
+
+impl Claim {
+    fn take(part: &Path, name: &str) -> Result<Self, ModelError> {
+        let key = std::path::absolute(part).unwrap_or_else(|_| part.to_owned());
+        let mut running = RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running.insert(key.clone()) {
+            return Err(ModelError::AlreadyRunning { name: name.to_owned() });
+        }
+        Ok(Self(key))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.0);
+    }
 }
 
 /// ` of N` when the total is known, for the interrupted-download messages.
@@ -274,7 +418,8 @@ impl Progress<'_> {
 /// Downloads `source` (http(s) URL, `file://` URL or absolute path) as `name` (default: the
 /// source's last path segment). A previous interrupted download of the same name resumes
 /// from where it stopped (HTTP `Range`). With `sha256`, a mismatch deletes the download and
-/// fails. The model appears under its name only once complete and verified.
+/// fails. The model appears under its name only once complete and verified. One download per
+/// name at a time; sizes capped by [`max_bytes`]; host paths restricted (see the module doc).
 pub async fn download(
     dir: &Path,
     source: &str,
@@ -289,6 +434,10 @@ pub async fn download(
         }
         None => default_name(source)?,
     };
+    let part = partial(dir, &name);
+    // Held until the model is in place (or the download fails or is dropped): a second download
+    // of the same name would append to the same partial file.
+    let _claim = Claim::take(&part, &name)?;
     if let Ok(existing) = get(dir, &name) {
         match (want, &existing.sha256) {
             (None, _) => return Ok(existing),
@@ -296,22 +445,22 @@ pub async fn download(
             _ => {} // a different digest asked for: download again, replaced atomically at the end
         }
     }
+    let max = max_bytes()?;
     for sub in [".partial", ".sha256"] {
         tokio::fs::create_dir_all(dir.join(sub))
             .await
             .map_err(|source| ModelError::CreateDir { dir: dir.to_owned(), source })?;
     }
-    let part = partial(dir, &name);
     let mut progress =
         Progress { on: on_progress, last: std::time::Instant::now() - std::time::Duration::from_secs(1) };
     if source.starts_with("http://") || source.starts_with("https://") {
-        fetch_http(source, &part, &mut progress).await?;
+        fetch_http(source, &part, max, &mut progress).await?;
     } else {
         let path = source.strip_prefix("file://").unwrap_or(source);
         if !path.starts_with('/') {
             return Err(ModelError::BadSource { location: source.to_owned() });
         }
-        copy_local(Path::new(path), &part, &mut progress).await?;
+        copy_local(Path::new(path), dir, &part, max, &mut progress).await?;
     }
     let got = sha256_file(&part).await?;
     if let Some(w) = want
@@ -339,11 +488,48 @@ async fn open_part(part: &Path) -> Result<(tokio::fs::File, u64), ModelError> {
     Ok((file, len))
 }
 
-async fn fetch_http(url: &str, part: &Path, progress: &mut Progress<'_>) -> Result<(), ModelError> {
-    let (mut file, have) = open_part(part).await?;
-    let range = format!("bytes={have}-");
-    let headers: Vec<(&str, &str)> = if have > 0 { vec![("range", range.as_str())] } else { Vec::new() };
-    let response = rbee_http::send("GET", url, &headers, Vec::new()).await.map_err(ModelError::Fetch)?;
+/// Flushes the partial file and checks it holds exactly the `written` bytes this download
+/// accounts for (nothing else appended to it meanwhile).
+async fn finish_part(file: &mut tokio::fs::File, part: &Path, written: u64) -> Result<(), ModelError> {
+    file.flush().await.map_err(ModelError::PartFile)?;
+    let found = file.metadata().await.map_err(ModelError::PartFile)?.len();
+    if found != written {
+        return Err(ModelError::PartChanged { part: part.to_owned(), written, found });
+    }
+    Ok(())
+}
+
+/// Deletes the partial file and answers [`ModelError::TooLarge`].
+async fn too_large(part: &Path, location: &str, size: Option<u64>, max: u64) -> ModelError {
+    let _ = tokio::fs::remove_file(part).await;
+    ModelError::TooLarge { location: location.to_owned(), size, max }
+}
+
+/// `GET url`, from byte `from` (a `Range` request) when it is not 0.
+async fn request(url: &str, from: u64) -> Result<rbee_http::Response, ModelError> {
+    let range = format!("bytes={from}-");
+    let headers: Vec<(&str, &str)> = if from > 0 { vec![("range", range.as_str())] } else { Vec::new() };
+    rbee_http::send("GET", url, &headers, Vec::new()).await.map_err(ModelError::Fetch)
+}
+
+async fn fetch_http(url: &str, part: &Path, max: u64, progress: &mut Progress<'_>) -> Result<(), ModelError> {
+    let (mut file, mut have) = open_part(part).await?;
+    let mut response = request(url, have).await?;
+    if response.status().as_u16() == 416 {
+        let resumed_from = (have > 0).then_some(have);
+        if resumed_from.is_some() {
+            // The partial file is no prefix of the source any more: start over, once.
+            drop(response);
+            file.set_len(0).await.map_err(ModelError::PartFile)?;
+            have = 0;
+            response = request(url, 0).await?;
+        }
+        if response.status().as_u16() == 416 {
+            drop(file);
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(ModelError::RangeNotSatisfiable { url: url.to_owned(), resumed_from });
+        }
+    }
     let status = response.status().as_u16();
     let length =
         response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -364,12 +550,6 @@ async fn fetch_http(url: &str, part: &Path, progress: &mut Progress<'_>) -> Resu
             file.set_len(0).await.map_err(ModelError::PartFile)?;
             0
         }
-        416 => {
-            // The partial file is no prefix of the source any more: start over.
-            file.set_len(0).await.map_err(ModelError::PartFile)?;
-            drop(file);
-            return Box::pin(fetch_http(url, part, progress)).await;
-        }
         _ => {
             let body = rbee_http::collect(response).await.unwrap_or_default();
             let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
@@ -377,6 +557,12 @@ async fn fetch_http(url: &str, part: &Path, progress: &mut Progress<'_>) -> Resu
         }
     };
     let total = length.map(|l| l + done);
+    if let Some(t) = total
+        && t > max
+    {
+        drop(file);
+        return Err(too_large(part, url, Some(t), max).await);
+    }
     let mut body = response.into_body();
     use http_body_util::BodyExt;
     while let Some(frame) = body.frame().await {
@@ -388,30 +574,97 @@ async fn fetch_http(url: &str, part: &Path, progress: &mut Progress<'_>) -> Resu
             }
         };
         if let Some(data) = frame.data_ref() {
+            if done + data.len() as u64 > max {
+                drop(file);
+                return Err(too_large(part, url, None, max).await);
+            }
             file.write_all(data).await.map_err(|source| ModelError::WritePart { path: part.to_owned(), source })?;
             done += data.len() as u64;
             progress.tick(done, total);
         }
     }
-    file.flush().await.map_err(ModelError::PartFile)?;
     if total.is_some_and(|t| done < t) {
+        file.flush().await.map_err(ModelError::PartFile)?;
         return Err(ModelError::ClosedEarly { url: url.to_owned(), done, total });
     }
+    finish_part(&mut file, part, done).await?;
     (progress.on)(done, total);
     Ok(())
 }
 
-async fn copy_local(src: &Path, part: &Path, progress: &mut Progress<'_>) -> Result<(), ModelError> {
+/// The state directories a host-path source must stay out of: the one next to the models
+/// directory (`HOME/.local/share/rbee/models` → `HOME/.local/state/rbee`) and `$HOME`'s, each
+/// as given and with symlinks resolved.
+fn state_dirs(models: &Path) -> Vec<PathBuf> {
+    use rbee_core::layout::Layout;
+    let mut homes = Vec::new();
+    if models.ends_with(Layout::MODELS_DIR)
+        && let Some(home) = models.ancestors().nth(Path::new(Layout::MODELS_DIR).components().count())
+    {
+        homes.push(home.to_owned());
+    }
+    homes.extend(std::env::var_os("HOME").map(PathBuf::from));
+    let mut dirs = Vec::new();
+    for state in homes.iter().map(|h| h.join(Layout::STATE_DIR)) {
+        if let Ok(real) = std::fs::canonicalize(&state) {
+            dirs.push(real);
+        }
+        dirs.push(state);
+    }
+    dirs
+}
+
+/// Opens a host-path source: a regular file outside the hive's state directory. Its length
+/// is taken from the opened file.
+async fn open_local(src: &Path, models: &Path) -> Result<(tokio::fs::File, u64), ModelError> {
+    let read_error = |source| ModelError::ReadLocal { path: src.to_owned(), source };
+    let not_regular = || ModelError::NotRegularSource { path: src.to_owned() };
+    // Looked at before opening: opening a FIFO would wait for a writer.
+    if !tokio::fs::metadata(src).await.map_err(read_error)?.is_file() {
+        return Err(not_regular());
+    }
+    let input = tokio::fs::File::open(src).await.map_err(read_error)?;
+    let meta = input.metadata().await.map_err(ModelError::LocalSource)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    // Where the opened file really is (symlinks and `..` resolved, no race with a path that
+    // changes after the check): /proc names it; elsewhere, the path resolved now.
+    let real = {
+        use std::os::fd::AsRawFd;
+        let fd = format!("/proc/self/fd/{}", input.as_raw_fd());
+        match tokio::fs::read_link(&fd).await {
+            Ok(real) => real,
+            Err(_) => tokio::fs::canonicalize(src).await.map_err(read_error)?,
+        }
+    };
+    if let Some(state) = state_dirs(models).into_iter().find(|d| real.starts_with(d) || src.starts_with(d)) {
+        return Err(ModelError::StateSource { path: src.to_owned(), state });
+    }
+    Ok((input, meta.len()))
+}
+
+async fn copy_local(
+    src: &Path,
+    models: &Path,
+    part: &Path,
+    max: u64,
+    progress: &mut Progress<'_>,
+) -> Result<(), ModelError> {
     let read_error = |source| ModelError::ReadLocal { path: src.to_owned(), source };
     let write_error = |source| ModelError::WritePart { path: part.to_owned(), source };
-    let mut input = tokio::fs::File::open(src).await.map_err(read_error)?;
-    let total = input.metadata().await.map_err(ModelError::LocalSource)?.len();
+    let (mut input, total) = open_local(src, models).await?;
+    if total > max {
+        return Err(too_large(part, &src.display().to_string(), Some(total), max).await);
+    }
     let (mut file, mut done) = open_part(part).await?;
     if done > total {
         file.set_len(0).await.map_err(ModelError::PartFile)?;
         done = 0;
     }
     input.seek(std::io::SeekFrom::Start(done)).await.map_err(ModelError::LocalSource)?;
+    // No more than the length it had when opened (a file that grows meanwhile stays capped).
+    let mut input = input.take(total - done);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = input.read(&mut buf).await.map_err(read_error)?;
@@ -422,7 +675,7 @@ async fn copy_local(src: &Path, part: &Path, progress: &mut Progress<'_>) -> Res
         done += n as u64;
         progress.tick(done, Some(total));
     }
-    file.flush().await.map_err(ModelError::PartFile)?;
+    finish_part(&mut file, part, done).await?;
     (progress.on)(done, Some(total));
     Ok(())
 }
@@ -444,6 +697,20 @@ mod tests {
         assert!(e.to_string().contains("after 3 bytes ("), "{e}");
         let e = ModelError::BadResume { url: "http://h/m".into(), start: Some(5), have: 3, part: "/p/m.part".into() };
         assert_eq!(e.to_string(), "http://h/m resumed at byte Some(5) instead of 3; delete /p/m.part and retry");
+        let e = ModelError::RangeNotSatisfiable { url: "http://h/m".into(), resumed_from: Some(7) };
+        assert_eq!(
+            e.to_string(),
+            "http://h/m answered 416 range not satisfiable to a resume from byte 7 and again to a download from the \
+             start; check the URL (the partial download was deleted)"
+        );
+        let e = ModelError::TooLarge { location: "/d/m".into(), size: Some(9), max: 8 };
+        assert_eq!(
+            e.to_string(),
+            "/d/m is 9 bytes, more than this hive's limit of 8 bytes per model; the partial download was deleted; to \
+             allow it, raise RBEE_MODEL_MAX_BYTES in the hive's environment"
+        );
+        let e = ModelError::AlreadyRunning { name: "m".into() };
+        assert!(e.to_string().starts_with("a download of m is already running"), "{e}");
     }
 
     #[test]
