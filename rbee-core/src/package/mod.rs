@@ -8,7 +8,6 @@
 
 mod error;
 mod last_run;
-mod process;
 mod run;
 mod status;
 mod sync;
@@ -17,7 +16,6 @@ mod uninstall;
 pub use error::{PackageError, select};
 pub use last_run::last_failed;
 pub(crate) use last_run::save_last_run;
-pub use process::process;
 pub use rbee_proto::result::{DriftState, HiveStatusReport, OperationResult, StatusReport, SyncOutcome};
 pub use run::{ConnectFn, RunContext, run_operation};
 pub use status::{drift, status};

@@ -1,11 +1,12 @@
 //! One entry point for every package operation, as the queen and `rbee --in-process` run it.
 
-use super::{OperationResult, SyncOutcome, SyncRequest, process, save_last_run, select, status, sync, uninstall};
+use super::{OperationResult, SyncOutcome, SyncRequest, save_last_run, select, status, sync, uninstall};
 use std::collections::BTreeMap;
 
+use super::uninstall::without_artifacts;
 use crate::artifact::ArtifactSource;
 use crate::config::Config;
-use crate::execute::{ExecuteOptions, OnEvent};
+use crate::execute::{ExecuteOptions, Intent, OnEvent};
 use crate::fleet::Connector;
 use crate::plan::PlanOptions;
 
@@ -114,8 +115,8 @@ pub async fn run_operation(
         }
         Op::HiveStart { alias, .. } | Op::HiveStop { alias, .. } => match aliases(std::slice::from_ref(alias)) {
             Ok(only) => {
-                let start = matches!(op, Op::HiveStart { .. });
-                process(&config, &source, connector, only.as_ref(), start, &options, on_event)
+                let intent = Intent::Process { start: matches!(op, Op::HiveStart { .. }) };
+                without_artifacts(&config, &source, connector, only.as_ref(), intent, &options, on_event)
                     .await
                     .map(OperationResult::Sync)
             }
