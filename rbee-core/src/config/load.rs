@@ -208,6 +208,17 @@ impl<'a> Validator<'a> {
         f(self)
     }
 
+    /// A path from the config: absolute or `~/…` as written; a relative one is relative to the
+    /// directory of the file that names it, not to wherever rbee happens to run.
+    fn resolve(&self, value: &str) -> PathBuf {
+        let path = Path::new(value);
+        if path.is_absolute() || value.starts_with('~') {
+            return path.to_path_buf();
+        }
+        let dir = self.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::path::absolute(dir.join(path)).unwrap_or_else(|_| dir.join(path))
+    }
+
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
         self.diags.push(Diagnostic { file: self.file.clone(), line, column, message: message.into() });
@@ -310,7 +321,7 @@ impl<'a> Validator<'a> {
         };
         let ssh = SshSettings {
             host_key_policy: file.ssh.host_key_policy,
-            known_hosts: file.ssh.known_hosts.as_ref().map(|k| PathBuf::from(k.get_ref())),
+            known_hosts: file.ssh.known_hosts.as_ref().map(|k| self.resolve(k.get_ref())),
         };
         (queen, package, ssh)
     }
@@ -400,12 +411,12 @@ impl<'a> Validator<'a> {
                 hostname: hostname.clone(),
                 ssh_user: entry.ssh_user.as_ref().map(|u| u.get_ref().clone()),
                 ssh_port,
-                ssh_key: entry.ssh_key.as_ref().map(|k| PathBuf::from(k.get_ref())),
+                ssh_key: entry.ssh_key.as_ref().map(|k| self.resolve(k.get_ref())),
                 hive_port,
                 workers,
                 auto_start: entry.auto_start,
                 transport,
-                local_home: entry.local_home.as_ref().map(|h| PathBuf::from(h.get_ref())),
+                local_home: entry.local_home.as_ref().map(|h| self.resolve(h.get_ref())),
                 attached,
             });
         }

@@ -252,6 +252,22 @@ fn invalid_files_name_file_line_and_column() {
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
+/// `local_home = "h1"` or `ssh_key = "keys/id"` meant a different place depending on where
+/// rbee was run from; relative paths are relative to the config file's directory.
+#[test]
+fn relative_paths_are_relative_to_the_config_directory() {
+    let hives = "[[hive]]\nalias = \"a\"\nhostname = \"localhost\"\nlocal_home = \"homes/a\"\n\n\
+                 [[hive]]\nalias = \"b\"\nhostname = \"b.lab\"\nssh_key = \"keys/id\"\n\n\
+                 [[hive]]\nalias = \"c\"\nhostname = \"c.lab\"\nssh_key = \"~/.ssh/id_c\"\n";
+    let rbee = "[ssh]\nknown_hosts = \"known\"\n";
+    let dir = Path::new("/etc/rbee-test");
+    let c = config::parse(Some((&dir.join("rbee.conf"), rbee)), (&dir.join("hives.conf"), hives)).unwrap();
+    assert_eq!(c.hive("a").unwrap().local_home.as_deref(), Some(Path::new("/etc/rbee-test/homes/a")));
+    assert_eq!(c.hive("b").unwrap().ssh_key.as_deref(), Some(Path::new("/etc/rbee-test/keys/id")));
+    assert_eq!(c.hive("c").unwrap().ssh_key.as_deref(), Some(Path::new("~/.ssh/id_c")));
+    assert_eq!(c.ssh.known_hosts.as_deref(), Some(Path::new("/etc/rbee-test/known")));
+}
+
 #[test]
 fn a_missing_hives_conf_says_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
