@@ -95,7 +95,10 @@ pub(crate) enum QueenError {
 
 /// A client of the running queen, or why there is none.
 pub(crate) async fn connect(config: &Config) -> Result<QueenClient, QueenError> {
-    let token = std::fs::read_to_string(rbee_queen::token_path()).unwrap_or_default();
+    // A queen started by an earlier rbee keeps its token where queens used to keep it.
+    let token = std::fs::read_to_string(rbee_queen::token_path())
+        .or_else(|_| std::fs::read_to_string(rbee_core::layout::legacy_queen_token()))
+        .unwrap_or_default();
     let client = QueenClient::new(addr(config), token.trim());
     client.health().await?;
     Ok(client)
