@@ -244,7 +244,7 @@ impl HiveRun<'_> {
         let lock_id = format!("{}/lock", self.alias());
         if let Err(e) = self
             .step(&lock_id, "take the sync lock", || {
-                steps::lock(self.t, owner, o.lock_wait, o.lock_stale_after, o.step_timeout)
+                steps::lock(self.t, owner, o.lock_wait, o.lock_stale_after, o.step_timeout, &o.cancel)
             })
             .await
         {

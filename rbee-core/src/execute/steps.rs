@@ -180,6 +180,7 @@ pub async fn lock(
     wait: Duration,
     stale_after: Duration,
     deadline: Duration,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StepError> {
     let started = tokio::time::Instant::now();
     let mut breakable = String::new();
@@ -203,6 +204,12 @@ pub async fn lock(
         if !holder.is_empty() && dead_local_owner(holder) && breakable != holder {
             breakable = holder.to_owned();
             continue;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StepError::Failed(format!(
+                "cancelled while another sync held the lock on {} ({holder})",
+                t.describe()
+            )));
         }
         if started.elapsed() >= wait {
             return Err(StepError::Failed(format!(
@@ -536,9 +543,35 @@ mod tests {
         assert!(old.success());
         let t = LocalTransport::new(home.path());
         let started = std::time::Instant::now();
-        lock(&t, "me", Duration::from_secs(20), Duration::from_secs(60), Duration::from_secs(10)).await.unwrap();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        lock(&t, "me", Duration::from_secs(20), Duration::from_secs(60), Duration::from_secs(10), &never)
+            .await
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
         assert_eq!(std::fs::read_to_string(dir.join("owner")).unwrap().trim(), "me");
+    }
+
+    /// A cancel (Ctrl-C, `DELETE /v1/jobs/ID`) while another sync held the lock was only
+    /// noticed after the whole lock wait (2 minutes by default).
+    #[tokio::test]
+    async fn a_cancel_ends_the_wait_for_a_lock() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(Layout::lock_dir());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("owner"), "rbee pid 1 on another-machine since 0\n").unwrap();
+        std::fs::write(dir.join("since"), format!("{}\n", super::super::events::now_ms() / 1000)).unwrap();
+        let t = LocalTransport::new(home.path());
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let started = std::time::Instant::now();
+        let wait = Duration::from_secs(60);
+        let err = lock(&t, "me", wait, Duration::from_secs(60), Duration::from_secs(10), &cancel).await.unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     }
 
     /// "cmdline contains rbee-hive" took any process with that word in its arguments for the
