@@ -144,9 +144,9 @@ async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, QueenError> {
     let state = rbee_queen::state_dir();
     let log_path = rbee_queen::state::log_path();
     std::fs::create_dir_all(&state).map_err(|source| QueenError::Io { what: "create", path: state.clone(), source })?;
-    let open_log = || std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
     let io = |source| QueenError::Io { what: "open", path: log_path.clone(), source };
-    let (log, log_err) = (open_log().map_err(io)?, open_log().map_err(io)?);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io)?;
+    let log_err = log.try_clone().map_err(io)?;
     let mut cmd = if std::path::Path::new("/usr/bin/setsid").exists() || std::path::Path::new("/bin/setsid").exists() {
         let mut c = std::process::Command::new("setsid");
         c.arg("-f").arg(&bin);
@@ -177,7 +177,7 @@ async fn start(cli: &Cli, config: &Config) -> Result<SocketAddr, QueenError> {
 async fn stop(config: &Config) -> Result<String, QueenError> {
     let path = pid_file(config);
     let answering = QueenClient::new(addr(config), "").health().await.ok().map(|h| h.pid);
-    let recorded = rbee_queen::state::read_pid_file(&path);
+    let recorded = rbee_core::pidfile::read(&path);
     let pid = match (answering, recorded) {
         (Some(pid), _) => pid,
         (None, Some(pid)) if is_queen_process(pid, config.queen.port) => pid,
@@ -195,7 +195,7 @@ async fn stop(config: &Config) -> Result<String, QueenError> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if connect(config).await.is_err() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            if rbee_queen::state::read_pid_file(&path) == Some(pid) {
+            if rbee_core::pidfile::read(&path) == Some(pid) {
                 let _ = std::fs::remove_file(&path);
             }
             return Ok(format!("queen-rbee (pid {pid}) stopped"));

@@ -9,18 +9,18 @@ pub use rbee_proto::layout::{HIVE_BINARY, Layout, WORKER_PREFIX};
 /// directory (`~/.local/state/rbee`), so uninstalling a hive on the same machine never takes
 /// the queen's credentials with it.
 pub fn queen_state_dir() -> std::path::PathBuf {
+    state_home().join("rbee-queen")
+}
+
+/// `$XDG_STATE_HOME`, else `~/.local/state`.
+fn state_home() -> std::path::PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map_or_else(|| crate::config::home_dir().join(".local/state"), std::path::PathBuf::from)
-        .join("rbee-queen")
 }
 
 /// Where a queen kept its token before it had a directory of its own (`queen.token` in the
 /// hive's state directory), read once so an upgraded queen keeps the token its hives know.
 pub fn legacy_queen_token() -> std::path::PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| crate::config::home_dir().join(".local/state"), std::path::PathBuf::from)
-        .join("rbee")
-        .join("queen.token")
+    state_home().join("rbee").join("queen.token")
 }

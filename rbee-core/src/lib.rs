@@ -79,6 +79,7 @@ pub mod fleet;
 pub mod layout;
 pub mod observe;
 pub mod package;
+pub mod pidfile;
 pub mod plan;
 pub mod state;
 pub mod transport;

@@ -159,7 +159,7 @@ pub async fn serve(
         .map_err(|source| HiveError::Bind { addr: config.addr, source })?;
     let health = Health { status: "ok".into(), version: VERSION.into(), sha256: own_digest(), pid: std::process::id() };
     if let Some(path) = &config.pid_file {
-        write_pid_file(path).map_err(|source| HiveError::PidFile { path: path.clone(), source })?;
+        rbee_core::pidfile::write(path).map_err(|source| HiveError::PidFile { path: path.clone(), source })?;
     }
     let token = config.link.as_ref().map(|l| l.token.clone());
     let layout = |rel: &str| config.home.join(rel);
@@ -202,19 +202,8 @@ pub async fn serve(
     }
     let result = axum::serve(listener, router(health, token, hive)).with_graceful_shutdown(shutdown).await;
     if let Some(path) = &config.pid_file {
-        // Only remove the pid file if it is still ours (a newer hive may have replaced it).
-        if std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
-            let _ = std::fs::remove_file(path);
-        }
+        // Only if it is still ours: a newer hive may have replaced it.
+        rbee_core::pidfile::remove_if_own(path);
     }
     result.map_err(HiveError::Serve)
-}
-
-fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(tmp, path)
 }

@@ -60,7 +60,7 @@ async fn main() -> ExitCode {
         }
     };
     let pid_file = args.pid_file.clone().unwrap_or_else(|| rbee_queen::state::pid_path(server.addr.port()));
-    if let Err(e) = rbee_queen::state::write_pid_file(&pid_file) {
+    if let Err(e) = rbee_core::pidfile::write(&pid_file) {
         eprintln!("queen-rbee: cannot write {}: {e}", pid_file.display());
     }
     eprintln!("queen-rbee listening on {}", server.addr);
@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
         hive_stop.notify_one();
         let _ = tokio::time::timeout(Duration::from_secs(5), hive).await;
     }
-    rbee_queen::state::remove_own_pid_file(&pid_file);
+    rbee_core::pidfile::remove_if_own(&pid_file);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -4,8 +4,8 @@
 //! Two queens may start at once (two `rbee` commands that each found none): both must end up
 //! with the same token, and only the one that listens writes the pid file. So the token is
 //! created with a hard link of a complete file (it appears whole or not at all, and the first
-//! one wins), and the pid file is written by rename once the port is bound, and removed only by
-//! the process it names.
+//! one wins), and the pid file (`rbee_core::pidfile`) is written by rename once the port is
+//! bound, and removed only by the process it names.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -93,54 +93,9 @@ fn read_token(path: &Path) -> std::io::Result<Option<String>> {
     }
 }
 
-/// Writes this process's pid to `path` atomically (a complete file renamed into place).
-pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        create_dir_0700(dir)?;
-    }
-    let tmp = unique_tmp(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-    f.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
-/// Removes the pid file at `path` if it names this process (a queen that lost the race for its
-/// port, or one that started after this one, keeps its own file).
-pub fn remove_own_pid_file(path: &Path) {
-    if read_pid_file(path) == Some(std::process::id()) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// The pid in a pid file: a positive number that is not 1, or `None`.
-pub fn read_pid_file(path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    parse_pid(&text)
-}
-
-/// A pid as a pid file holds it: digits only, greater than 1 (never the init process, never a
-/// process group or "every process").
-pub fn parse_pid(text: &str) -> Option<u32> {
-    let t = text.trim();
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    t.parse::<u32>().ok().filter(|p| *p > 1 && *p <= i32::MAX as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pid_files_hold_only_positive_pids_other_than_init() {
-        assert_eq!(parse_pid("1234\n"), Some(1234));
-        for bad in ["", "0", "1", "-5", "12 34", "0x10", "99999999999", "+7", "4294967295"] {
-            assert_eq!(parse_pid(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn concurrent_first_starts_agree_on_one_token() {
@@ -156,18 +111,5 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary files left");
-    }
-
-    #[test]
-    fn a_pid_file_is_removed_only_by_its_owner() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queen-1.pid");
-        std::fs::write(&path, "4242\n").unwrap();
-        remove_own_pid_file(&path);
-        assert!(path.exists(), "another process's pid file is kept");
-        write_pid_file(&path).unwrap();
-        assert_eq!(read_pid_file(&path), Some(std::process::id()));
-        remove_own_pid_file(&path);
-        assert!(!path.exists());
     }
 }
