@@ -120,6 +120,22 @@ fn plan_json_shape() {
     insta::assert_json_snapshot!(json);
 }
 
+/// Plan rendering shortened digests with `&s[..12]`, which panicked on a non-ASCII digest.
+/// A plan (from a job's stream, say) with such a digest is now refused when it is read, so
+/// rendering only ever sees checked digests.
+#[test]
+fn a_plan_with_a_non_ascii_digest_is_an_error_not_a_panic() {
+    let h = hive("gpu-1", "0.1.0", &[("vllm", "0.1.0")]);
+    let a = actual(vec![("gpu-1", reachable(Observed::default()))]);
+    let p = plan(&desired(vec![h.clone()]), &a, &PlanOptions::default());
+    let text = serde_json::to_string(&p).unwrap();
+    let good: rbee_core::Plan = serde_json::from_str(&text).unwrap();
+    assert!(good.to_string().contains(&format!("sha256:{}", &h.hive.sha256.as_str()[..12])));
+    let hostile = text.replace(h.hive.sha256.as_str(), &"é".repeat(32));
+    let err = serde_json::from_str::<rbee_core::Plan>(&hostile).unwrap_err();
+    assert!(err.to_string().contains("not a sha256 digest"), "{err}");
+}
+
 #[test]
 fn attached_hive_gets_its_workers_only() {
     let mut h = hive("queen-host", "0.1.0", &[("llama-cpp", "0.1.0")]);
