@@ -96,6 +96,12 @@ pub enum Command {
         #[command(subcommand)]
         what: HiveCommand,
     },
+    /// Declared models the queen keeps served (`[[deployment]]` in hives.conf).
+    Deployment {
+        /// What to show or do.
+        #[command(subcommand)]
+        what: DeploymentCommand,
+    },
     /// Worker processes on a hive (through the queen).
     Worker {
         /// What to do.
@@ -154,6 +160,23 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Print the JSON Schema of rbee.conf and hives.conf.
     Schema,
+}
+
+/// `rbee deployment ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// Every deployment: ready replicas of declared, phase (exit 2 when one is not ready).
+    List,
+    /// One deployment: its replicas, why hives were chosen or rejected, its last failure.
+    Get {
+        /// The deployment.
+        name: String,
+    },
+    /// Go back to the previous revision (rolled out one replica at a time).
+    Rollback {
+        /// The deployment.
+        name: String,
+    },
 }
 
 /// `rbee hive ...`.

@@ -7,6 +7,7 @@ use std::path::Path;
 use rbee_core::config::Diagnostic;
 use rbee_core::execute::{HiveOutcome, SyncReport};
 use rbee_core::package::{DriftState, OperationResult, StatusReport, SyncOutcome};
+use rbee_core::proto::deployment::DeploymentStatus;
 use rbee_core::proto::hive::{Capabilities, HiveEvent, WorkerProcess, WorkerState};
 use rbee_queen::api::{HiveEntry, JobEventBody, JobSummary};
 
@@ -197,7 +198,10 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
         }
         OperationResult::Status(report) => {
             if json {
-                println!("{}", serde_json::json!({ "exit_code": exit as u8, "hives": report.hives }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "exit_code": exit as u8, "hives": report.hives, "deployments": report.deployments })
+                );
             } else {
                 status(report, verbose);
             }
@@ -270,14 +274,22 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
                 println!();
             }
         }
-        OperationResult::Sync(SyncOutcome { plan, report: None }) => {
+        OperationResult::Sync(SyncOutcome { plan, report: None, deployment_steps, .. }) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan.to_json()).unwrap_or_default());
+                let mut value = plan.to_json();
+                value["deployment_steps"] = serde_json::to_value(deployment_steps).unwrap_or_default();
+                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             } else {
                 print!("{plan}");
+                if !deployment_steps.is_empty() {
+                    println!("Deployments:");
+                    for step in deployment_steps {
+                        println!("  {step}");
+                    }
+                }
             }
         }
-        OperationResult::Sync(SyncOutcome { report: Some(report), .. }) => {
+        OperationResult::Sync(SyncOutcome { report: Some(report), deployments, .. }) => {
             if json {
                 let line = serde_json::json!({
                     "event": "result",
@@ -285,10 +297,12 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
                     "exit_code": exit as u8,
                     "bytes_transferred": report.bytes_transferred(),
                     "report": report,
+                    "deployments": deployments,
                 });
                 println!("{line}");
             } else {
                 sync_report(report);
+                deployment_rows(deployments);
             }
         }
         // A result kind from a newer queen or hive: its JSON, so nothing is lost.
@@ -354,6 +368,7 @@ fn status(report: &StatusReport, verbose: bool) {
             }
         }
     }
+    deployment_rows(&report.deployments);
     println!();
     println!(
         "{}",
@@ -363,6 +378,58 @@ fn status(report: &StatusReport, verbose: bool) {
             _ => "Some hives could not be checked.",
         }
     );
+}
+
+/// One line per deployment: name, ready of declared, revision, and what is happening.
+fn deployment_rows(deployments: &[DeploymentStatus]) {
+    if deployments.is_empty() {
+        return;
+    }
+    let width = deployments.iter().map(|d| d.name.len()).max().unwrap_or(0);
+    for d in deployments {
+        let phase = serde_json::to_value(d.phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        println!("{:width$}  {}/{} ready  {phase}: {}", d.name, d.ready, d.replicas, d.message);
+    }
+}
+
+/// `rbee deployment list`.
+pub(crate) fn deployments(json: bool, all: &[DeploymentStatus]) {
+    if json {
+        println!("{}", serde_json::to_string(all).unwrap_or_default());
+    } else if all.is_empty() {
+        println!("No deployments: declare one with [[deployment]] in hives.conf and run `rbee sync`.");
+    } else {
+        deployment_rows(all);
+    }
+}
+
+/// `rbee deployment get`.
+pub(crate) fn deployment(json: bool, d: &DeploymentStatus) {
+    if json {
+        println!("{}", serde_json::to_string(d).unwrap_or_default());
+        return;
+    }
+    println!("{}: {}/{} ready: {}", d.name, d.ready, d.replicas, d.message);
+    println!("model: {} on {} (revision {})", d.model, d.worker, d.revision);
+    println!("restarts: {}", d.restarts);
+    if let Some(failure) = &d.last_failure {
+        println!("last failure: {}", failure.replace('\n', "\n  "));
+    }
+    if d.instances.is_empty() {
+        println!("replicas: none");
+    } else {
+        println!("replicas:");
+        for r in &d.instances {
+            println!(
+                "  {}/{}  {}  {}  revision {}  {} in flight",
+                r.hive, r.worker_id, r.device, r.state, r.revision, r.in_flight
+            );
+        }
+    }
+    println!("placement: eligible: {}", if d.eligible.is_empty() { "none".to_owned() } else { d.eligible.join(", ") });
+    for r in &d.rejected {
+        println!("  {} rejected: {}", r.hive, r.reason);
+    }
 }
 
 fn worker_line(hive: &str, w: &WorkerProcess) -> String {

@@ -1,5 +1,7 @@
 //! What a host offers: CPU cores, RAM, and GPUs with their memory from `nvidia-smi`.
 
+use std::time::Duration;
+
 pub use rbee_core::proto::hive::{Capabilities, Gpu};
 
 /// The `nvidia-smi` query rbee runs.
@@ -72,17 +74,41 @@ fn ram_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// Detects this host's capabilities (runs `nvidia-smi` when it is installed).
-pub async fn detect() -> Capabilities {
-    let (gpus, gpu_error) = match tokio::process::Command::new("nvidia-smi").args(NVIDIA_SMI_ARGS).output().await {
-        Err(_) => (Vec::new(), None), // not installed: no NVIDIA GPU
-        Ok(out) => {
+/// How long `nvidia-smi` may take; then it is killed and the GPUs are unknown.
+pub const NVIDIA_SMI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why this host's GPUs could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// `nvidia-smi` ran but failed, or printed something unexpected.
+    #[error(transparent)]
+    NvidiaSmi(#[from] NvidiaSmiError),
+    /// `nvidia-smi` did not finish in time (it was killed).
+    #[error("nvidia-smi did not answer within {}s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// This host's GPUs from `nvidia-smi` (none when it is not installed), waiting at most
+/// `timeout` for it.
+pub async fn gpus(timeout: Duration) -> Result<Vec<Gpu>, GpuError> {
+    let mut command = tokio::process::Command::new("nvidia-smi");
+    command.args(NVIDIA_SMI_ARGS).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(timeout, command.output()).await {
+        Err(_) => Err(GpuError::Timeout(timeout)),
+        Ok(Err(_)) => Ok(Vec::new()), // not installed: no NVIDIA GPU
+        Ok(Ok(out)) => {
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            match parse_nvidia_smi(out.status.success(), &text) {
-                Ok(g) => (g, None),
-                Err(e) => (Vec::new(), Some(e.to_string())),
-            }
+            Ok(parse_nvidia_smi(out.status.success(), &text)?)
         }
+    }
+}
+
+/// Detects this host's capabilities (runs `nvidia-smi` when it is installed, for at most
+/// [`NVIDIA_SMI_TIMEOUT`]).
+pub async fn detect() -> Capabilities {
+    let (gpus, gpu_error) = match gpus(NVIDIA_SMI_TIMEOUT).await {
+        Ok(g) => (g, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
     };
     Capabilities {
         cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

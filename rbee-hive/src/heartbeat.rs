@@ -60,22 +60,74 @@ fn installed_versions(records: &Path, kinds: &[String]) -> std::collections::BTr
         .collect()
 }
 
+/// How often the GPU list (memory in use included) is read again for the heartbeats.
+const GPU_REFRESH: Duration = Duration::from_secs(60);
+
+/// The GPUs the heartbeats report, read by `nvidia-smi` at most every [`GPU_REFRESH`] and never
+/// for longer than [`crate::capabilities::NVIDIA_SMI_TIMEOUT`].
+struct GpuCache {
+    gpus: Vec<rbee_core::proto::hive::Gpu>,
+    read_at: Option<tokio::time::Instant>,
+    /// The last error printed, so a lasting failure is printed once.
+    error: Option<String>,
+}
+
+impl GpuCache {
+    fn new() -> Self {
+        Self { gpus: Vec::new(), read_at: None, error: None }
+    }
+
+    /// Reads the GPUs again if the list is older than [`GPU_REFRESH`] (or was never read). A
+    /// timeout keeps the last list (a slow `nvidia-smi` does not make GPUs vanish); a failing
+    /// `nvidia-smi` (a broken driver) empties it.
+    async fn refresh(&mut self) -> &[rbee_core::proto::hive::Gpu] {
+        if self.read_at.is_some_and(|t| t.elapsed() < GPU_REFRESH) {
+            return &self.gpus;
+        }
+        self.read_at = Some(tokio::time::Instant::now());
+        let error = match crate::capabilities::gpus(crate::capabilities::NVIDIA_SMI_TIMEOUT).await {
+            Ok(gpus) => {
+                self.gpus = gpus;
+                None
+            }
+            Err(e @ crate::capabilities::GpuError::Timeout(_)) => Some(e.to_string()),
+            Err(e) => {
+                self.gpus.clear();
+                Some(e.to_string())
+            }
+        };
+        if let Some(e) = &error
+            && self.error.as_ref() != Some(e)
+        {
+            eprintln!("rbee-hive: cannot list GPUs for the heartbeat: {e}");
+        }
+        self.error = error;
+        &self.gpus
+    }
+}
+
 /// Beats until the process ends: every interval, and at once when a worker changes state.
+/// GPUs are read at the start and then at most every minute; models on every beat (a directory
+/// listing: no file is read whole).
 pub(crate) async fn run(
     link: QueenLink,
     mut beat: Heartbeat,
     hive: std::sync::Arc<crate::ops::Hive>,
     records: PathBuf,
 ) {
+    let mut gpus = GpuCache::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(link.interval_ms.max(100)));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = hive.workers.beat_now.notified() => {}
         }
+        // First, as it may take a few seconds: the rest is then as of the beat.
+        beat.gpus = gpus.refresh().await.to_vec();
         beat.workers = hive.catalog();
         beat.installed = installed_versions(&records, &beat.workers);
         beat.processes = hive.workers.list();
+        beat.models = crate::models::list(&hive.models_dir);
         if let Err(e) = post(&link, &beat).await {
             eprintln!("rbee-hive: heartbeat to {} failed: {e}", link.url);
         }

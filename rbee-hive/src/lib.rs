@@ -2,7 +2,8 @@
 //! digest of its own binary (so a sync can tell a hive still running an old binary), writes
 //! its pid file, stops gracefully on SIGTERM and, when a queen installed its link
 //! (`~/.local/state/rbee/queen.link` + `hive.token`), requires the token on every other request
-//! and sends the queen a heartbeat every few seconds (and at once when a worker changes state).
+//! and sends the queen a heartbeat every few seconds (and at once when a worker changes state)
+//! with its worker processes, models and GPUs (`nvidia-smi`, read at most once a minute).
 //!
 //! ```text
 //! GET  /health                              open
@@ -192,6 +193,8 @@ pub async fn serve(
             installed: Default::default(),
             home: config.home.to_string_lossy().into_owned(),
             processes: Vec::new(),
+            gpus: Vec::new(),
+            models: Vec::new(),
         };
         tokio::spawn(heartbeat::run(
             link,

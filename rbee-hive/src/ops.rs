@@ -9,7 +9,7 @@ use rbee_core::proto::hive::{HiveEvent, WorkerState};
 use rbee_core::proto::operation::Operation;
 
 use crate::models::ModelError;
-use crate::workers::{WorkerError, Workers};
+use crate::workers::{SpawnRequest, WorkerError, Workers};
 
 /// Why a forwarded operation or a chat with a worker failed. Its text becomes the operation's
 /// error (after the hive's alias) or the chat's 502 message, so each variant carries its
@@ -116,15 +116,25 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
     let alias = hive.alias.clone();
     let name = alias.clone();
     let result = match op {
-        Operation::WorkerSpawn { worker_type, model, device, ready_timeout_ms, .. } => {
+        Operation::WorkerSpawn { worker_type, model, device, ready_timeout_ms, args, replica, no_wait, .. } => {
             let checked = match device.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()) {
                 Some(n) => check_gpu(n).await,
                 None => Ok(()),
             };
-            let spawned = checked.and_then(|()| {
-                hive.workers.spawn(&hive.catalog(), &worker_type, &model, &device).map_err(OpError::from)
-            });
+            let request = SpawnRequest { worker_type, model, device, args, replica };
+            let spawned = checked.and_then(|()| hive.workers.spawn(&hive.catalog(), request).map_err(OpError::from));
             match spawned {
+                Ok(p) if no_wait => {
+                    // The caller follows it in the list (and the queen by heartbeats): a crash
+                    // stays listed, with its exit status, until a `WorkerProcessDelete`.
+                    emit(HiveEvent::Log {
+                        message: format!(
+                            "spawned worker {} (pid {}, port {}); not waiting for it",
+                            p.id, p.pid, p.port
+                        ),
+                    });
+                    Ok(OperationResult::Worker { hive: alias, worker: Box::new(p) })
+                }
                 Ok(p) => {
                     emit(HiveEvent::Log {
                         message: format!(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbee_core::execute::now_ms;
+use rbee_core::proto::deployment::ReplicaLabel;
 use rbee_core::proto::hive::{WorkerProcess, WorkerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -119,6 +120,61 @@ struct Record {
     /// for the worker.
     start_time: u64,
     started_ms: u64,
+    /// The deployment replica it is (absent in records of older hives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replica: Option<ReplicaLabel>,
+    /// Its engine arguments (absent in records of older hives).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    args: Vec<String>,
+}
+
+impl Record {
+    /// The worker as listed, in state `starting`.
+    fn process(&self, adopted: bool) -> WorkerProcess {
+        WorkerProcess {
+            id: self.id.clone(),
+            worker_type: self.worker_type.clone(),
+            model: self.model.clone(),
+            device: self.device.clone(),
+            port: self.port,
+            pid: self.pid,
+            started_ms: self.started_ms,
+            last_heartbeat_ms: None,
+            adopted,
+            replica: self.replica.clone(),
+            args: self.args.clone(),
+            state: WorkerState::Starting,
+        }
+    }
+}
+
+/// What to start: a worker of a type, for a model, on a device, with its engine's arguments
+/// and, when the queen's reconciler asks, the deployment replica it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpawnRequest {
+    /// The worker type: the binary `rbee-worker-<type>` in the catalog.
+    pub worker_type: String,
+    /// The model: a name in the models directory, or whatever the worker accepts.
+    pub model: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Arguments for the engine, passed to the worker as argv after `--` (never through a
+    /// shell).
+    pub args: Vec<String>,
+    /// The deployment replica it is; kept in the registry, so a re-adopted worker keeps it.
+    pub replica: Option<ReplicaLabel>,
+}
+
+impl SpawnRequest {
+    /// A worker of `worker_type` for `model` on `device`, without engine arguments or label.
+    pub fn new(worker_type: &str, model: &str, device: &str) -> Self {
+        Self {
+            worker_type: worker_type.to_owned(),
+            model: model.to_owned(),
+            device: device.to_owned(),
+            ..Self::default()
+        }
+    }
 }
 
 struct Entry {
@@ -201,18 +257,7 @@ impl Workers {
             match record {
                 Some(r) if start_time(r.pid) == Some(r.start_time) => {
                     eprintln!("rbee-hive: re-adopted worker {} (pid {}, port {})", r.id, r.pid, r.port);
-                    let process = WorkerProcess {
-                        id: r.id.clone(),
-                        worker_type: r.worker_type.clone(),
-                        model: r.model.clone(),
-                        device: r.device.clone(),
-                        port: r.port,
-                        pid: r.pid,
-                        started_ms: r.started_ms,
-                        last_heartbeat_ms: None,
-                        adopted: true,
-                        state: WorkerState::Starting,
-                    };
+                    let process = r.process(true);
                     workers
                         .entries
                         .lock()
@@ -321,28 +366,23 @@ impl Workers {
         crate::catalog::scan(&self.settings.catalog_dir)
     }
 
-    /// Starts `rbee-worker-<worker_type>` for `model` on `device`; returns at once, in state
-    /// `starting` (see [`Workers::wait_ready`]).
-    pub fn spawn(
-        self: &Arc<Self>,
-        catalog: &[String],
-        worker_type: &str,
-        model: &str,
-        device: &str,
-    ) -> Result<WorkerProcess, WorkerError> {
-        if !catalog.iter().any(|t| t == worker_type) {
+    /// Starts `rbee-worker-<type>` as `request` asks; returns at once, in state `starting` (see
+    /// [`Workers::wait_ready`]). The engine arguments follow the contract's flags after `--`.
+    pub fn spawn(self: &Arc<Self>, catalog: &[String], request: SpawnRequest) -> Result<WorkerProcess, WorkerError> {
+        let SpawnRequest { worker_type, model, device, args, replica } = request;
+        if !catalog.contains(&worker_type) {
             let installed = if catalog.is_empty() { "none".to_owned() } else { catalog.join(", ") };
-            return Err(WorkerError::NotInstalled { worker_type: worker_type.to_owned(), installed });
+            return Err(WorkerError::NotInstalled { worker_type, installed });
         }
         let device_ok = device == "cpu" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
         if !device_ok {
-            return Err(WorkerError::BadDevice { device: device.to_owned() });
+            return Err(WorkerError::BadDevice { device });
         }
         // A bare name means a model in the models directory.
-        let model_arg = if !model.contains('/') && self.settings.models_dir.join(model).is_file() {
-            self.settings.models_dir.join(model).to_string_lossy().into_owned()
+        let model_arg = if !model.contains('/') && self.settings.models_dir.join(&model).is_file() {
+            self.settings.models_dir.join(&model).to_string_lossy().into_owned()
         } else {
-            model.to_owned()
+            model
         };
         let port = self.free_port()?;
         let started_ms = now_ms();
@@ -354,13 +394,18 @@ impl Workers {
             }
             format!("{worker_type}-{n}")
         };
-        let binary = self.settings.catalog_dir.join(rbee_core::layout::Layout::worker_file_name(worker_type));
+        let binary = self.settings.catalog_dir.join(rbee_core::layout::Layout::worker_file_name(&worker_type));
         let log = std::fs::File::create(self.log_path(&id)).map_err(WorkerError::CreateLog)?;
         let log2 = log.try_clone().map_err(WorkerError::ShareLog)?;
         let mut command = tokio::process::Command::new(&binary);
         command
-            .args(["--worker-id", &id, "--model", &model_arg, "--device", device, "--port", &port.to_string()])
-            .args(["--hive-url", &self.settings.hive_url])
+            .args(["--worker-id", &id, "--model", &model_arg, "--device", &device, "--port", &port.to_string()])
+            .args(["--hive-url", &self.settings.hive_url]);
+        if !args.is_empty() {
+            // argv, not a shell line: each argument reaches the engine as given.
+            command.arg("--").args(&args);
+        }
+        command
             .env("RBEE_HEARTBEAT_MS", self.settings.heartbeat_ms.to_string())
             .stdin(std::process::Stdio::null())
             .stdout(log)
@@ -379,31 +424,22 @@ impl Workers {
         let pid = child.id().ok_or(WorkerError::ExitedAtOnce)?;
         let record = Record {
             id: id.clone(),
-            worker_type: worker_type.to_owned(),
-            model: model_arg.clone(),
-            device: device.to_owned(),
+            worker_type,
+            model: model_arg,
+            device,
             port,
             pid,
             start_time: start_time(pid).unwrap_or(0),
             started_ms,
+            replica,
+            args,
         };
         let json = serde_json::to_vec_pretty(&record).map_err(WorkerError::EncodeRecord)?;
         if let Err(e) = write_atomic(&self.settings.registry_dir.join(format!("{id}.json")), &json) {
             let _ = child.start_kill();
             return Err(WorkerError::WriteRecord(e));
         }
-        let process = WorkerProcess {
-            id: id.clone(),
-            worker_type: worker_type.to_owned(),
-            model: model_arg,
-            device: device.to_owned(),
-            port,
-            pid,
-            started_ms,
-            last_heartbeat_ms: None,
-            adopted: false,
-            state: WorkerState::Starting,
-        };
+        let process = record.process(false);
         self.entries
             .lock()
             .expect("workers lock")

@@ -6,8 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rbee_core::proto::deployment::ReplicaLabel;
 use rbee_core::proto::hive::WorkerState;
-use rbee_hive::workers::{WorkerSettings, Workers};
+use rbee_hive::workers::{SpawnRequest, WorkerSettings, Workers};
 
 fn settings(dir: &Path) -> WorkerSettings {
     WorkerSettings {
@@ -40,7 +41,8 @@ async fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period_and_ports_ne
     let workers = Workers::open(settings(dir.path()));
     let catalog = workers.scan_catalog();
     assert_eq!(catalog, ["stubborn"]);
-    let spawned: Vec<_> = (0..5).map(|_| workers.spawn(&catalog, "stubborn", "m", "cpu").unwrap()).collect();
+    let spawned: Vec<_> =
+        (0..5).map(|_| workers.spawn(&catalog, SpawnRequest::new("stubborn", "m", "cpu")).unwrap()).collect();
     let mut ports: Vec<u16> = spawned.iter().map(|p| p.port).collect();
     ports.sort_unstable();
     ports.dedup();
@@ -66,7 +68,7 @@ async fn a_worker_exiting_during_startup_is_reported_with_its_status_and_log() {
     let dir = tempfile::tempdir().unwrap();
     worker_script(dir.path(), "broken", "echo 'error: `engine` not found: this worker needs an engine' >&2\nexit 3");
     let workers = Workers::open(settings(dir.path()));
-    let p = workers.spawn(&workers.scan_catalog(), "broken", "m", "cpu").unwrap();
+    let p = workers.spawn(&workers.scan_catalog(), SpawnRequest::new("broken", "m", "cpu")).unwrap();
     let err = workers.wait_ready(&p.id, Duration::from_secs(10)).await.unwrap_err().to_string();
     assert!(err.contains("exited with status 3") && err.contains("`engine` not found"), "{err}");
     match workers.get(&p.id).unwrap().state {
@@ -84,9 +86,9 @@ async fn bad_requests_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     worker_script(dir.path(), "ok", "exec sleep 30");
     let workers = Workers::open(settings(dir.path()));
-    let err = workers.spawn(&workers.scan_catalog(), "vllm", "m", "cpu").unwrap_err().to_string();
+    let err = workers.spawn(&workers.scan_catalog(), SpawnRequest::new("vllm", "m", "cpu")).unwrap_err().to_string();
     assert!(err.contains("not installed on this hive (installed: ok)") && err.contains("rbee sync"), "{err}");
-    let err = workers.spawn(&workers.scan_catalog(), "ok", "m", "gpu0").unwrap_err().to_string();
+    let err = workers.spawn(&workers.scan_catalog(), SpawnRequest::new("ok", "m", "gpu0")).unwrap_err().to_string();
     assert!(err.contains("`cpu` or `cuda:N`"), "{err}");
 }
 
@@ -95,7 +97,7 @@ async fn a_restarted_hive_readopts_live_workers_and_clears_dead_ones() {
     let dir = tempfile::tempdir().unwrap();
     worker_script(dir.path(), "sleeper", "exec sleep 30");
     let first = Workers::open(settings(dir.path()));
-    let live = first.spawn(&first.scan_catalog(), "sleeper", "m", "cpu").unwrap();
+    let live = first.spawn(&first.scan_catalog(), SpawnRequest::new("sleeper", "m", "cpu")).unwrap();
     // A record left by a worker that died while no hive watched it.
     let registry = dir.path().join("state/workers");
     let dead = std::process::Command::new("true").spawn().unwrap();
@@ -124,4 +126,62 @@ async fn a_restarted_hive_readopts_live_workers_and_clears_dead_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(matches!(second.get(&live.id).unwrap().state, WorkerState::Crashed { exit_code: None, .. }));
+}
+
+#[tokio::test]
+async fn engine_args_follow_a_double_dash_and_the_registry_keeps_them_with_the_label() {
+    let dir = tempfile::tempdir().unwrap();
+    // Writes its argv, one per line, then sleeps.
+    worker_script(dir.path(), "argv", &format!("printf '%s\\n' \"$@\" > {}/argv\nexec sleep 30", dir.path().display()));
+    let workers = Workers::open(settings(dir.path()));
+    let label = ReplicaLabel { deployment: "chat".into(), spec_hash: "0123abcd".into() };
+    let args = vec!["--ctx-size".to_owned(), "8192".into(), "two words; $(echo no)".into()];
+    let request =
+        SpawnRequest { args: args.clone(), replica: Some(label.clone()), ..SpawnRequest::new("argv", "m", "cpu") };
+    let spawned = workers.spawn(&workers.scan_catalog(), request).unwrap();
+    assert_eq!((spawned.args.clone(), spawned.replica.clone()), (args.clone(), Some(label.clone())));
+
+    let argv_file = dir.path().join("argv");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&argv_file).is_ok_and(|t| t.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "the worker did not write its argv");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let argv: Vec<String> = std::fs::read_to_string(&argv_file).unwrap().lines().map(str::to_owned).collect();
+    let dash = argv.iter().position(|a| a == "--").unwrap();
+    assert_eq!(argv[dash + 1..], args, "{argv:?}");
+    assert_eq!(argv[..dash].last().map(String::as_str), Some("http://127.0.0.1:9"), "after the contract's flags");
+
+    // The record holds both; a restarted hive's worker keeps them.
+    let record_path = dir.path().join(format!("state/workers/{}.json", spawned.id));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(
+        (record["replica"]["deployment"].as_str(), record["args"].as_array().map(Vec::len)),
+        (Some("chat"), Some(3))
+    );
+    let adopted = Workers::open(settings(dir.path())).get(&spawned.id).unwrap();
+    assert!(adopted.adopted);
+    assert_eq!((adopted.args, adopted.replica), (args, Some(label)));
+
+    // A record from an older hive (no label, no arguments) is still adopted.
+    let mut old = record.clone();
+    old.as_object_mut().unwrap().retain(|k, _| k != "replica" && k != "args");
+    std::fs::write(&record_path, old.to_string()).unwrap();
+    let older = Workers::open(settings(dir.path()));
+    let adopted = older.get(&spawned.id).unwrap();
+    assert!(adopted.adopted && adopted.args.is_empty() && adopted.replica.is_none(), "{adopted:?}");
+    older.delete(&spawned.id, Duration::from_millis(500)).await.unwrap();
+    assert!(!alive(spawned.pid));
+}
+
+#[tokio::test]
+async fn without_engine_args_there_is_no_double_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    worker_script(dir.path(), "argv", &format!("printf '%s\\n' \"$@\" > {}/argv", dir.path().display()));
+    let workers = Workers::open(settings(dir.path()));
+    let p = workers.spawn(&workers.scan_catalog(), SpawnRequest::new("argv", "m", "cpu")).unwrap();
+    let _ = workers.wait_ready(&p.id, Duration::from_secs(10)).await;
+    let argv = std::fs::read_to_string(dir.path().join("argv")).unwrap();
+    assert!(!argv.lines().any(|a| a == "--"), "{argv}");
+    assert!(argv.contains("--worker-id"), "{argv}");
 }

@@ -59,6 +59,13 @@ pub struct WorkerProcess {
     /// True when a restarted hive found it still running and took it back.
     #[serde(default)]
     pub adopted: bool,
+    /// The deployment replica it is, when the queen's reconciler started it (the hive keeps
+    /// the label in its registry, so a restarted queen adopts the replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<crate::deployment::ReplicaLabel>,
+    /// The arguments passed to its engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Its state.
     #[serde(flatten)]
     pub state: WorkerState,
@@ -67,8 +74,9 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// True if it serves `model`: the same string, or the same file name (with or without
     /// its extension) as the path it was given.
+    /// A replica of a deployment serves the deployment's name too.
     pub fn serves(&self, model: &str) -> bool {
-        if self.model == model {
+        if self.model == model || self.replica.as_ref().is_some_and(|r| r.deployment == model) {
             return true;
         }
         let path = std::path::Path::new(&self.model);
@@ -253,6 +261,8 @@ mod tests {
             started_ms: 0,
             last_heartbeat_ms: None,
             adopted: false,
+            replica: None,
+            args: Vec::new(),
             state: WorkerState::Ready,
         }
     }

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod deployment;
 pub mod digest;
 pub mod exit;
 pub mod hive;

@@ -113,6 +113,16 @@ pub enum Operation {
         /// How long to wait for its first heartbeat (default 120 s).
         #[serde(default)]
         ready_timeout_ms: Option<u64>,
+        /// Arguments for the engine, passed as argv after `--` (never through a shell).
+        #[serde(default)]
+        args: Vec<String>,
+        /// The deployment replica this worker is (kept with the worker on the hive).
+        #[serde(default)]
+        replica: Option<crate::deployment::ReplicaLabel>,
+        /// Answer at once with the worker `starting` instead of waiting for it to be ready;
+        /// its state then reaches the queen by heartbeats (a crash stays listed until deleted).
+        #[serde(default)]
+        no_wait: bool,
     },
     /// The hive's worker processes.
     WorkerProcessList {
@@ -247,6 +257,12 @@ pub struct Heartbeat {
     /// Its worker processes.
     #[serde(default)]
     pub processes: Vec<crate::hive::WorkerProcess>,
+    /// Its GPUs (from `nvidia-smi`; empty without).
+    #[serde(default)]
+    pub gpus: Vec<crate::hive::Gpu>,
+    /// The models in its models directory.
+    #[serde(default)]
+    pub models: Vec<crate::hive::ModelInfo>,
 }
 
 /// A removed imperative operation, with what to do instead.

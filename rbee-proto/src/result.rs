@@ -16,17 +16,30 @@ pub struct SyncOutcome {
     pub plan: Plan,
     /// What happened; `None` for a dry run.
     pub report: Option<SyncReport>,
+    /// What the queen's reconciler does (a dry run) or did (a run) to the deployments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployment_steps: Vec<crate::deployment::Action>,
+    /// The deployments after the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<crate::deployment::DeploymentStatus>,
 }
 
 impl SyncOutcome {
+    /// A plan and its report, before anything about deployments is known.
+    pub fn new(plan: Plan, report: Option<SyncReport>) -> Self {
+        Self { plan, report, deployment_steps: Vec::new(), deployments: Vec::new() }
+    }
+
     /// The documented exit code: a dry run gives 0 (in sync), 2 (changes pending) or 1 (a
     /// hive could not be observed); a run gives 0 (all ok), 3 (partial) or 1 (all failed).
     pub fn exit_code(&self) -> u8 {
+        let deployments_ready = self.deployments.iter().all(|d| d.is_ready());
         match &self.report {
             None if self.plan.summary().unreachable > 0 => exit::ERROR,
-            None if self.plan.is_empty() => exit::OK,
+            None if self.plan.is_empty() && self.deployment_steps.is_empty() => exit::OK,
             None => exit::DRIFT,
             Some(report) => match report.overall() {
+                crate::report::Overall::Ok if !deployments_ready => exit::PARTIAL,
                 crate::report::Overall::Ok => exit::OK,
                 crate::report::Overall::Partial => exit::PARTIAL,
                 crate::report::Overall::Failed => exit::ERROR,
@@ -78,6 +91,9 @@ pub enum DriftState {
 pub struct StatusReport {
     /// Per hive, by alias.
     pub hives: Vec<HiveStatusReport>,
+    /// Per declared deployment (from the queen).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<crate::deployment::DeploymentStatus>,
 }
 
 impl StatusReport {
@@ -85,7 +101,9 @@ impl StatusReport {
     pub fn exit_code(&self) -> u8 {
         if self.hives.iter().any(|h| matches!(h.state, DriftState::Unreachable { .. })) {
             exit::ERROR
-        } else if self.hives.iter().any(|h| matches!(h.state, DriftState::Drift { .. } | DriftState::NotInstalled)) {
+        } else if self.hives.iter().any(|h| matches!(h.state, DriftState::Drift { .. } | DriftState::NotInstalled))
+            || self.deployments.iter().any(|d| !d.is_ready())
+        {
             exit::DRIFT
         } else {
             exit::OK

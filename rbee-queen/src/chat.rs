@@ -74,28 +74,34 @@ pub(crate) enum RouteError {
     },
 }
 
-/// Picks the hive and worker for `model` at `now_ms`: a ready worker serving it on a fresh
-/// hive (only `only` if given), taking turns between several.
+/// How loaded a worker is: `None` when it takes no new requests (draining, stopping, or
+/// excluded after a failure), else its requests in flight.
+pub(crate) type Load<'a> = &'a (dyn Fn(&str, &str) -> Option<u64> + Sync);
+
+/// Picks the hive and worker for `model` at `now_ms`: among the ready workers serving it on
+/// fresh hives (only `only` if given) that take requests, the one with the fewest requests in
+/// flight, taking turns between equals. A deployment's name reaches its replicas.
 pub(crate) fn route(
     registry: &Registry,
     turns: &Turns,
     model: &str,
     only: Option<&str>,
     now_ms: u64,
+    load: Load<'_>,
 ) -> Result<Routed, RouteError> {
     let fresh: Vec<_> =
         registry.fresh(now_ms).into_iter().filter(|beat| only.is_none_or(|a| a == beat.alias)).collect();
-    let candidates: Vec<Routed> = fresh
+    let candidates: Vec<(u64, Routed)> = fresh
         .iter()
         .flat_map(|beat| {
-            beat.processes
-                .iter()
-                .filter(|p| p.state == WorkerState::Ready && p.serves(model))
-                .map(|p| Routed { hive: beat.alias.clone(), worker: p.id.clone() })
+            beat.processes.iter().filter(|p| p.state == WorkerState::Ready && p.serves(model)).filter_map(|p| {
+                Some((load(&beat.alias, &p.id)?, Routed { hive: beat.alias.clone(), worker: p.id.clone() }))
+            })
         })
         .collect();
-    if !candidates.is_empty() {
-        return Ok(candidates[turns.next() % candidates.len()].clone());
+    if let Some(least) = candidates.iter().map(|(n, _)| *n).min() {
+        let tied: Vec<&Routed> = candidates.iter().filter(|(n, _)| *n == least).map(|(_, r)| r).collect();
+        return Ok(tied[turns.next() % tied.len()].clone());
     }
     if let Some(alias) = only
         && fresh.is_empty()
@@ -118,7 +124,10 @@ pub(crate) fn route(
 /// the worker's hive may not have reported yet.
 pub(crate) async fn route_soon(queen: &Queen, model: &str, only: Option<&str>) -> Result<Routed, RouteError> {
     loop {
-        match route(&queen.registry, &queen.turns, model, only, now_ms()) {
+        let load = |hive: &str, worker: &str| {
+            queen.deployments.routable(hive, worker).then(|| queen.deployments.load(hive, worker))
+        };
+        match route(&queen.registry, &queen.turns, model, only, now_ms(), &load) {
             Err(_) if queen.registry.warming_up(now_ms()) => tokio::time::sleep(Duration::from_millis(100)).await,
             result => return result,
         }
@@ -138,19 +147,80 @@ pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum
     let Some(model) = request["model"].as_str() else {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "`model` is required".into());
     };
-    let Routed { hive: alias, worker } = match route(&queen.registry, &queen.turns, model, None, now_ms()) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::NOT_FOUND, "model_not_found", e.to_string()),
-    };
-    let addr = match queen.registry.fresh_addr(&alias, now_ms()) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", e.to_string()),
-    };
-    let path = format!("/v1/workers/{worker}/chat/completions");
-    match to_hive(&queen, addr, "POST", &path, body.to_vec()).await {
-        Ok(response) => rbee_http::passthrough(response).map(axum::body::Body::new),
-        Err(e) => error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {alias}: {e}")),
+    // A replica that fails before answering is tried once more, on another replica.
+    let mut failed: Vec<Routed> = Vec::new();
+    loop {
+        let load = |hive: &str, worker: &str| {
+            let excluded = failed.iter().any(|f| f.hive == hive && f.worker == worker);
+            (!excluded && queen.deployments.routable(hive, worker)).then(|| queen.deployments.load(hive, worker))
+        };
+        let routed = match route(&queen.registry, &queen.turns, model, None, now_ms(), &load) {
+            Ok(r) => r,
+            Err(e) if failed.is_empty() => {
+                return error(StatusCode::NOT_FOUND, "model_not_found", deployment_error(&queen, model, e));
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "worker_unavailable",
+                    format!("replica {} failed and no other is ready", failed[0].worker),
+                );
+            }
+        };
+        let guard = queen.deployments.begin_request(&routed.hive, &routed.worker);
+        let sent = match queen.registry.fresh_addr(&routed.hive, now_ms()) {
+            Ok(addr) => {
+                let path = format!("/v1/workers/{}/chat/completions", routed.worker);
+                to_hive(&queen, addr, "POST", &path, body.to_vec()).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let response = match sent {
+            Ok(r) if r.status() != StatusCode::BAD_GATEWAY => r,
+            Ok(r) if failed.is_empty() => {
+                drop(guard);
+                eprintln!(
+                    "queen-rbee: worker {} on {} answered {}; trying another replica",
+                    routed.worker,
+                    routed.hive,
+                    r.status()
+                );
+                failed.push(routed);
+                continue;
+            }
+            Ok(r) => r,
+            Err(e) if failed.is_empty() => {
+                drop(guard);
+                eprintln!("queen-rbee: hive {}: {e}; trying another replica", routed.hive);
+                failed.push(routed);
+                continue;
+            }
+            Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {}: {e}", routed.hive)),
+        };
+        let mut response = rbee_http::passthrough(response);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{}/{}", routed.hive, routed.worker)) {
+            response.headers_mut().insert("x-rbee-worker", value);
+        }
+        // The request counts as in flight until its whole answer has been sent.
+        use http_body_util::BodyExt;
+        let (parts, body) = response.into_parts();
+        let stream = body.into_data_stream();
+        let stream = futures_util::StreamExt::map(stream, move |chunk| {
+            let _held = &guard;
+            chunk
+        });
+        return axum::http::Response::from_parts(parts, axum::body::Body::from_stream(stream));
     }
+}
+
+/// A route error, with the deployment's own status when `model` names a deployment.
+fn deployment_error(queen: &Queen, model: &str, e: RouteError) -> String {
+    if queen.deployments.is_declared(model)
+        && let Ok(status) = queen.deployments.status_of(model)
+    {
+        return format!("deployment {model} has no ready replica: {}", status.message);
+    }
+    e.to_string()
 }
 
 #[cfg(test)]
@@ -190,9 +260,9 @@ mod tests {
         );
         registry.record(beat("zeta", 7002, vec![worker("good", "/models/llama.gguf", WorkerState::Ready)]), ip(3), NOW);
         for _ in 0..5 {
-            assert_eq!(route(&registry, &turns, "llama", None, NOW), Ok(routed("zeta", "good")));
+            assert_eq!(route(&registry, &turns, "llama", None, NOW, &|_, _| Some(0)), Ok(routed("zeta", "good")));
         }
-        assert_eq!(route(&registry, &turns, "qwen", None, NOW), Ok(routed("alpha", "other-model")));
+        assert_eq!(route(&registry, &turns, "qwen", None, NOW, &|_, _| Some(0)), Ok(routed("alpha", "other-model")));
     }
 
     #[test]
@@ -202,7 +272,7 @@ mod tests {
         registry.record(beat("alpha", 7000, vec![worker("a1", "llama", WorkerState::Ready)]), ip(1), NOW);
         registry.record(beat("beta", 7001, vec![worker("b1", "llama", WorkerState::Ready)]), ip(2), NOW);
         let picks: Vec<Routed> =
-            (0..4).map(|_| route(&registry, &turns, "llama", None, NOW).expect("routed")).collect();
+            (0..4).map(|_| route(&registry, &turns, "llama", None, NOW, &|_, _| Some(0)).expect("routed")).collect();
         assert_eq!(
             picks,
             vec![routed("alpha", "a1"), routed("beta", "b1"), routed("alpha", "a1"), routed("beta", "b1")]
@@ -217,10 +287,10 @@ mod tests {
         registry.record(beat("beta", 7001, vec![worker("b1", "llama", WorkerState::Ready)]), ip(2), NOW);
         registry.record(beat("gamma", 7002, vec![]), ip(3), NOW);
         for _ in 0..3 {
-            assert_eq!(route(&registry, &turns, "llama", Some("beta"), NOW), Ok(routed("beta", "b1")));
+            assert_eq!(route(&registry, &turns, "llama", Some("beta"), NOW, &|_, _| Some(0)), Ok(routed("beta", "b1")));
         }
 
-        let err = route(&registry, &turns, "llama", Some("gamma"), NOW).unwrap_err();
+        let err = route(&registry, &turns, "llama", Some("gamma"), NOW, &|_, _| Some(0)).unwrap_err();
         assert_eq!(
             err,
             RouteError::NoWorker {
@@ -238,11 +308,11 @@ mod tests {
         let registry = Registry::new(0, INTERVAL_MS);
         let turns = Turns::default();
         registry.record(beat("alpha", 7000, vec![worker("a1", "llama", WorkerState::Ready)]), ip(1), NOW);
-        let err = route(&registry, &turns, "llama", Some("ghost"), NOW).unwrap_err();
+        let err = route(&registry, &turns, "llama", Some("ghost"), NOW, &|_, _| Some(0)).unwrap_err();
         assert!(matches!(&err, RouteError::Hive(HiveError::Unknown { alias, .. }) if alias == "ghost"), "{err:?}");
 
         let later = NOW + 3 * INTERVAL_MS + 1;
-        let err = route(&registry, &turns, "llama", Some("alpha"), later).unwrap_err();
+        let err = route(&registry, &turns, "llama", Some("alpha"), later, &|_, _| Some(0)).unwrap_err();
         assert!(matches!(&err, RouteError::Hive(HiveError::Stale { alias, .. }) if alias == "alpha"), "{err:?}");
         assert!(err.to_string().contains("`rbee hive status alpha`"), "{err}");
     }
@@ -251,14 +321,14 @@ mod tests {
     fn no_worker_for_the_model_names_rbee_worker_spawn() {
         let registry = Registry::new(0, INTERVAL_MS);
         let turns = Turns::default();
-        let err = route(&registry, &turns, "llama", None, NOW).unwrap_err();
+        let err = route(&registry, &turns, "llama", None, NOW, &|_, _| Some(0)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no ready worker serves model llama; start one: `rbee worker spawn --hive HIVE --type TYPE --model llama`"
         );
 
         registry.record(beat("alpha", 7000, vec![worker("q", "qwen", WorkerState::Ready)]), ip(1), NOW);
-        let err = route(&registry, &turns, "llama", None, NOW).unwrap_err();
+        let err = route(&registry, &turns, "llama", None, NOW, &|_, _| Some(0)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no ready worker serves model llama; start one: `rbee worker spawn --hive alpha --type llama-cpp --model llama`"
@@ -270,8 +340,25 @@ mod tests {
         let registry = Registry::new(0, INTERVAL_MS);
         let turns = Turns::default();
         registry.record(beat("alpha", 7000, vec![worker("w", "llama", WorkerState::Starting)]), ip(1), NOW);
-        let err = route(&registry, &turns, "llama", None, NOW).unwrap_err();
+        let err = route(&registry, &turns, "llama", None, NOW, &|_, _| Some(0)).unwrap_err();
         assert_eq!(err, RouteError::Starting { model: "llama".into() });
         assert!(err.to_string().contains("`rbee worker list`"), "{err}");
+    }
+
+    #[test]
+    fn the_least_loaded_worker_wins_and_workers_taking_no_requests_are_skipped() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let turns = Turns::default();
+        registry.record(beat("alpha", 7000, vec![worker("a1", "llama", WorkerState::Ready)]), ip(1), NOW);
+        registry.record(beat("beta", 7001, vec![worker("b1", "llama", WorkerState::Ready)]), ip(2), NOW);
+        let busy_alpha = |hive: &str, _: &str| Some(if hive == "alpha" { 3 } else { 1 });
+        for _ in 0..4 {
+            assert_eq!(route(&registry, &turns, "llama", None, NOW, &busy_alpha), Ok(routed("beta", "b1")));
+        }
+        let beta_draining = |hive: &str, _: &str| (hive != "beta").then_some(9);
+        for _ in 0..4 {
+            assert_eq!(route(&registry, &turns, "llama", None, NOW, &beta_draining), Ok(routed("alpha", "a1")));
+        }
+        assert!(route(&registry, &turns, "llama", None, NOW, &|_, _| None).is_err());
     }
 }

@@ -114,6 +114,22 @@ impl QueenClient {
         self.json("GET", &format!("/v1/hives/{alias}/capabilities"), None).await
     }
 
+    /// Every deployment's status.
+    pub async fn deployments(&self) -> Result<Vec<rbee_core::proto::deployment::DeploymentStatus>, ClientError> {
+        self.json("GET", "/v1/deployments", None).await
+    }
+
+    /// One deployment's status.
+    pub async fn deployment(&self, name: &str) -> Result<rbee_core::proto::deployment::DeploymentStatus, ClientError> {
+        self.json("GET", &format!("/v1/deployments/{name}"), None).await
+    }
+
+    /// Rolls a deployment back to its previous revision; returns the new revision's number.
+    pub async fn rollback(&self, name: &str) -> Result<u64, ClientError> {
+        let answer: serde_json::Value = self.json("POST", &format!("/v1/deployments/{name}/rollback"), None).await?;
+        answer["revision"].as_u64().ok_or_else(|| ClientError::Protocol(format!("unexpected answer: {answer}")))
+    }
+
     /// Asks the queen to cancel a job.
     pub async fn cancel(&self, job_id: &str) -> Result<JobSummary, ClientError> {
         self.json("DELETE", &format!("/v1/jobs/{job_id}"), None).await

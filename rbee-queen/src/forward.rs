@@ -101,7 +101,7 @@ pub(crate) async fn forward(queen: &Queen, job: &Job) -> OperationResult {
 /// Runs `operation` on the hive at `addr`: its events go to `on_event`, its result updates the
 /// registry and is returned. Setting `cancel` closes the connection, which stops the operation
 /// on the hive.
-async fn run_on_hive(
+pub(crate) async fn run_on_hive(
     queen: &Queen,
     alias: &str,
     addr: std::net::SocketAddr,

@@ -160,7 +160,7 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
                 false => {
                     let result = run_operation(&job.operation, connect.as_ref(), &ctx, &on_event).await;
                     refresh_catalogs(&queen, &job, &result).await;
-                    result
+                    crate::deploy_sync::after_package(&queen, &job, result).await
                 }
             }
         })

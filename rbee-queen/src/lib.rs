@@ -20,8 +20,11 @@ pub mod http {
     pub use rbee_http::*;
 }
 mod chat;
+mod deploy_api;
+mod deploy_sync;
 mod forward;
 mod jobs;
+mod reconcile;
 mod registry;
 mod routes;
 pub mod state;

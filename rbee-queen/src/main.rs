@@ -49,6 +49,12 @@ async fn main() -> ExitCode {
             std::env::var("RBEE_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000),
         ),
         advertise_url,
+        reschedule_after: Duration::from_millis(
+            config.as_ref().map_or(rbee_core::proto::deployment::DEFAULT_RESCHEDULE_AFTER_MS, |c| {
+                u64::try_from(c.queen.reschedule_after.as_millis()).unwrap_or(u64::MAX)
+            }),
+        ),
+        state_dir: None,
     };
     let heartbeat_ms = u64::try_from(queen.heartbeat.as_millis()).unwrap_or(5000);
     let token_for_hive = queen.token.clone();

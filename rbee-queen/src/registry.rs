@@ -103,11 +103,18 @@ impl Registry {
 
     /// Takes `beat`, heard from `ip` at `now_ms`, as the hive's whole current state: a hive that
     /// restarted (new port, pid or address) replaces its old entry.
-    pub(crate) fn record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) {
+    /// Returns true when the hive is new or its worker processes changed state.
+    pub(crate) fn record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) -> bool {
         // A hostile or broken interval (0, or u64::MAX) must not make a hive fresh forever or
         // stale at once.
         beat.interval_ms = beat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
-        self.lock().insert(beat.alias.clone(), Hive { seen_ms: now_ms, ip, beat });
+        let states = |b: &Heartbeat| -> Vec<(String, WorkerState)> {
+            b.processes.iter().map(|p| (p.id.clone(), p.state.clone())).collect()
+        };
+        let now = states(&beat);
+        let mut hives = self.lock();
+        let before = hives.insert(beat.alias.clone(), Hive { seen_ms: now_ms, ip, beat });
+        before.is_none_or(|h| states(&h.beat) != now || !h.is_fresh(now_ms))
     }
 
     /// Every hive, fresh or stale, as `GET /v1/hives` shows it.
@@ -150,6 +157,11 @@ impl Registry {
         self.lock().values().filter(|h| h.is_fresh(now_ms)).map(|h| h.beat.clone()).collect()
     }
 
+    /// When the queen started (ms since the epoch).
+    pub(crate) fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
     /// True during the queen's first heartbeat interval (plus a second), while hives that
     /// reported to a previous queen are still finding this one: a missing hive may yet appear.
     pub(crate) fn warming_up(&self, now_ms: u64) -> bool {
@@ -167,11 +179,16 @@ impl Registry {
             OperationResult::Workers { workers, .. } => beat.processes = workers.clone(),
             OperationResult::Worker { worker, .. } => {
                 beat.processes.retain(|p| p.id != worker.id);
-                if worker.state != WorkerState::Stopped {
+                // A stopped or cleared (crashed, then deleted) worker is gone from its hive.
+                if worker.state.is_alive() {
                     beat.processes.push((**worker).clone());
                 }
             }
             OperationResult::Catalog { workers, .. } => beat.workers = workers.clone(),
+            OperationResult::Model { model, .. } => {
+                beat.models.retain(|m| m.name != model.name);
+                beat.models.push(model.clone());
+            }
             _ => {}
         }
     }
@@ -184,7 +201,9 @@ pub(crate) async fn heartbeat(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(beat): Json<Heartbeat>,
 ) -> StatusCode {
-    queen.registry.record(beat, peer.ip(), now_ms());
+    if queen.registry.record(beat, peer.ip(), now_ms()) {
+        queen.deployments.wake.notify_one();
+    }
     StatusCode::NO_CONTENT
 }
 
@@ -214,6 +233,8 @@ pub(crate) mod tests {
             installed: BTreeMap::new(),
             home: String::new(),
             processes,
+            gpus: Vec::new(),
+            models: Vec::new(),
         }
     }
 
@@ -228,6 +249,8 @@ pub(crate) mod tests {
             started_ms: 0,
             last_heartbeat_ms: None,
             adopted: false,
+            replica: None,
+            args: Vec::new(),
             state,
         }
     }

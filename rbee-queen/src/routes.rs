@@ -39,6 +39,11 @@ pub struct QueenConfig {
     pub heartbeat: Duration,
     /// The URL hives use to reach this queen; default `http://<addr>`.
     pub advertise_url: Option<String>,
+    /// Replicas on a hive silent for this long are placed on other hives.
+    pub reschedule_after: Duration,
+    /// Where the queen keeps what must survive a restart (`deployments.json`); default: its
+    /// state directory.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// What every handler shares.
@@ -49,6 +54,7 @@ pub(crate) struct Queen {
     pub(crate) jobs: Jobs,
     pub(crate) registry: Registry,
     pub(crate) turns: Turns,
+    pub(crate) deployments: Arc<crate::reconcile::Deployments>,
 }
 
 /// A bound, not yet serving, queen: `addr` is known (port 0 picks a free one).
@@ -73,13 +79,18 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let heartbeat_ms = u64::try_from(config.heartbeat.as_millis()).unwrap_or(0);
+    let state_dir = config.state_dir.clone().unwrap_or_else(crate::state::state_dir);
+    let deployments = crate::reconcile::Deployments::open(state_dir.join("deployments.json"), config.reschedule_after)
+        .map_err(std::io::Error::other)?;
     let queen = Arc::new(Queen {
         config,
         url,
         jobs: Jobs::default(),
         registry: Registry::new(now_ms(), heartbeat_ms),
         turns: Turns::default(),
+        deployments: Arc::new(deployments),
     });
+    tokio::spawn(crate::reconcile::run(queen.clone()));
     let api = Router::new()
         .route("/v1/heartbeats", post(heartbeat))
         .route("/v1/hives", get(hives))
@@ -88,6 +99,10 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         .route("/v1/jobs/{id}", get(job_summary).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(crate::deploy_api::models))
+        .route("/v1/deployments", get(crate::deploy_api::list))
+        .route("/v1/deployments/{name}", get(crate::deploy_api::get_one))
+        .route("/v1/deployments/{name}/rollback", post(crate::deploy_api::rollback))
         .route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));
     let router = Router::new().route("/health", get(health)).merge(api).with_state(queen);
     Ok(Server { listener, router, addr })

@@ -33,6 +33,10 @@ pub struct WorkerArgs {
     /// The hive's URL, for heartbeats.
     #[arg(long)]
     pub hive_url: Option<String>,
+    /// Arguments for the engine, after `--`: appended to the engine's own command line as
+    /// given (never through a shell).
+    #[arg(last = true)]
+    pub engine_args: Vec<String>,
 }
 
 /// What an engine is missing on this host; the launcher prints it and exits 127.
@@ -69,8 +73,16 @@ pub enum Engine {
 
 impl Engine {
     /// The program and arguments that start the engine for `args`, listening on
-    /// `127.0.0.1:<engine_port>` (the worker itself serves the contract on `args.port`).
+    /// `127.0.0.1:<engine_port>` (the worker itself serves the contract on `args.port`). The
+    /// engine arguments (`args.engine_args`) come last, after the launcher's own.
     pub fn command(self, args: &WorkerArgs, engine_port: u16) -> (String, Vec<String>) {
+        let (program, mut argv) = self.own_command(args, engine_port);
+        argv.extend(args.engine_args.iter().cloned());
+        (program, argv)
+    }
+
+    /// [`Engine::command`] without the engine arguments.
+    fn own_command(self, args: &WorkerArgs, engine_port: u16) -> (String, Vec<String>) {
         let port = engine_port.to_string();
         match self {
             Engine::LlamaCpp => {
@@ -187,6 +199,7 @@ mod tests {
             device: device.into(),
             port: 9001,
             hive_url: None,
+            engine_args: Vec::new(),
         }
     }
 
@@ -195,6 +208,51 @@ mod tests {
         let (p, a) = Engine::LlamaCpp.command(&args("cuda:0"), 9001);
         assert_eq!(p, "llama-server");
         assert_eq!(a.join(" "), "--model /m/model.gguf --host 127.0.0.1 --port 9001 --n-gpu-layers 999");
+    }
+
+    #[test]
+    fn llama_cpp_engine_args_come_last_as_given() {
+        let engine_args = ["--ctx-size", "8192", "--alias", "two words; $(not a shell)"];
+        let a = WorkerArgs { engine_args: engine_args.map(String::from).to_vec(), ..args("cpu") };
+        let (p, argv) = Engine::LlamaCpp.command(&a, 9001);
+        assert_eq!(p, "llama-server");
+        assert!(argv.ends_with(&engine_args.map(String::from)), "{argv:?}");
+        assert_eq!(argv[..argv.len() - engine_args.len()], Engine::LlamaCpp.command(&args("cpu"), 9001).1[..]);
+    }
+
+    #[test]
+    fn every_engine_appends_the_engine_args() {
+        let a = WorkerArgs { engine_args: vec!["--x".into(), "1".into()], ..args("cpu") };
+        for engine in [Engine::LlamaCpp, Engine::Vllm, Engine::ComfyUi] {
+            let (_, argv) = engine.command(&a, 1);
+            assert!(argv.ends_with(&["--x".to_owned(), "1".to_owned()]), "{engine:?}: {argv:?}");
+        }
+    }
+
+    /// What the hive passes: the contract's flags, then `--` and the engine's arguments, which
+    /// may look like flags of the worker's own.
+    #[test]
+    fn engine_args_follow_a_double_dash() {
+        let parsed = WorkerArgs::try_parse_from([
+            "rbee-worker-llama-cpp",
+            "--worker-id",
+            "w1",
+            "--model",
+            "/m/model.gguf",
+            "--port",
+            "9001",
+            "--",
+            "--port",
+            "1",
+            "--flash-attn",
+        ])
+        .unwrap();
+        assert_eq!((parsed.port, parsed.engine_args.join(" ")), (9001, "--port 1 --flash-attn".to_owned()));
+        let plain = WorkerArgs::try_parse_from(["w", "--worker-id", "w1", "--model", "m", "--port", "1"]).unwrap();
+        assert!(plain.engine_args.is_empty());
+        assert!(
+            WorkerArgs::try_parse_from(["w", "--worker-id", "w1", "--model", "m", "--port", "1", "stray"]).is_err()
+        );
     }
 
     #[test]

@@ -32,7 +32,14 @@ fn each_launcher_names_its_missing_engine() {
 
 #[test]
 fn comfyui_arguments() {
-    let args = WorkerArgs { worker_id: "w".into(), model: "m".into(), device: "cpu".into(), port: 1, hive_url: None };
+    let args = WorkerArgs {
+        worker_id: "w".into(),
+        model: "m".into(),
+        device: "cpu".into(),
+        port: 1,
+        hive_url: None,
+        engine_args: Vec::new(),
+    };
     let (program, argv) = Engine::ComfyUi.command(&args, 7000);
     assert_eq!(program, "python3");
     assert_eq!(argv[1..].join(" "), "--listen 127.0.0.1 --port 7000 --cpu");
@@ -73,8 +80,14 @@ async fn fake_engine(loaded: Arc<AtomicBool>) -> String {
 async fn the_bridge_reports_engine_health_and_proxies_completions_with_the_token() {
     let loaded = Arc::new(AtomicBool::new(false));
     let base = fake_engine(loaded.clone()).await;
-    let args =
-        WorkerArgs { worker_id: "w1".into(), model: "/m/x.gguf".into(), device: "cpu".into(), port: 0, hive_url: None };
+    let args = WorkerArgs {
+        worker_id: "w1".into(),
+        model: "/m/x.gguf".into(),
+        device: "cpu".into(),
+        port: 0,
+        hive_url: None,
+        engine_args: Vec::new(),
+    };
     let env = WorkerEnv { token: Some("secret".into()), heartbeat_ms: 1000 };
     let app = router(args, &env, Arc::new(EngineProxy { base, engine: Engine::LlamaCpp }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -125,6 +138,7 @@ async fn a_worker_its_hive_disowns_stops_instead_of_running_unmanaged() {
         device: "cpu".into(),
         port: 0,
         hive_url: Some(hive_url),
+        engine_args: Vec::new(),
     };
     let env = WorkerEnv { token: None, heartbeat_ms: 50 };
     let served = rbee_worker::contract::serve(args, env, Arc::new(AlwaysReady), std::future::pending());

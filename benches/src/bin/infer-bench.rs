@@ -50,6 +50,8 @@ async fn main() {
         keepalive: Duration::from_secs(10),
         heartbeat: Duration::from_millis(500),
         advertise_url: None,
+        reschedule_after: Duration::from_secs(60),
+        state_dir: Some(home.path().join("queen")),
     })
     .await
     .unwrap();
@@ -87,6 +89,9 @@ async fn main() {
         model: "tiny".into(),
         device: "cpu".into(),
         ready_timeout_ms: Some(30_000),
+        args: Vec::new(),
+        replica: None,
+        no_wait: false,
     };
     let rbee_core::package::OperationResult::Worker { worker, .. } = run(spawn).await else {
         panic!("the worker did not start");

@@ -3,6 +3,7 @@
 //! [`CliError`] and are printed once.
 
 mod config;
+mod deployment;
 mod hive;
 mod infer;
 mod jobs;
@@ -34,6 +35,7 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Command::Queen { what } => queen::run(cli, what).await,
         Command::Jobs { job_id } => jobs::run(cli, job_id.as_deref()).await,
         Command::Hive { what } => hive::run(cli, what).await,
+        Command::Deployment { what } => deployment::run(cli, what).await,
         Command::Worker { what } => worker::run(cli, what).await,
         Command::Model { what } => model::run(cli, what).await,
         Command::Infer { model, hive, max_tokens, prompt } => {

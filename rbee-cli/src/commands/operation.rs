@@ -76,7 +76,18 @@ pub(super) async fn run(cli: &Cli, op: Operation, verbose: bool) -> Outcome {
         ctx.http = Some(Arc::new(rbee_queen::http::HyperGet::default()));
         let connect = |c: &Config| Arc::new(SshConnector::new(c)) as Arc<dyn Connector>;
         let on_event = |e| renderer.event(e);
-        package::run_operation(&op, &connect, &ctx, &on_event).await
+        let result = package::run_operation(&op, &connect, &ctx, &on_event).await;
+        // Deployments are kept by the queen's reconciler: a sync without the queen installs,
+        // but cannot start or watch them.
+        if matches!(op, Operation::PackageSync { .. } | Operation::PackageStatus { .. })
+            && load(cli).is_ok_and(|c| !c.deployments.is_empty())
+        {
+            eprintln!(
+                "note: the [[deployment]] tables were not applied: deployments are kept by the queen; run this \
+                 command without --in-process (RBEE_IN_PROCESS) to apply them"
+            );
+        }
+        result
     } else {
         let config = load(cli)?;
         let client = queen::ensure(cli, &config).await?;

@@ -14,6 +14,9 @@ pub(super) async fn run(cli: &Cli, what: &WorkerCommand) -> Outcome {
             model: model.clone(),
             device: device.clone(),
             ready_timeout_ms: Some(timeout.saturating_mul(1000)),
+            args: Vec::new(),
+            replica: None,
+            no_wait: false,
         },
         WorkerCommand::List { hive } => Operation::WorkerProcessList { hive_alias: hive.clone() },
         WorkerCommand::Get { hive, id } => {

@@ -9,7 +9,10 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
-pub const ARTIFACTS: [&str; 4] = ["rbee-hive", "rbee-worker-llama-cpp", "rbee-worker-vllm", "rbee-worker-comfyui"];
+/// The release tree's files; the reference worker (a test fixture) is in it so deployments can
+/// declare it like any worker type.
+pub const ARTIFACTS: [&str; 5] =
+    ["rbee-hive", "rbee-worker-llama-cpp", "rbee-worker-vllm", "rbee-worker-comfyui", "rbee-worker-reference"];
 
 pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rbee")).parent().expect("bin dir").to_path_buf()
@@ -123,6 +126,10 @@ pub struct Fleet {
     pub source: PathBuf,
     /// This fleet's queen port.
     pub queen_port: u16,
+    /// Appended to hives.conf (`[[deployment]]` tables).
+    pub deployments: String,
+    /// Appended to rbee.conf's `[queen]` table.
+    pub queen_settings: String,
 }
 
 impl Fleet {
@@ -136,7 +143,14 @@ impl Fleet {
                 workers: workers.iter().map(|(t, v)| (t.to_string(), v.to_string())).collect(),
             })
             .collect();
-        let fleet = Self { dir, hosts, source: release_tree().to_path_buf(), queen_port: free_port() };
+        let fleet = Self {
+            dir,
+            hosts,
+            source: release_tree().to_path_buf(),
+            queen_port: free_port(),
+            deployments: String::new(),
+            queen_settings: String::new(),
+        };
         fleet.write_config();
         fleet
     }
@@ -178,14 +192,16 @@ impl Fleet {
                 workers.join(", ")
             ));
         }
+        hives.push_str(&self.deployments);
         let dir = self.config_dir();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hives.conf"), hives).unwrap();
         let insecure =
             if self.source.to_string_lossy().starts_with("http://") { "allow_insecure_source = true\n" } else { "" };
         let rbee = format!(
-            "[queen]\nport = {}\n\n[package]\nsource = \"{}\"\n{insecure}ssh_timeout = 20\nhealth_check_timeout = 20\n",
+            "[queen]\nport = {}\n{}\n[package]\nsource = \"{}\"\n{insecure}ssh_timeout = 20\nhealth_check_timeout = 20\n",
             self.queen_port,
+            self.queen_settings,
             self.source.display()
         );
         std::fs::write(dir.join("rbee.conf"), rbee).unwrap();

@@ -1,5 +1,6 @@
 //! rbee-cli's integration tests: the real `rbee` binary against real hosts.
 
+mod deployments;
 mod fleet;
 mod queen;
 mod queen_state;

@@ -25,6 +25,11 @@ struct SshFleet {
     via: std::collections::BTreeMap<String, (String, u16)>,
     /// This fleet's queen port; the queen listens on every address, advertising the bridge.
     queen_port: u16,
+    /// Each hive's `workers`.
+    workers: String,
+    /// Appended to hives.conf (`[[deployment]]` tables) and to rbee.conf's `[queen]`.
+    deployments: String,
+    queen_settings: String,
 }
 
 fn testbed(n: usize) -> Option<Testbed> {
@@ -46,6 +51,9 @@ impl SshFleet {
             ssh_timeout: 10,
             via: Default::default(),
             queen_port: crate::fleet::free_port(),
+            workers: WORKERS.to_owned(),
+            deployments: String::new(),
+            queen_settings: String::new(),
         };
         fleet.write_config();
         Some(fleet)
@@ -60,13 +68,16 @@ impl SshFleet {
         for h in &self.bed.hosts {
             let (addr, port) = self.via.get(&h.name).cloned().unwrap_or_else(|| (h.ip.clone(), 22));
             hives.push_str(&format!(
-                "[[hive]]\nalias = \"{}\"\nhostname = \"{addr}\"\nssh_port = {port}\nssh_user = \"root\"\nssh_key = \"{}\"\nhive_port = 8600\nworkers = {WORKERS}\n\n",
+                "[[hive]]\nalias = \"{}\"\nhostname = \"{addr}\"\nssh_port = {port}\nssh_user = \"root\"\nssh_key = \"{}\"\nhive_port = 8600\nworkers = {}\n\n",
                 h.name,
-                self.bed.user_key.display()
+                self.bed.user_key.display(),
+                self.workers,
             ));
         }
+        hives.push_str(&self.deployments);
         let rbee = format!(
-            "[queen]\nport = {qp}\nbind = \"0.0.0.0\"\nadvertise_url = \"http://{gw}:{qp}\"\n\n[package]\nsource = \"{}\"\nssh_timeout = {}\nhealth_check_timeout = 20\n\n[ssh]\nknown_hosts = \"{}\"\n",
+            "[queen]\nport = {qp}\nbind = \"0.0.0.0\"\nadvertise_url = \"http://{gw}:{qp}\"\n{}\n[package]\nsource = \"{}\"\nssh_timeout = {}\nhealth_check_timeout = 20\n\n[ssh]\nknown_hosts = \"{}\"\n",
+            self.queen_settings,
             self.source.display(),
             self.ssh_timeout,
             self.bed.known_hosts.display(),
@@ -98,7 +109,7 @@ impl SshFleet {
     /// Through the queen (started on this fleet's port), with fast heartbeats.
     fn via_queen(&self, args: &[&str]) -> Run {
         let mut cmd = self.command(args);
-        cmd.env_remove("RBEE_IN_PROCESS").env("RBEE_HEARTBEAT_MS", "500");
+        cmd.env_remove("RBEE_IN_PROCESS").env("RBEE_HEARTBEAT_MS", "500").env("RBEE_WORKER_HEARTBEAT_MS", "500");
         Run(cmd.output().unwrap())
     }
 
@@ -239,6 +250,74 @@ fn remote_hives_report_to_the_queen_over_the_network() {
     let answer = fleet.via_queen(&["infer", "--model", "m", "--hive", "h2", "over the network"]).expect_code(0);
     assert_eq!(answer.stdout().trim(), "echo: over the network");
     fleet.via_queen(&["worker", "delete", "--hive", "h2", &id]).expect_code(0);
+}
+
+/// A deployment's replicas, `(hive, worker id, state)`, as the queen reports them.
+fn replicas(fleet: &SshFleet, name: &str) -> Vec<(String, String, String)> {
+    let got = fleet.via_queen(&["deployment", "get", name, "--json"]);
+    let d: serde_json::Value = serde_json::from_str(got.stdout().trim()).unwrap_or_default();
+    d["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
+            (s("hive"), s("worker_id"), s("state"))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
+#[test]
+fn deployments_on_remote_hives_heal_a_killed_replica_and_move_off_a_dead_host() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut fleet) = SshFleet::new(2) else { return };
+    fleet.workers = r#"[{ type = "reference" }]"#.into();
+    fleet.queen_settings = "reschedule_after = 3\n".into();
+    fleet.deployments =
+        "[[deployment]]\nname = \"chat\"\nmodel = \"/models/tiny.gguf\"\nworker = \"reference\"\nreplicas = 2\n".into();
+    fleet.write_config();
+    // (a) One sync: both replicas ready, one per host; a second sync plans nothing.
+    fleet.via_queen(&["sync"]).expect_code(0);
+    let ready = |f: &SshFleet| replicas(f, "chat").into_iter().filter(|r| r.2 == "ready").collect::<Vec<_>>();
+    let first = ready(&fleet);
+    assert_eq!(first.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["h1", "h2"], "{first:?}");
+    fleet.via_queen(&["sync", "--dry-run"]).expect_code(0);
+    fleet.via_queen(&["status"]).expect_code(0);
+    let answer = fleet.via_queen(&["infer", "--model", "chat", "over the network"]).expect_code(0);
+    assert_eq!(answer.stdout().trim(), "echo: over the network");
+
+    // (b) A replica killed inside its host is replaced within 10 s.
+    let (_, id, _) = first[0].clone();
+    // Its pid is the host's own (a PID namespace of its own); found here by its command line.
+    let killed = Command::new("pkill").args(["-9", "-f", "--", &format!("--worker-id {id} ")]).status().unwrap();
+    assert!(killed.success(), "no process of worker {id}");
+    wait_until("the killed replica replaced", Duration::from_secs(10), || {
+        let now = ready(&fleet);
+        now.len() == 2 && !now.iter().any(|r| r.1 == id)
+    });
+
+    // (d) A host killed: its replica runs on the other host within reschedule_after + 15 s.
+    fleet.host("h2").kill();
+    wait_until("chat moved to h1", Duration::from_secs(3 + 15), || {
+        let now = ready(&fleet);
+        now.len() == 2 && now.iter().all(|r| r.0 == "h1")
+    });
+    // The host back, its hive restarted by a sync: still 2 replicas, no duplicates.
+    fleet.host("h2").start().unwrap();
+    fleet.via_queen(&["sync"]).expect_code(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let now = replicas(&fleet, "chat");
+    assert_eq!(now.iter().filter(|r| r.2 == "ready").count(), 2, "{now:?}");
+    assert_eq!(now.len(), 2, "no duplicates: {now:?}");
 }
 
 #[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]

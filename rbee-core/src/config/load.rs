@@ -5,20 +5,26 @@
 //!            ├──────────────────────────────▶ ─────────────────────────────▶ Config
 //! hives.conf ┘  (a syntax error stops here)   every Diagnostic has file:line:col
 //! ```
+//!
+//! Each `[[deployment]]` table is read on its own: an unknown key or a wrong type in one is
+//! reported together with every other problem, not alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rbee_proto::deployment::{DeploymentSpec, Device};
+use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::model::{
     Config, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq, WORKER_TYPES,
     WorkerSpec, is_localhost,
 };
-use super::schema::{HivesConfFile, RbeeConfFile};
+use super::schema::{DeploymentEntry, HivesConfFile, RbeeConfFile};
 
 /// File name of the settings file.
 pub const RBEE_CONF: &str = "rbee.conf";
@@ -157,8 +163,8 @@ pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config
         Some((path, text)) => parse_toml::<RbeeConfFile>(path, text, &mut diags),
         None => Some(RbeeConfFile::default()),
     };
-    let hives_file = parse_toml::<HivesConfFile>(hives.0, hives.1, &mut diags);
-    let (Some(rbee_file), Some(hives_file)) = (rbee_file, hives_file) else {
+    let hives_file = parse_hives(hives.0, hives.1, &mut diags);
+    let (Some(rbee_file), Some((hives_file, deployment_tables))) = (rbee_file, hives_file) else {
         return Err(ConfigError::Invalid(diags));
     };
     let mut v = Validator { diags, file: PathBuf::new(), text: "" };
@@ -167,9 +173,13 @@ pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config
         None => v.with_file(Path::new(RBEE_CONF), "", |v| v.settings(&rbee_file)),
     };
     let attached = (queen.mode == super::QueenMode::AttachedHive).then_some(queen.hive_alias.as_str());
-    let hives_list = v.with_file(hives.0, hives.1, |v| v.hives(&hives_file, attached));
+    let (hives_list, deployments) = v.with_file(hives.0, hives.1, |v| {
+        let hives_list = v.hives(&hives_file, attached);
+        let deployments = v.deployments(&deployment_tables, &hives_list);
+        (hives_list, deployments)
+    });
     if v.diags.is_empty() {
-        Ok(Config { queen, package, ssh, hives: hives_list })
+        Ok(Config { queen, package, ssh, hives: hives_list, deployments })
     } else {
         Err(ConfigError::Invalid(v.diags))
     }
@@ -179,11 +189,56 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str, diags: &m
     match toml::from_str::<T>(text) {
         Ok(value) => Some(value),
         Err(err) => {
-            let (line, column) = err.span().map_or((1, 1), |s| line_col(text, s.start));
-            diags.push(Diagnostic { file: path.to_path_buf(), line, column, message: err.message().trim().to_owned() });
+            diags.push(toml_diagnostic(path, text, &err));
             None
         }
     }
+}
+
+fn toml_diagnostic(path: &Path, text: &str, err: &toml::de::Error) -> Diagnostic {
+    let (line, column) = err.span().map_or((1, 1), |s| line_col(text, s.start));
+    Diagnostic { file: path.to_path_buf(), line, column, message: err.message().trim().to_owned() }
+}
+
+/// One `[[deployment]]` table as read: its entry, or why it could not be read.
+type DeploymentTable = Result<DeploymentEntry, Diagnostic>;
+
+/// Reads hives.conf. The `[[deployment]]` tables are taken out and read one by one, so that a
+/// mistake serde stops at (an unknown key, a wrong type, a missing key) in one of them is
+/// reported along with everything else; a syntax error, or one in the rest of the file,
+/// still stops here.
+fn parse_hives(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<(HivesConfFile, Vec<DeploymentTable>)> {
+    let mut root = match DeTable::parse(text) {
+        Ok(root) => root,
+        Err(err) => {
+            diags.push(toml_diagnostic(path, text, &err));
+            return None;
+        }
+    };
+    let all_tables = |v: &Spanned<DeValue<'_>>| match v.get_ref() {
+        DeValue::Array(items) => items.iter().all(|t| t.get_ref().is_table()),
+        _ => false,
+    };
+    // Anything else under `deployment` is left for serde to reject with its usual message.
+    let tables = match root.get_ref().get("deployment") {
+        Some(v) if all_tables(v) => match root.get_mut().remove("deployment").map(Spanned::into_inner) {
+            Some(DeValue::Array(items)) => items.into_iter().collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let file = match HivesConfFile::deserialize(toml::de::Deserializer::from(root)) {
+        Ok(file) => file,
+        Err(err) => {
+            diags.push(toml_diagnostic(path, text, &err));
+            return None;
+        }
+    };
+    let deployments = tables
+        .into_iter()
+        .map(|t| DeploymentEntry::deserialize(ValueDeserializer::from(t)).map_err(|e| toml_diagnostic(path, text, &e)))
+        .collect();
+    Some((file, deployments))
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -280,6 +335,7 @@ impl<'a> Validator<'a> {
             }
             None => "localhost".to_owned(),
         };
+        let reschedule_after = self.int_in("reschedule_after", &file.queen.reschedule_after, 1..86_401);
         let queen = QueenSettings {
             mode: file.queen.mode,
             port,
@@ -287,6 +343,7 @@ impl<'a> Validator<'a> {
             bind,
             advertise_url,
             hive_alias,
+            reschedule_after: Duration::from_secs(reschedule_after.unsigned_abs()),
         };
         let p = &file.package;
         let concurrency = self.int_in("max_concurrent_installs", &p.max_concurrent_installs, 1..1025);
@@ -423,6 +480,223 @@ impl<'a> Validator<'a> {
         out
     }
 
+    /// The `[[deployment]]` tables, checked against each other and against the hives.
+    fn deployments(&mut self, tables: &[DeploymentTable], hives: &[HiveConfig]) -> Vec<DeploymentSpec> {
+        let mut seen_name: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut out = Vec::new();
+        for table in tables {
+            let d = match table {
+                Ok(d) => d,
+                Err(diag) => {
+                    self.diags.push(diag.clone());
+                    continue;
+                }
+            };
+            let name = d.name.get_ref();
+            if name.is_empty() {
+                self.error(
+                    d.name.span(),
+                    "deployment name \"\" is empty: give it the name clients ask for, like \"llama-8b\"",
+                );
+            } else if let Some(problem) = alias_problem(name) {
+                self.error(d.name.span(), format!("deployment name {name:?} {problem}"));
+            }
+            let (line, _) = line_col(self.text, d.name.span().start);
+            if let Some(&first) = seen_name.get(name.as_str()) {
+                self.error(
+                    d.name.span(),
+                    format!(
+                        "duplicate deployment name {name:?} (first declared at line {first}): names must be unique"
+                    ),
+                );
+            } else {
+                seen_name.insert(name, line);
+            }
+            self.model(d);
+            let sha256 = d.sha256.as_ref().and_then(|s| match rbee_proto::Sha256::parse(s.get_ref()) {
+                Ok(digest) => Some(digest),
+                Err(_) => {
+                    self.error(
+                        s.span(),
+                        format!(
+                            "sha256 {} is not a digest: give the model's sha256 as 64 hex digits",
+                            shown(s.get_ref())
+                        ),
+                    );
+                    None
+                }
+            });
+            let worker = d.worker.get_ref();
+            let known_worker = WORKER_TYPES.contains(&worker.as_str());
+            if !known_worker {
+                self.error(
+                    d.worker.span(),
+                    format!("unknown worker type {worker:?}: use one of {}", WORKER_TYPES.join(", ")),
+                );
+            }
+            let replicas = self.int_in("replicas", &d.replicas, 1..1001);
+            let hive_list = self.deployment_hives(d, hives, known_worker);
+            let device = match &d.device {
+                None => Device::Cpu,
+                Some(text) => Device::parse(text.get_ref()).unwrap_or_else(|| {
+                    self.error(
+                        text.span(),
+                        format!("device {:?} is not \"cpu\", \"cuda\" (any GPU) or \"cuda:N\" (GPU N)", text.get_ref()),
+                    );
+                    Device::Cpu
+                }),
+            };
+            let device_ok = d.device.as_ref().is_none_or(|t| Device::parse(t.get_ref()).is_some());
+            let gpu_memory_mib = d.gpu_memory_mib.as_ref().map(|m| {
+                if device == Device::Cpu && device_ok {
+                    self.error(
+                        m.span(),
+                        "gpu_memory_mib needs a GPU: set device = \"cuda\" or \"cuda:N\", or remove gpu_memory_mib",
+                    );
+                }
+                self.int_in("gpu_memory_mib", m, 1..16_777_217).unsigned_abs()
+            });
+            let args = self.args(&d.args);
+            let ready = self.int_in("ready_timeout", &d.ready_timeout, 1..86_401);
+            let drain = self.int_in("drain_timeout", &d.drain_timeout, 0..86_401);
+            out.push(DeploymentSpec {
+                name: name.clone(),
+                model: d.model.get_ref().clone(),
+                sha256,
+                worker: worker.clone(),
+                replicas: u32::try_from(replicas).unwrap_or(1),
+                hives: hive_list,
+                device,
+                gpu_memory_mib,
+                share_gpu: d.share_gpu,
+                args,
+                ready_timeout_ms: ready.unsigned_abs() * 1000,
+                drain_timeout_ms: drain.unsigned_abs() * 1000,
+            });
+        }
+        out
+    }
+
+    /// `model`: an http(s) URL with a sha256, or an absolute path.
+    fn model(&mut self, d: &DeploymentEntry) {
+        let model = d.model.get_ref();
+        if model.starts_with("http://") || model.starts_with("https://") {
+            let rest = model.split_once("://").map_or("", |(_, rest)| rest);
+            if rest.is_empty() || model.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(
+                    d.model.span(),
+                    format!("model {model:?} is not a valid URL (no host, or a space or control character)"),
+                );
+            } else if d.sha256.is_none() {
+                self.error(
+                    d.model.span(),
+                    format!("model {model:?} is a URL, so sha256 is required: add sha256 = \"<64 hex digits>\" to check the download"),
+                );
+            }
+        } else if model.starts_with('/') {
+            if let Some(problem) = path_problem(model) {
+                self.error(d.model.span(), format!("model {model:?} {problem}"));
+            }
+        } else {
+            self.error(
+                d.model.span(),
+                format!("model {model:?} is neither an http(s) URL (\"https://…\", with sha256) nor an absolute path (\"/models/…\")"),
+            );
+            return;
+        }
+        // What the model becomes in a hive's models directory must be a plain file name.
+        let fetched = d.sha256.is_some() || !model.starts_with('/');
+        let last = model.split(['?', '#']).next().unwrap_or_default().rsplit('/').next().unwrap_or_default();
+        if fetched && matches!(last, "." | "..") {
+            self.error(d.model.span(), format!("model {model:?} must end in a file name, not {last:?}"));
+        }
+    }
+
+    /// `hives`: the listed ones (declared, without duplicates, each with the worker type), or
+    /// by default every hive that declares the worker type.
+    fn deployment_hives(&mut self, d: &DeploymentEntry, hives: &[HiveConfig], known_worker: bool) -> Vec<String> {
+        let worker = d.worker.get_ref();
+        let has_worker = |h: &HiveConfig| h.workers.iter().any(|w| &w.kind == worker);
+        let Some(listed) = &d.hives else {
+            let all: Vec<String> = hives.iter().filter(|h| has_worker(h)).map(|h| h.alias.clone()).collect();
+            if all.is_empty() && known_worker {
+                self.error(
+                    d.worker.span(),
+                    format!(
+                        "no hive declares worker {worker:?}: add {{ type = {worker:?} }} to the workers of a hive, or use another worker"
+                    ),
+                );
+            }
+            return all;
+        };
+        if listed.get_ref().is_empty() {
+            self.error(
+                listed.span(),
+                format!("hives is empty: list at least one hive, or leave hives out to use every hive with worker {worker:?}"),
+            );
+        }
+        let declared: Vec<&str> = hives.iter().map(|h| h.alias.as_str()).collect();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut lacking: Vec<(&Spanned<String>, &str)> = Vec::new();
+        let mut out = Vec::new();
+        for item in listed.get_ref() {
+            let alias = item.get_ref().as_str();
+            if !seen.insert(alias) {
+                self.error(item.span(), format!("hive {alias:?} is listed twice in hives: keep one"));
+                continue;
+            }
+            match hives.iter().find(|h| h.alias == alias) {
+                None => {
+                    let known = if declared.is_empty() { "none".to_owned() } else { declared.join(", ") };
+                    self.error(item.span(), format!("unknown hive {alias:?}: the declared hives are {known}"));
+                }
+                Some(h) if !has_worker(h) => lacking.push((item, alias)),
+                Some(_) => {}
+            }
+            out.push(alias.to_owned());
+        }
+        if let Some((first, _)) = lacking.first()
+            && known_worker
+        {
+            let names: Vec<String> = lacking.iter().map(|(_, a)| format!("{a:?}")).collect();
+            let (which, their) = if names.len() == 1 { ("hive", "its") } else { ("hives", "their") };
+            self.error(
+                first.span(),
+                format!(
+                    "worker {worker:?} is not declared on {which} {}: add {{ type = {worker:?} }} to {their} workers, or remove {} from hives",
+                    names.join(", "),
+                    if names.len() == 1 { "it" } else { "them" }
+                ),
+            );
+        }
+        out
+    }
+
+    /// `args`: argv entries, so no control character can split or end one anywhere later.
+    fn args(&mut self, args: &[Spanned<String>]) -> Vec<String> {
+        for (i, arg) in args.iter().enumerate() {
+            let value = arg.get_ref();
+            if i == MAX_ARGS {
+                self.error(arg.span(), format!("args has {} entries: at most {MAX_ARGS}", args.len()));
+            }
+            if value.chars().any(char::is_control) {
+                self.error(
+                    arg.span(),
+                    format!(
+                        "args[{i}] {} contains a control character (newline, tab, NUL, ...): each argument is one argv entry, so write it without one",
+                        shown(value)
+                    ),
+                );
+            } else if value.len() > MAX_ARG_BYTES {
+                self.error(
+                    arg.span(),
+                    format!("args[{i}] {} is {} bytes long: at most {MAX_ARG_BYTES}", shown(value), value.len()),
+                );
+            }
+        }
+        args.iter().map(|a| a.get_ref().clone()).collect()
+    }
+
     fn workers(&mut self, entry: &super::schema::HiveEntry) -> Vec<WorkerSpec> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         let mut out = Vec::new();
@@ -463,6 +737,20 @@ impl<'a> Validator<'a> {
         }
         out.sort_by(|a, b| a.kind.cmp(&b.kind));
         out
+    }
+}
+
+/// The most arguments a deployment may pass to its engine.
+const MAX_ARGS: usize = 256;
+/// The longest argument, in bytes.
+const MAX_ARG_BYTES: usize = 4096;
+
+/// A value for a message: escaped, and cut to 60 characters.
+fn shown(value: &str) -> String {
+    let escaped: String = value.escape_debug().collect();
+    match escaped.char_indices().nth(60) {
+        Some((at, _)) => format!("\"{}…\"", &escaped[..at]),
+        None => format!("\"{escaped}\""),
     }
 }
 

@@ -11,7 +11,7 @@ pub use model::{
     Config, HiveConfig, HostKeyPolicy, PackageSettings, QueenMode, QueenSettings, SshSettings, TransportKind,
     VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
 };
-pub use schema::{HiveEntry, WorkerEntry};
+pub use schema::{DeploymentEntry, HiveEntry, WorkerEntry};
 pub(crate) use schema::{HivesConfFile, RbeeConfFile};
 
 /// The JSON Schemas of both files, keyed by file name.

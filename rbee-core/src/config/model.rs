@@ -3,12 +3,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rbee_proto::deployment::DeploymentSpec;
 use serde::Serialize;
 
 pub use super::schema::{HostKeyPolicy, QueenMode, TransportKind};
 
 /// The worker types rbee knows how to install. Each maps to a binary `rbee-worker-<type>`.
-pub const WORKER_TYPES: &[&str] = &["llama-cpp", "vllm", "comfyui"];
+/// `reference` is the worker contract's reference implementation (a deterministic echo model,
+/// no engine): it proves a fleet end to end — sync, deployments, routing — without GPUs or
+/// weights, and it is what rbee's own tests deploy.
+pub const WORKER_TYPES: &[&str] = &["llama-cpp", "vllm", "comfyui", "reference"];
 
 /// A validated `rbee.conf` + `hives.conf`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,12 +25,19 @@ pub struct Config {
     pub ssh: SshSettings,
     /// The fleet, in file order.
     pub hives: Vec<HiveConfig>,
+    /// `[[deployment]]`: the models the fleet keeps serving, in file order.
+    pub deployments: Vec<DeploymentSpec>,
 }
 
 impl Config {
     /// The hive declared with this alias.
     pub fn hive(&self, alias: &str) -> Option<&HiveConfig> {
         self.hives.iter().find(|h| h.alias == alias)
+    }
+
+    /// The deployment declared with this name.
+    pub fn deployment(&self, name: &str) -> Option<&DeploymentSpec> {
+        self.deployments.iter().find(|d| d.name == name)
     }
 }
 
@@ -45,6 +56,8 @@ pub struct QueenSettings {
     pub advertise_url: String,
     /// With [`QueenMode::AttachedHive`]: the alias of the hive the queen runs itself.
     pub hive_alias: String,
+    /// How long a hive may be silent before its deployments' replicas are started elsewhere.
+    pub reschedule_after: Duration,
 }
 
 /// `[package]` settings.

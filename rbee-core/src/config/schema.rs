@@ -55,6 +55,11 @@ pub struct QueenSection {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub hive_alias: Option<Spanned<String>>,
+    /// Seconds a hive may be silent (no heartbeat) before the replicas of deployments on it are
+    /// started on other hives, 1..=86400. Default 60.
+    #[serde(default = "default_reschedule_after")]
+    #[schemars(with = "u32")]
+    pub reschedule_after: Spanned<i64>,
 }
 
 impl Default for QueenSection {
@@ -66,6 +71,7 @@ impl Default for QueenSection {
             bind: None,
             advertise_url: None,
             hive_alias: None,
+            reschedule_after: default_reschedule_after(),
         }
     }
 }
@@ -153,6 +159,11 @@ pub struct HivesConfFile {
     /// One entry per host.
     #[serde(default)]
     pub hive: Vec<HiveEntry>,
+    /// The models the fleet keeps serving, one entry per deployment.
+    // The loader takes these out and reads each table on its own, so that a mistake serde stops
+    // at in one is reported with all the others.
+    #[serde(default)]
+    pub deployment: Vec<DeploymentEntry>,
 }
 
 /// One `[[hive]]` in `hives.conf`.
@@ -211,6 +222,66 @@ pub struct WorkerEntry {
     pub version: Spanned<String>,
 }
 
+/// One `[[deployment]]` in `hives.conf`: a model the fleet keeps serving, on `replicas` workers
+/// spread over its hives.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentEntry {
+    /// Unique name of the deployment, the `model` clients ask for; `[a-z0-9][a-z0-9._-]*`.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// The model file: an `http://` or `https://` URL (then `sha256` is required), or an
+    /// absolute path on the hive host.
+    #[schemars(with = "String")]
+    pub model: Spanned<String>,
+    /// The model's sha256 digest, 64 hex digits. Required when `model` is a URL; with a path,
+    /// the file is checked and copied into the hive's models directory.
+    #[serde(default)]
+    #[schemars(with = "Option<rbee_proto::Sha256>")]
+    pub sha256: Option<Spanned<String>>,
+    /// The worker type that serves it (`llama-cpp`, `vllm` or `comfyui`). Every hive the
+    /// deployment may use must declare it in its `workers`.
+    #[schemars(with = "String")]
+    pub worker: Spanned<String>,
+    /// How many replicas serve it, 1..=1000. Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(with = "u32")]
+    pub replicas: Spanned<i64>,
+    /// The hives (aliases) its replicas may run on, without duplicates. Default: every hive
+    /// whose `workers` include `worker`, in file order.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub hives: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Where each replica runs: `cpu`, `cuda` (any free GPU) or `cuda:N` (GPU N). Default
+    /// `cpu`.
+    #[serde(default)]
+    #[schemars(with = "Option<rbee_proto::deployment::Device>")]
+    pub device: Option<Spanned<String>>,
+    /// With a `cuda` device: a GPU must have this many MiB free to take a replica.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>")]
+    pub gpu_memory_mib: Option<Spanned<i64>>,
+    /// Let replicas share a GPU (with each other and with other deployments). Default false:
+    /// one replica per GPU.
+    #[serde(default)]
+    pub share_gpu: bool,
+    /// Arguments for the engine, each passed as one argv entry (never through a shell): at most
+    /// 256, each at most 4096 bytes, without control characters.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub args: Vec<Spanned<String>>,
+    /// Seconds a new replica may take to become ready before it counts as failed,
+    /// 1..=86400. Default 600.
+    #[serde(default = "default_ready_timeout")]
+    #[schemars(with = "u32")]
+    pub ready_timeout: Spanned<i64>,
+    /// Seconds a replaced replica may go on finishing its in-flight requests, 0..=86400
+    /// (0: stop it at once). Default 30.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(with = "u32")]
+    pub drain_timeout: Spanned<i64>,
+}
+
 pub use rbee_proto::config::TransportKind;
 
 fn unspanned<T>(value: T) -> Spanned<T> {
@@ -230,6 +301,21 @@ fn default_ssh_timeout() -> Spanned<i64> {
 }
 fn default_health_timeout() -> Spanned<i64> {
     unspanned(60)
+}
+fn default_reschedule_after() -> Spanned<i64> {
+    unspanned(secs(rbee_proto::deployment::DEFAULT_RESCHEDULE_AFTER_MS))
+}
+fn default_replicas() -> Spanned<i64> {
+    unspanned(1)
+}
+fn default_ready_timeout() -> Spanned<i64> {
+    unspanned(secs(rbee_proto::deployment::DEFAULT_READY_TIMEOUT_MS))
+}
+fn default_drain_timeout() -> Spanned<i64> {
+    unspanned(secs(rbee_proto::deployment::DEFAULT_DRAIN_TIMEOUT_MS))
+}
+fn secs(ms: u64) -> i64 {
+    i64::try_from(ms / 1000).unwrap_or(i64::MAX)
 }
 fn default_ssh_port() -> Spanned<i64> {
     unspanned(22)

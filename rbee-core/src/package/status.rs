@@ -68,7 +68,7 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
             }
         })
         .collect();
-    StatusReport { hives }
+    StatusReport { hives, deployments: Vec::new() }
 }
 
 fn difference(kind: &ActionKind) -> Option<String> {

@@ -32,8 +32,8 @@ pub async fn sync(
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     let planned = Planned::new(Intent::Sync(request.plan.clone()), &desired, &actual, request.plan.only.as_ref());
     if request.dry_run {
-        return Ok(SyncOutcome { plan: planned.plan, report: None });
+        return Ok(SyncOutcome::new(planned.plan, None));
     }
     let report = execute(&desired, &planned, &connections.transports, source, options, on_event).await;
-    Ok(SyncOutcome { plan: planned.plan, report: Some(report) })
+    Ok(SyncOutcome::new(planned.plan, Some(report)))
 }

@@ -40,7 +40,7 @@ pub(super) async fn without_artifacts(
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     let planned = Planned::new(intent, &desired, &actual, only);
     let report = execute(&desired, &planned, &connections.transports, source, options, on_event).await;
-    Ok(SyncOutcome { plan: planned.plan, report: Some(report) })
+    Ok(SyncOutcome::new(planned.plan, Some(report)))
 }
 
 /// Uninstalling must work even when the artifacts are gone: fall back to empty pins.

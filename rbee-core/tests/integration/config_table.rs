@@ -3,7 +3,12 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use rbee_core::config::{self, ConfigError, TransportKind, VersionReq};
+use rbee_core::proto::deployment::{
+    DEFAULT_DRAIN_TIMEOUT_MS, DEFAULT_READY_TIMEOUT_MS, DEFAULT_RESCHEDULE_AFTER_MS, DeploymentSpec, Device,
+};
 
 fn diagnostics(rbee: Option<&str>, hives: &str) -> Vec<String> {
     let rbee = rbee.map(|t| (Path::new("rbee.conf"), t));
@@ -55,6 +60,10 @@ fn localhost_with_ssh_options_uses_ssh() {
 }
 
 const H: &str = "[[hive]]\nalias = \"a\"\nhostname = \"h\"\n";
+/// A hive with a llama-cpp worker (4 lines), for deployments to use.
+const HW: &str = "[[hive]]\nalias = \"a\"\nhostname = \"h\"\nworkers = [{ type = \"llama-cpp\" }]\n";
+/// A valid deployment's first lines (line 5 to 8 after [`HW`]).
+const D: &str = "[[deployment]]\nname = \"m\"\nmodel = \"/models/m.gguf\"\nworker = \"llama-cpp\"\n";
 
 #[test]
 fn invalid_files_name_file_line_and_column() {
@@ -72,7 +81,7 @@ fn invalid_files_name_file_line_and_column() {
             "unknown top-level table",
             None,
             "[[hives]]\nalias = \"a\"\n",
-            &["hives.conf:1:3: unknown field `hives`, expected `hive`"],
+            &["hives.conf:1:3: unknown field `hives`, expected `hive` or `deployment`"],
         ),
         ("missing hostname", None, "[[hive]]\nalias = \"a\"\n", &["hives.conf:1:1: missing field `hostname`"]),
         (
@@ -169,7 +178,7 @@ fn invalid_files_name_file_line_and_column() {
             "unknown worker type",
             None,
             &format!("{H}workers = [{{ type = \"tensorrt\" }}]\n"),
-            &["hives.conf:4:21: unknown worker type \"tensorrt\": use one of llama-cpp, vllm, comfyui"],
+            &["hives.conf:4:21: unknown worker type \"tensorrt\": use one of llama-cpp, vllm, comfyui, reference"],
         ),
         (
             "version neither latest nor semver",
@@ -232,6 +241,92 @@ fn invalid_files_name_file_line_and_column() {
             &["rbee.conf:2:19: unknown variant `yolo`, expected `strict` or `accept-new`"],
         ),
         (
+            "rbee.conf reschedule_after 0",
+            Some("[queen]\nreschedule_after = 0\n"),
+            H,
+            &["rbee.conf:2:20: reschedule_after = 0 is out of range: use 1..=86400"],
+        ),
+        (
+            "rbee.conf reschedule_after not a number",
+            Some("[queen]\nreschedule_after = \"5m\"\n"),
+            H,
+            &["rbee.conf:2:20: invalid type: string \"5m\", expected i64"],
+        ),
+        (
+            "deployment without a worker",
+            None,
+            &format!("{HW}[[deployment]]\nname = \"m\"\nmodel = \"/m\"\n"),
+            &["hives.conf:5:1: missing field `worker`"],
+        ),
+        (
+            "deployment that is not a table",
+            None,
+            &format!("deployment = \"m\"\n{HW}"),
+            &["hives.conf:1:14: invalid type: string \"m\", expected a sequence"],
+        ),
+        (
+            "deployment worker no hive declares",
+            None,
+            &format!("{HW}[[deployment]]\nname = \"m\"\nmodel = \"/m\"\nworker = \"vllm\"\n"),
+            &[
+                "hives.conf:8:10: no hive declares worker \"vllm\": add { type = \"vllm\" } to the workers of a hive, or use another worker",
+            ],
+        ),
+        (
+            "deployment unknown worker type",
+            None,
+            &format!("{HW}[[deployment]]\nname = \"m\"\nmodel = \"/m\"\nworker = \"tgi\"\n"),
+            &["hives.conf:8:10: unknown worker type \"tgi\": use one of llama-cpp, vllm, comfyui, reference"],
+        ),
+        (
+            "deployment with an empty hives list",
+            None,
+            &format!("{HW}{D}hives = []\n"),
+            &[
+                "hives.conf:9:9: hives is empty: list at least one hive, or leave hives out to use every hive with worker \"llama-cpp\"",
+            ],
+        ),
+        (
+            "deployment lists a hive twice",
+            None,
+            &format!("{HW}{D}hives = [\"a\", \"a\"]\n"),
+            &["hives.conf:9:15: hive \"a\" is listed twice in hives: keep one"],
+        ),
+        (
+            "deployment name empty",
+            None,
+            &format!("{HW}[[deployment]]\nname = \"\"\nmodel = \"/m\"\nworker = \"llama-cpp\"\n"),
+            &["hives.conf:6:8: deployment name \"\" is empty: give it the name clients ask for, like \"llama-8b\""],
+        ),
+        (
+            "deployment model URL with a space",
+            None,
+            &format!(
+                "{HW}[[deployment]]\nname = \"m\"\nmodel = \"https://x/a b\"\nsha256 = \"{}\"\nworker = \"llama-cpp\"\n",
+                "0".repeat(64)
+            ),
+            &["hives.conf:7:9: model \"https://x/a b\" is not a valid URL (no host, or a space or control character)"],
+        ),
+        (
+            "deployment model URL ending in ..",
+            None,
+            &format!(
+                "{HW}[[deployment]]\nname = \"m\"\nmodel = \"https://x/..\"\nsha256 = \"{}\"\nworker = \"llama-cpp\"\n",
+                "0".repeat(64)
+            ),
+            &["hives.conf:7:9: model \"https://x/..\" must end in a file name, not \"..\""],
+        ),
+        (
+            "deployment timeouts out of range",
+            None,
+            &format!("{HW}{D}device = \"cuda:0\"\ngpu_memory_mib = 0\nready_timeout = 0\ndrain_timeout = 86401\n"),
+            &[
+                "hives.conf:10:18: gpu_memory_mib = 0 is out of range: use 1..=16777216",
+                "hives.conf:11:17: ready_timeout = 0 is out of range: use 1..=86400",
+                "hives.conf:12:17: drain_timeout = 86401 is out of range: use 0..=86400",
+            ],
+        ),
+        (
             "all problems at once",
             None,
             "[[hive]]\nalias = \"A\"\nhostname = \"\"\nssh_port = 0\n",
@@ -282,6 +377,28 @@ fn schema_covers_both_files() {
     let schema = config::json_schema();
     assert!(schema["hives.conf"]["$defs"]["HiveEntry"]["properties"]["hive_port"].is_object(), "{schema:#}");
     assert!(schema["rbee.conf"]["properties"]["package"].is_object(), "{schema:#}");
+    let deployment = &schema["hives.conf"]["$defs"]["DeploymentEntry"];
+    for key in [
+        "name",
+        "model",
+        "sha256",
+        "worker",
+        "replicas",
+        "hives",
+        "device",
+        "gpu_memory_mib",
+        "share_gpu",
+        "args",
+        "ready_timeout",
+        "drain_timeout",
+    ] {
+        let description = deployment["properties"][key]["description"].as_str().unwrap_or_default();
+        assert!(!description.is_empty(), "{key}: {deployment:#}");
+    }
+    assert_eq!(deployment["additionalProperties"], false, "{deployment:#}");
+    assert_eq!(schema["hives.conf"]["properties"]["deployment"]["type"], "array", "{schema:#}");
+    let queen = &schema["rbee.conf"]["$defs"]["QueenSection"]["properties"];
+    assert!(queen["reschedule_after"]["description"].as_str().unwrap_or_default().contains("silent"), "{queen:#}");
 }
 
 /// Values an attacker (or a bad copy-paste) could put in hives.conf to run a command on the
@@ -340,4 +457,183 @@ fn attached_hive_mode_marks_its_hive_and_it_must_be_this_machine() {
     let c = config::parse(None, (Path::new("hives.conf"), hives)).unwrap();
     assert!(c.hives.iter().all(|h| !h.attached));
     assert_eq!(c.queen.hive_alias, "localhost");
+}
+
+const FLEET: &str = "\
+[[hive]]
+alias = \"gpu-1\"
+hostname = \"10.0.0.1\"
+workers = [{ type = \"vllm\" }, { type = \"llama-cpp\" }]
+
+[[hive]]
+alias = \"cpu-1\"
+hostname = \"10.0.0.2\"
+workers = [{ type = \"llama-cpp\" }]
+
+[[hive]]
+alias = \"gpu-2\"
+hostname = \"10.0.0.3\"
+workers = [{ type = \"vllm\" }]
+";
+
+#[test]
+fn deployments_parse_with_their_defaults() {
+    let digest = "AB".repeat(32);
+    let hives = format!(
+        "{FLEET}
+[[deployment]]
+name = \"llama-70b\"
+model = \"https://models.example/llama-70b.gguf\"
+sha256 = \"{digest}\"
+worker = \"vllm\"
+replicas = 2
+device = \"cuda\"
+gpu_memory_mib = 40000
+share_gpu = true
+args = [\"--max-model-len\", \"8192\", \"$(not a shell)\"]
+ready_timeout = 1200
+drain_timeout = 0
+
+[[deployment]]
+name = \"tiny\"
+model = \"/srv/models/tiny.gguf\"
+worker = \"llama-cpp\"
+
+[[deployment]]
+name = \"pinned\"
+model = \"/srv/models/pinned.gguf\"
+worker = \"llama-cpp\"
+hives = [\"cpu-1\"]
+device = \"cuda:1\"
+"
+    );
+    let c = config::parse(None, (Path::new("hives.conf"), &hives)).unwrap();
+    let names: Vec<_> = c.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["llama-70b", "tiny", "pinned"], "file order");
+    assert_eq!(
+        c.deployments[0],
+        DeploymentSpec {
+            name: "llama-70b".into(),
+            model: "https://models.example/llama-70b.gguf".into(),
+            sha256: Some(rbee_core::Sha256::parse(&"ab".repeat(32)).unwrap()),
+            worker: "vllm".into(),
+            replicas: 2,
+            hives: vec!["gpu-1".into(), "gpu-2".into()],
+            device: Device::AnyCuda,
+            gpu_memory_mib: Some(40000),
+            share_gpu: true,
+            args: vec!["--max-model-len".into(), "8192".into(), "$(not a shell)".into()],
+            ready_timeout_ms: 1_200_000,
+            drain_timeout_ms: 0,
+        }
+    );
+    assert_eq!(
+        c.deployments[1],
+        DeploymentSpec {
+            name: "tiny".into(),
+            model: "/srv/models/tiny.gguf".into(),
+            sha256: None,
+            worker: "llama-cpp".into(),
+            replicas: 1,
+            hives: vec!["gpu-1".into(), "cpu-1".into()],
+            device: Device::Cpu,
+            gpu_memory_mib: None,
+            share_gpu: false,
+            args: vec![],
+            ready_timeout_ms: DEFAULT_READY_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    );
+    let pinned = c.deployment("pinned").unwrap();
+    assert_eq!((pinned.hives.as_slice(), pinned.device), (["cpu-1".to_owned()].as_slice(), Device::Cuda(1)));
+
+    // No [[deployment]] at all: none.
+    assert!(config::parse(None, (Path::new("hives.conf"), FLEET)).unwrap().deployments.is_empty());
+}
+
+/// Every mistake in every [[deployment]] is reported at once, each where it is — including
+/// one serde stops at (an unknown key), which only costs its own table.
+#[test]
+fn deployment_mistakes_are_all_reported_at_once() {
+    let hives = format!(
+        "{FLEET}
+[[deployment]]
+name = \"Bad Name\"
+model = \"models/llama.gguf\"
+worker = \"llama-cpp\"
+replicas = 0
+
+[[deployment]]
+name = \"qwen\"
+model = \"https://example.com/qwen.gguf\"
+worker = \"vllm\"
+hives = [\"gpu-1\", \"cpu-1\", \"gpu-9\"]
+device = \"gpu\"
+
+[[deployment]]
+name = \"qwen\"
+model = \"https://example.com/qwen2.gguf\"
+sha256 = \"not-a-digest\"
+worker = \"llama-cpp\"
+gpu_memory_mib = 8000
+args = [\"--ctx-size\", \"4096\\nrm -rf /\"]
+
+[[deployment]]
+name = \"extra\"
+model = \"/models/x.gguf\"
+worker = \"llama-cpp\"
+replica = 2
+"
+    );
+    let got = diagnostics(None, &hives);
+    let expected = [
+        (
+            "hives.conf:17:8:",
+            "deployment name \"Bad Name\" must start with a lowercase letter or digit ([a-z0-9][a-z0-9._-]*)",
+        ),
+        ("hives.conf:18:9:", "model \"models/llama.gguf\" is neither an http(s) URL"),
+        ("hives.conf:20:12:", "replicas = 0 is out of range: use 1..=1000"),
+        ("hives.conf:24:9:", "model \"https://example.com/qwen.gguf\" is a URL, so sha256 is required"),
+        ("hives.conf:26:28:", "unknown hive \"gpu-9\": the declared hives are gpu-1, cpu-1, gpu-2"),
+        ("hives.conf:26:19:", "worker \"vllm\" is not declared on hive \"cpu-1\""),
+        ("hives.conf:27:10:", "device \"gpu\" is not \"cpu\", \"cuda\" (any GPU) or \"cuda:N\" (GPU N)"),
+        ("hives.conf:30:8:", "duplicate deployment name \"qwen\" (first declared at line 23)"),
+        ("hives.conf:32:10:", "sha256 \"not-a-digest\" is not a digest"),
+        ("hives.conf:34:18:", "gpu_memory_mib needs a GPU: set device = \"cuda\""),
+        ("hives.conf:35:23:", "args[1] \"4096\\nrm -rf /\" contains a control character"),
+        ("hives.conf:41:1:", "unknown field `replica`, expected one of `name`, `model`"),
+    ];
+    let matches = got.len() == expected.len()
+        && got.iter().zip(&expected).all(|(g, (at, what))| g.starts_with(at) && g.contains(what));
+    assert!(matches, "expected {expected:#?}\ngot {got:#?}");
+}
+
+#[test]
+fn deployment_args_are_bounded() {
+    let hives = format!("{HW}{D}args = [\"{}\"]\n", "x".repeat(4097));
+    assert_eq!(
+        diagnostics(None, &hives),
+        [format!("hives.conf:9:9: args[0] \"{}…\" is 4097 bytes long: at most 4096", "x".repeat(60))]
+    );
+    let args: Vec<String> = (0..257).map(|i| format!("\"a{i}\"")).collect();
+    let hives = format!("{HW}{D}args = [\n{}\n]\n", args.join(",\n"));
+    assert_eq!(diagnostics(None, &hives), ["hives.conf:266:1: args has 257 entries: at most 256"]);
+    let args: Vec<String> = (0..256).map(|i| format!("\"a{i}\"")).collect();
+    let hives = format!("{HW}{D}args = [{}]\n", args.join(", "));
+    assert_eq!(diagnostics(None, &hives), Vec::<String>::new());
+    for control in ["\\u0000", "\\t", "\\r", "\\u001b[31m", "\\u007f", "\\u0085"] {
+        let hives = format!("{HW}{D}args = [\"ok\", \"a{control}b\"]\n");
+        let d = diagnostics(None, &hives);
+        assert!(d.len() == 1 && d[0].starts_with("hives.conf:9:15: args[1]"), "{control}: {d:?}");
+    }
+}
+
+#[test]
+fn reschedule_after_is_read_and_defaults_to_a_minute() {
+    let c = config::parse(None, (Path::new("hives.conf"), H)).unwrap();
+    assert_eq!(c.queen.reschedule_after, Duration::from_millis(DEFAULT_RESCHEDULE_AFTER_MS));
+    assert_eq!(c.queen.reschedule_after, Duration::from_secs(60));
+    let rbee = "[queen]\nreschedule_after = 300\n";
+    let c = config::parse(Some((Path::new("rbee.conf"), rbee)), (Path::new("hives.conf"), H)).unwrap();
+    assert_eq!(c.queen.reschedule_after, Duration::from_secs(300));
 }

@@ -5,6 +5,11 @@
 //! shipped.
 //!
 //! `REFERENCE_WORKER_LOAD_MS` delays readiness (default 200 ms), like a model loading.
+//!
+//! Engine arguments (after `--`, see `docs/worker-contract.md`) steer it:
+//! `--load-ms N` overrides `REFERENCE_WORKER_LOAD_MS`; `--fail-at-start` makes it exit with
+//! status 3 after about 100 ms without ever becoming ready, as an engine refusing its arguments
+//! would. Any other engine argument is printed and ignored.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,10 +81,59 @@ impl Backend for Echo {
     }
 }
 
+/// What the engine arguments ask of the reference worker.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct EngineArgs {
+    /// `--fail-at-start`.
+    fail_at_start: bool,
+    /// `--load-ms N`.
+    load_ms: Option<u64>,
+    /// Everything else, ignored.
+    ignored: Vec<String>,
+}
+
+impl EngineArgs {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--fail-at-start" => parsed.fail_at_start = true,
+                "--load-ms" => {
+                    let value = args.next().ok_or("--load-ms needs a number of milliseconds")?;
+                    let ms =
+                        value.parse().map_err(|_| format!("--load-ms {value:?} is not a number of milliseconds"))?;
+                    parsed.load_ms = Some(ms);
+                }
+                _ => parsed.ignored.push(arg.clone()),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = WorkerArgs::parse();
-    let load_ms = std::env::var("REFERENCE_WORKER_LOAD_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let engine = match EngineArgs::parse(&args.engine_args) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !engine.ignored.is_empty() {
+        eprintln!("reference worker: ignoring engine arguments {:?}", engine.ignored);
+    }
+    if engine.fail_at_start {
+        eprintln!("reference worker: failing at start as asked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return ExitCode::from(3);
+    }
+    let load_ms = engine
+        .load_ms
+        .or_else(|| std::env::var("REFERENCE_WORKER_LOAD_MS").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or(200);
     let backend =
         Arc::new(Echo { model: args.model.clone(), loaded_at: Instant::now() + Duration::from_millis(load_ms) });
     eprintln!("reference worker {} serving {} on port {}", args.worker_id, args.model, args.port);
@@ -112,5 +166,16 @@ mod tests {
     fn answer_is_echo_of_the_words() {
         assert_eq!(super::tokens("hello  big world", None).concat(), "echo: hello big world");
         assert_eq!(super::tokens("hello big world", Some(2)).concat(), "echo: hello");
+    }
+
+    #[test]
+    fn engine_args() {
+        let args = |a: &[&str]| super::EngineArgs::parse(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let parsed = args(&["--load-ms", "50", "--ctx-size", "8", "--fail-at-start"]).unwrap();
+        assert_eq!((parsed.fail_at_start, parsed.load_ms), (true, Some(50)));
+        assert_eq!(parsed.ignored, ["--ctx-size", "8"]);
+        assert_eq!(args(&[]).unwrap(), super::EngineArgs::default());
+        assert!(args(&["--load-ms"]).is_err());
+        assert!(args(&["--load-ms", "soon"]).is_err());
     }
 }
