@@ -123,6 +123,32 @@ pub struct DeploymentSpec {
 }
 
 impl DeploymentSpec {
+    /// The checks a spec that did not come through the config loader must pass: a name with
+    /// the alias rules, a model that is a URL with a digest or an absolute path, at least one
+    /// replica and one hive, and engine arguments without control characters.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = self.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && self.name.len() <= 64
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !name_ok {
+            return Err("the name must match [a-z0-9][a-z0-9._-]* (at most 64 characters)".into());
+        }
+        if self.is_url() && self.sha256.is_none() {
+            return Err("a model URL needs its sha256".into());
+        }
+        if !self.is_url() && !self.model.starts_with('/') {
+            return Err("the model must be an http(s) URL or an absolute path".into());
+        }
+        if self.replicas == 0 || self.hives.is_empty() || self.worker.is_empty() {
+            return Err("it needs a worker type, at least one replica and at least one hive".into());
+        }
+        let text = [&self.model, &self.worker].into_iter().chain(self.hives.iter()).chain(self.args.iter());
+        if text.into_iter().any(|t| t.chars().any(char::is_control)) {
+            return Err("no value may contain a control character".into());
+        }
+        Ok(())
+    }
+
     /// True when the model is downloaded from a URL.
     pub fn is_url(&self) -> bool {
         self.model.starts_with("http://") || self.model.starts_with("https://")

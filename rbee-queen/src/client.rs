@@ -119,6 +119,16 @@ impl QueenClient {
         self.json("GET", "/v1/deployments", None).await
     }
 
+    /// Makes `specs` the desired deployments (`PUT /v1/deployments`); returns what changed.
+    pub async fn apply_deployments(
+        &self,
+        specs: &[rbee_core::proto::deployment::DeploymentSpec],
+    ) -> Result<Vec<String>, ClientError> {
+        let body = serde_json::to_vec(specs).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let answer: serde_json::Value = self.json("PUT", "/v1/deployments", Some(body)).await?;
+        Ok(answer["changes"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+    }
+
     /// One deployment's status.
     pub async fn deployment(&self, name: &str) -> Result<rbee_core::proto::deployment::DeploymentStatus, ClientError> {
         self.json("GET", &format!("/v1/deployments/{name}"), None).await

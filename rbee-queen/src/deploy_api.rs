@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rbee_core::proto::deployment::DeploymentStatus;
+use rbee_core::proto::deployment::{DeploymentSpec, DeploymentStatus};
 use rbee_http::ApiError;
 
 use crate::routes::Queen;
@@ -16,6 +16,27 @@ use crate::routes::Queen;
 /// `GET /v1/deployments`.
 pub(crate) async fn list(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
     Json(queen.deployments.statuses())
+}
+
+/// `PUT /v1/deployments`: makes these specs the desired deployments (what `rbee sync` does
+/// after its package steps, for programs that keep their specs themselves); answers at once
+/// with what changed. Each spec is checked as the config loader checks it.
+pub(crate) async fn apply(State(queen): State<Arc<Queen>>, Json(specs): Json<Vec<DeploymentSpec>>) -> Response {
+    let mut problems = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for spec in &specs {
+        if let Err(e) = spec.check() {
+            problems.push(format!("{}: {e}", spec.name));
+        }
+        if !names.insert(spec.name.as_str()) {
+            problems.push(format!("{}: declared twice", spec.name));
+        }
+    }
+    if !problems.is_empty() {
+        return ApiError::new(StatusCode::BAD_REQUEST, problems.join("; ")).into_response();
+    }
+    let (changes, _) = queen.deployments.apply(specs);
+    Json(serde_json::json!({"changes": changes})).into_response()
 }
 
 /// `GET /v1/deployments/{name}`.

@@ -100,7 +100,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         .route("/v1/jobs/{id}/events", get(events))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(crate::deploy_api::models))
-        .route("/v1/deployments", get(crate::deploy_api::list))
+        .route("/v1/deployments", get(crate::deploy_api::list).put(crate::deploy_api::apply))
         .route("/v1/deployments/{name}", get(crate::deploy_api::get_one))
         .route("/v1/deployments/{name}/rollback", post(crate::deploy_api::rollback))
         .route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));

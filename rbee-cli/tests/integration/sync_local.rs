@@ -248,6 +248,7 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
         fn drop(&mut self) {
             (self.1)(&["queen", "stop"]);
             self.0.kill_hive();
+            self.0.kill_workers();
         }
     }
     let _stop = Stop(&host, &rbee);
@@ -260,6 +261,10 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
     assert!(host.health().is_some());
     let queen = rbee(&["queen", "status"]).expect_code(0);
     assert!(queen.stdout().contains("queen-rbee"), "the main command went through the queen: {}", queen.stdout());
+    // The example's deployment answers, as the README says.
+    assert!(status.stdout().contains("hello  1/1 ready  ready"), "{}", status.stdout());
+    let answer = rbee(&["infer", "--model", "hello", "hi there"]).expect_code(0);
+    assert_eq!(answer.stdout().trim(), "echo: hi there");
 }
 
 #[test]

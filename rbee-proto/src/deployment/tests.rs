@@ -421,3 +421,47 @@ fn a_new_replica_not_ready_in_time_fails_the_rollout_at_once() {
     assert_eq!(reason.as_deref(), Some("a replica of revision 2 was not ready within 60s"));
     assert!(!decision.actions.iter().any(|a| matches!(a, Action::Stop { worker_id, .. } if worker_id == "old")));
 }
+
+/// The plan a sync shows for deployments, as text: pinned, so a change to placement or wording
+/// is a visible diff.
+#[test]
+fn snapshot_of_a_deployment_plan() {
+    let chat = spec("chat", 3, &["gpu-1", "gpu-2", "cpu-1"]);
+    let mut vision = spec("vision", 2, &["gpu-1", "gpu-2"]);
+    vision.device = Device::AnyCuda;
+    vision.model = "https://models.example/llava.gguf".into();
+    vision.sha256 = Some(Sha256::from_bytes([0xab; 32]));
+    let mut shrink = spec("embed", 1, &["cpu-1"]);
+    shrink.worker = "reference".into();
+    let mut gpu_1 = hive("gpu-1", vec![]);
+    gpu_1.gpus = vec![gpu(0, 80_000, 0), gpu(1, 80_000, 0)];
+    gpu_1.models.insert("llava.gguf".into(), vision.sha256.clone());
+    let mut gpu_2 = hive("gpu-2", vec![]);
+    gpu_2.gpus = vec![gpu(0, 24_000, 0)];
+    let cpu_1 = hive(
+        "cpu-1",
+        vec![
+            replica("e1", &shrink, WorkerState::Ready, "cpu"),
+            replica("e2", &shrink, WorkerState::Starting, "cpu"),
+            replica("old", &spec("retired", 1, &["cpu-1"]), WorkerState::Ready, "cpu"),
+        ],
+    );
+    let memory: Vec<DeploymentMemory> = [chat, vision, shrink].into_iter().map(DeploymentMemory::new).collect();
+    let decision = decide_with(&memory, &[gpu_1, gpu_2, cpu_1], &InFlight::default());
+    let text: Vec<String> = decision.actions.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "cpu-1: stop replica old of retired (no longer declared)",
+            "gpu-1: start a replica of chat (revision 1, cpu)",
+            "gpu-2: start a replica of chat (revision 1, cpu)",
+            "cpu-1: start a replica of chat (revision 1, cpu)",
+            "gpu-1: start a replica of vision (revision 1, cuda:0)",
+            "gpu-2: download model llava.gguf for vision from https://models.example/llava.gguf (sha256:abababababab)",
+            "cpu-1: stop replica e2 of embed (surplus)",
+        ]
+    );
+    let status: Vec<String> =
+        decision.status.iter().map(|s| format!("{} {}/{} {:?}", s.name, s.ready, s.replicas, s.phase)).collect();
+    assert_eq!(status, ["chat 0/3 Progressing", "vision 0/2 Progressing", "embed 1/1 Ready"]);
+}
