@@ -134,7 +134,7 @@ async fn engine_args_follow_a_double_dash_and_the_registry_keeps_them_with_the_l
     // Writes its argv, one per line, then sleeps.
     worker_script(dir.path(), "argv", &format!("printf '%s\\n' \"$@\" > {}/argv\nexec sleep 30", dir.path().display()));
     let workers = Workers::open(settings(dir.path()));
-    let label = ReplicaLabel { deployment: "chat".into(), spec_hash: "0123abcd".into() };
+    let label = ReplicaLabel { deployment: "chat".into(), spec_hash: "0123abcd".into(), worker_version: None };
     let args = vec!["--ctx-size".to_owned(), "8192".into(), "two words; $(echo no)".into()];
     let request =
         SpawnRequest { args: args.clone(), replica: Some(label.clone()), ..SpawnRequest::new("argv", "m", "cpu") };

@@ -200,6 +200,10 @@ pub struct ReplicaLabel {
     pub deployment: String,
     /// The [`DeploymentSpec::spec_hash`] it was started from.
     pub spec_hash: String,
+    /// The version of the worker type installed on its hive when it started: after a sync
+    /// installs another version, the replica is replaced like one of an older revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_version: Option<String>,
 }
 
 /// One revision of a deployment.
@@ -357,6 +361,8 @@ pub struct HiveView {
     pub processes: Vec<WorkerProcess>,
     /// Model files present, by name, with their digest when known.
     pub models: BTreeMap<String, Option<Sha256>>,
+    /// The installed version of each worker type.
+    pub installed: BTreeMap<String, String>,
 }
 
 /// What the reconciler is doing besides what the hives report.
@@ -828,7 +834,15 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
             }
         }
         let live: Vec<&Found<'_>> = mine.iter().copied().filter(|f| alive(f) && counted(f)).collect();
-        let (new, old): (Vec<&Found<'_>>, Vec<&Found<'_>>) = live.iter().partition(|f| f.label.spec_hash == hash);
+        // Current: this revision's spec, on the worker version its hive has installed now.
+        let current = |f: &&Found<'_>| {
+            f.label.spec_hash == hash
+                && match (&f.label.worker_version, f.hive.installed.get(&spec.worker)) {
+                    (Some(ran), Some(installed)) => ran == installed,
+                    _ => true,
+                }
+        };
+        let (new, old): (Vec<&Found<'_>>, Vec<&Found<'_>>) = live.iter().partition(|f| current(f));
         let is_ready = |f: &&Found<'_>| f.process.state == WorkerState::Ready;
         let is_draining = |f: &&Found<'_>| in_flight.draining.contains_key(&f.key());
         let new_ready: Vec<&Found<'_>> = new.iter().copied().filter(|f| is_ready(f)).collect();

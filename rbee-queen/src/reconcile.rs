@@ -274,6 +274,7 @@ impl Deployments {
                     gpus: beat.gpus,
                     processes: beat.processes,
                     models: beat.models.into_iter().map(|m| (m.name, m.sha256)).collect(),
+                    installed: beat.installed,
                 }
             })
             .collect();
@@ -287,6 +288,7 @@ impl Deployments {
                     gpus: Vec::new(),
                     processes: Vec::new(),
                     models: BTreeMap::new(),
+                    installed: BTreeMap::new(),
                 });
             }
         }
@@ -411,7 +413,11 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], action: Action) {
                 device,
                 ready_timeout_ms: Some(spec.ready_timeout_ms),
                 args: spec.args.clone(),
-                replica: Some(ReplicaLabel { deployment: deployment.clone(), spec_hash: spec.spec_hash() }),
+                replica: Some(ReplicaLabel {
+                    deployment: deployment.clone(),
+                    spec_hash: spec.spec_hash(),
+                    worker_version: installed_version(queen, &hive, &spec.worker),
+                }),
                 no_wait: true,
             };
             match call(queen, &hive, &op, CALL_TIMEOUT).await {
@@ -470,6 +476,12 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], action: Action) {
             deployments.with_memory(&deployment, |m| m.rollout = None);
         }
     }
+}
+
+/// The version of `worker` a hive reported installed.
+fn installed_version(queen: &Queen, hive: &str, worker: &str) -> Option<String> {
+    let entries = queen.registry.entries(now_ms());
+    entries.into_iter().find(|e| e.heartbeat.alias == hive)?.heartbeat.installed.get(worker).cloned()
 }
 
 /// Stops a worker in the background; it counts as stopping (not serving, not counted) until

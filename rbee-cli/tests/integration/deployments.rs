@@ -278,6 +278,23 @@ fn deployments_are_kept_served_through_crashes_lost_hives_a_queen_restart_and_ro
     assert!(chat["instances"].as_array().unwrap().iter().all(|i| i["revision"] == chat["revision"]), "{chat}");
     rbee(&fleet, &["status"]).expect_code(0);
 
+    // A sync that installs another version of the worker replaces the replicas that run the
+    // old one, new before old, under load.
+    let before = replicas(&deployment(&fleet, "embed"), "ready");
+    let load = Load::start(&fleet, "embed");
+    fleet.set_worker("h1", "reference", "0.2.0");
+    fleet.set_worker("h2", "reference", "0.2.0");
+    rbee(&fleet, &["sync"]).expect_code(0);
+    wait_for("embed on the new worker version", Duration::from_secs(20), || {
+        let d = deployment(&fleet, "embed");
+        let now = replicas(&d, "ready");
+        (d["phase"] == "ready" && now.len() == 1 && now.is_disjoint(&before)).then_some(())
+    });
+    let (ok, failed) = load.finish();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok + failed.len() as u64);
+    let chat = deployment(&fleet, "chat");
+    let new = replicas(&chat, "ready");
+
     // Rollback on purpose: the previous spec comes back as a new revision.
     rbee(&fleet, &["deployment", "rollback", "chat"]).expect_code(0);
     wait_for("rolled back", Duration::from_secs(20), || {

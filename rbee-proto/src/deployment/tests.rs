@@ -32,6 +32,7 @@ fn hive(alias: &str, processes: Vec<WorkerProcess>) -> HiveView {
         gpus: Vec::new(),
         processes,
         models: BTreeMap::new(),
+        installed: BTreeMap::new(),
     }
 }
 
@@ -46,7 +47,11 @@ fn replica(id: &str, spec: &DeploymentSpec, state: WorkerState, device: &str) ->
         started_ms: NOW - 5000,
         last_heartbeat_ms: Some(NOW),
         adopted: false,
-        replica: Some(ReplicaLabel { deployment: spec.name.clone(), spec_hash: spec.spec_hash() }),
+        replica: Some(ReplicaLabel {
+            deployment: spec.name.clone(),
+            spec_hash: spec.spec_hash(),
+            worker_version: None,
+        }),
         args: spec.args.clone(),
         state,
     }
@@ -464,4 +469,20 @@ fn snapshot_of_a_deployment_plan() {
     let status: Vec<String> =
         decision.status.iter().map(|s| format!("{} {}/{} {:?}", s.name, s.ready, s.replicas, s.phase)).collect();
     assert_eq!(status, ["chat 0/3 Progressing", "vision 0/2 Progressing", "embed 1/1 Ready"]);
+}
+
+#[test]
+fn a_replica_of_a_worker_version_no_longer_installed_is_replaced_new_before_old() {
+    let d = spec("chat", 1, &["a"]);
+    let mut running = replica("w1", &d, WorkerState::Ready, "cpu");
+    running.replica.as_mut().unwrap().worker_version = Some("0.1.0".into());
+    let mut a = hive("a", vec![running]);
+    a.installed.insert("reference".into(), "0.1.0".into());
+    let memory = [DeploymentMemory::new(d)];
+    assert!(decide_with(&memory, &[a.clone()], &InFlight::default()).actions.is_empty());
+    // A sync installed 0.2.0: a new replica starts beside the old one.
+    a.installed.insert("reference".into(), "0.2.0".into());
+    let decision = decide_with(&memory, &[a], &InFlight::default());
+    assert_eq!(starts(&decision), vec![("a".into(), "cpu".into())]);
+    assert!(!decision.actions.iter().any(|a| matches!(a, Action::Stop { .. } | Action::Drain { .. })));
 }
