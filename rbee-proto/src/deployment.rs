@@ -660,8 +660,9 @@ fn seconds(ms: u64) -> String {
     format!("{:.0}s", ms as f64 / 1000.0)
 }
 
-/// Where a new replica of `spec` goes: the eligible hive with the fewest replicas of it (ties:
-/// config order), on the lowest free GPU for `cuda`. Also returns every hive's verdict.
+/// Where a new replica of `spec` goes: the eligible hive with the fewest replicas of it, then
+/// with the fewest replicas in all, then first in config order; on the lowest free GPU for
+/// `cuda`. Also returns every hive's verdict.
 fn place(
     spec: &DeploymentSpec,
     hives: &[HiveView],
@@ -669,7 +670,7 @@ fn place(
 ) -> (Option<(String, String)>, Vec<String>, Vec<Rejection>) {
     let mut eligible = Vec::new();
     let mut rejected = Vec::new();
-    let mut best: Option<(usize, usize, String, String)> = None;
+    let mut best: Option<((usize, usize, usize), String, String)> = None;
     for (order, alias) in spec.hives.iter().enumerate() {
         let reject = |reason: String| Rejection { hive: alias.clone(), reason };
         let Some(hive) = hives.iter().find(|h| &h.alias == alias) else {
@@ -701,13 +702,16 @@ fn place(
             }
         };
         eligible.push(alias.clone());
+        // Fewest replicas of this deployment first (spread it), then the least busy hive
+        // (spread the fleet), then config order.
         let mine = seats.iter().filter(|s| s.hive == *alias && s.deployment == spec.name).count();
-        let candidate = (mine, order, alias.clone(), device);
-        if best.as_ref().is_none_or(|b| (candidate.0, candidate.1) < (b.0, b.1)) {
+        let busy = seats.iter().filter(|s| s.hive == *alias).count();
+        let candidate = ((mine, busy, order), alias.clone(), device);
+        if best.as_ref().is_none_or(|b| candidate.0 < b.0) {
             best = Some(candidate);
         }
     }
-    (best.map(|(_, _, hive, device)| (hive, device)), eligible, rejected)
+    (best.map(|(_, hive, device)| (hive, device)), eligible, rejected)
 }
 
 fn pick_gpu(spec: &DeploymentSpec, hive: &HiveView, seats: &[Seat]) -> Result<String, String> {

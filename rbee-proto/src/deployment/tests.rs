@@ -486,3 +486,23 @@ fn a_replica_of_a_worker_version_no_longer_installed_is_replaced_new_before_old(
     assert_eq!(starts(&decision), vec![("a".into(), "cpu".into())]);
     assert!(!decision.actions.iter().any(|a| matches!(a, Action::Stop { .. } | Action::Drain { .. })));
 }
+
+#[test]
+fn placement_spreads_many_deployments_over_the_whole_fleet() {
+    let hives: Vec<HiveView> = (0..10).map(|i| hive(&format!("h{i}"), vec![])).collect();
+    let aliases: Vec<String> = hives.iter().map(|h| h.alias.clone()).collect();
+    let memory: Vec<DeploymentMemory> = (0..20)
+        .map(|i| {
+            let mut s = spec(&format!("d{i}"), 1, &[]);
+            s.hives = aliases.clone();
+            DeploymentMemory::new(s)
+        })
+        .collect();
+    let decision = decide_with(&memory, &hives, &InFlight::default());
+    let mut per_hive: BTreeMap<String, usize> = BTreeMap::new();
+    for (hive, _) in starts(&decision) {
+        *per_hive.entry(hive).or_default() += 1;
+    }
+    assert_eq!(per_hive.len(), 10, "{per_hive:?}");
+    assert!(per_hive.values().all(|n| *n == 2), "{per_hive:?}");
+}
