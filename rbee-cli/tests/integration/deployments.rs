@@ -5,11 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, Run, alive};
+use crate::fleet::{Fleet, Load, Run, alive};
 
 /// `rbee` through the fleet's queen, with fast heartbeats (hive → queen, worker → hive).
 fn rbee(fleet: &Fleet, args: &[&str]) -> Run {
@@ -82,57 +80,6 @@ fn set_deployments(fleet: &mut Fleet, model: &str, extra: &str) {
     fleet.write_config();
 }
 
-/// A client sending chat completions to a deployment the whole time, counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
-}
-
-impl Load {
-    fn start(fleet: &Fleet, model: &str) -> Self {
-        let token =
-            std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee-queen/queen.token")).unwrap();
-        let url = format!("http://127.0.0.1:{}/v1/chat/completions", fleet.queen_port);
-        let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "are you there"}]});
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let bearer = format!("Bearer {}", token.trim());
-            let (mut ok, mut failed) = (0u64, Vec::new());
-            while !flag.load(Ordering::Relaxed) {
-                let answer = runtime.block_on(async {
-                    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-                    let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&body).unwrap())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let status = response.status().as_u16();
-                    let worker = response.headers().get("x-rbee-worker").map(|v| v.to_str().unwrap_or("").to_owned());
-                    let body = rbee_http::collect(response).await.map_err(|e| e.to_string())?;
-                    let body = String::from_utf8_lossy(&body).into_owned();
-                    if status == 200 && body.contains("echo: are you there") && worker.is_some() {
-                        Ok(())
-                    } else {
-                        Err(format!("{status} (worker {worker:?}): {body}"))
-                    }
-                });
-                match answer {
-                    Ok(()) => ok += 1,
-                    Err(e) => failed.push(e),
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, failed)
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
 #[test]
 fn deployments_are_kept_served_through_crashes_lost_hives_a_queen_restart_and_rolling_updates() {
     let mut fleet = Fleet::new(2, &[("reference", "latest")]);
@@ -160,7 +107,7 @@ fn deployments_are_kept_served_through_crashes_lost_hives_a_queen_restart_and_ro
     let listed = json(&rbee(&fleet, &["deployment", "list", "--json"]).expect_code(0));
     assert_eq!(listed.as_array().unwrap().len(), 2);
     // Requests for a deployment reach its replicas; the answer names the replica.
-    let load = Load::start(&fleet, "chat");
+    let load = Load::start(&fleet.dir.path().join("operator"), fleet.queen_port, "chat");
     std::thread::sleep(Duration::from_millis(500));
     let (ok, failed) = load.finish();
     assert!(ok > 0 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
@@ -257,7 +204,7 @@ fn deployments_are_kept_served_through_crashes_lost_hives_a_queen_restart_and_ro
     // (f) A rolling update to a revision that cannot start, under load: it fails, the old
     // replicas go on serving, no request fails.
     let old: BTreeSet<_> = replicas(&deployment(&fleet, "chat"), "ready");
-    let load = Load::start(&fleet, "chat");
+    let load = Load::start(&fleet.dir.path().join("operator"), fleet.queen_port, "chat");
     set_deployments(&mut fleet, &model, "args = [\"--fail-at-start\"]\n");
     let synced = rbee(&fleet, &["sync"]).expect_code(3);
     assert!(synced.stdout().contains("rollout failed"), "{}", synced.stdout());
@@ -281,7 +228,7 @@ fn deployments_are_kept_served_through_crashes_lost_hives_a_queen_restart_and_ro
     // A sync that installs another version of the worker replaces the replicas that run the
     // old one, new before old, under load.
     let before = replicas(&deployment(&fleet, "embed"), "ready");
-    let load = Load::start(&fleet, "embed");
+    let load = Load::start(&fleet.dir.path().join("operator"), fleet.queen_port, "embed");
     fleet.set_worker("h1", "reference", "0.2.0");
     fleet.set_worker("h2", "reference", "0.2.0");
     rbee(&fleet, &["sync"]).expect_code(0);

@@ -280,3 +280,55 @@ impl Run {
         self.json_lines().into_iter().rfind(|v| v["event"] == "result").expect("a result line")
     }
 }
+
+/// A client sending chat completions to a deployment the whole time, counting failures.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Load {
+    /// Starts sending requests for `model` to the queen on `queen_port` whose operator home is `operator`.
+    pub fn start(operator: &std::path::Path, queen_port: u16, model: &str) -> Self {
+        let token = std::fs::read_to_string(operator.join(".local/state/rbee-queen/queen.token")).unwrap();
+        let url = format!("http://127.0.0.1:{queen_port}/v1/chat/completions");
+        let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "are you there"}]});
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let bearer = format!("Bearer {}", token.trim());
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = runtime.block_on(async {
+                    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+                    let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&body).unwrap())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = response.status().as_u16();
+                    let worker = response.headers().get("x-rbee-worker").map(|v| v.to_str().unwrap_or("").to_owned());
+                    let body = rbee_http::collect(response).await.map_err(|e| e.to_string())?;
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    if status == 200 && body.contains("echo: are you there") && worker.is_some() {
+                        Ok(())
+                    } else {
+                        Err(format!("{status} (worker {worker:?}): {body}"))
+                    }
+                });
+                match answer {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (ok, failed)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops, and returns the requests that succeeded and how the others failed.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}

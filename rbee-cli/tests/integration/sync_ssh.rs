@@ -277,7 +277,7 @@ fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
 
 #[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
 #[test]
-fn deployments_on_remote_hives_heal_a_killed_replica_and_move_off_a_dead_host() {
+fn deployments_on_remote_hives_heal_move_off_a_dead_host_survive_the_queen_and_roll_out_under_load() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(mut fleet) = SshFleet::new(2) else { return };
     fleet.workers = r#"[{ type = "reference" }]"#.into();
@@ -318,6 +318,46 @@ fn deployments_on_remote_hives_heal_a_killed_replica_and_move_off_a_dead_host() 
     let now = replicas(&fleet, "chat");
     assert_eq!(now.iter().filter(|r| r.2 == "ready").count(), 2, "{now:?}");
     assert_eq!(now.len(), 2, "no duplicates: {now:?}");
+
+    // (c) A worker that always exits: crash-loop, the other deployment untouched.
+    let before = ready(&fleet);
+    let chat = fleet.deployments.clone();
+    fleet.deployments.push_str(
+        "[[deployment]]\nname = \"broken\"\nmodel = \"/models/tiny.gguf\"\nworker = \"reference\"\nargs = [\"--fail-at-start\"]\n",
+    );
+    fleet.write_config();
+    let synced = fleet.via_queen(&["sync"]).expect_code(3);
+    assert!(synced.stdout().contains("crash-loop"), "{}", synced.stdout());
+    assert_eq!(ready(&fleet), before, "chat untouched");
+    fleet.deployments = chat.clone();
+    fleet.write_config();
+    fleet.via_queen(&["sync"]).expect_code(0);
+
+    // (e) The queen killed and restarted: the same replicas, none started or stopped.
+    let pid_file = fleet.dir.path().join(format!("operator/.local/state/rbee-queen/queen-{}.pid", fleet.queen_port));
+    let queen_pid = std::fs::read_to_string(&pid_file).unwrap();
+    Command::new("kill").args(["-9", queen_pid.trim()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fleet.via_queen(&["queen", "start"]).expect_code(0);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(ready(&fleet), before, "adopted, not restarted");
+
+    // (f) A rollout that cannot start, under load: it fails, the old replicas serve, no request
+    // fails. (g) A good one under the same load: every replica replaced, none failed.
+    let load = crate::fleet::Load::start(&fleet.dir.path().join("operator"), fleet.queen_port, "chat");
+    fleet.deployments = format!("{chat}args = [\"--fail-at-start\"]\n");
+    fleet.write_config();
+    let synced = fleet.via_queen(&["sync"]).expect_code(3);
+    assert!(synced.stdout().contains("rollout failed"), "{}", synced.stdout());
+    assert_eq!(ready(&fleet), before, "the old replicas serve");
+    fleet.deployments = format!("{chat}args = [\"--load-ms\", \"300\"]\n");
+    fleet.write_config();
+    fleet.via_queen(&["sync"]).expect_code(0);
+    let (ok, failed) = load.finish();
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok + failed.len() as u64);
+    let after = ready(&fleet);
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|r| !before.iter().any(|b| b.1 == r.1)), "all replaced: {after:?}");
 }
 
 #[cfg_attr(rbee_no_testbed, ignore = "needs root, openssh-server and iproute2 for SSH test hosts")]
