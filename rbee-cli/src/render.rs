@@ -387,8 +387,7 @@ fn deployment_rows(deployments: &[DeploymentStatus]) {
     }
     let width = deployments.iter().map(|d| d.name.len()).max().unwrap_or(0);
     for d in deployments {
-        let phase = serde_json::to_value(d.phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        println!("{:width$}  {}/{} ready  {phase}: {}", d.name, d.ready, d.replicas, d.message);
+        println!("{:width$}  {}/{} ready  {}: {}", d.name, d.ready, d.replicas, d.phase.as_str(), d.message);
     }
 }
 

@@ -557,6 +557,19 @@ pub enum Phase {
     RolloutFailed,
 }
 
+impl Phase {
+    /// Its name, as in JSON: `ready`, `progressing`, `degraded`, `crash-loop`, `rollout-failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Ready => "ready",
+            Phase::Progressing => "progressing",
+            Phase::Degraded => "degraded",
+            Phase::CrashLoop => "crash-loop",
+            Phase::RolloutFailed => "rollout-failed",
+        }
+    }
+}
+
 /// A deployment's status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeploymentStatus {
@@ -634,6 +647,25 @@ impl Found<'_> {
 
     fn fresh(&self) -> bool {
         self.hive.reach == Reach::Fresh
+    }
+
+    /// Stop this replica.
+    fn stop(&self, reason: StopReason) -> Action {
+        Action::Stop {
+            deployment: self.label.deployment.clone(),
+            hive: self.hive.alias.clone(),
+            worker_id: self.process.id.clone(),
+            reason,
+        }
+    }
+
+    /// Stop routing new requests to this replica.
+    fn drain(&self) -> Action {
+        Action::Drain {
+            deployment: self.label.deployment.clone(),
+            hive: self.hive.alias.clone(),
+            worker_id: self.process.id.clone(),
+        }
     }
 }
 
@@ -790,12 +822,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
         if in_flight.stopping.contains(&f.key()) {
             continue;
         }
-        actions.push(Action::Stop {
-            deployment: f.label.deployment.clone(),
-            hive: f.hive.alias.clone(),
-            worker_id: f.process.id.clone(),
-            reason: StopReason::Undeclared,
-        });
+        actions.push(f.stop(StopReason::Undeclared));
     }
     for memory in deployments {
         let spec = &memory.current.spec;
@@ -860,12 +887,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
             if late {
                 failed_now += 1;
                 late_now = true;
-                actions.push(Action::Stop {
-                    deployment: name.clone(),
-                    hive: f.hive.alias.clone(),
-                    worker_id: f.process.id.clone(),
-                    reason: StopReason::NotReady,
-                });
+                actions.push(f.stop(StopReason::NotReady));
             }
             !late
         });
@@ -924,12 +946,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
         let old_ready: Vec<&Found<'_>> = old.iter().copied().filter(|f| is_ready(f)).collect();
         // Old replicas that serve nothing are stopped at once.
         for f in old.iter().filter(|f| !is_ready(f)) {
-            actions.push(Action::Stop {
-                deployment: name.clone(),
-                hive: f.hive.alias.clone(),
-                worker_id: f.process.id.clone(),
-                reason: StopReason::Replaced,
-            });
+            actions.push(f.stop(StopReason::Replaced));
         }
         if rollout_failed.is_some() {
             // Nothing more this round: the previous revision is current from the next one.
@@ -940,23 +957,14 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
                 let since = in_flight.draining.get(&f.key()).copied().unwrap_or(now_ms);
                 let idle = in_flight.requests.get(&f.key()).copied().unwrap_or(0) == 0;
                 if idle || now_ms.saturating_sub(since) >= spec.drain_timeout_ms {
-                    actions.push(Action::Stop {
-                        deployment: name.clone(),
-                        hive: f.hive.alias.clone(),
-                        worker_id: f.process.id.clone(),
-                        reason: StopReason::Replaced,
-                    });
+                    actions.push(f.stop(StopReason::Replaced));
                 }
                 waiting_for = Some(format!("draining {}", f.process.id));
             } else if !new_starting.is_empty() {
                 waiting_for = Some(format!("waiting for {} to become ready", new_starting[0].process.id));
             } else if new_ready.len() + old_ready.len() > target {
                 let f = old_ready[old_ready.len() - 1];
-                actions.push(Action::Drain {
-                    deployment: name.clone(),
-                    hive: f.hive.alias.clone(),
-                    worker_id: f.process.id.clone(),
-                });
+                actions.push(f.drain());
                 waiting_for = Some(format!("draining {}", f.process.id));
             } else if !backoff_ok {
                 waiting_for =
@@ -965,11 +973,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
                 if why.starts_with("no hive") && new_ready.len() + old_ready.len() > 1 {
                     // No room for one more: make room by retiring an old replica first.
                     let f = old_ready[old_ready.len() - 1];
-                    actions.push(Action::Drain {
-                        deployment: name.clone(),
-                        hive: f.hive.alias.clone(),
-                        worker_id: f.process.id.clone(),
-                    });
+                    actions.push(f.drain());
                 }
                 waiting_for = Some(why);
             }
@@ -1000,12 +1004,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
                 let mut order: Vec<&Found<'_>> = new_starting.iter().chain(new_ready.iter()).copied().collect();
                 order.sort_by_key(|f| (is_ready(f), std::cmp::Reverse(f.process.started_ms), f.key()));
                 for f in order.into_iter().take(kept - target) {
-                    actions.push(Action::Stop {
-                        deployment: name.clone(),
-                        hive: f.hive.alias.clone(),
-                        worker_id: f.process.id.clone(),
-                        reason: StopReason::Surplus,
-                    });
+                    actions.push(f.stop(StopReason::Surplus));
                 }
             }
         }

@@ -124,9 +124,7 @@ pub(crate) fn route(
 /// the worker's hive may not have reported yet.
 pub(crate) async fn route_soon(queen: &Queen, model: &str, only: Option<&str>) -> Result<Routed, RouteError> {
     loop {
-        let load = |hive: &str, worker: &str| {
-            queen.deployments.routable(hive, worker).then(|| queen.deployments.load(hive, worker))
-        };
+        let load = |hive: &str, worker: &str| queen.deployments.load(hive, worker);
         match route(&queen.registry, &queen.turns, model, only, now_ms(), &load) {
             Err(_) if queen.registry.warming_up(now_ms()) => tokio::time::sleep(Duration::from_millis(100)).await,
             result => return result,
@@ -152,7 +150,7 @@ pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum
     loop {
         let load = |hive: &str, worker: &str| {
             let excluded = failed.iter().any(|f| f.hive == hive && f.worker == worker);
-            (!excluded && queen.deployments.routable(hive, worker)).then(|| queen.deployments.load(hive, worker))
+            if excluded { None } else { queen.deployments.load(hive, worker) }
         };
         let routed = match route(&queen.registry, &queen.turns, model, None, now_ms(), &load) {
             Ok(r) => r,
@@ -175,26 +173,24 @@ pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum
             }
             Err(e) => Err(e.to_string()),
         };
+        // Failed before answering: no connection, or its hive could not reach the worker.
+        let failure = match &sent {
+            Ok(r) if r.status() == StatusCode::BAD_GATEWAY => {
+                Some(format!("worker {} answered {}", routed.worker, r.status()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.clone()),
+        };
+        if let Some(why) = failure
+            && failed.is_empty()
+        {
+            drop(guard);
+            eprintln!("queen-rbee: hive {}: {why}; trying another replica", routed.hive);
+            failed.push(routed);
+            continue;
+        }
         let response = match sent {
-            Ok(r) if r.status() != StatusCode::BAD_GATEWAY => r,
-            Ok(r) if failed.is_empty() => {
-                drop(guard);
-                eprintln!(
-                    "queen-rbee: worker {} on {} answered {}; trying another replica",
-                    routed.worker,
-                    routed.hive,
-                    r.status()
-                );
-                failed.push(routed);
-                continue;
-            }
             Ok(r) => r,
-            Err(e) if failed.is_empty() => {
-                drop(guard);
-                eprintln!("queen-rbee: hive {}: {e}; trying another replica", routed.hive);
-                failed.push(routed);
-                continue;
-            }
             Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {}: {e}", routed.hive)),
         };
         let mut response = rbee_http::passthrough(response);

@@ -138,30 +138,7 @@ impl Deployments {
     /// Returns what changed, in words, and the apply's generation (see [`Self::decided_since`]).
     pub(crate) fn apply(&self, specs: Vec<DeploymentSpec>) -> (Vec<String>, u64) {
         let mut memory = lock(&self.memory);
-        let mut changes = Vec::new();
-        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        for spec in specs {
-            match memory.get_mut(&spec.name) {
-                Some(m) => {
-                    let before = m.current.number;
-                    if m.apply(spec) {
-                        changes.push(format!(
-                            "{}: revision {} replaces revision {before}",
-                            m.current.spec.name, m.current.number
-                        ));
-                    }
-                }
-                None => {
-                    changes.push(format!("{}: declared (revision 1)", spec.name));
-                    memory.insert(spec.name.clone(), DeploymentMemory::new(spec));
-                }
-            }
-        }
-        let gone: Vec<String> = memory.keys().filter(|n| !names.contains(n)).cloned().collect();
-        for name in gone {
-            memory.remove(&name);
-            changes.push(format!("{name}: no longer declared; its replicas will be stopped"));
-        }
+        let changes = merge(&mut memory, specs);
         self.save(&memory);
         drop(memory);
         let generation = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
@@ -177,10 +154,7 @@ impl Deployments {
     /// `rbee deployment rollback`.
     pub(crate) fn rollback(&self, name: &str) -> Result<u64, String> {
         let mut memory = lock(&self.memory);
-        if !memory.contains_key(name) {
-            return Err(self.unknown(name, &memory));
-        }
-        let m = memory.get_mut(name).ok_or_else(|| format!("no deployment {name}"))?;
+        let Some(m) = memory.get_mut(name) else { return Err(self.unknown(name, &memory)) };
         let revision = m.rollback()?;
         self.save(&memory);
         drop(memory);
@@ -210,16 +184,15 @@ impl Deployments {
         lock(&self.memory).contains_key(name)
     }
 
-    /// Whether the router may send new requests to this worker (not draining or stopping).
-    pub(crate) fn routable(&self, hive: &str, worker: &str) -> bool {
+    /// A worker's requests in flight, or `None` when the router must not send it new ones
+    /// (it is draining or stopping).
+    pub(crate) fn load(&self, hive: &str, worker: &str) -> Option<u64> {
         let flight = lock(&self.in_flight);
         let key = (hive.to_owned(), worker.to_owned());
-        !flight.draining.contains_key(&key) && !flight.stopping.contains(&key)
-    }
-
-    /// Requests in flight on a worker.
-    pub(crate) fn load(&self, hive: &str, worker: &str) -> u64 {
-        lock(&self.in_flight).requests.get(&(hive.to_owned(), worker.to_owned())).copied().unwrap_or(0)
+        if flight.draining.contains_key(&key) || flight.stopping.contains(&key) {
+            return None;
+        }
+        Some(flight.requests.get(&key).copied().unwrap_or(0))
     }
 
     /// Counts a request on a worker until the guard is dropped.
@@ -232,17 +205,7 @@ impl Deployments {
     /// What `rbee sync --dry-run` would see the reconciler do if `specs` were applied now.
     pub(crate) fn preview(&self, queen: &Queen, specs: &[DeploymentSpec]) -> Vec<Action> {
         let mut memory = lock(&self.memory).clone();
-        memory.retain(|name, _| specs.iter().any(|s| &s.name == name));
-        for spec in specs {
-            match memory.get_mut(&spec.name) {
-                Some(m) => {
-                    m.apply(spec.clone());
-                }
-                None => {
-                    memory.insert(spec.name.clone(), DeploymentMemory::new(spec.clone()));
-                }
-            }
-        }
+        merge(&mut memory, specs.to_vec());
         let deployments: Vec<DeploymentMemory> = memory.into_values().collect();
         let hives = self.views(queen, &deployments);
         let flight = self.flight();
@@ -327,6 +290,36 @@ impl Deployments {
     }
 }
 
+/// Makes `specs` the desired deployments in `memory`: a new revision for each changed spec, a
+/// first one for each new name, and the others forgotten. Returns what changed, in words.
+fn merge(memory: &mut BTreeMap<String, DeploymentMemory>, specs: Vec<DeploymentSpec>) -> Vec<String> {
+    let mut changes = Vec::new();
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    for spec in specs {
+        match memory.get_mut(&spec.name) {
+            Some(m) => {
+                let before = m.current.number;
+                if m.apply(spec) {
+                    changes.push(format!(
+                        "{}: revision {} replaces revision {before}",
+                        m.current.spec.name, m.current.number
+                    ));
+                }
+            }
+            None => {
+                changes.push(format!("{}: declared (revision 1)", spec.name));
+                memory.insert(spec.name.clone(), DeploymentMemory::new(spec));
+            }
+        }
+    }
+    let gone: Vec<String> = memory.keys().filter(|n| !names.contains(n)).cloned().collect();
+    for name in gone {
+        memory.remove(&name);
+        changes.push(format!("{name}: no longer declared; its replicas will be stopped"));
+    }
+    changes
+}
+
 /// Counts one request in flight on a worker while it lives.
 pub(crate) struct RequestGuard {
     deployments: Arc<Deployments>,
@@ -389,7 +382,7 @@ pub(crate) async fn tick(queen: &Arc<Queen>) {
     }
     *lock(&deployments.status) = decision.status;
     for action in decision.actions {
-        act(queen, &memory, action).await;
+        act(queen, &memory, &hives, action).await;
     }
     deployments.decided.fetch_max(generation, Ordering::SeqCst);
 }
@@ -398,7 +391,7 @@ fn spec_of<'a>(memory: &'a [DeploymentMemory], name: &str) -> Option<&'a Deploym
     memory.iter().find(|m| m.current.spec.name == name)
 }
 
-async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], action: Action) {
+async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], hives: &[HiveView], action: Action) {
     let deployments = &queen.deployments;
     let line = action.to_string();
     match action {
@@ -416,7 +409,12 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], action: Action) {
                 replica: Some(ReplicaLabel {
                     deployment: deployment.clone(),
                     spec_hash: spec.spec_hash(),
-                    worker_version: installed_version(queen, &hive, &spec.worker),
+                    // What the hive reported installed: after a sync installs another version,
+                    // this replica is replaced.
+                    worker_version: hives
+                        .iter()
+                        .find(|h| h.alias == hive)
+                        .and_then(|h| h.installed.get(&spec.worker).cloned()),
                 }),
                 no_wait: true,
             };
@@ -476,12 +474,6 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], action: Action) {
             deployments.with_memory(&deployment, |m| m.rollout = None);
         }
     }
-}
-
-/// The version of `worker` a hive reported installed.
-fn installed_version(queen: &Queen, hive: &str, worker: &str) -> Option<String> {
-    let entries = queen.registry.entries(now_ms());
-    entries.into_iter().find(|e| e.heartbeat.alias == hive)?.heartbeat.installed.get(worker).cloned()
 }
 
 /// Stops a worker in the background; it counts as stopping (not serving, not counted) until

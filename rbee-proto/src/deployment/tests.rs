@@ -506,3 +506,10 @@ fn placement_spreads_many_deployments_over_the_whole_fleet() {
     assert_eq!(per_hive.len(), 10, "{per_hive:?}");
     assert!(per_hive.values().all(|n| *n == 2), "{per_hive:?}");
 }
+
+#[test]
+fn phase_names_are_their_json_names() {
+    for phase in [Phase::Ready, Phase::Progressing, Phase::Degraded, Phase::CrashLoop, Phase::RolloutFailed] {
+        assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+    }
+}
