@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let home = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let hives = format!(
-        "[[hive]]\nalias = \"demo\"\nhostname = \"localhost\"\nhive_port = {port}\nlocal_home = {:?}\nworkers = [{{ type = \"llama-cpp\" }}]\n",
+        "[[hive]]\nalias = \"demo\"\nhostname = \"localhost\"\nhive_port = {port}\nlocal_home = {:?}\nworkers = [{{ type = \"reference\" }}]\n",
         home.path().display().to_string()
     );
     let config = config::parse(None, (Path::new("hives.conf"), &hives))?;

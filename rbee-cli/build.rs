@@ -13,6 +13,18 @@ fn main() {
     for dir in ["/usr/sbin", "/usr/bin"] {
         println!("cargo::rerun-if-changed={dir}");
     }
+    // The engine tests need the real llama-server and a Python with `gguf` (scripts/test
+    // provides both through these variables).
+    println!("cargo::rustc-check-cfg=cfg(rbee_no_llama)");
+    println!("cargo::rerun-if-env-changed=RBEE_LLAMA_SERVER");
+    println!("cargo::rerun-if-env-changed=RBEE_TEST_PYTHON");
+    let file = |var: &str| std::env::var_os(var).is_some_and(|p| std::path::Path::new(&p).is_file());
+    if !file("RBEE_LLAMA_SERVER") || !file("RBEE_TEST_PYTHON") {
+        println!("cargo::rustc-cfg=rbee_no_llama");
+        println!(
+            "cargo::warning=the llama.cpp engine tests will be ignored: run them through scripts/test (RBEE_LLAMA_SERVER, RBEE_TEST_PYTHON)"
+        );
+    }
     if let Err(reason) = check::check() {
         println!("cargo::rustc-cfg=rbee_no_testbed");
         println!("cargo::warning=the SSH end-to-end tests will be ignored: {reason}");

@@ -41,6 +41,7 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
                 healthy: true,
                 running_sha256: Some(hive_bin.sha256.clone()),
                 running_version: None,
+                ..Observed::default()
             }),
             2 => HiveState::Reachable(Observed {
                 hive_binary: Some(Installed {
@@ -68,6 +69,7 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
                 auto_start: true,
                 hive: hive_bin.clone(),
                 workers: ws,
+                engines: Default::default(),
             },
         );
     }

@@ -108,6 +108,13 @@ pub(crate) fn capabilities(json: bool, alias: &str, caps: &Capabilities) {
     for g in &caps.gpus {
         println!("  cuda:{} {} — {} MiB ({} MiB used)", g.index, g.name, g.memory_total_mib, g.memory_used_mib);
     }
+    if caps.engines.is_empty() {
+        println!("  no engine installed by rbee sync");
+    }
+    for e in &caps.engines {
+        let missing = if e.present { "" } else { " — MISSING: run `rbee sync`" };
+        println!("  engine {} {} ({}){missing}", e.worker_type, e.version, e.program);
+    }
 }
 
 /// `rbee hive list|get`: the queen's registry.

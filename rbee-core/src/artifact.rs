@@ -392,6 +392,87 @@ impl ArtifactSource {
         Ok(Artifact { name: name.to_owned(), version, sha256, size: meta.len() })
     }
 
+    /// The artifact names the source lists at `req` (SHA256SUMS, or the files of a build
+    /// directory and its `wheels/`).
+    fn names(&self, req: &VersionReq) -> Result<Vec<String>, ArtifactError> {
+        let version = match req {
+            VersionReq::Latest => self.latest()?,
+            VersionReq::Exact(v) => v.to_string(),
+        };
+        Ok(match &self.kind {
+            SourceKind::Memory { files, .. } => files.keys().cloned().collect(),
+            SourceKind::Http(h) => {
+                h.sums.lock().expect("sums").get(&version).map(|s| s.keys().cloned().collect()).unwrap_or_default()
+            }
+            SourceKind::Releases => {
+                let path = self.root.join(&version).join("SHA256SUMS");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => parse_sums(&text).into_keys().collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+            SourceKind::Build => {
+                let list = |dir: &Path, prefix: &str| -> Vec<String> {
+                    std::fs::read_dir(dir)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .map(|n| format!("{prefix}{n}"))
+                        .collect()
+                };
+                let mut names = list(&self.root, "");
+                names.extend(list(&self.root.join("wheels"), "wheels/"));
+                names
+            }
+        })
+    }
+
+    /// The engine a worker declares, with what this source offers for it.
+    pub fn resolve_engine(
+        &self,
+        kind: &str,
+        source: &crate::state::EngineSource,
+        req: &VersionReq,
+    ) -> Result<crate::state::DesiredEngine, ArtifactError> {
+        use crate::state::EngineSource;
+        let mut engine = crate::state::DesiredEngine {
+            source: source.clone(),
+            variants: BTreeMap::new(),
+            wheels: Vec::new(),
+            source_name: self.name(),
+        };
+        match source {
+            EngineSource::Artifact { .. } => {
+                let prefix = format!("engine-{kind}-");
+                for name in self.names(req)? {
+                    let Some(variant) = name.strip_prefix(&prefix).and_then(|n| n.strip_suffix(".tar.gz")) else {
+                        continue;
+                    };
+                    if variant.is_empty()
+                        || !variant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        continue;
+                    }
+                    engine.variants.insert(variant.to_owned(), self.resolve(&name, req)?);
+                }
+            }
+            EngineSource::Pip { .. } => {
+                for name in self.names(req)? {
+                    let Some(file) = name.strip_prefix("wheels/") else { continue };
+                    let plain = file.ends_with(".whl")
+                        && !file.starts_with('.')
+                        && file.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+                    if plain {
+                        engine.wheels.push(self.resolve(&name, req)?);
+                    }
+                }
+            }
+            EngineSource::Path { .. } => {}
+        }
+        Ok(engine)
+    }
+
     /// A digest read from a source's SHA256SUMS, checked before it is used for anything (as a
     /// cache file name, say).
     fn checked_digest(&self, name: &str, version: &str, sum: &str) -> Result<Sha256, ArtifactError> {
@@ -517,10 +598,14 @@ pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, Arti
     let hive = Arc::new(source.resolve(HIVE_BINARY, &VersionReq::Latest)?);
     for h in &config.hives {
         let mut workers = BTreeMap::new();
+        let mut engines = BTreeMap::new();
         for w in &h.workers {
             workers.insert(w.kind.clone(), Arc::new(source.resolve(&Layout::worker_file_name(&w.kind), &w.version)?));
+            if let Some(engine) = &w.engine {
+                engines.insert(w.kind.clone(), source.resolve_engine(&w.kind, engine, &w.version)?);
+            }
         }
-        desired.hives.insert(h.alias.clone(), DesiredHive::for_config(h, hive.clone(), workers));
+        desired.hives.insert(h.alias.clone(), DesiredHive::for_config(h, hive.clone(), workers, engines));
     }
     Ok(desired)
 }

@@ -9,18 +9,20 @@
 use std::time::Duration;
 
 use crate::layout::{Layout, WORKER_PREFIX};
-use crate::state::{HiveState, Installed, Observed};
+use crate::state::{HiveState, Installed, InstalledEngine, Observed};
 use crate::transport::{RemoteCommand, Transport};
+use rbee_proto::engine::EngineProblem;
 
 /// The observation script. `$1` is the hive port, `$2` the hive binary, `$3` the worker
 /// catalog, `$4` the worker binary prefix, `$5` the install records, `$6` the hive's pid file
-/// (paths from [`Layout`]). Output, one fact per line:
-/// `file SHA PATH [VERSION]`, `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
+/// `$7` the engines directory (paths from [`Layout`]). Output, one fact per line:
+/// `file SHA PATH [VERSION]`, `engine TYPE ID ok|missing|altered VERSION PROGRAM`, `gpu`,
+/// `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
 pub(crate) const OBSERVE_SCRIPT: &str = concat!(
     "# rbee-step: observe\n",
     sh_is_hive!(),
     r#"set -u
-port=$1; bin=$2; catalog=$3; prefix=$4; records=$5; pidf=$6
+port=$1; bin=$2; catalog=$3; prefix=$4; records=$5; pidf=$6; engines=$7
 cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
 digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
@@ -35,6 +37,18 @@ for f in "$bin" "$catalog/$prefix"*; do
     if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$sha" = "$got" ]; then echo "file $got $f $version"; else echo "file $got $f"; fi
   fi
 done
+tab=$(printf '\t')
+for rec in "$engines"/*/current; do
+  [ -f "$rec" ] || continue
+  kind=$(basename "$(dirname "$rec")")
+  IFS="$tab" read -r id sha st version program < "$rec" || true
+  if [ -z "${program:-}" ] || [ ! -f "$program" ]; then state=missing
+  elif [ "$(stat -c '%s %.9Y %.9Z %i' "$program" 2>/dev/null)" = "$st" ]; then state=ok
+  elif [ "$(digest "$program")" = "$sha" ]; then state=ok
+  else state=altered; fi
+  echo "engine $kind ${id:-none} $state ${version:-unknown} ${program:-}"
+done
+if command -v nvidia-smi >/dev/null 2>&1 && timeout 5 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then echo "gpu"; fi
 pid=$(cat "$pidf" 2>/dev/null || true)
 if is_hive "$pid"; then
   echo "running $pid"
@@ -93,6 +107,7 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
         WORKER_PREFIX.to_owned(),
         Layout::installed_dir(),
         Layout::hive_pid(),
+        Layout::ENGINES_DIR.to_owned(),
     ];
     let cmd = RemoteCommand::script(OBSERVE_SCRIPT, args, deadline);
     match transport.run(cmd).await {
@@ -138,6 +153,28 @@ pub(crate) fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
                 })?;
                 files.push((Installed { sha256, version }, path.to_owned()));
             }
+            "engine" => {
+                let mut parts = rest.splitn(5, ' ');
+                let (Some(kind), Some(id), Some(state), Some(version), Some(program)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(ObserveError::BadLine(shown(line)));
+                };
+                let problem = match state {
+                    "ok" => None,
+                    "missing" => Some(EngineProblem::Missing),
+                    "altered" => Some(EngineProblem::Altered),
+                    _ => return Err(ObserveError::BadLine(shown(line))),
+                };
+                let engine = InstalledEngine {
+                    id: id.to_owned(),
+                    program: program.to_owned(),
+                    version: version.to_owned(),
+                    problem,
+                };
+                observed.engines.insert(kind.to_owned(), engine);
+            }
+            "gpu" => observed.gpu = true,
             "running" => {
                 observed.running = true;
                 observed.pid = rest.trim().parse().ok();
@@ -191,6 +228,50 @@ mod tests {
         assert!(o.running && o.healthy);
         assert_eq!(o.pid, Some(42));
         assert_eq!(o.running_sha256, Some(a));
+    }
+
+    #[test]
+    fn engines_and_gpus_are_observed() {
+        let text = "rbee-observe 1\nengine llama-cpp abc ok b11434 .local/share/rbee/engines/llama-cpp/abc/bin/llama-server\n\
+                    engine vllm pip-1 missing 0.6.3 /opt/my venv/bin/vllm\nengine comfyui p altered unknown /srv/main.py\ngpu\nend\n";
+        let o = parse_observation(text).unwrap();
+        assert!(o.gpu);
+        assert_eq!(o.engines["llama-cpp"].version, "b11434");
+        assert_eq!(o.engines["llama-cpp"].problem, None);
+        assert_eq!(o.engines["vllm"].program, "/opt/my venv/bin/vllm");
+        assert_eq!(o.engines["vllm"].problem, Some(EngineProblem::Missing));
+        assert_eq!(o.engines["comfyui"].problem, Some(EngineProblem::Altered));
+        for bad in ["engine llama-cpp abc", "engine llama-cpp abc broken b1 /x"] {
+            let text = format!("rbee-observe 1\n{bad}\nend\n");
+            assert!(matches!(parse_observation(&text), Err(ObserveError::BadLine(_))), "{bad}");
+        }
+    }
+
+    /// The script itself: a recorded engine is ok, then missing once its program is deleted,
+    /// then altered when a program with another digest (but the recorded path) is there.
+    #[tokio::test]
+    async fn the_script_checks_the_recorded_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let engines = dir.path().join(".local/share/rbee/engines/llama-cpp");
+        std::fs::create_dir_all(engines.join("abc/bin")).unwrap();
+        let program = engines.join("abc/bin/llama-server");
+        std::fs::write(&program, b"server").unwrap();
+        let st = std::process::Command::new("stat").args(["-c", "%s %.9Y %.9Z %i"]).arg(&program).output().unwrap();
+        let sha = crate::artifact::sha256_of(b"server");
+        let rel = ".local/share/rbee/engines/llama-cpp/abc/bin/llama-server";
+        let record = format!("abc\t{sha}\t{}\tb7\t{rel}\n", String::from_utf8(st.stdout).unwrap().trim());
+        std::fs::write(engines.join("current"), record).unwrap();
+        let t = LocalTransport::new(dir.path());
+        let observe_engine = || async {
+            let HiveState::Reachable(o) = observe(&t, 1, Duration::from_secs(5)).await else { panic!() };
+            o.engines["llama-cpp"].clone()
+        };
+        let e = observe_engine().await;
+        assert_eq!((e.id.as_str(), e.version.as_str(), e.program.as_str(), e.problem), ("abc", "b7", rel, None));
+        std::fs::write(&program, b"server, but another one").unwrap();
+        assert_eq!(observe_engine().await.problem, Some(EngineProblem::Altered));
+        std::fs::remove_file(&program).unwrap();
+        assert_eq!(observe_engine().await.problem, Some(EngineProblem::Missing));
     }
 
     #[test]

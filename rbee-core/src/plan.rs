@@ -17,7 +17,8 @@
 
 pub use rbee_proto::plan::{Action, ActionKind, Binary, Change, HivePlan, HiveStatus, Plan, RestartReason, Summary};
 
-use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState, Installed, Observed};
+use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState, Installed, InstalledEngine, Observed};
+use rbee_proto::engine::EngineChange;
 use std::collections::BTreeSet;
 
 /// Knobs of a plan. Built from `PlanOptions::default()` and the `with_*` methods, so that new
@@ -150,7 +151,16 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         }
     }
 
-    let binary_ids: Vec<String> = binaries.iter().map(|a| a.id.clone()).collect();
+    plan_engines(want, have, options.force, &mut binaries);
+    let engine_notes = have
+        .engines
+        .keys()
+        .filter(|kind| !want.engines.contains_key(*kind))
+        .map(|kind| format!("engine {kind} is installed but no declared worker uses it; kept"));
+    hp.notes.extend(engine_notes);
+
+    let binary_ids: Vec<String> =
+        binaries.iter().filter(|a| matches!(a.kind, ActionKind::InstallBinary { .. })).map(|a| a.id.clone()).collect();
     hp.actions = binaries;
     if want.attached {
         hp.notes.push(
@@ -193,6 +203,26 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
     }
 }
 
+/// One action per managed engine that is missing, another than declared, or broken. An
+/// engine does not need the hive restarted: the hive reads its record at each spawn.
+fn plan_engines(want: &DesiredHive, have: &Observed, force: bool, actions: &mut Vec<Action>) {
+    for (kind, engine) in &want.engines {
+        let install = engine.pick(kind, have.gpu);
+        let change = match have.engines.get(kind) {
+            None => EngineChange::Install,
+            Some(e) if e.id != install.id() => EngineChange::Replace { from: e.clone() },
+            Some(InstalledEngine { problem: Some(problem), .. }) => EngineChange::Repair { problem: problem.clone() },
+            Some(_) if force => EngineChange::Reinstall,
+            Some(_) => continue,
+        };
+        actions.push(Action {
+            id: format!("{}/engine/{kind}", want.alias),
+            kind: ActionKind::InstallEngine { worker: kind.clone(), change, engine: install },
+            depends_on: Vec::new(),
+        });
+    }
+}
+
 /// Plans an uninstall of the selected hives: stop each hive, then remove what rbee installed
 /// (and with `purge`, rbee's state). Hosts with nothing installed are in sync.
 pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>, purge: bool) -> Plan {
@@ -203,7 +233,7 @@ pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet
             hp.actions.push(Action { id: id("stop"), kind: ActionKind::StopHive, depends_on: Vec::new() });
             deps.push(id("stop"));
         }
-        if have.hive_binary.is_some() || !have.workers.is_empty() || purge {
+        if have.hive_binary.is_some() || !have.workers.is_empty() || !have.engines.is_empty() || purge {
             hp.actions.push(Action { id: id("uninstall"), kind: ActionKind::Uninstall { purge }, depends_on: deps });
         }
     })

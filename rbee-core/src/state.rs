@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TransportKind;
 
+pub use rbee_proto::engine::{EngineInstall, EngineSource, InstalledEngine};
 pub use rbee_proto::state::{Artifact, Installed};
 
 /// What the config wants, with every artifact resolved.
@@ -33,6 +34,9 @@ pub struct DesiredHive {
     pub hive: Arc<Artifact>,
     /// Worker binaries by worker type.
     pub workers: BTreeMap<String, Arc<Artifact>>,
+    /// Managed engines by worker type (unmanaged ones are absent).
+    #[serde(default)]
+    pub engines: BTreeMap<String, DesiredEngine>,
     /// Run by the queen itself (attached-hive mode): no hive binary, no hive daemon.
     #[serde(default)]
     pub attached: bool,
@@ -44,6 +48,7 @@ impl DesiredHive {
         h: &crate::config::HiveConfig,
         hive: Arc<Artifact>,
         workers: BTreeMap<String, Arc<Artifact>>,
+        engines: BTreeMap<String, DesiredEngine>,
     ) -> Self {
         DesiredHive {
             alias: h.alias.clone(),
@@ -53,7 +58,53 @@ impl DesiredHive {
             auto_start: h.auto_start,
             hive,
             workers,
+            engines,
             attached: h.attached,
+        }
+    }
+}
+
+/// A worker type's engine as declared, with what the source offers for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredEngine {
+    /// Where it comes from.
+    pub source: EngineSource,
+    /// With an artifact source: the tarballs the source has, by variant.
+    pub variants: BTreeMap<String, Artifact>,
+    /// With pip: the source's wheelhouse (may be empty).
+    pub wheels: Vec<Artifact>,
+    /// Where the source is, for messages.
+    pub source_name: String,
+}
+
+impl DesiredEngine {
+    /// What to install on a host of worker type `kind`; `gpu`: the host has an NVIDIA GPU.
+    pub fn pick(&self, kind: &str, gpu: bool) -> EngineInstall {
+        match &self.source {
+            EngineSource::Artifact { variant } => {
+                let chosen = match variant {
+                    Some(v) => v.clone(),
+                    None if gpu && self.variants.contains_key("cuda12") => "cuda12".to_owned(),
+                    None => "cpu".to_owned(),
+                };
+                match self.variants.get(&chosen) {
+                    Some(artifact) => EngineInstall::Artifact { variant: chosen, artifact: artifact.clone() },
+                    None => EngineInstall::Unavailable {
+                        reason: format!(
+                            "{} has no {} (it has {}): build a release tree with `scripts/release`, or declare engine = {{ path = \"…\" }}",
+                            self.source_name,
+                            rbee_proto::engine::tarball_name(kind, &chosen),
+                            if self.variants.is_empty() {
+                                "no engine for it".to_owned()
+                            } else {
+                                self.variants.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                            }
+                        ),
+                    },
+                }
+            }
+            EngineSource::Pip { spec } => EngineInstall::Pip { spec: spec.clone(), wheels: self.wheels.clone() },
+            EngineSource::Path { path } => EngineInstall::Path { path: path.clone() },
         }
     }
 }
@@ -95,4 +146,10 @@ pub struct Observed {
     pub running_sha256: Option<rbee_proto::Sha256>,
     /// Version the running hive reports.
     pub running_version: Option<String>,
+    /// Engines recorded on the host, by worker type.
+    #[serde(default)]
+    pub engines: BTreeMap<String, InstalledEngine>,
+    /// `nvidia-smi` lists a GPU on the host.
+    #[serde(default)]
+    pub gpu: bool,
 }

@@ -105,7 +105,7 @@ pub async fn gpus(timeout: Duration) -> Result<Vec<Gpu>, GpuError> {
 
 /// Detects this host's capabilities (runs `nvidia-smi` when it is installed, for at most
 /// [`NVIDIA_SMI_TIMEOUT`]).
-pub async fn detect() -> Capabilities {
+pub async fn detect(home: &std::path::Path) -> Capabilities {
     let (gpus, gpu_error) = match gpus(NVIDIA_SMI_TIMEOUT).await {
         Ok(g) => (g, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
@@ -115,6 +115,7 @@ pub async fn detect() -> Capabilities {
         ram_bytes: ram_bytes(),
         gpus,
         gpu_error,
+        engines: crate::engines::list(home),
     }
 }
 

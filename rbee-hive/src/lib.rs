@@ -17,6 +17,7 @@
 
 pub mod capabilities;
 pub mod catalog;
+pub mod engines;
 mod heartbeat;
 pub mod models;
 pub mod ops;
@@ -99,7 +100,10 @@ fn own_digest() -> rbee_core::Sha256 {
 /// The HTTP routes; with a token, everything but `/health` requires it.
 pub fn router(health: Health, token: Option<String>, hive: Arc<ops::Hive>) -> Router {
     let api = Router::new()
-        .route("/v1/capabilities", get(|| async { Json(capabilities::detect().await) }))
+        .route(
+            "/v1/capabilities",
+            get(|State(hive): State<Arc<ops::Hive>>| async move { Json(capabilities::detect(&hive.home).await) }),
+        )
         .route("/v1/catalog", get(|State(hive): State<Arc<ops::Hive>>| async move { Json(hive.catalog()) }))
         .route("/v1/operations", post(operation))
         .route("/v1/workers/{id}/heartbeat", post(worker_heartbeat))
@@ -167,6 +171,7 @@ pub async fn serve(
     let hive_ip = if config.addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { config.addr.ip().to_string() };
     let hive_ip = if hive_ip.contains(':') { format!("[{hive_ip}]") } else { hive_ip };
     let workers = workers::Workers::open(workers::WorkerSettings {
+        home: config.home.clone(),
         catalog_dir: layout(rbee_core::layout::Layout::WORKERS_DIR),
         registry_dir: layout(&rbee_core::layout::Layout::worker_registry_dir()),
         models_dir: layout(rbee_core::layout::Layout::MODELS_DIR),
@@ -176,6 +181,7 @@ pub async fn serve(
         heartbeat_ms: config.worker_heartbeat_ms,
     });
     let hive = Arc::new(ops::Hive {
+        home: config.home.clone(),
         alias: config.alias.clone().unwrap_or_else(|| "localhost".into()),
         catalog: std::sync::Mutex::new(workers.scan_catalog()),
         workers,

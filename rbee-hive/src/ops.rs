@@ -96,6 +96,8 @@ pub enum OpError {
 pub struct Hive {
     /// Its alias (in results and heartbeats).
     pub alias: String,
+    /// Its home directory (engine records are under it).
+    pub home: std::path::PathBuf,
     /// Its worker processes.
     pub workers: Arc<Workers>,
     /// The worker catalog, scanned at start and on `WorkerCatalogRefresh`.
@@ -118,7 +120,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
     let result = match op {
         Operation::WorkerSpawn { worker_type, model, device, ready_timeout_ms, args, replica, no_wait, .. } => {
             let checked = match device.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()) {
-                Some(n) => check_gpu(n).await,
+                Some(n) => check_gpu(&hive.home, n).await,
                 None => Ok(()),
             };
             let request = SpawnRequest { worker_type, model, device, args, replica };
@@ -200,8 +202,8 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
 }
 
 /// `Err` unless this host has GPU `index` (from `nvidia-smi`), naming the GPUs it has.
-async fn check_gpu(index: u32) -> Result<(), OpError> {
-    let caps = crate::capabilities::detect().await;
+async fn check_gpu(home: &std::path::Path, index: u32) -> Result<(), OpError> {
+    let caps = crate::capabilities::detect(home).await;
     if caps.gpus.iter().any(|g| g.index == index) {
         return Ok(());
     }

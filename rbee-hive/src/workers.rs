@@ -185,6 +185,8 @@ struct Entry {
 /// How workers are started.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// The hive's home: engine records are under it.
+    pub home: PathBuf,
     /// The worker catalog: `rbee-worker-<type>` binaries.
     pub catalog_dir: PathBuf,
     /// Where records and logs go.
@@ -401,6 +403,10 @@ impl Workers {
         command
             .args(["--worker-id", &id, "--model", &model_arg, "--device", &device, "--port", &port.to_string()])
             .args(["--hive-url", &self.settings.hive_url]);
+        // The engine sync installed for this type; without one the launcher looks on PATH.
+        if let Some(engine) = crate::engines::recorded(&self.settings.home, &worker_type) {
+            command.arg("--engine").arg(&engine.program);
+        }
         if !args.is_empty() {
             // argv, not a shell line: each argument reaches the engine as given.
             command.arg("--").args(&args);

@@ -12,6 +12,7 @@ use rbee_hive::workers::{SpawnRequest, WorkerSettings, Workers};
 
 fn settings(dir: &Path) -> WorkerSettings {
     WorkerSettings {
+        home: dir.to_path_buf(),
         catalog_dir: dir.join("workers"),
         registry_dir: dir.join("state/workers"),
         models_dir: dir.join("models"),

@@ -244,6 +244,24 @@ pub struct Capabilities {
     pub gpus: Vec<Gpu>,
     /// Why GPUs could not be listed, when `nvidia-smi` exists but failed.
     pub gpu_error: Option<String>,
+    /// The engines `rbee sync` installed, by worker type.
+    #[serde(default)]
+    pub engines: Vec<EngineInfo>,
+}
+
+/// An engine recorded on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EngineInfo {
+    /// The worker type it serves.
+    pub worker_type: String,
+    /// Its id (see `rbee_proto::engine::EngineInstall::id`).
+    pub id: String,
+    /// The version it reported when installed.
+    pub version: String,
+    /// Its program (absolute).
+    pub program: String,
+    /// The program exists.
+    pub present: bool,
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ impl Layout {
     pub const WORKERS_DIR: &'static str = ".local/share/rbee/workers";
     /// Models downloaded on demand.
     pub const MODELS_DIR: &'static str = ".local/share/rbee/models";
+    /// Engines installed by sync: `<type>/<id>/` and the record `<type>/current`.
+    pub const ENGINES_DIR: &'static str = ".local/share/rbee/engines";
     /// rbee's data directory (parent of workers and models).
     pub const DATA_DIR: &'static str = ".local/share/rbee";
     /// Pid file, log, install manifest, lock.
@@ -36,6 +38,14 @@ impl Layout {
     /// A worker binary in the catalog.
     pub fn worker_binary(kind: &str) -> String {
         format!("{}/{}", Self::WORKERS_DIR, Self::worker_file_name(kind))
+    }
+    /// The directory of a worker type's engines.
+    pub fn engine_dir(kind: &str) -> String {
+        format!("{}/{kind}", Self::ENGINES_DIR)
+    }
+    /// The record of a worker type's installed engine (see [`crate::engine`]).
+    pub fn engine_record(kind: &str) -> String {
+        format!("{}/{kind}/current", Self::ENGINES_DIR)
     }
     /// The running hive's pid.
     pub fn hive_pid() -> String {

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod deployment;
 pub mod digest;
+pub mod engine;
 pub mod exit;
 pub mod hive;
 pub mod layout;

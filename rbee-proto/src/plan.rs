@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TransportKind;
+use crate::engine::{EngineChange, EngineInstall};
 use crate::layout::Layout;
 use crate::state::{Artifact, Installed};
 
@@ -79,6 +80,15 @@ pub enum ActionKind {
         worker: String,
         /// What is there.
         installed: Installed,
+    },
+    /// Install (or repair, or check) the engine of a worker type.
+    InstallEngine {
+        /// The worker type.
+        worker: String,
+        /// Why.
+        change: EngineChange,
+        /// What goes there.
+        engine: EngineInstall,
     },
     /// Start the hive daemon.
     StartHive {
@@ -206,8 +216,9 @@ impl Plan {
             }
             for action in &hive.actions {
                 match &action.kind {
-                    ActionKind::InstallBinary { change: Change::Install, .. } => s.install += 1,
-                    ActionKind::InstallBinary { .. } => s.upgrade += 1,
+                    ActionKind::InstallBinary { change: Change::Install, .. }
+                    | ActionKind::InstallEngine { change: EngineChange::Install, .. } => s.install += 1,
+                    ActionKind::InstallBinary { .. } | ActionKind::InstallEngine { .. } => s.upgrade += 1,
                     ActionKind::RemoveWorker { .. } | ActionKind::Uninstall { .. } => s.remove += 1,
                     ActionKind::StartHive { .. } => s.start += 1,
                     ActionKind::RestartHive { .. } => s.restart += 1,

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::config::TransportKind;
+use crate::engine::EngineChange;
 use crate::plan::{ActionKind, Binary, Change, HiveStatus, Plan, RestartReason, Summary};
 
 impl fmt::Display for Binary {
@@ -42,6 +43,17 @@ impl fmt::Display for ActionKind {
             ActionKind::RemoveWorker { worker, installed } => {
                 let v = installed.version.as_deref().unwrap_or("unknown version");
                 write!(f, "- remove    worker {worker} {v} (sha256:{})", installed.sha256.short())
+            }
+            ActionKind::InstallEngine { worker, change, engine } => {
+                let to = engine.describe();
+                match change {
+                    EngineChange::Install => write!(f, "+ install   engine {worker} {to}"),
+                    EngineChange::Replace { from } => {
+                        write!(f, "~ upgrade   engine {worker} {} -> {to}", from.version)
+                    }
+                    EngineChange::Repair { problem } => write!(f, "~ repair    engine {worker} {to} ({problem})"),
+                    EngineChange::Reinstall => write!(f, "~ reinstall engine {worker} {to} (--force)"),
+                }
             }
             ActionKind::StartHive { port } => write!(f, "+ start     hive on port {port}"),
             ActionKind::RestartHive { port, reason } => {

@@ -80,15 +80,42 @@ fn free_port() -> Result<u16, ProxyError> {
 /// Starts the engine and serves the contract in front of it. Returns the exit code: the
 /// engine's when it exits on its own, 0 after SIGTERM.
 pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyError> {
+    // Listen for SIGTERM before the engine starts (the first poll installs the handler), so
+    // that a stop that comes at once is an orderly one too.
+    let mut terminated = std::pin::pin!(crate::contract::terminated());
+    std::future::poll_fn(|cx| {
+        let _ = terminated.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
     let engine_port = free_port()?;
     let (program, argv) = engine.command(&args, engine_port);
-    eprintln!("worker {}: starting {program} {}", args.worker_id, argv.join(" "));
-    let mut child = tokio::process::Command::new(&program)
-        .args(&argv)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| ProxyError::Start { program: program.clone(), source })?;
+    let program_name = program.display().to_string();
+    eprintln!("worker {}: starting {program_name} {}", args.worker_id, argv.join(" "));
+    let env = crate::engine_env(&args.device, std::env::vars_os());
+    // The engine is started through this launcher's own binary (`--rbee-exec-engine`), which
+    // arms the parent-death signal and execs the engine, so that the engine never outlives
+    // the launcher, even one killed with SIGKILL (`kill_on_drop` covers only orderly exits).
+    let mut command = match std::env::current_exe() {
+        Ok(me) => {
+            let mut c = tokio::process::Command::new(me);
+            c.arg(crate::EXEC_ENGINE).arg(std::process::id().to_string()).arg(&program);
+            c
+        }
+        Err(_) => tokio::process::Command::new(&program),
+    };
+    // stdout and stderr are inherited: the engine's output goes where the worker's goes (the
+    // hive's log of the worker). The engine stays in the worker's process group, so the hive's
+    // SIGTERM to the group reaches it too.
+    command.args(&argv).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    for name in &env.remove {
+        command.env_remove(name);
+    }
+    command.envs(env.set.iter().map(|(name, value)| (name, value)));
+    // Spawned from the launcher's main thread (`block_on`), which lives as long as the launcher:
+    // the parent-death signal fires when the spawning *thread* exits, so this must never move
+    // to a thread that may end earlier (e.g. `spawn_blocking`).
+    let mut child = command.spawn().map_err(|source| ProxyError::Start { program: program_name.clone(), source })?;
     let backend = Arc::new(EngineProxy { base: format!("http://127.0.0.1:{engine_port}"), engine });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(crate::contract::serve(args.clone(), WorkerEnv::from_env(), backend, async move {
@@ -97,10 +124,10 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyErr
     let code = tokio::select! {
         status = child.wait() => {
             let status = status.map_err(ProxyError::Wait)?;
-            eprintln!("worker {}: {program} exited ({status})", args.worker_id);
+            eprintln!("worker {}: {program_name} exited ({status})", args.worker_id);
             u8::try_from(status.code().unwrap_or(1)).unwrap_or(1).max(1)
         }
-        () = crate::contract::terminated() => {
+        () = &mut terminated => {
             let _ = child.start_kill();
             let _ = child.wait().await;
             0

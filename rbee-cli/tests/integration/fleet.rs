@@ -43,11 +43,44 @@ pub fn release_tree() -> &'static Path {
                 std::fs::write(dir.join(name), &bytes).unwrap();
                 sums.push_str(&format!("{}  {name}\n", hex::encode(Sha256::digest(&bytes))));
             }
+            let engine = stand_in_engine(&dir, if trailer.is_some() { 200 } else { 100 });
+            sums.push_str(&format!("{}  {STAND_IN_ENGINE}\n", hex::encode(Sha256::digest(&engine))));
             std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
         }
         std::fs::write(root.join("latest"), "0.1.0\n").unwrap();
         root
     })
+}
+
+/// The llama-cpp engine of the test release tree.
+pub const STAND_IN_ENGINE: &str = "engine-llama-cpp-cpu.tar.gz";
+/// What the stand-in engine prints when a worker launches it.
+pub const STAND_IN_SAYS: &str = "stand-in llama-server: it only answers --version";
+
+/// A stand-in `llama-server` packed as an engine tarball in `dir`: it answers `--version`
+/// (`version: <build>`) and exits 3 otherwise. The real one is built by
+/// `scripts/build-llama-server` and used by the tests that serve tokens.
+fn stand_in_engine(dir: &Path, build: u32) -> Vec<u8> {
+    let stage = dir.join("engine-stage");
+    std::fs::create_dir_all(stage.join("bin")).unwrap();
+    let program = stage.join("bin/llama-server");
+    let text = format!(
+        "#!/bin/sh\nif [ \"${{1:-}}\" = --version ]; then echo 'version: {build} (stand-in)'; exit 0; fi\necho '{STAND_IN_SAYS}' >&2\nexit 3\n"
+    );
+    std::fs::write(&program, text).unwrap();
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tarball = dir.join(STAND_IN_ENGINE);
+    let status = std::process::Command::new("tar")
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-czf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&stage)
+        .arg("bin")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(&stage).unwrap();
+    std::fs::read(&tarball).unwrap()
 }
 
 /// True while `pid` runs (a zombie waiting for its parent to reap it does not count).
@@ -331,4 +364,20 @@ impl Load {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap()
     }
+}
+
+/// POST /v1/chat/completions to the queen on `port` whose operator home is `operator`, with
+/// its token: (status, body).
+pub fn queen_chat(operator: &Path, port: u16, body: serde_json::Value) -> (u16, String) {
+    let token = std::fs::read_to_string(operator.join(".local/state/rbee-queen/queen.token")).unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let bearer = format!("Bearer {}", token.trim());
+        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+        let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&body).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        let body = rbee_http::collect(response).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
 }

@@ -1,6 +1,7 @@
 //! rbee-cli's integration tests: the real `rbee` binary against real hosts.
 
 mod deployments;
+mod engines;
 mod fleet;
 mod queen;
 mod queen_state;

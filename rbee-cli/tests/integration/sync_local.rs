@@ -23,12 +23,14 @@ fn three_hosts_sync_upgrade_one_worker_and_converge() {
     let dry = fleet.rbee(&["sync", "--dry-run"]).expect_code(2);
     let plan = dry.stdout();
     let changes: Vec<&str> = plan.lines().filter(|l| l.trim_start().starts_with(['+', '~', '-'])).collect();
-    assert_eq!(changes.len(), 1, "exactly one change expected:\n{plan}");
+    // The worker and its engine come from the same release.
+    assert_eq!(changes.len(), 2, "exactly two changes expected:\n{plan}");
     assert!(changes[0].contains("~ upgrade   worker llama-cpp 0.1.0"), "{plan}");
     assert!(changes[0].contains("-> 0.2.0"), "{plan}");
+    assert!(changes[1].contains("~ upgrade   engine llama-cpp b100 -> cpu 0.2.0 (sha256:"), "{plan}");
     assert!(plan.contains("# hive h1 (localhost, local): in sync"), "{plan}");
     assert!(
-        plan.contains("Plan: 0 to install, 1 to upgrade, 0 to remove, 0 to start, 0 to restart; 2 in sync."),
+        plan.contains("Plan: 0 to install, 2 to upgrade, 0 to remove, 0 to start, 0 to restart; 2 in sync."),
         "{plan}"
     );
 
@@ -41,6 +43,8 @@ fn three_hosts_sync_upgrade_one_worker_and_converge() {
         sha256_file(&fleet.host("h2").path(".local/share/rbee/workers/rbee-worker-llama-cpp")),
         sha256_file(&want)
     );
+    let record = std::fs::read_to_string(fleet.host("h2").path(".local/share/rbee/engines/llama-cpp/current")).unwrap();
+    assert_eq!(record.split('\t').nth(3), Some("b200"), "{record}");
     fleet.rbee(&["status"]).expect_code(0);
 }
 
@@ -257,7 +261,7 @@ fn the_readme_example_syncs_a_localhost_hive_from_the_build_directory() {
     rbee(&["sync"]).expect_code(0);
     let status = rbee(&["status"]).expect_code(0);
     assert!(status.stdout().contains("local  in sync, healthy (pid"), "{}", status.stdout());
-    assert!(home.join(".local/share/rbee/workers/rbee-worker-llama-cpp").is_file());
+    assert!(home.join(".local/share/rbee/workers/rbee-worker-reference").is_file());
     assert!(host.health().is_some());
     let queen = rbee(&["queen", "status"]).expect_code(0);
     assert!(queen.stdout().contains("queen-rbee"), "the main command went through the queen: {}", queen.stdout());

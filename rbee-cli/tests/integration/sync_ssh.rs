@@ -12,24 +12,24 @@ use rbee_testbed::{TestHost, Testbed};
 use crate::fleet::{Run, release_tree, sha256_file};
 
 /// One SSH fleet test at a time: each already runs its hosts concurrently.
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 const WORKERS: &str = r#"[{ type = "llama-cpp" }, { type = "vllm" }]"#;
 
-struct SshFleet {
-    bed: Testbed,
-    dir: tempfile::TempDir,
-    source: PathBuf,
-    ssh_timeout: u32,
+pub(crate) struct SshFleet {
+    pub(crate) bed: Testbed,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) source: PathBuf,
+    pub(crate) ssh_timeout: u32,
     /// Host name → (address, port) to reach it at instead of its own (a proxy).
-    via: std::collections::BTreeMap<String, (String, u16)>,
+    pub(crate) via: std::collections::BTreeMap<String, (String, u16)>,
     /// This fleet's queen port; the queen listens on every address, advertising the bridge.
-    queen_port: u16,
+    pub(crate) queen_port: u16,
     /// Each hive's `workers`.
-    workers: String,
+    pub(crate) workers: String,
     /// Appended to hives.conf (`[[deployment]]` tables) and to rbee.conf's `[queen]`.
-    deployments: String,
-    queen_settings: String,
+    pub(crate) deployments: String,
+    pub(crate) queen_settings: String,
 }
 
 fn testbed(n: usize) -> Option<Testbed> {
@@ -42,7 +42,7 @@ fn testbed(n: usize) -> Option<Testbed> {
 }
 
 impl SshFleet {
-    fn new(n: usize) -> Option<Self> {
+    pub(crate) fn new(n: usize) -> Option<Self> {
         let bed = testbed(n)?;
         let fleet = Self {
             bed,
@@ -59,11 +59,11 @@ impl SshFleet {
         Some(fleet)
     }
 
-    fn config_dir(&self) -> PathBuf {
+    pub(crate) fn config_dir(&self) -> PathBuf {
         self.dir.path().join("config")
     }
 
-    fn write_config(&self) {
+    pub(crate) fn write_config(&self) {
         let mut hives = String::new();
         for h in &self.bed.hosts {
             let (addr, port) = self.via.get(&h.name).cloned().unwrap_or_else(|| (h.ip.clone(), 22));
@@ -89,7 +89,7 @@ impl SshFleet {
         std::fs::write(self.config_dir().join("rbee.conf"), rbee).unwrap();
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee"));
         cmd.arg("--config")
             .arg(self.config_dir())
@@ -102,18 +102,18 @@ impl SshFleet {
         cmd
     }
 
-    fn rbee(&self, args: &[&str]) -> Run {
+    pub(crate) fn rbee(&self, args: &[&str]) -> Run {
         Run(self.command(args).output().unwrap())
     }
 
     /// Through the queen (started on this fleet's port), with fast heartbeats.
-    fn via_queen(&self, args: &[&str]) -> Run {
+    pub(crate) fn via_queen(&self, args: &[&str]) -> Run {
         let mut cmd = self.command(args);
         cmd.env_remove("RBEE_IN_PROCESS").env("RBEE_HEARTBEAT_MS", "500").env("RBEE_WORKER_HEARTBEAT_MS", "500");
         Run(cmd.output().unwrap())
     }
 
-    fn host(&self, name: &str) -> &TestHost {
+    pub(crate) fn host(&self, name: &str) -> &TestHost {
         self.bed.host(name)
     }
 
@@ -267,7 +267,7 @@ fn replicas(fleet: &SshFleet, name: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
         assert!(started.elapsed() < within, "{what}: not within {within:?}");

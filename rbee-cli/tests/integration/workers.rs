@@ -26,17 +26,7 @@ fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T
 
 /// The queen's OpenAI-compatible endpoint, called as any OpenAI client would.
 fn chat_completions(fleet: &Fleet, body: serde_json::Value) -> (u16, String) {
-    let token = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee-queen/queen.token")).unwrap();
-    let url = format!("http://127.0.0.1:{}/v1/chat/completions", fleet.queen_port);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let bearer = format!("Bearer {}", token.trim());
-        let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-        let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&body).unwrap()).await.unwrap();
-        let status = response.status().as_u16();
-        let body = rbee_http::collect(response).await.unwrap();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    })
+    crate::fleet::queen_chat(&fleet.dir.path().join("operator"), fleet.queen_port, body)
 }
 
 /// `rbee` through this fleet's queen, with fast heartbeats.
@@ -170,17 +160,24 @@ fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
     });
     rbee(&["worker", "delete", "--hive", "h1", &id]).expect_code(0);
 
-    // A real engine launcher whose engine is not installed: the spawn fails with its message.
-    let path_has =
-        |p: &str| std::env::var_os("PATH").is_some_and(|v| std::env::split_paths(&v).any(|d| d.join(p).is_file()));
-    if !path_has("llama-server") {
-        let failed = rbee(&["worker", "spawn", "--hive", "h1", "--type", "llama-cpp", "--model", "tiny.gguf"]);
-        let failed = failed.expect_code(1);
-        assert!(failed.stderr().contains("exited with status 127"), "{}", failed.stderr());
-        assert!(failed.stderr().contains("`llama-server` not found"), "{}", failed.stderr());
-        let listed = json(&rbee(&["worker", "list", "--hive", "h1", "--json"]).expect_code(0));
-        assert_eq!(listed["workers"], serde_json::json!([]), "a worker that failed to start is not kept");
+    // The llama-cpp launcher runs the engine sync installed (a stand-in that cannot serve):
+    // the spawn fails with the engine's own words.
+    let failed = rbee(&["worker", "spawn", "--hive", "h1", "--type", "llama-cpp", "--model", "tiny.gguf"]);
+    let failed = failed.expect_code(1);
+    assert!(failed.stderr().contains("exited with status 3"), "{}", failed.stderr());
+    assert!(failed.stderr().contains(crate::fleet::STAND_IN_SAYS), "{}", failed.stderr());
+    let listed = json(&rbee(&["worker", "list", "--hive", "h1", "--json"]).expect_code(0));
+    assert_eq!(listed["workers"], serde_json::json!([]), "a worker that failed to start is not kept");
+    // Its engine deleted on the host: the launcher names it and says what to do.
+    let engines = fleet.host("h1").path(".local/share/rbee/engines/llama-cpp");
+    for entry in std::fs::read_dir(&engines).unwrap().flatten().filter(|e| e.file_name() != "current") {
+        std::fs::remove_dir_all(entry.path()).unwrap();
     }
+    let gone = rbee(&["worker", "spawn", "--hive", "h1", "--type", "llama-cpp", "--model", "tiny.gguf"]);
+    let gone = gone.expect_code(1);
+    assert!(gone.stderr().contains("exited with status 127"), "{}", gone.stderr());
+    assert!(gone.stderr().contains("bin/llama-server"), "{}", gone.stderr());
+    assert!(gone.stderr().contains("rbee sync"), "{}", gone.stderr());
 
     // A GPU the host does not have is refused, naming what it has.
     let args = ["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "m", "--device", "cuda:99"];

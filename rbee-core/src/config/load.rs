@@ -21,8 +21,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::model::{
-    Config, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq, WORKER_TYPES,
-    WorkerSpec, is_localhost,
+    Config, EngineSource, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq,
+    WORKER_TYPES, WorkerSpec, is_localhost,
 };
 use super::schema::{DeploymentEntry, HivesConfFile, RbeeConfFile};
 
@@ -733,10 +733,92 @@ impl<'a> Validator<'a> {
                     }
                 }
             };
-            out.push(WorkerSpec { kind: kind.to_owned(), version });
+            let engine = self.engine(kind, w.engine.as_ref(), w.kind.span());
+            out.push(WorkerSpec { kind: kind.to_owned(), version, engine });
         }
         out.sort_by(|a, b| a.kind.cmp(&b.kind));
         out
+    }
+}
+
+impl Validator<'_> {
+    /// A worker's engine: the declared one, checked, or the type's default.
+    fn engine(
+        &mut self,
+        kind: &str,
+        entry: Option<&super::schema::EngineEntry>,
+        at: Range<usize>,
+    ) -> Option<EngineSource> {
+        let Some(entry) = entry else {
+            return (kind == "llama-cpp").then_some(EngineSource::Artifact { variant: None });
+        };
+        let given: Vec<(&str, &Spanned<String>)> =
+            [("artifact", &entry.artifact), ("pip", &entry.pip), ("path", &entry.path)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+                .collect();
+        let [(key, value)] = given[..] else {
+            self.error(at, format!("engine of worker {kind:?} needs exactly one of artifact, pip or path"));
+            return None;
+        };
+        let text = value.get_ref().as_str();
+        let allowed: &[&str] = match kind {
+            "llama-cpp" => &["artifact", "path"],
+            "vllm" => &["pip", "path"],
+            "comfyui" => &["path"],
+            _ => &[],
+        };
+        if !allowed.contains(&key) {
+            let hint = if allowed.is_empty() {
+                "it has no engine: remove `engine`".to_owned()
+            } else {
+                format!("use {}", allowed.join(" or "))
+            };
+            self.error(value.span(), format!("worker {kind:?} cannot take its engine from {key}: {hint}"));
+            return None;
+        }
+        match key {
+            "artifact" => {
+                let ok = !text.is_empty()
+                    && text.len() <= 32
+                    && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                if !ok {
+                    self.error(
+                        value.span(),
+                        format!("engine variant {} must be `auto` or a name like `cpu` or `cuda12`", shown(text)),
+                    );
+                    return None;
+                }
+                Some(EngineSource::Artifact { variant: (text != "auto").then(|| text.to_owned()) })
+            }
+            "pip" => {
+                let ok = text.len() <= 200
+                    && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && text.chars().all(|c| c.is_ascii_alphanumeric() || "._-[],<>=!~ ".contains(c));
+                if !ok {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "pip requirement {} must be a plain requirement such as \"vllm==0.6.3\" (no pip options, URLs or paths)",
+                            shown(text)
+                        ),
+                    );
+                    return None;
+                }
+                Some(EngineSource::Pip { spec: text.to_owned() })
+            }
+            _ => {
+                let ok = text.starts_with('/') && text.len() <= 4096 && !text.chars().any(char::is_control);
+                if !ok {
+                    self.error(
+                        value.span(),
+                        format!("engine path {} must be an absolute path without control characters", shown(text)),
+                    );
+                    return None;
+                }
+                Some(EngineSource::Path { path: text.to_owned() })
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rbee_proto::deployment::DeploymentSpec;
+pub use rbee_proto::engine::EngineSource;
 use serde::Serialize;
 
 pub use super::schema::{HostKeyPolicy, QueenMode, TransportKind};
@@ -117,6 +118,8 @@ pub struct WorkerSpec {
     pub kind: String,
     /// Requested version.
     pub version: VersionReq,
+    /// Where its engine comes from; `None`: unmanaged.
+    pub engine: Option<EngineSource>,
 }
 
 /// A requested version: the newest, or exactly this one.

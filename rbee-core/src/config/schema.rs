@@ -220,6 +220,33 @@ pub struct WorkerEntry {
     #[serde(default = "default_latest")]
     #[schemars(with = "String")]
     pub version: Spanned<String>,
+    /// Where the worker's engine comes from; one key. Default for `llama-cpp`:
+    /// `{ artifact = "auto" }`; `vllm` and `comfyui` without it are unmanaged (their engine
+    /// is looked for on the host's PATH when a worker starts).
+    #[serde(default)]
+    pub engine: Option<EngineEntry>,
+}
+
+/// `engine = { … }` of a worker entry: exactly one of its keys.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineEntry {
+    /// From the artifact source: `engine-<type>-<variant>.tar.gz`, variant `auto` (`cuda12`
+    /// on hosts with an NVIDIA GPU when the source has it, else `cpu`), `cpu`, `cuda12`, …
+    /// (llama-cpp).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub artifact: Option<Spanned<String>>,
+    /// A pip requirement installed into a venv on the host, e.g. `vllm==0.6.3` (vllm). With a
+    /// wheelhouse in the artifact source (`<version>/wheels/*.whl` in SHA256SUMS), pip installs
+    /// only from it (`--no-index`), for hosts without internet.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub pip: Option<Spanned<String>>,
+    /// An absolute path to an engine program installed by hand; sync only checks it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Spanned<String>>,
 }
 
 /// One `[[deployment]]` in `hives.conf`: a model the fleet keeps serving, on `replicas` workers

@@ -13,6 +13,7 @@
 //! One hive failing never stops the others. Re-planning under the lock is what makes two
 //! concurrent syncs safe: the second one finds the host already converged.
 
+mod engine_steps;
 mod events;
 mod steps;
 
@@ -359,6 +360,12 @@ impl HiveRun<'_> {
         }
     }
 
+    /// Reports `sent` of `total` bytes of step `id`.
+    fn progress(&self, id: &str, sent: u64, total: u64) {
+        let kind = SyncEventKind::Progress { step: id.to_owned(), bytes: sent, total };
+        (self.on_event)(SyncEvent::new(self.alias(), now_ms(), kind));
+    }
+
     async fn action(&self, action: &Action) -> Result<(), StepError> {
         let o = self.options;
         let text = action.kind.to_string();
@@ -372,13 +379,7 @@ impl HiveRun<'_> {
                 let total = bytes.len() as u64;
                 // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
                 let deadline = o.step_timeout + Duration::from_secs(total >> 20);
-                let progress = |sent: u64| {
-                    (self.on_event)(SyncEvent::new(
-                        self.alias(),
-                        now_ms(),
-                        SyncEventKind::Progress { step: action.id.clone(), bytes: sent, total },
-                    ));
-                };
+                let progress = |sent: u64| self.progress(&action.id, sent, total);
                 let sent_before = AtomicU64::new(0);
                 let counted = |sent: u64| {
                     let prev = sent_before.swap(sent, Ordering::Relaxed);
@@ -388,6 +389,22 @@ impl HiveRun<'_> {
                 self.step(&action.id, &description, || {
                     sent_before.store(0, Ordering::Relaxed);
                     steps::install_binary(self.t, artifact, &bytes, &target, deadline, &counted, fault)
+                })
+                .await
+            }
+            ActionKind::InstallEngine { worker, engine, .. } => {
+                let mut files = Vec::new();
+                for artifact in engine_steps::engine_artifacts(engine) {
+                    files.push(self.cache.get(artifact).await.map_err(|e| StepError::Failed(e.to_string()))?);
+                }
+                let total: u64 = files.iter().map(|f| f.len() as u64).sum();
+                let deadline = o.step_timeout + Duration::from_secs(total >> 20);
+                let progress = |sent: u64| self.progress(&action.id, sent, total);
+                self.step(&action.id, &description, || async {
+                    let slices: Vec<&[u8]> = files.iter().map(|f| f.as_slice()).collect();
+                    engine_steps::install_engine(self.t, worker, engine, &slices, deadline, &progress).await?;
+                    self.bytes.fetch_add(total, Ordering::Relaxed);
+                    Ok(())
                 })
                 .await
             }

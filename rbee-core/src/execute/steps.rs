@@ -28,7 +28,7 @@ impl StepError {
 }
 
 /// Runs a fixed script and turns a non-zero exit into [`StepError::Failed`] with its output.
-async fn script(
+pub(super) async fn script(
     t: &dyn Transport,
     what: &str,
     text: &str,
@@ -385,6 +385,7 @@ done
 bindir=$(dirname "$bin"); name=$(basename "$bin")
 rm -f "$bin" "$bindir/.$name.rbee-tmp-"* "$bindir/.$name.upload-"*
 rm -f "$catalog/$prefix"* "$catalog/.$prefix"*
+rm -rf "$data/engines"
 rmdir "$catalog" "$data" 2>/dev/null
 rm -rf "$records"
 rm -f "$pidf"

@@ -40,7 +40,10 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
                 HiveStatus::Skipped => DriftState::Skipped,
                 HiveStatus::Unreachable { reason } => DriftState::Unreachable { reason: reason.clone() },
                 HiveStatus::InSync => DriftState::InSync,
-                HiveStatus::Changes if observed.is_some_and(|o| o.hive_binary.is_none() && o.workers.is_empty()) => {
+                HiveStatus::Changes
+                    if observed
+                        .is_some_and(|o| o.hive_binary.is_none() && o.workers.is_empty() && o.engines.is_empty()) =>
+                {
                     DriftState::NotInstalled
                 }
                 HiveStatus::Changes => {
@@ -57,6 +60,10 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
                 }
                 for (kind, w) in &o.workers {
                     files.insert(crate::layout::Layout::worker_binary(kind), describe(w));
+                }
+                for (kind, e) in &o.engines {
+                    let state = e.problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default();
+                    files.insert(format!("engine {kind}"), format!("{} ({}){state}", e.version, e.program));
                 }
             }
             HiveStatusReport {
@@ -85,6 +92,19 @@ fn difference(kind: &ActionKind) -> Option<String> {
             artifact.short_digest()
         ),
         ActionKind::InstallBinary { change: Change::Reinstall, .. } => return None,
+        ActionKind::InstallEngine { worker, change, engine } => {
+            use rbee_proto::engine::{EngineChange, EngineInstall};
+            let want = match engine {
+                EngineInstall::Unavailable { reason } => format!("cannot be installed: {reason}"),
+                other => format!("want {}", other.describe()),
+            };
+            match change {
+                EngineChange::Install => format!("engine {worker} missing ({want})"),
+                EngineChange::Replace { from } => format!("engine {worker} is {}, {want}", from.version),
+                EngineChange::Repair { problem } => format!("engine {worker}: {problem} ({want})"),
+                EngineChange::Reinstall => return None,
+            }
+        }
         ActionKind::RemoveWorker { worker, .. } => {
             format!("worker {worker} installed but not declared")
         }

@@ -56,7 +56,10 @@ pub(super) fn desired_for_uninstall(config: &Config, source: &ArtifactSource) ->
     });
     let mut desired = Desired::default();
     for h in &config.hives {
-        desired.hives.insert(h.alias.clone(), crate::state::DesiredHive::for_config(h, stub.clone(), BTreeMap::new()));
+        desired.hives.insert(
+            h.alias.clone(),
+            crate::state::DesiredHive::for_config(h, stub.clone(), BTreeMap::new(), BTreeMap::new()),
+        );
     }
     Ok(desired)
 }

@@ -85,6 +85,20 @@ fn invalid_files_name_file_line_and_column() {
         ),
         ("missing hostname", None, "[[hive]]\nalias = \"a\"\n", &["hives.conf:1:1: missing field `hostname`"]),
         (
+            "engines: a pip option, a relative path, two sources, a source the type cannot use",
+            None,
+            "[[hive]]\nalias = \"a\"\nhostname = \"h\"\nworkers = [\n{ type = \"vllm\", engine = { pip = \"--index-url=http://x vllm\" } },\n\
+             { type = \"llama-cpp\", engine = { path = \"bin/llama-server\" } },\n\
+             { type = \"comfyui\", engine = { path = \"/a\", pip = \"b\" } },\n\
+             { type = \"reference\", engine = { path = \"/x\" } },\n]\n",
+            &[
+                "hives.conf:5:38: pip requirement \"--index-url=http://x vllm\" must be a plain requirement such as \"vllm==0.6.3\" (no pip options, URLs or paths)",
+                "hives.conf:6:44: engine path \"bin/llama-server\" must be an absolute path without control characters",
+                "hives.conf:7:10: engine of worker \"comfyui\" needs exactly one of artifact, pip or path",
+                "hives.conf:8:43: worker \"reference\" cannot take its engine from path: it has no engine: remove `engine`",
+            ],
+        ),
+        (
             "duplicate alias",
             None,
             "[[hive]]\nalias = \"a\"\nhostname = \"h\"\n[[hive]]\nalias = \"a\"\nhostname = \"i\"\n",
@@ -200,7 +214,7 @@ fn invalid_files_name_file_line_and_column() {
             "unknown worker key",
             None,
             &format!("{H}workers = [{{ type = \"vllm\", tag = \"x\" }}]\n"),
-            &["hives.conf:4:29: unknown field `tag`, expected `type` or `version`"],
+            &["hives.conf:4:29: unknown field `tag`, expected one of `type`, `version`, `engine`"],
         ),
         (
             "local transport on a remote host",

@@ -24,8 +24,15 @@ fn arb_hive(alias: String) -> impl Strategy<Value = DesiredHive> {
 
 /// Some observed state for a hive: anything from nothing to a different fleet.
 fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState)> {
-    (0..6usize, any::<bool>(), any::<bool>(), proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3), 0..3usize)
-        .prop_map(move |(shape, running, healthy, workers, hv)| {
+    (
+        0..6usize,
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::btree_map(0..3usize, 0..3usize, 0..=3),
+        0..3usize,
+        0..4usize,
+    )
+        .prop_map(move |(shape, running, healthy, workers, hv, engine)| {
             let state = match shape {
                 0 => HiveState::Unreachable { reason: "down".into() },
                 1 => HiveState::Reachable(Observed::default()),
@@ -48,11 +55,32 @@ fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState
                         healthy: running && healthy,
                         running_sha256: running.then(|| bin.sha256.clone()),
                         running_version: None,
+                        engines: arb_engines(&want, engine),
+                        gpu: false,
                     })
                 }
             };
             (want.clone(), state)
         })
+}
+
+/// The engines a host has: none (0), as declared (1), altered (2), another one (3).
+fn arb_engines(
+    want: &DesiredHive,
+    shape: usize,
+) -> std::collections::BTreeMap<String, rbee_core::state::InstalledEngine> {
+    let mut engines = crate::support::converged_engines(want);
+    for (kind, e) in engines.iter_mut() {
+        match shape {
+            2 => e.problem = Some(rbee_core::proto::engine::EngineProblem::Altered),
+            3 => e.id = format!("other-{kind}"),
+            _ => {}
+        }
+    }
+    if shape == 0 {
+        engines.clear();
+    }
+    engines
 }
 
 fn arb_fleet() -> impl Strategy<Value = (Desired, Actual)> {

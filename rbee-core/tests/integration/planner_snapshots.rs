@@ -147,5 +147,5 @@ fn attached_hive_gets_its_workers_only() {
     let after = crate::support::apply(&p, &a);
     assert!(plan(&d, &after, &PlanOptions::default()).is_empty(), "no hive binary or daemon is expected");
     let forced = plan(&d, &after, &PlanOptions::default().with_force(true));
-    assert!(forced.hives[0].actions.iter().all(|a| a.id.contains("/worker/")), "{forced}");
+    assert!(forced.hives[0].actions.iter().all(|a| a.id.contains("/worker/") || a.id.contains("/engine/")), "{forced}");
 }

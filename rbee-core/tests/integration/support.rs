@@ -33,7 +33,39 @@ pub fn hive(alias: &str, version: &str, workers: &[(&str, &str)]) -> DesiredHive
             .iter()
             .map(|(kind, v)| (kind.to_string(), std::sync::Arc::new(artifact(&format!("rbee-worker-{kind}"), v))))
             .collect(),
+        engines: workers
+            .iter()
+            .filter(|(kind, _)| *kind == "llama-cpp")
+            .map(|(kind, v)| (kind.to_string(), llama_engine(v)))
+            .collect(),
     }
+}
+
+/// The default llama-cpp engine of a release `version`: a cpu tarball.
+pub fn llama_engine(version: &str) -> rbee_core::state::DesiredEngine {
+    rbee_core::state::DesiredEngine {
+        source: rbee_core::state::EngineSource::Artifact { variant: None },
+        variants: [("cpu".to_owned(), artifact("engine-llama-cpp-cpu.tar.gz", version))].into(),
+        wheels: Vec::new(),
+        source_name: "test source".into(),
+    }
+}
+
+/// The engines of `want`, as installed by a successful sync.
+pub fn converged_engines(want: &DesiredHive) -> BTreeMap<String, rbee_core::state::InstalledEngine> {
+    want.engines
+        .iter()
+        .map(|(kind, e)| {
+            let install = e.pick(kind, false);
+            let installed = rbee_core::state::InstalledEngine {
+                id: install.id(),
+                program: install.program(kind),
+                version: "b1".into(),
+                problem: None,
+            };
+            (kind.clone(), installed)
+        })
+        .collect()
 }
 
 pub fn desired(hives: Vec<DesiredHive>) -> Desired {
@@ -50,6 +82,8 @@ pub fn converged(want: &DesiredHive) -> Observed {
         healthy: want.auto_start,
         running_sha256: want.auto_start.then(|| want.hive.sha256.clone()),
         running_version: want.auto_start.then(|| want.hive.version.clone()),
+        engines: converged_engines(want),
+        gpu: false,
     }
 }
 
@@ -89,10 +123,20 @@ pub fn apply(plan: &Plan, actual: &Actual) -> Actual {
                     o.pid = None;
                     o.running_sha256 = None;
                 }
+                ActionKind::InstallEngine { worker, engine, .. } => {
+                    let e = rbee_core::state::InstalledEngine {
+                        id: engine.id(),
+                        program: engine.program(worker),
+                        version: "b1".into(),
+                        problem: None,
+                    };
+                    o.engines.insert(worker.clone(), e);
+                }
                 ActionKind::WaitHealthy { .. } => {}
                 ActionKind::Uninstall { .. } => {
                     o.hive_binary = None;
                     o.workers.clear();
+                    o.engines.clear();
                 }
             }
         }
