@@ -29,7 +29,7 @@ fn plan_only_prints_the_plan_as_text_and_json() {
     let (out, text) = run("plan_only", &[&local_config()]);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("+ install   hive rbee-hive"), "{text}");
-    assert!(text.contains("Plan: 3 to install"), "{text}");
+    assert!(text.contains("Plan: 2 to install"), "{text}");
     assert!(text.contains("\"summary\""), "{text}");
 }
 

@@ -69,6 +69,13 @@ pub enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Return hives to the binaries their last upgrade replaced (kept on each host), restart
+    /// them and wait for /health. Pin the version in hives.conf, or the next sync upgrades again.
+    Rollback {
+        /// Only this hive (repeatable).
+        #[arg(long = "hive", value_name = "ALIAS")]
+        hives: Vec<String>,
+    },
     /// Check the config files; lists every problem with file:line:column.
     Validate,
     /// The local queen daemon (runs the package manager; started automatically when needed).
@@ -152,6 +159,26 @@ pub enum Command {
         /// What to show.
         #[command(subcommand)]
         what: ConfigCommand,
+    },
+    /// rbee.lock (beside hives.conf): the version and sha256 each artifact's `latest`
+    /// resolved to; `rbee sync` keeps to it. Commit it next to hives.conf.
+    Lock {
+        /// What to do.
+        #[command(subcommand)]
+        what: LockCommand,
+    },
+}
+
+/// `rbee lock ...`.
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Resolve every artifact from the source again (a new `latest` is taken) and write
+    /// rbee.lock; the next `rbee sync` installs what it pins.
+    Update {
+        /// Only the artifacts this hive uses. Pins are shared: the hive binary (rbee-hive), and
+        /// a worker type at the same requested version, change for every hive that uses them.
+        #[arg(long, value_name = "ALIAS")]
+        hive: Option<String>,
     },
 }
 
@@ -337,6 +364,14 @@ pub struct SyncArgs {
     /// Only the hives that failed or were unreachable in the last sync.
     #[arg(long)]
     pub retry_failed: bool,
+    /// At most N running hives restarting at once during an upgrade (overrides
+    /// `[package] max_unavailable`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
+    /// Install only what rbee.lock pins: an artifact it does not pin (a new worker type, a
+    /// new source) is an error, and the lock is left as it is (like `cargo --locked`).
+    #[arg(long)]
+    pub locked: bool,
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.

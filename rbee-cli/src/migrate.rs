@@ -101,9 +101,8 @@ pub(crate) fn write(path: &Path, text: &str, force: bool) -> Result<(), WriteErr
     if path.exists() && !force {
         return Err(WriteError::Exists(path.to_owned()));
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| WriteError::Io { path: path.to_owned(), source })
+    rbee_core::fsio::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|source| WriteError::Io { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rbee_core::execute::{HiveOutcome, SyncEvent, SyncEventKind};
 
-use crate::render::mib;
+use crate::render::{mib, say_err, say_json, shown};
 
 /// How events are shown.
 pub(crate) enum Renderer {
@@ -38,7 +38,7 @@ impl Renderer {
 
     pub(crate) fn event(&self, e: SyncEvent) {
         match self {
-            Renderer::Json => println!("{}", serde_json::to_string(&e).unwrap_or_default()),
+            Renderer::Json => say_json!("{}", serde_json::to_string(&e).unwrap_or_default()),
             Renderer::Plain { steps } => plain(steps, &e),
             Renderer::Live { multi, bars, steps } => live(multi, bars, steps, &e),
         }
@@ -52,6 +52,10 @@ fn outcome_text(o: &HiveOutcome) -> String {
         HiveOutcome::Failed { step, reason } => format!("FAILED at {step}: {reason}"),
         HiveOutcome::Unreachable { reason } => format!("UNREACHABLE: {reason}"),
         HiveOutcome::Skipped => "skipped".into(),
+        HiveOutcome::RolledBack { step, reason, version } => {
+            format!("ROLLED BACK to rbee-hive {version} after {step} failed: {reason}")
+        }
+        HiveOutcome::Held { reason } => format!("skipped, untouched: {reason}"),
     }
 }
 
@@ -60,18 +64,23 @@ fn plain(steps: &Mutex<BTreeMap<(String, String), String>>, e: &SyncEvent) {
     match &e.kind {
         SyncEventKind::StepStarted { step, description } => {
             steps.lock().expect("steps").insert((alias.clone(), step.clone()), description.clone());
-            eprintln!("[{alias}] {description} ...");
+            say_err!("[{alias}] {description} ...");
         }
         SyncEventKind::StepFinished { step, elapsed_ms } => {
             let d = steps.lock().expect("steps").get(&(alias.clone(), step.clone())).cloned().unwrap_or_default();
-            eprintln!("[{alias}] {d}: ok ({elapsed_ms} ms)");
+            say_err!("[{alias}] {d}: ok ({elapsed_ms} ms)");
         }
         SyncEventKind::StepFailed { error, will_retry, .. } => {
-            eprintln!("[{alias}] {error}{}", if *will_retry { " (retrying)" } else { "" });
+            say_err!("[{alias}] {error}{}", if *will_retry { " (retrying)" } else { "" });
         }
-        SyncEventKind::HiveDone { outcome } => eprintln!("[{alias}] {}", outcome_text(outcome)),
+        SyncEventKind::HiveDone { outcome } => say_err!("[{alias}] {}", outcome_text(outcome)),
         _ => {}
     }
+}
+
+/// One line of a live bar: [`shown`], and on one line.
+fn bar_text(text: String) -> String {
+    shown(&text).replace(['\n', '\t'], " ")
 }
 
 fn live(
@@ -85,7 +94,7 @@ fn live(
     let bar = bars.entry(alias.clone()).or_insert_with(|| {
         let bar = multi.add(ProgressBar::new_spinner());
         bar.set_style(ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}").expect("template"));
-        bar.set_prefix(alias.clone());
+        bar.set_prefix(bar_text(alias.clone()));
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
@@ -93,19 +102,19 @@ fn live(
         SyncEventKind::HiveStarted => bar.set_message("starting"),
         SyncEventKind::StepStarted { step, description } => {
             steps.lock().expect("steps").insert((alias.clone(), step.clone()), description.clone());
-            bar.set_message(description.clone());
+            bar.set_message(bar_text(description.clone()));
         }
         SyncEventKind::Progress { step, bytes, total } => {
             let d = steps.lock().expect("steps").get(&(alias.clone(), step.clone())).cloned().unwrap_or_default();
-            bar.set_message(format!("{d} [{} / {}]", mib(*bytes), mib(*total)));
+            bar.set_message(bar_text(format!("{d} [{} / {}]", mib(*bytes), mib(*total))));
         }
         SyncEventKind::StepFailed { error, will_retry: true, .. } => {
-            bar.set_message(format!("retrying after: {error}"))
+            bar.set_message(bar_text(format!("retrying after: {error}")))
         }
         SyncEventKind::HiveDone { outcome } => {
             let mark = if outcome.is_failure() { "✗" } else { "✓" };
             bar.set_style(ProgressStyle::with_template("{prefix:.bold} {wide_msg}").expect("template"));
-            bar.finish_with_message(format!("{mark} {}", outcome_text(outcome)));
+            bar.finish_with_message(bar_text(format!("{mark} {}", outcome_text(outcome))));
         }
         _ => {}
     }

@@ -240,7 +240,7 @@ pub(crate) async fn follow(
             result = &mut stream => break result?,
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
-                eprintln!("cancelling job {job_id}: no new step will start; waiting for running steps");
+                crate::render::say_err!("cancelling job {job_id}: no new step will start; waiting for running steps");
                 let _ = client.cancel(job_id).await;
             }
         }

@@ -2,6 +2,8 @@
 //! `--json`, as JSON lines. The live per-hive display of sync events is in
 //! [`crate::progress`].
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use rbee_core::config::Diagnostic;
@@ -12,6 +14,76 @@ use rbee_core::proto::hive::{Capabilities, HiveEvent, WorkerProcess, WorkerState
 use rbee_queen::api::{HiveEntry, JobEventBody, JobSummary};
 
 use crate::exit::{CliError, Exit, Outcome};
+
+/// Whether `c` is kept out of the terminal: a control character (C0, DEL, C1) other than
+/// newline and tab.
+fn is_unsafe(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// Text for a terminal: control characters other than newline and tab (C0, DEL, C1) shown
+/// escaped, ESC as `\u{1b}`, so that text from a host, a worker or the queen (log tails,
+/// crash reports, error output, aliases) cannot move the cursor, clear the screen, retitle
+/// the window or overwrite lines with `\r`. Everything printed for humans goes through it
+/// ([`say!`], [`say_err!`]); JSON output through [`json_shown`].
+pub(crate) fn shown(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Serialized JSON for a terminal: serde_json escapes C0 controls in strings but not DEL and
+/// C1 (which some terminals obey), so those are escaped too, as `\u007f`-style JSON escapes
+/// (they can only be inside strings, where the escape means the same character).
+pub(crate) fn json_shown(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(is_unsafe) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_unsafe(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `println!` for human output: the text through [`shown`].
+macro_rules! say {
+    () => {
+        println!()
+    };
+    ($($arg:tt)*) => {
+        println!("{}", $crate::render::shown(&format!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for human output: the text through [`shown`].
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        eprintln!("{}", $crate::render::shown(&format!($($arg)*)))
+    };
+}
+
+/// `println!` for JSON output: the text through [`json_shown`].
+macro_rules! say_json {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::render::json_shown(&format!($($arg)*)))
+    };
+}
+
+pub(crate) use {say, say_err, say_json};
 
 pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -25,9 +97,9 @@ pub(crate) fn error(json: bool, e: &CliError) {
         other => {
             let message = other.to_string();
             if json {
-                println!("{}", serde_json::json!({ "ok": false, "error": message }));
+                say_json!("{}", serde_json::json!({ "ok": false, "error": message }));
             } else {
-                eprintln!("error: {message}");
+                say_err!("error: {message}");
             }
         }
     }
@@ -35,99 +107,99 @@ pub(crate) fn error(json: bool, e: &CliError) {
 
 fn diagnostics(json: bool, diags: &[Diagnostic]) {
     if json {
-        println!("{}", serde_json::json!({ "ok": false, "errors": diags }));
+        say_json!("{}", serde_json::json!({ "ok": false, "errors": diags }));
     } else {
         for d in diags {
-            eprintln!("{d}");
+            say_err!("{d}");
         }
         let n = diags.len();
-        eprintln!("error: the config has {n} problem{}", if n == 1 { "" } else { "s" });
+        say_err!("error: the config has {n} problem{}", if n == 1 { "" } else { "s" });
     }
 }
 
 /// A one-sentence success, e.g. from `rbee queen ...`.
 pub(crate) fn message(json: bool, message: &str) {
     if json {
-        println!("{}", serde_json::json!({ "ok": true, "message": message }));
+        say_json!("{}", serde_json::json!({ "ok": true, "message": message }));
     } else {
-        println!("{message}");
+        say!("{message}");
     }
 }
 
 /// `rbee validate`, checked in this process.
 pub(crate) fn valid(json: bool, aliases: &[&str]) {
     if json {
-        println!("{}", serde_json::json!({ "ok": true, "hives": aliases }));
+        say_json!("{}", serde_json::json!({ "ok": true, "hives": aliases }));
     } else {
         let s = if aliases.len() == 1 { "" } else { "s" };
-        println!("config is valid: {} hive{s} ({})", aliases.len(), aliases.join(", "));
+        say!("config is valid: {} hive{s} ({})", aliases.len(), aliases.join(", "));
     }
 }
 
 /// `rbee config schema`: always JSON.
 pub(crate) fn schema(schema: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(schema).unwrap_or_default());
+    say_json!("{}", serde_json::to_string_pretty(schema).unwrap_or_default());
 }
 
 /// `rbee sync --retry-failed` when the last sync failed nowhere.
 pub(crate) fn nothing_to_retry(json: bool) {
     if json {
-        println!("{}", serde_json::json!({ "ok": true, "retried": [] }));
+        say_json!("{}", serde_json::json!({ "ok": true, "retried": [] }));
     } else {
-        println!("The last sync had no failed hives: nothing to retry.");
+        say!("The last sync had no failed hives: nothing to retry.");
     }
 }
 
 /// `rbee sync --retry-failed`, before the sync; JSON output has only the sync's own lines.
 pub(crate) fn retrying(json: bool, aliases: &[String]) {
     if !json {
-        println!("Retrying the hives that failed last time: {}", aliases.join(", "));
+        say!("Retrying the hives that failed last time: {}", aliases.join(", "));
     }
 }
 
 /// `rbee migrate`.
 pub(crate) fn migrated(json: bool, output: &Path, hives: usize) {
     if json {
-        println!("{}", serde_json::json!({ "ok": true, "output": output, "hives": hives }));
+        say_json!("{}", serde_json::json!({ "ok": true, "output": output, "hives": hives }));
     } else {
-        println!("wrote {} ({hives} hives from the queen)", output.display());
+        say!("wrote {} ({hives} hives from the queen)", output.display());
     }
 }
 
 /// `rbee hive capabilities`.
 pub(crate) fn capabilities(json: bool, alias: &str, caps: &Capabilities) {
     if json {
-        println!("{}", serde_json::to_string(caps).unwrap_or_default());
+        say_json!("{}", serde_json::to_string(caps).unwrap_or_default());
         return;
     }
     let gib = caps.ram_bytes as f64 / (1u64 << 30) as f64;
-    println!("{alias}: {} CPU cores, {gib:.1} GiB RAM", caps.cpu_cores);
+    say!("{alias}: {} CPU cores, {gib:.1} GiB RAM", caps.cpu_cores);
     if caps.gpus.is_empty() {
-        println!("  no GPU{}", caps.gpu_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
+        say!("  no GPU{}", caps.gpu_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default());
     }
     for g in &caps.gpus {
-        println!("  cuda:{} {} — {} MiB ({} MiB used)", g.index, g.name, g.memory_total_mib, g.memory_used_mib);
+        say!("  cuda:{} {} — {} MiB ({} MiB used)", g.index, g.name, g.memory_total_mib, g.memory_used_mib);
     }
     if caps.engines.is_empty() {
-        println!("  no engine installed by rbee sync");
+        say!("  no engine installed by rbee sync");
     }
     for e in &caps.engines {
         let missing = if e.present { "" } else { " — MISSING: run `rbee sync`" };
-        println!("  engine {} {} ({}){missing}", e.worker_type, e.version, e.program);
+        say!("  engine {} {} ({}){missing}", e.worker_type, e.version, e.program);
     }
 }
 
 /// `rbee hive list|get`: the queen's registry.
 pub(crate) fn hives(json: bool, hives: &[HiveEntry]) {
     if json {
-        println!("{}", serde_json::to_string(hives).unwrap_or_default());
+        say_json!("{}", serde_json::to_string(hives).unwrap_or_default());
     } else if hives.is_empty() {
-        println!("No hive has sent a heartbeat yet: hives started by a sync through the queen report to it.");
+        say!("No hive has sent a heartbeat yet: hives started by a sync through the queen report to it.");
     } else {
         for h in hives {
             let state = if h.stale { "STALE" } else { "fresh" };
             let b = &h.heartbeat;
-            println!(
+            say!(
                 "{:<16} {state:<6} last beat {:>6} ms ago  rbee-hive {} (pid {}, port {})  workers: {}",
                 b.alias,
                 h.age_ms,
@@ -137,7 +209,7 @@ pub(crate) fn hives(json: bool, hives: &[HiveEntry]) {
                 if b.workers.is_empty() { "-".to_owned() } else { b.workers.join(", ") }
             );
             for p in &b.processes {
-                println!("{:<16}   {}", "", worker_line(&b.alias, p));
+                say!("{:<16}   {}", "", worker_line(&b.alias, p));
             }
         }
     }
@@ -146,11 +218,11 @@ pub(crate) fn hives(json: bool, hives: &[HiveEntry]) {
 /// `rbee jobs`.
 pub(crate) fn jobs(json: bool, jobs: &[JobSummary]) {
     if json {
-        println!("{}", serde_json::to_string(jobs).unwrap_or_default());
+        say_json!("{}", serde_json::to_string(jobs).unwrap_or_default());
     } else {
         for j in jobs {
             let code = j.exit_code.map_or_else(|| "-".to_owned(), |c| c.to_string());
-            println!("{}  {:<16} {:<9} exit {code}", j.job_id, j.operation, j.state);
+            say!("{}  {:<16} {:<9} exit {code}", j.job_id, j.operation, j.state);
         }
     }
 }
@@ -161,23 +233,23 @@ pub(crate) fn log_line(json: bool, body: &JobEventBody) {
     match body {
         JobEventBody::Log { message } => {
             if json {
-                println!("{}", serde_json::json!({ "event": "log", "message": message }));
+                say_json!("{}", serde_json::json!({ "event": "log", "message": message }));
             } else {
-                eprintln!("queen: {message}");
+                say_err!("queen: {message}");
             }
         }
         JobEventBody::Hive { hive, event } if json => {
-            println!("{}", serde_json::json!({ "event": "hive", "hive": hive, "data": event }));
+            say_json!("{}", serde_json::json!({ "event": "hive", "hive": hive, "data": event }));
         }
-        JobEventBody::Hive { hive, event: HiveEvent::Log { message } } => eprintln!("{hive}: {message}"),
+        JobEventBody::Hive { hive, event: HiveEvent::Log { message } } => say_err!("{hive}: {message}"),
         JobEventBody::Hive { hive, event: HiveEvent::Progress { done, total } } => match total {
-            Some(t) if *t > 0 => eprintln!("{hive}: {} of {} ({}%)", mib(*done), mib(*t), done * 100 / t),
-            _ => eprintln!("{hive}: {}", mib(*done)),
+            Some(t) if *t > 0 => say_err!("{hive}: {} of {} ({}%)", mib(*done), mib(*t), done * 100 / t),
+            _ => say_err!("{hive}: {}", mib(*done)),
         },
         JobEventBody::Hive { event: HiveEvent::Token { text }, .. } => {
             // Tokens stream to stdout as they come, so the answer reads as it is written.
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
+            let _ = out.write_all(shown(text).as_bytes());
             let _ = out.flush();
         }
         _ => {}
@@ -198,14 +270,14 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
         }
         OperationResult::Valid { hives } => {
             if json {
-                println!("{}", serde_json::json!({ "ok": true, "hives": hives }));
+                say_json!("{}", serde_json::json!({ "ok": true, "hives": hives }));
             } else {
-                println!("config is valid: {} hives ({})", hives.len(), hives.join(", "));
+                say!("config is valid: {} hives ({})", hives.len(), hives.join(", "));
             }
         }
         OperationResult::Status(report) => {
             if json {
-                println!(
+                say_json!(
                     "{}",
                     serde_json::json!({ "exit_code": exit as u8, "hives": report.hives, "deployments": report.deployments })
                 );
@@ -215,30 +287,30 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
         }
         OperationResult::Workers { hive, workers } => {
             if json {
-                println!("{}", serde_json::json!({ "hive": hive, "workers": workers }));
+                say_json!("{}", serde_json::json!({ "hive": hive, "workers": workers }));
             } else if workers.is_empty() {
-                println!("{hive}: no worker processes; start one with `rbee worker spawn --hive {hive} ...`");
+                say!("{hive}: no worker processes; start one with `rbee worker spawn --hive {hive} ...`");
             } else {
                 for w in workers {
-                    println!("{}", worker_line(hive, w));
+                    say!("{}", worker_line(hive, w));
                 }
             }
         }
         OperationResult::Worker { hive, worker } => {
             if json {
-                println!("{}", serde_json::json!({ "hive": hive, "worker": worker }));
+                say_json!("{}", serde_json::json!({ "hive": hive, "worker": worker }));
             } else {
-                println!("{}", worker_line(hive, worker));
+                say!("{}", worker_line(hive, worker));
                 if let WorkerState::Crashed { message, .. } = &worker.state {
-                    println!("  {}", message.replace('\n', "\n  "));
+                    say!("  {}", message.replace('\n', "\n  "));
                 }
             }
         }
         OperationResult::Catalog { hive, workers } => {
             if json {
-                println!("{}", serde_json::json!({ "hive": hive, "workers": workers }));
+                say_json!("{}", serde_json::json!({ "hive": hive, "workers": workers }));
             } else {
-                println!(
+                say!(
                     "{hive}: worker catalog: {}",
                     if workers.is_empty() { "empty".into() } else { workers.join(", ") }
                 );
@@ -246,12 +318,12 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
         }
         OperationResult::Models { hive, models } => {
             if json {
-                println!("{}", serde_json::json!({ "hive": hive, "models": models }));
+                say_json!("{}", serde_json::json!({ "hive": hive, "models": models }));
             } else if models.is_empty() {
-                println!("{hive}: no models; download one with `rbee model download --hive {hive} URL`");
+                say!("{hive}: no models; download one with `rbee model download --hive {hive} URL`");
             } else {
                 for m in models {
-                    println!(
+                    say!(
                         "{hive}  {:<32} {:>10}  {}",
                         m.name,
                         mib(m.size),
@@ -262,41 +334,43 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
         }
         OperationResult::Model { hive, model } => {
             if json {
-                println!("{}", serde_json::json!({ "hive": hive, "model": model }));
+                say_json!("{}", serde_json::json!({ "hive": hive, "model": model }));
             } else {
-                println!(
+                say!(
                     "{hive}  {}  {}  sha256 {}",
                     model.name,
                     mib(model.size),
                     model.sha256.as_ref().map_or("-", |d| d.as_str())
                 );
-                println!("{hive}  {}", model.path);
+                say!("{hive}  {}", model.path);
             }
         }
         OperationResult::Inferred { hive, worker_id, text } => {
             if json {
-                println!("{}", serde_json::json!({ "hive": hive, "worker_id": worker_id, "text": text }));
+                say_json!("{}", serde_json::json!({ "hive": hive, "worker_id": worker_id, "text": text }));
             } else {
                 // The tokens were printed as they streamed.
-                println!();
+                say!();
             }
         }
-        OperationResult::Sync(SyncOutcome { plan, report: None, deployment_steps, .. }) => {
+        OperationResult::Sync(SyncOutcome { plan, report: None, deployment_steps, lock_changes, .. }) => {
             if json {
                 let mut value = plan.to_json();
                 value["deployment_steps"] = serde_json::to_value(deployment_steps).unwrap_or_default();
-                println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                value["lock_changes"] = serde_json::to_value(lock_changes).unwrap_or_default();
+                say_json!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
             } else {
-                print!("{plan}");
+                print!("{}", shown(&plan.to_string()));
                 if !deployment_steps.is_empty() {
-                    println!("Deployments:");
+                    say!("Deployments:");
                     for step in deployment_steps {
-                        println!("  {step}");
+                        say!("  {step}");
                     }
                 }
+                lock_lines(lock_changes);
             }
         }
-        OperationResult::Sync(SyncOutcome { report: Some(report), deployments, .. }) => {
+        OperationResult::Sync(SyncOutcome { report: Some(report), deployments, lock_changes, .. }) => {
             if json {
                 let line = serde_json::json!({
                     "event": "result",
@@ -305,21 +379,42 @@ pub(crate) fn result(json: bool, result: &OperationResult, verbose: bool) -> Out
                     "bytes_transferred": report.bytes_transferred(),
                     "report": report,
                     "deployments": deployments,
+                    "lock_changes": lock_changes,
                 });
-                println!("{line}");
+                say_json!("{line}");
             } else {
                 sync_report(report);
                 deployment_rows(deployments);
+                lock_lines(lock_changes);
             }
         }
         // A result kind from a newer queen or hive: its JSON, so nothing is lost.
-        other => println!("{}", serde_json::to_string(other).unwrap_or_default()),
+        other => say_json!("{}", serde_json::to_string(other).unwrap_or_default()),
     }
     Ok(exit)
 }
 
+/// How rbee.lock changes, a `lock: ` line each.
+fn lock_lines(changes: &[String]) {
+    for change in changes {
+        say!("lock: {change}");
+    }
+}
+
+/// `rbee lock update`.
+pub(crate) fn lock_updated(json: bool, path: &Path, changes: &[String]) {
+    if json {
+        say_json!("{}", serde_json::json!({ "ok": true, "lock": path, "changes": changes }));
+    } else if changes.is_empty() {
+        say!("{} is up to date", path.display());
+    } else {
+        lock_lines(changes);
+        say!("wrote {}; `rbee sync` installs what it pins", path.display());
+    }
+}
+
 fn sync_report(report: &SyncReport) {
-    println!();
+    say!();
     for h in &report.hives {
         let line = match &h.outcome {
             HiveOutcome::Ok { changed: true } => {
@@ -329,23 +424,27 @@ fn sync_report(report: &SyncReport) {
             HiveOutcome::Failed { step, reason } => format!("FAILED at {step}: {reason}"),
             HiveOutcome::Unreachable { reason } => format!("UNREACHABLE: {reason}"),
             HiveOutcome::Skipped => "skipped".to_owned(),
+            HiveOutcome::RolledBack { step, reason, version } => {
+                format!("ROLLED BACK to rbee-hive {version} after {step} failed: {reason}")
+            }
+            HiveOutcome::Held { reason } => format!("skipped, untouched: {reason}"),
         };
-        println!("{}: {line}", h.alias);
+        say!("{}: {line}", h.alias);
     }
     let count = |f: fn(&HiveOutcome) -> bool| report.hives.iter().filter(|h| f(&h.outcome)).count();
     let ok = count(|o| matches!(o, HiveOutcome::Ok { .. }));
-    let failed = count(|o| matches!(o, HiveOutcome::Failed { .. }));
+    let failed = count(|o| matches!(o, HiveOutcome::Failed { .. } | HiveOutcome::RolledBack { .. }));
     let unreachable = count(|o| matches!(o, HiveOutcome::Unreachable { .. }));
     if report.changed_nothing() && failed == 0 && unreachable == 0 {
-        println!("Nothing to do: every hive is in sync ({} transferred).", mib(report.bytes_transferred()));
+        say!("Nothing to do: every hive is in sync ({} transferred).", mib(report.bytes_transferred()));
     } else {
-        println!(
+        say!(
             "Sync: {ok} ok, {failed} failed, {unreachable} unreachable; {} transferred.",
             mib(report.bytes_transferred())
         );
     }
     if failed + unreachable > 0 {
-        println!("Run `rbee sync --retry-failed` to retry only the hives that failed.");
+        say!("Run `rbee sync --retry-failed` to retry only the hives that failed.");
     }
 }
 
@@ -358,26 +457,29 @@ fn status(report: &StatusReport, verbose: bool) {
             _ => String::new(),
         };
         match &h.state {
-            DriftState::InSync => println!("{:width$}  in sync{health}", h.alias),
-            DriftState::NotInstalled => println!("{:width$}  not installed", h.alias),
-            DriftState::Skipped => println!("{:width$}  skipped", h.alias),
-            DriftState::Unreachable { reason } => println!("{:width$}  unreachable: {reason}", h.alias),
+            DriftState::InSync => say!("{:width$}  in sync{health}", h.alias),
+            DriftState::NotInstalled => say!("{:width$}  not installed", h.alias),
+            DriftState::Skipped => say!("{:width$}  skipped", h.alias),
+            DriftState::Unreachable { reason } => say!("{:width$}  unreachable: {reason}", h.alias),
             DriftState::Drift { differences } => {
-                println!("{:width$}  drift{health}", h.alias);
+                say!("{:width$}  drift{health}", h.alias);
                 for d in differences {
-                    println!("{:width$}    - {d}", "");
+                    say!("{:width$}    - {d}", "");
                 }
             }
         }
         if verbose {
+            if let Some(s) = h.supervisor {
+                say!("{:width$}    supervisor: {}", "", supervisor(s));
+            }
             for (path, what) in &h.files {
-                println!("{:width$}    {path}: {what}", "");
+                say!("{:width$}    {path}: {what}", "");
             }
         }
     }
     deployment_rows(&report.deployments);
-    println!();
-    println!(
+    say!();
+    say!(
         "{}",
         match report.exit_code() {
             0 => "Everything is in sync.",
@@ -387,6 +489,16 @@ fn status(report: &StatusReport, verbose: bool) {
     );
 }
 
+/// What `rbee status --verbose` says keeps a hive running.
+fn supervisor(s: rbee_core::state::Supervisor) -> &'static str {
+    use rbee_core::state::Supervisor;
+    match s {
+        Supervisor::SystemdSystem => "systemd (system unit rbee-hive.service)",
+        Supervisor::SystemdUser => "systemd (user unit rbee-hive.service)",
+        Supervisor::Detached => "detached process (not restarted, does not survive a reboot)",
+    }
+}
+
 /// One line per deployment: name, ready of declared, revision, and what is happening.
 fn deployment_rows(deployments: &[DeploymentStatus]) {
     if deployments.is_empty() {
@@ -394,16 +506,16 @@ fn deployment_rows(deployments: &[DeploymentStatus]) {
     }
     let width = deployments.iter().map(|d| d.name.len()).max().unwrap_or(0);
     for d in deployments {
-        println!("{:width$}  {}/{} ready  {}: {}", d.name, d.ready, d.replicas, d.phase.as_str(), d.message);
+        say!("{:width$}  {}/{} ready  {}: {}", d.name, d.ready, d.replicas, d.phase.as_str(), d.message);
     }
 }
 
 /// `rbee deployment list`.
 pub(crate) fn deployments(json: bool, all: &[DeploymentStatus]) {
     if json {
-        println!("{}", serde_json::to_string(all).unwrap_or_default());
+        say_json!("{}", serde_json::to_string(all).unwrap_or_default());
     } else if all.is_empty() {
-        println!("No deployments: declare one with [[deployment]] in hives.conf and run `rbee sync`.");
+        say!("No deployments: declare one with [[deployment]] in hives.conf and run `rbee sync`.");
     } else {
         deployment_rows(all);
     }
@@ -412,29 +524,34 @@ pub(crate) fn deployments(json: bool, all: &[DeploymentStatus]) {
 /// `rbee deployment get`.
 pub(crate) fn deployment(json: bool, d: &DeploymentStatus) {
     if json {
-        println!("{}", serde_json::to_string(d).unwrap_or_default());
+        say_json!("{}", serde_json::to_string(d).unwrap_or_default());
         return;
     }
-    println!("{}: {}/{} ready: {}", d.name, d.ready, d.replicas, d.message);
-    println!("model: {} on {} (revision {})", d.model, d.worker, d.revision);
-    println!("restarts: {}", d.restarts);
+    say!("{}: {}/{} ready: {}", d.name, d.ready, d.replicas, d.message);
+    say!("model: {} on {} (revision {})", d.model, d.worker, d.revision);
+    say!("restarts: {}", d.restarts);
     if let Some(failure) = &d.last_failure {
-        println!("last failure: {}", failure.replace('\n', "\n  "));
+        say!("last failure: {}", failure.replace('\n', "\n  "));
     }
     if d.instances.is_empty() {
-        println!("replicas: none");
+        say!("replicas: none");
     } else {
-        println!("replicas:");
+        say!("replicas:");
         for r in &d.instances {
-            println!(
+            say!(
                 "  {}/{}  {}  {}  revision {}  {} in flight",
-                r.hive, r.worker_id, r.device, r.state, r.revision, r.in_flight
+                r.hive,
+                r.worker_id,
+                r.device,
+                r.state,
+                r.revision,
+                r.in_flight
             );
         }
     }
-    println!("placement: eligible: {}", if d.eligible.is_empty() { "none".to_owned() } else { d.eligible.join(", ") });
+    say!("placement: eligible: {}", if d.eligible.is_empty() { "none".to_owned() } else { d.eligible.join(", ") });
     for r in &d.rejected {
-        println!("  {} rejected: {}", r.hive, r.reason);
+        say!("  {} rejected: {}", r.hive, r.reason);
     }
 }
 
@@ -450,4 +567,39 @@ fn worker_line(hive: &str, w: &WorkerProcess) -> String {
     };
     let adopted = if w.adopted { ", re-adopted" } else { "" };
     format!("{hive}  {:<24} {:<14} {} on {} (pid {}, port {}{adopted})", w.id, state, w.model, w.device, w.pid, w.port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker log, a host's error output or an alias printed as is could retitle the
+    /// terminal, clear it or overwrite a line: every control character but newline and tab is
+    /// shown escaped.
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(shown("\u{1b}]0;pwned\u{7}"), "\\u{1b}]0;pwned\\u{7}");
+        assert_eq!(shown("\u{1b}[2Jcleared"), "\\u{1b}[2Jcleared");
+        assert_eq!(shown("ok\rFAILED"), "ok\\u{d}FAILED");
+        assert_eq!(shown("del\u{7f} csi\u{9b}31m nul\0"), "del\\u{7f} csi\\u{9b}31m nul\\u{0}");
+        // Newline and tab stay; other text, non-ASCII included, is untouched and not copied.
+        let plain = "line 1\n\tline 2 — é ✓ 模型";
+        assert!(matches!(shown(plain), Cow::Borrowed(s) if s == plain));
+    }
+
+    /// serde_json escapes C0 controls but not DEL and C1: those are escaped as JSON escapes,
+    /// so the line is still valid JSON and means the same text.
+    #[test]
+    fn json_output_escapes_what_serde_json_leaves() {
+        let text = "a\u{1b}[2J\u{7f}\u{9b}b\r\n";
+        let line = serde_json::json!({ "message": text }).to_string();
+        assert!(line.contains('\u{9b}'), "serde_json leaves C1 as is: {line:?}");
+        let safe = json_shown(&line);
+        assert!(!safe.chars().any(char::is_control), "{safe:?}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["message"], text);
+        // Pretty JSON keeps its newlines.
+        let pretty = serde_json::to_string_pretty(&serde_json::json!({ "a": 1 })).unwrap();
+        assert_eq!(json_shown(&pretty), pretty);
+    }
 }

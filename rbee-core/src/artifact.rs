@@ -113,6 +113,9 @@ pub enum ArtifactError {
         /// The digest of the bytes read.
         actual: String,
     },
+    /// rbee.lock could not be read or does not allow the resolution.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// Why an [`HttpGet`] failed: the client's own error (e.g. `rbee_http::HttpError`).
@@ -261,6 +264,12 @@ impl ArtifactSource {
     /// Reads what resolving `config` needs from a remote source (`latest`, and SHA256SUMS of
     /// every version it names); nothing to do for local sources.
     pub async fn prepare(&self, config: &Config) -> Result<(), ArtifactError> {
+        self.prepare_versions(config, &[]).await
+    }
+
+    /// Like [`Self::prepare`], also reading the SHA256SUMS of `pinned` (the versions a lock
+    /// pins).
+    pub async fn prepare_versions(&self, config: &Config, pinned: &[String]) -> Result<(), ArtifactError> {
         let SourceKind::Http(h) = &self.kind else { return Ok(()) };
         let get = |url: String| async move {
             h.client.get(&url).await.map_err(|source| ArtifactError::Fetch { url: url.clone(), source })
@@ -268,6 +277,7 @@ impl ArtifactSource {
         let latest = String::from_utf8_lossy(&get(format!("{}/latest", h.base)).await?).trim().to_owned();
         let latest = checked_version(&h.base, latest)?;
         let mut versions = vec![latest.clone()];
+        versions.extend(pinned.iter().filter(|v| semver::Version::parse(v).is_ok()).cloned());
         for hive in &config.hives {
             for w in &hive.workers {
                 if let VersionReq::Exact(v) = &w.version {
@@ -526,9 +536,7 @@ impl ArtifactSource {
         verify(artifact, &bytes)?;
         let io = |source| ArtifactError::Io { path: cached.clone(), source };
         std::fs::create_dir_all(&h.cache).map_err(io)?;
-        let tmp = h.cache.join(format!(".{}.{}", artifact.sha256, std::process::id()));
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, &cached).map_err(io)?;
+        crate::fsio::write_atomic(&cached, &bytes, 0o644).map_err(io)?;
         Ok(bytes)
     }
 
@@ -594,16 +602,27 @@ pub fn sha256_of(bytes: &[u8]) -> Sha256 {
 
 /// Config + source → desired state. The hive binary always follows `latest`.
 pub fn resolve(config: &Config, source: &ArtifactSource) -> Result<Desired, ArtifactError> {
+    resolve_pinned(config, source, &mut crate::lock::Pins::default())
+}
+
+/// Like [`resolve`], every artifact pinned through `pins` (rbee.lock: see [`crate::lock`]),
+/// which records what each resolved to.
+pub fn resolve_pinned(
+    config: &Config,
+    source: &ArtifactSource,
+    pins: &mut crate::lock::Pins<'_>,
+) -> Result<Desired, ArtifactError> {
     let mut desired = Desired::default();
-    let hive = Arc::new(source.resolve(HIVE_BINARY, &VersionReq::Latest)?);
+    let hive = Arc::new(pins.artifact(source, HIVE_BINARY, &VersionReq::Latest)?);
     for h in &config.hives {
         let mut workers = BTreeMap::new();
         let mut engines = BTreeMap::new();
         for w in &h.workers {
-            workers.insert(w.kind.clone(), Arc::new(source.resolve(&Layout::worker_file_name(&w.kind), &w.version)?));
+            let worker = pins.artifact(source, &Layout::worker_file_name(&w.kind), &w.version)?;
             if let Some(engine) = &w.engine {
-                engines.insert(w.kind.clone(), source.resolve_engine(&w.kind, engine, &w.version)?);
+                engines.insert(w.kind.clone(), pins.engine(source, &w.kind, engine, &w.version, &worker.version)?);
             }
+            workers.insert(w.kind.clone(), Arc::new(worker));
         }
         desired.hives.insert(h.alias.clone(), DesiredHive::for_config(h, hive.clone(), workers, engines));
     }

@@ -72,11 +72,53 @@ macro_rules! sh_is_hive {
     };
 }
 
+/// Shell functions for the scripts that start, stop, observe and uninstall the hive under
+/// systemd (see [`execute::systemd`]). `supervisor` prints `systemd-system` (root),
+/// `systemd-user` or `detached`: systemd supervises the hive only when it is this host's
+/// PID 1 (`/run/systemd/system`, the `sd_booted` check; PID 1 named systemd and in this
+/// process's PID and network namespaces, so a container or test host that shares another
+/// machine's file system falls back), `systemctl` is installed, `$HOME` is the user's own home
+/// (a transport with a substitute home, as tests use, must not install a unit shared by every
+/// home), and for another user than root `systemctl --user` answers. `sc MODE ARGS…` runs
+/// `systemctl [--user] ARGS…`; `unit_dir MODE` prints the directory of the unit file.
+macro_rules! sh_supervisor {
+    () => {
+        r#"supervisor() {
+  [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 || { echo detached; return 0; }
+  [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ] || { echo detached; return 0; }
+  for sv_ns in pid net; do
+    sv_one=$(readlink "/proc/1/ns/$sv_ns" 2>/dev/null) || continue
+    [ "$sv_one" = "$(readlink "/proc/self/ns/$sv_ns" 2>/dev/null)" ] || { echo detached; return 0; }
+  done
+  sv_uid=$(id -u)
+  sv_own=$(getent passwd "$sv_uid" 2>/dev/null | cut -d: -f6)
+  [ -n "$sv_own" ] || sv_own=$(awk -F: -v u="$sv_uid" '$3 == u { print $6; exit }' /etc/passwd 2>/dev/null)
+  sv_home=$(cd "$HOME" 2>/dev/null && pwd -P) && [ -n "$sv_own" ] &&
+    [ "$(cd "$sv_own" 2>/dev/null && pwd -P)" = "$sv_home" ] || { echo detached; return 0; }
+  if [ "$sv_uid" = 0 ]; then echo systemd-system
+  elif sc systemd-user show-environment >/dev/null 2>&1; then echo systemd-user
+  else echo detached; fi
+}
+sc() {
+  sv_mode=$1; shift
+  if [ "$sv_mode" = systemd-user ]; then XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/run/user/$(id -u)} systemctl --user "$@"
+  else systemctl "$@"; fi
+}
+unit_dir() {
+  if [ "$1" = systemd-user ]; then printf '%s\n' "${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user"
+  else echo /etc/systemd/system; fi
+}
+"#
+    };
+}
+
 pub mod artifact;
 pub mod config;
 pub mod execute;
 pub mod fleet;
+pub mod fsio;
 pub mod layout;
+pub mod lock;
 pub mod observe;
 pub mod package;
 pub mod pidfile;
@@ -84,6 +126,8 @@ pub mod plan;
 pub mod state;
 pub mod transport;
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod interaction_tests;
 

@@ -9,20 +9,23 @@
 use std::time::Duration;
 
 use crate::layout::{Layout, WORKER_PREFIX};
-use crate::state::{HiveState, Installed, InstalledEngine, Observed};
+use crate::state::{HiveState, Installed, InstalledEngine, Observed, Supervisor};
 use crate::transport::{RemoteCommand, Transport};
 use rbee_proto::engine::EngineProblem;
 
 /// The observation script. `$1` is the hive port, `$2` the hive binary, `$3` the worker
 /// catalog, `$4` the worker binary prefix, `$5` the install records, `$6` the hive's pid file
-/// `$7` the engines directory (paths from [`Layout`]). Output, one fact per line:
-/// `file SHA PATH [VERSION]`, `engine TYPE ID ok|missing|altered VERSION PROGRAM`, `gpu`,
-/// `running PID`, `health JSON` / `unhealthy TEXT`, `end`.
+/// `$7` the engines directory (paths from [`Layout`]), `$8` the hive's systemd unit. Output,
+/// one fact per line: `file SHA PATH [VERSION]`, `engine TYPE ID ok|missing|altered VERSION
+/// PROGRAM`, `gpu`, `running PID`, `health JSON` / `unhealthy TEXT`,
+/// `supervisor systemd-system|systemd-user|detached`, `end`. The supervisor of a running hive
+/// is systemd when it is the unit's main process; of a stopped one, what a start would use.
 pub(crate) const OBSERVE_SCRIPT: &str = concat!(
     "# rbee-step: observe\n",
     sh_is_hive!(),
+    sh_supervisor!(),
     r#"set -u
-port=$1; bin=$2; catalog=$3; prefix=$4; records=$5; pidf=$6; engines=$7
+port=$1; bin=$2; catalog=$3; prefix=$4; records=$5; pidf=$6; engines=$7; unit=${8:-rbee-hive.service}
 cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
 digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
@@ -36,6 +39,12 @@ for f in "$bin" "$catalog/$prefix"*; do
     got=$(digest "$f")
     if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$sha" = "$got" ]; then echo "file $got $f $version"; else echo "file $got $f"; fi
   fi
+done
+for rec in "$(dirname "$records")/previous/"*.record; do
+  [ -f "$rec" ] || continue
+  name=$(basename "$rec" .record)
+  [ -f "$(dirname "$rec")/$name" ] || continue
+  read -r sha _ _ _ _ version < "$rec" && echo "previous $name $sha ${version:-}"
 done
 tab=$(printf '\t')
 for rec in "$engines"/*/current; do
@@ -56,6 +65,11 @@ if is_hive "$pid"; then
     if h=$("$bin" probe --port "$port" 2>&1); then echo "health $h"; else echo "unhealthy $h" | tr '\n' ' '; echo; fi
   fi
 fi
+sup=$(supervisor)
+case "$sup" in
+systemd-*) if is_hive "$pid" && [ "$(sc "$sup" show -p MainPID "$unit" 2>/dev/null)" != "MainPID=$pid" ]; then sup=detached; fi ;;
+esac
+echo "supervisor $sup"
 echo "end"
 "#
 );
@@ -108,6 +122,7 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
         Layout::installed_dir(),
         Layout::hive_pid(),
         Layout::ENGINES_DIR.to_owned(),
+        crate::execute::systemd::UNIT_NAME.to_owned(),
     ];
     let cmd = RemoteCommand::script(OBSERVE_SCRIPT, args, deadline);
     match transport.run(cmd).await {
@@ -175,6 +190,20 @@ pub(crate) fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
                 observed.engines.insert(kind.to_owned(), engine);
             }
             "gpu" => observed.gpu = true,
+            "previous" => {
+                let mut parts = rest.split(' ');
+                let (Some(name), Some(sha)) = (parts.next(), parts.next()) else {
+                    return Err(ObserveError::BadLine(shown(line)));
+                };
+                let version = parts.next().filter(|v| !v.is_empty()).map(str::to_owned);
+                let record = format!("{}/{}.record", Layout::previous_dir(), shown(name));
+                let sha256 = rbee_proto::Sha256::parse(sha).map_err(|reason| ObserveError::InvalidDigest {
+                    path: shown(name),
+                    record,
+                    reason,
+                })?;
+                observed.previous.insert(name.to_owned(), Installed { sha256, version });
+            }
             "running" => {
                 observed.running = true;
                 observed.pid = rest.trim().parse().ok();
@@ -187,6 +216,7 @@ pub(crate) fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
                 observed.running_sha256 = Some(h.sha256);
             }
             "unhealthy" => observed.healthy = false,
+            "supervisor" => observed.supervisor = Supervisor::parse(rest.trim()),
             "end" => complete = true,
             _ => {}
         }
@@ -345,5 +375,20 @@ mod tests {
         let HiveState::Reachable(o) = state else { panic!("{state:?}") };
         assert_eq!(o.workers["vllm"].sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert!(!o.running && o.hive_binary.is_none());
+        // A home that is not the user's own (a test's) never gets a unit.
+        assert_eq!(o.supervisor, Some(Supervisor::Detached));
+    }
+
+    #[test]
+    fn the_supervisor_is_read() {
+        for (line, want) in [
+            ("supervisor systemd-system", Some(Supervisor::SystemdSystem)),
+            ("supervisor systemd-user", Some(Supervisor::SystemdUser)),
+            ("supervisor detached", Some(Supervisor::Detached)),
+            ("supervisor upstart", None),
+        ] {
+            let o = parse_observation(&format!("rbee-observe 1\n{line}\nend\n")).unwrap();
+            assert_eq!(o.supervisor, want, "{line}");
+        }
     }
 }

@@ -2,21 +2,15 @@
 //! the daemon listens, read only as a valid pid, removed only by the process they name (a
 //! daemon that lost the race for its port, or an older one, must not delete a newer one's).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes this process's pid to `path` atomically (a complete file renamed into place).
+/// Writes this process's pid to `path` atomically and durably (a complete file renamed into
+/// place, see [`crate::fsio::write_atomic`]).
 pub fn write(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
-    f.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::fsio::write_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644)
 }
 
 /// Removes the pid file at `path` if it names this process.

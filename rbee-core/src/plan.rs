@@ -239,6 +239,23 @@ pub fn plan_uninstall(desired: &Desired, actual: &Actual, only: Option<&BTreeSet
     })
 }
 
+/// Plans `rbee rollback`: each selected hive that keeps the binaries its last upgrade
+/// replaced gets them back, restarted and health-checked; the others are in sync (with a note).
+pub(crate) fn plan_rollback(desired: &Desired, actual: &Actual, only: Option<&BTreeSet<String>>) -> Plan {
+    plan_each(desired, actual, only, |want, have, hp| match have.previous.get(crate::layout::HIVE_BINARY) {
+        Some(to) if !want.attached => hp.actions.push(Action {
+            id: format!("{}/rollback", want.alias),
+            kind: ActionKind::Rollback {
+                binaries: have.previous.keys().cloned().collect(),
+                to: to.clone(),
+                port: want.hive_port,
+            },
+            depends_on: Vec::new(),
+        }),
+        _ => hp.notes.push("no previous rbee-hive is kept on this host: nothing to roll back to".to_owned()),
+    })
+}
+
 /// Plans starting (`start = true`) or stopping the selected hives' daemons, nothing else. A
 /// hive whose binary is not installed cannot be started: it is reported unreachable with the
 /// reason, so the user runs `rbee sync` first.

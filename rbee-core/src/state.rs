@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TransportKind;
 
 pub use rbee_proto::engine::{EngineInstall, EngineSource, InstalledEngine};
-pub use rbee_proto::state::{Artifact, Installed};
+pub use rbee_proto::state::{Artifact, Installed, Supervisor};
 
 /// What the config wants, with every artifact resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,4 +152,59 @@ pub struct Observed {
     /// `nvidia-smi` lists a GPU on the host.
     #[serde(default)]
     pub gpu: bool,
+    /// Binaries an upgrade replaced and kept for a rollback, by file name (`rbee-hive`,
+    /// `rbee-worker-<type>`).
+    #[serde(default)]
+    pub previous: BTreeMap<String, Installed>,
+    /// What keeps the hive running: of a running hive, what started it; of a stopped one,
+    /// what a start would use. `None` when the host did not say.
+    #[serde(default)]
+    pub supervisor: Option<Supervisor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tarball(variant: &str) -> Artifact {
+        Artifact {
+            name: rbee_proto::engine::tarball_name("llama-cpp", variant),
+            version: "0.2.0".into(),
+            sha256: crate::artifact::sha256_of(variant.as_bytes()),
+            size: 1,
+        }
+    }
+
+    fn engine(variant: Option<&str>, have: &[&str]) -> DesiredEngine {
+        DesiredEngine {
+            source: EngineSource::Artifact { variant: variant.map(str::to_owned) },
+            variants: have.iter().map(|v| ((*v).to_owned(), tarball(v))).collect(),
+            wheels: Vec::new(),
+            source_name: "the release tree".into(),
+        }
+    }
+
+    fn picked(e: &DesiredEngine, gpu: bool) -> String {
+        match e.pick("llama-cpp", gpu) {
+            EngineInstall::Artifact { variant, .. } => variant,
+            EngineInstall::Unavailable { reason } => format!("unavailable: {reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `auto` takes the CUDA build on a GPU host when the release has one, the CPU build
+    /// otherwise; a named variant is taken as named, and a missing one says what the source has.
+    #[test]
+    fn the_variant_follows_the_host_and_the_source() {
+        let both = engine(None, &["cpu", "cuda12"]);
+        assert_eq!(picked(&both, true), "cuda12");
+        assert_eq!(picked(&both, false), "cpu");
+        assert_eq!(picked(&engine(None, &["cpu"]), true), "cpu");
+        assert_eq!(picked(&engine(Some("cpu"), &["cpu", "cuda12"]), true), "cpu");
+        let missing = picked(&engine(Some("cuda12"), &["cpu"]), true);
+        assert!(missing.contains("has no engine-llama-cpp-cuda12.tar.gz (it has cpu)"), "{missing}");
+        assert!(missing.contains("scripts/release"), "{missing}");
+        let none = picked(&engine(None, &[]), false);
+        assert!(none.contains("has no engine-llama-cpp-cpu.tar.gz (it has no engine for it)"), "{none}");
+    }
 }

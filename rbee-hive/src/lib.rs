@@ -209,7 +209,7 @@ pub async fn serve(
             config.home.join(rbee_core::layout::Layout::installed_dir()),
         ));
     }
-    let result = axum::serve(listener, router(health, token, hive)).with_graceful_shutdown(shutdown).await;
+    let result = rbee_http::serve(listener, router(health, token, hive), shutdown, rbee_http::Limits::default()).await;
     if let Some(path) = &config.pid_file {
         // Only if it is still ours: a newer hive may have replaced it.
         rbee_core::pidfile::remove_if_own(path);

@@ -472,8 +472,20 @@ pub async fn download(
     let file = tokio::fs::OpenOptions::new().write(true).open(&part).await.map_err(ModelError::PartFile)?;
     file.sync_all().await.map_err(ModelError::PartFile)?;
     drop(file);
-    tokio::fs::write(sidecar(dir, &name), format!("{got}\n")).await.map_err(ModelError::WriteDigest)?;
+    // The digest, then the model, each in place whole and durably (the directory flushed too).
+    let digest = (sidecar(dir, &name), format!("{got}\n"));
+    tokio::task::spawn_blocking(move || rbee_core::fsio::write_atomic(&digest.0, digest.1.as_bytes(), 0o644))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|written| written)
+        .map_err(ModelError::WriteDigest)?;
     tokio::fs::rename(&part, dir.join(&name)).await.map_err(ModelError::MoveIntoPlace)?;
+    let models_dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || rbee_core::fsio::sync_dir(&models_dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|synced| synced)
+        .map_err(ModelError::MoveIntoPlace)?;
     get(dir, &name)
 }
 

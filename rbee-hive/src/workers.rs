@@ -232,10 +232,9 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A registry record, replaced whole and durably (see [`rbee_core::fsio::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
+    rbee_core::fsio::write_atomic(path, bytes, 0o644)
 }
 
 impl Workers {

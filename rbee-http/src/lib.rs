@@ -2,8 +2,12 @@
 //! between queen, hives and workers; and [`require_token`], the bearer-token check of the
 //! hive's and the workers' APIs. HTTPS uses rustls with the webpki root certificates,
 //! plus the PEM certificates of `$SSL_CERT_FILE` when it is set (a private CA). It follows no
-//! redirects.
+//! redirects. And [`serve()`], the HTTP server loop of the queen, the hive and the workers,
+//! with a header-read timeout and a connection cap ([`Limits`]).
 #![warn(missing_docs)]
+
+pub mod serve;
+pub use serve::{Limits, serve};
 
 use std::time::Duration;
 
@@ -398,6 +402,55 @@ mod tests {
         }
         buf.push(b"\n").unwrap();
         assert_eq!(buf.line().map(|l| l.len()), Some(4096 * 4096));
+    }
+
+    proptest::proptest! {
+        /// NDJSON and Server-Sent Events bodies in any pieces: the lines that come out are the
+        /// body split at `\n` (a `\r` before it dropped, bytes that are not UTF-8 replaced),
+        /// then what is left at the end, however the body was cut into frames. Each line read
+        /// as a hive's NDJSON event or as an SSE `data:` field never panics.
+        #[test]
+        fn fuzz_lines_of_any_body_in_any_pieces(
+            pieces in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        3 => proptest::sample::select(&b"\n\r{}\":,adt \xc3\xa9\xff"[..]),
+                        1 => proptest::arbitrary::any::<u8>(),
+                    ],
+                    0..40,
+                ),
+                0..12,
+            )
+        ) {
+            let mut buf = LineBuf::default();
+            let mut got = Vec::new();
+            for piece in &pieces {
+                buf.push(piece).unwrap();
+                while let Some(line) = buf.line() {
+                    got.push(line);
+                }
+                buf.scanned_all();
+            }
+            got.extend(buf.rest());
+            let body = pieces.concat();
+            let mut want: Vec<String> = Vec::new();
+            let mut parts: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
+            let last = parts.pop().unwrap_or_default();
+            for part in parts {
+                let part = part.strip_suffix(b"\r").unwrap_or(part);
+                want.push(String::from_utf8_lossy(part).into_owned());
+            }
+            if !last.is_empty() {
+                want.push(String::from_utf8_lossy(last).into_owned());
+            }
+            proptest::prop_assert_eq!(&got, &want);
+            for line in &got {
+                let _ = serde_json::from_str::<rbee_core::proto::hive::HiveEvent>(line);
+                if let Some(data) = line.strip_prefix("data:") {
+                    let _ = serde_json::from_str::<rbee_core::proto::queen::JobEvent>(data.trim_start());
+                }
+            }
+        }
     }
 
     #[test]

@@ -60,6 +60,11 @@ impl Layout {
     pub fn installed_dir() -> String {
         format!("{}/installed", Self::STATE_DIR)
     }
+    /// The binaries an upgrade replaced (`previous/<file name>`, with `<file name>.record`,
+    /// its install record), kept for a rollback.
+    pub fn previous_dir() -> String {
+        format!("{}/previous", Self::STATE_DIR)
+    }
     /// Where the queen is, for heartbeats (JSON: url, interval_ms).
     pub fn queen_link() -> String {
         format!("{}/queen.link", Self::STATE_DIR)
@@ -80,8 +85,9 @@ impl Layout {
     /// Files and directories of the state directory that belong to the hive: what
     /// `rbee uninstall --purge` removes there, and nothing else (a queen or another program
     /// may keep its own files beside them).
-    pub fn hive_state_entries() -> [String; 6] {
+    pub fn hive_state_entries() -> [String; 7] {
         [
+            Self::previous_dir(),
             Self::hive_pid(),
             Self::hive_log(),
             Self::hive_token(),

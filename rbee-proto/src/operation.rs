@@ -23,6 +23,21 @@ pub enum Operation {
         /// Only these hives (empty: all).
         #[serde(default)]
         hive_aliases: Vec<String>,
+        /// At most this many running hives restarting at once (overrides
+        /// `[package] max_unavailable`).
+        #[serde(default)]
+        batch: Option<u32>,
+        /// Refuse any artifact rbee.lock does not pin, and leave the lock as it is.
+        #[serde(default)]
+        locked: bool,
+    },
+    /// Return hives to the binaries their last upgrade replaced.
+    PackageRollback {
+        /// Config directory or hives.conf.
+        config_path: Option<PathBuf>,
+        /// Only these hives (empty: all).
+        #[serde(default)]
+        hive_aliases: Vec<String>,
     },
     /// Report drift between config and hosts.
     PackageStatus {

@@ -90,6 +90,16 @@ pub enum ActionKind {
         /// What goes there.
         engine: EngineInstall,
     },
+    /// Put back the binaries the last upgrade replaced, restart the hive on them and wait
+    /// until it answers `/health` (`rbee rollback`).
+    Rollback {
+        /// File names restored (`rbee-hive`, `rbee-worker-<type>`).
+        binaries: Vec<String>,
+        /// The hive binary restored.
+        to: Installed,
+        /// The hive's port.
+        port: u16,
+    },
     /// Start the hive daemon.
     StartHive {
         /// Its port.
@@ -222,6 +232,7 @@ impl Plan {
                     ActionKind::RemoveWorker { .. } | ActionKind::Uninstall { .. } => s.remove += 1,
                     ActionKind::StartHive { .. } => s.start += 1,
                     ActionKind::RestartHive { .. } => s.restart += 1,
+                    ActionKind::Rollback { binaries, .. } => s.upgrade += binaries.len(),
                     ActionKind::StopHive => s.stop += 1,
                     ActionKind::WaitHealthy { .. } => {}
                 }

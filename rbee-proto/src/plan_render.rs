@@ -55,6 +55,10 @@ impl fmt::Display for ActionKind {
                     EngineChange::Reinstall => write!(f, "~ reinstall engine {worker} {to} (--force)"),
                 }
             }
+            ActionKind::Rollback { binaries, to, .. } => {
+                let v = to.version.as_deref().unwrap_or("unknown version");
+                write!(f, "~ rollback  to rbee-hive {v} (sha256:{}): {}", to.sha256.short(), binaries.join(", "))
+            }
             ActionKind::StartHive { port } => write!(f, "+ start     hive on port {port}"),
             ActionKind::RestartHive { port, reason } => {
                 write!(f, "~ restart   hive on port {port} ({reason})")

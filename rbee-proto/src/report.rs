@@ -98,12 +98,27 @@ pub enum HiveOutcome {
     },
     /// Not selected.
     Skipped,
+    /// An upgrade failed its health check and the previous binaries were put back: the hive
+    /// runs the old version again.
+    RolledBack {
+        /// The step that failed.
+        step: String,
+        /// Why, with the end of the new hive's log.
+        reason: String,
+        /// The version running again.
+        version: String,
+    },
+    /// Not touched: `max_failed` hives had failed before its turn.
+    Held {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl HiveOutcome {
-    /// Failed or unreachable.
+    /// Failed, unreachable or rolled back.
     pub fn is_failure(&self) -> bool {
-        matches!(self, HiveOutcome::Failed { .. } | HiveOutcome::Unreachable { .. })
+        matches!(self, HiveOutcome::Failed { .. } | HiveOutcome::Unreachable { .. } | HiveOutcome::RolledBack { .. })
     }
 }
 

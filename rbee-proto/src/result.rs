@@ -22,16 +22,22 @@ pub struct SyncOutcome {
     /// The deployments after the run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<crate::deployment::DeploymentStatus>,
+    /// How rbee.lock changes (a dry run) or changed (a run), one line each, e.g. `rbee-hive
+    /// latest 0.1.0 -> 0.2.0 (sha256:…)`, `added …`, `removed …`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lock_changes: Vec<String>,
 }
 
 impl SyncOutcome {
     /// A plan and its report, before anything about deployments is known.
     pub fn new(plan: Plan, report: Option<SyncReport>) -> Self {
-        Self { plan, report, deployment_steps: Vec::new(), deployments: Vec::new() }
+        Self { plan, report, deployment_steps: Vec::new(), deployments: Vec::new(), lock_changes: Vec::new() }
     }
 
     /// The documented exit code: a dry run gives 0 (in sync), 2 (changes pending) or 1 (a
     /// hive could not be observed); a run gives 0 (all ok), 3 (partial) or 1 (all failed).
+    /// Changes to rbee.lock alone (one written for a fleet already in sync) are not pending
+    /// changes: the code is about the hosts.
     pub fn exit_code(&self) -> u8 {
         let deployments_ready = self.deployments.iter().all(|d| d.is_ready());
         match &self.report {
@@ -60,6 +66,9 @@ pub struct HiveStatusReport {
     pub healthy: bool,
     /// Pid of the running hive.
     pub pid: Option<u32>,
+    /// What keeps the hive running (`--verbose`): systemd or a detached process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<crate::state::Supervisor>,
     /// Installed files (`--verbose`): path → short digest and version.
     pub files: BTreeMap<String, String>,
 }

@@ -32,3 +32,41 @@ pub struct Installed {
     /// The version the install manifest records for this digest, if any.
     pub version: Option<String>,
 }
+
+/// What keeps a hive running on its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Supervisor {
+    /// A system unit (`/etc/systemd/system/rbee-hive.service`): restarted when it fails,
+    /// started at boot.
+    SystemdSystem,
+    /// A user unit (`~/.config/systemd/user/rbee-hive.service`), with lingering: restarted
+    /// when it fails, started at boot.
+    SystemdUser,
+    /// A detached process: nothing restarts it, and it does not survive a reboot.
+    Detached,
+}
+
+impl Supervisor {
+    /// `systemd-system`, `systemd-user` or `detached`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Supervisor::SystemdSystem => "systemd-system",
+            Supervisor::SystemdUser => "systemd-user",
+            Supervisor::Detached => "detached",
+        }
+    }
+
+    /// From [`Supervisor::as_str`]'s names; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Supervisor::SystemdSystem, Supervisor::SystemdUser, Supervisor::Detached]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

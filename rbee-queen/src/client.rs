@@ -37,26 +37,54 @@ pub enum ClientError {
     /// The answer was not what the API promises.
     #[error("unexpected answer from the queen: {0}")]
     Protocol(String),
+    /// The queen stopped sending: no answer, or no event and no keepalive, for too long.
+    #[error(
+        "the queen at {addr} sent nothing for {}s ({what}): is it still running? (`rbee queen status`)",
+        after.as_secs()
+    )]
+    Silent {
+        /// The address.
+        addr: SocketAddr,
+        /// What was awaited.
+        what: &'static str,
+        /// How long.
+        after: std::time::Duration,
+    },
 }
+
+/// How long the client waits for an answer, and between two lines of an event stream (the
+/// queen sends a keepalive comment every 10 s, so a live stream is never this quiet).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A connection-per-request client of one queen.
 #[derive(Debug, Clone)]
 pub struct QueenClient {
     addr: SocketAddr,
     token: String,
+    idle: std::time::Duration,
 }
 
 impl QueenClient {
     /// A client for the queen at `addr`, using `token`.
     pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
-        Self { addr, token: token.into() }
+        Self { addr, token: token.into(), idle: IDLE_TIMEOUT }
+    }
+
+    /// With another idle timeout than [`IDLE_TIMEOUT`].
+    pub fn with_idle_timeout(self, idle: std::time::Duration) -> Self {
+        Self { idle, ..self }
+    }
+
+    fn silent(&self, what: &'static str) -> ClientError {
+        ClientError::Silent { addr: self.addr, what, after: self.idle }
     }
 
     async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<rbee_http::Response, ClientError> {
         let url = format!("http://{}{path}", self.addr);
         let bearer = rbee_core::proto::bearer(&self.token);
         let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-        let response = rbee_http::send(method, &url, &headers, body.unwrap_or_default()).await.map_err(|e| {
+        let sent = tokio::time::timeout(self.idle, rbee_http::send(method, &url, &headers, body.unwrap_or_default()));
+        let response = sent.await.map_err(|_| self.silent("waiting for an answer"))?.map_err(|e| {
             if e.is_unreachable() {
                 ClientError::Unreachable { addr: self.addr, reason: e.to_string() }
             } else {
@@ -152,35 +180,78 @@ impl QueenClient {
         if !response.status().is_success() {
             return Err(ClientError::Status { status: response.status().as_u16(), body: String::new() });
         }
-        let mut body = response.into_body();
-        let mut buf = String::new();
+        // Server-Sent Events: `data:` lines up to an empty line make one event; comments
+        // (keepalives) and other fields are skipped.
+        let mut lines = rbee_http::Lines::new(response);
+        let mut data = String::new();
         let mut expected = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let Some(data) = frame.data_ref() else { continue };
-            buf.push_str(&String::from_utf8_lossy(data));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                let data: String = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if data.is_empty() {
-                    continue; // a keepalive comment
+        loop {
+            let line = tokio::time::timeout(self.idle, lines.next_line())
+                .await
+                .map_err(|_| self.silent("waiting for the job's next event"))?
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let Some(line) = line else { break };
+            if let Some(part) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
                 }
-                let event: JobEvent = serde_json::from_str(&data).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                if event.seq != expected {
-                    return Err(ClientError::Protocol(format!("event {} arrived where {expected} was due", event.seq)));
-                }
-                expected += 1;
-                on_event(&event);
-                if matches!(event.body, crate::api::JobEventBody::Result { .. }) {
-                    return Ok(event);
-                }
+                data.push_str(part.strip_prefix(' ').unwrap_or(part));
+                continue;
+            }
+            if !line.is_empty() || data.is_empty() {
+                continue;
+            }
+            let event: JobEvent = serde_json::from_str(&data).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            data.clear();
+            if event.seq != expected {
+                return Err(ClientError::Protocol(format!("event {} arrived where {expected} was due", event.seq)));
+            }
+            expected += 1;
+            on_event(&event);
+            if matches!(event.body, crate::api::JobEventBody::Result { .. }) {
+                return Ok(event);
             }
         }
         Err(ClientError::Protocol("the event stream ended without a result".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server that accepts and answers with `head` (or nothing), then stays silent.
+    async fn stalled(head: Option<&'static str>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if let Some(head) = head {
+                    let _ = socket.write_all(head.as_bytes()).await;
+                }
+                held.push(socket);
+            }
+        });
+        addr
+    }
+
+    /// A queen that hangs (a stopped process, a wedged host) used to hang `rbee` for ever.
+    #[tokio::test]
+    async fn a_queen_that_stops_answering_is_an_error_not_a_hang() {
+        let idle = Duration::from_millis(300);
+        let client = QueenClient::new(stalled(None).await, "t").with_idle_timeout(idle);
+        let err = client.health().await.unwrap_err();
+        assert!(matches!(err, ClientError::Silent { what: "waiting for an answer", .. }), "{err}");
+
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n: keepalive\n\n";
+        let client = QueenClient::new(stalled(Some(head)).await, "t").with_idle_timeout(idle);
+        let started = std::time::Instant::now();
+        let err = client.stream("j1", |_| {}).await.unwrap_err();
+        assert!(matches!(err, ClientError::Silent { what: "waiting for the job's next event", .. }), "{err}");
+        assert!(err.to_string().contains("rbee queen status"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

@@ -9,8 +9,13 @@
 //!                              the `result` event — never on silence
 //! DELETE /v1/jobs/{id} ──▶ cancel flag: no new step starts, locks released
 //! ```
+//!
+//! Memory is bounded ([`JobLimits`]): a job keeps its first events and its latest ones up to
+//! a size, and one `log` event in the replay says how many were dropped between them (each
+//! stream numbers what it sends, so `seq` stays gapless); the `result` event is always kept.
+//! Finished jobs are forgotten oldest first beyond a count and a total size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,12 +38,111 @@ use crate::routes::Queen;
 /// Finished jobs kept for `GET /v1/jobs` and replay.
 const KEEP_FINISHED_JOBS: usize = 500;
 
+/// How much of its jobs' events the queen keeps, so that a chatty or hostile host cannot make
+/// it use unbounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct JobLimits {
+    /// Finished jobs kept for `GET /v1/jobs` and replay (500).
+    pub(crate) finished_jobs: usize,
+    /// The events one job keeps, in bytes (8 MiB): beyond it, events after its first ones are
+    /// dropped, oldest first, and the replay says how many.
+    pub(crate) job_bytes: usize,
+    /// Of those, the bytes of a job's first events, kept whole (1 MiB).
+    pub(crate) head_bytes: usize,
+    /// The events all jobs keep, in bytes (256 MiB): beyond it, the oldest finished jobs are
+    /// forgotten when the next job is submitted. Running jobs are never dropped, so the queen
+    /// holds at most this plus `job_bytes` per running job.
+    pub(crate) total_bytes: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self { finished_jobs: KEEP_FINISHED_JOBS, job_bytes: 8 << 20, head_bytes: 1 << 20, total_bytes: 256 << 20 }
+    }
+}
+
+/// What one kept event counts for beyond its JSON, so that many tiny events count too.
+const EVENT_OVERHEAD: usize = 64;
+
+/// One kept event: its place in the job (its index among every event pushed), and its size.
+struct Kept {
+    seq: u64,
+    size: usize,
+    body: JobEventBody,
+}
+
+/// A job's events within [`JobLimits::job_bytes`]: the first ones (`head`, up to
+/// [`JobLimits::head_bytes`]), then, after any dropped ones, the latest (`tail`). The newest
+/// event (the `result`, at the end) is never dropped.
+#[derive(Default)]
+struct EventLog {
+    head: Vec<Kept>,
+    /// Set once an event did not fit in `head`: from then on every event goes to `tail`, so
+    /// `head` holds exactly the events `0..head.len()`.
+    head_full: bool,
+    tail: VecDeque<Kept>,
+    /// Events pushed so far: the next one's seq.
+    pushed: u64,
+    /// Bytes kept, head and tail.
+    bytes: usize,
+    /// Bytes kept in `head`.
+    head_bytes: usize,
+}
+
+impl EventLog {
+    fn push(&mut self, body: JobEventBody, limits: &JobLimits) {
+        let seq = self.pushed;
+        self.pushed += 1;
+        let event = JobEvent { seq, body };
+        let size = serde_json::to_string(&event).map_or(0, |json| json.len()) + EVENT_OVERHEAD;
+        let kept = Kept { seq, size, body: event.body };
+        if !self.head_full && self.head_bytes + size <= limits.head_bytes.min(limits.job_bytes) {
+            self.head_bytes += size;
+            self.head.push(kept);
+        } else {
+            self.head_full = true;
+            self.tail.push_back(kept);
+        }
+        self.bytes += size;
+        while self.bytes > limits.job_bytes && self.tail.len() > 1 {
+            let dropped = self.tail.pop_front().expect("more than one");
+            self.bytes -= dropped.size;
+        }
+    }
+
+    /// The events from seq `from` on, in order: with one `log` event standing for those that
+    /// were dropped (if any of them are at or after `from`).
+    fn since(&self, from: u64, limits: &JobLimits) -> Vec<JobEventBody> {
+        let head_end = self.head.len() as u64;
+        let mut out: Vec<JobEventBody> =
+            self.head.iter().skip(usize::try_from(from).unwrap_or(usize::MAX)).map(|k| k.body.clone()).collect();
+        let tail_start = self.tail.front().map_or(self.pushed, |k| k.seq);
+        let missed = tail_start.saturating_sub(from.max(head_end));
+        if missed > 0 {
+            out.push(JobEventBody::Log {
+                message: format!(
+                    "{missed} events dropped here: this job said more than the {} MiB the queen keeps per job (its first \
+                     and latest events are kept)",
+                    limits.job_bytes >> 20
+                ),
+            });
+        }
+        out.extend(self.tail.iter().filter(|k| k.seq >= from).map(|k| k.body.clone()));
+        out
+    }
+
+    fn last(&self) -> Option<&JobEventBody> {
+        self.tail.back().or(self.head.last()).map(|k| &k.body)
+    }
+}
+
 /// One submitted operation and everything it has said so far.
 pub(crate) struct Job {
     id: String,
     pub(crate) operation: Operation,
     submitted_ms: u64,
-    events: Mutex<Vec<JobEvent>>,
+    limits: JobLimits,
+    events: Mutex<EventLog>,
     done: AtomicBool,
     /// Set by `DELETE /v1/jobs/{id}`; the runner checks it between steps.
     pub(crate) cancel: Arc<AtomicBool>,
@@ -46,34 +150,47 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    fn new(id: String, operation: Operation, submitted_ms: u64) -> Self {
+    fn new(id: String, operation: Operation, submitted_ms: u64, limits: JobLimits) -> Self {
         Self {
             id,
             operation,
             submitted_ms,
-            events: Mutex::new(Vec::new()),
+            limits,
+            events: Mutex::new(EventLog::default()),
             done: AtomicBool::new(false),
             cancel: Arc::default(),
             changed: Notify::new(),
         }
     }
 
-    /// Appends an event. Its seq is its index, taken under the same lock as the append, so seqs
-    /// are gapless and in order however many tasks push.
+    fn log(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends an event. Its place is taken under the same lock as the append, so events are
+    /// in order however many tasks push.
     pub(crate) fn push(&self, body: JobEventBody) {
-        let mut events = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seq = events.len() as u64;
-        events.push(JobEvent { seq, body });
-        drop(events);
+        self.log().push(body, &self.limits);
         self.changed.notify_waiters();
     }
 
+    /// The events from the `from`-th pushed on (see [`EventLog::since`]), and where the next
+    /// read starts.
+    fn since(&self, from: u64) -> (Vec<JobEventBody>, u64) {
+        let log = self.log();
+        (log.since(from, &self.limits), log.pushed)
+    }
+
+    /// The bytes of events this job keeps.
+    fn bytes(&self) -> usize {
+        self.log().bytes
+    }
+
     fn summary(&self) -> JobSummary {
-        let exit_code =
-            self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last().and_then(|e| match &e.body {
-                JobEventBody::Result { exit_code, .. } => Some(*exit_code),
-                _ => None,
-            });
+        let exit_code = self.log().last().and_then(|body| match body {
+            JobEventBody::Result { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        });
         let state = match (self.done.load(Ordering::Acquire), self.cancel.load(Ordering::Relaxed)) {
             (true, true) => "cancelled",
             (true, false) => "done",
@@ -95,9 +212,16 @@ pub(crate) struct Jobs {
     jobs: Mutex<BTreeMap<String, Arc<Job>>>,
     /// Makes ids unique when two jobs are submitted in the same millisecond.
     next: AtomicU64,
+    limits: JobLimits,
 }
 
 impl Jobs {
+    /// No jobs yet, keeping at most what `limits` allow.
+    #[cfg(test)]
+    fn with_limits(limits: JobLimits) -> Self {
+        Self { limits, ..Self::default() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
         self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -106,17 +230,25 @@ impl Jobs {
     fn create(&self, operation: Operation, now_ms: u64) -> Arc<Job> {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let id = format!("job-{now_ms}-{n}");
-        let job = Arc::new(Job::new(id.clone(), operation, now_ms));
+        let job = Arc::new(Job::new(id.clone(), operation, now_ms, self.limits));
         let mut jobs = self.lock();
-        // Keep every running job and the most recent finished ones, so a long-lived queen's
-        // memory stays bounded.
-        let finished: Vec<String> =
-            jobs.values().filter(|j| j.done.load(Ordering::Acquire)).map(|j| j.id.clone()).collect();
-        let excess = finished.len().saturating_sub(KEEP_FINISHED_JOBS);
-        let mut oldest: Vec<(u64, String)> = finished.into_iter().map(|id| (jobs[&id].submitted_ms, id)).collect();
-        oldest.sort();
-        for (_, id) in oldest.into_iter().take(excess) {
+        // Keep every running job and the most recent finished ones, within a count and a
+        // total size, so a long-lived queen's memory stays bounded.
+        let mut total: usize = jobs.values().map(|j| j.bytes()).sum();
+        let mut finished: Vec<(u64, String, usize)> = jobs
+            .values()
+            .filter(|j| j.done.load(Ordering::Acquire))
+            .map(|j| (j.submitted_ms, j.id.clone(), j.bytes()))
+            .collect();
+        finished.sort();
+        let mut left = finished.len();
+        for (_, id, bytes) in finished {
+            if left <= self.limits.finished_jobs && total <= self.limits.total_bytes {
+                break;
+            }
             jobs.remove(&id);
+            total -= bytes;
+            left -= 1;
         }
         jobs.insert(id, job.clone());
         job
@@ -229,35 +361,43 @@ pub(crate) async fn events(State(queen): State<Arc<Queen>>, Path(id): Path<Strin
     let Some(job) = queen.jobs.find(&id) else {
         return no_job(&id);
     };
-    // Replay from the start, then follow; end right after the result event.
-    let stream = futures_util::stream::unfold((job, 0usize, false), |(job, next, finished)| async move {
+    use futures_util::StreamExt;
+    let stream =
+        replay(job).map(|e| Ok::<_, Infallible>(Event::default().data(serde_json::to_string(&e).unwrap_or_default())));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(queen.config.keepalive)).into_response()
+}
+
+/// A job's events from the first, then live, ending right after the result event. They are
+/// numbered by this stream (`seq` from 0, gapless), so a stretch of dropped events, replaced
+/// by one `log` event that says so, leaves no hole.
+fn replay(job: Arc<Job>) -> impl futures_util::Stream<Item = JobEvent> {
+    // `next`: the next of the job's events to send; `sent`: how many this stream sent.
+    let state = (job, 0u64, 0u64, false);
+    let batches = futures_util::stream::unfold(state, |(job, next, sent, finished)| async move {
         if finished {
             return None;
         }
         loop {
-            let batch: Vec<JobEvent> = {
+            let (batch, next) = {
                 // Register for the wakeup before looking, so an event pushed in between is not missed.
                 let notified = job.changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let batch = job.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[next..].to_vec();
+                let (batch, after) = job.since(next);
                 if batch.is_empty() {
                     notified.await;
                     continue;
                 }
-                batch
+                (batch, after)
             };
-            let last = batch.iter().any(|e| matches!(e.body, JobEventBody::Result { .. }));
-            let n = batch.len();
-            let items: Vec<Result<Event, Infallible>> = batch
-                .into_iter()
-                .map(|e| Ok(Event::default().data(serde_json::to_string(&e).unwrap_or_default())))
-                .collect();
-            return Some((futures_util::stream::iter(items), (job, next + n, last)));
+            let last = batch.iter().any(|body| matches!(body, JobEventBody::Result { .. }));
+            let n = batch.len() as u64;
+            let events: Vec<JobEvent> =
+                batch.into_iter().zip(sent..).map(|(body, seq)| JobEvent { seq, body }).collect();
+            return Some((futures_util::stream::iter(events), (job, next, sent + n, last)));
         }
     });
-    use futures_util::StreamExt;
-    Sse::new(stream.flatten()).keep_alive(KeepAlive::new().interval(queen.config.keepalive)).into_response()
+    futures_util::StreamExt::flatten(batches)
 }
 
 #[cfg(test)]
@@ -286,7 +426,7 @@ mod tests {
 
     #[test]
     fn seqs_are_gapless_across_concurrent_pushes() {
-        let job = Arc::new(Job::new("job-1".into(), op(), 0));
+        let job = Arc::new(Job::new("job-1".into(), op(), 0, JobLimits::default()));
         let pushers: Vec<_> = (0..4)
             .map(|_| {
                 let job = job.clone();
@@ -294,8 +434,8 @@ mod tests {
             })
             .collect();
         pushers.into_iter().for_each(|t| t.join().expect("pusher"));
-        let seqs: Vec<u64> =
-            job.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|e| e.seq).collect();
+        let log = job.log();
+        let seqs: Vec<u64> = log.head.iter().chain(&log.tail).map(|k| k.seq).collect();
         assert_eq!(seqs, (0..200).collect::<Vec<u64>>());
     }
 
@@ -336,5 +476,121 @@ mod tests {
         assert!(jobs.find(&finished[0].id).is_none());
         assert!(jobs.find(&finished[1].id).is_none());
         assert!(jobs.find(&finished[2].id).is_some());
+    }
+
+    fn small() -> JobLimits {
+        JobLimits {
+            finished_jobs: KEEP_FINISHED_JOBS,
+            job_bytes: 8 * 1024,
+            head_bytes: 2 * 1024,
+            total_bytes: 64 * 1024,
+        }
+    }
+
+    fn result() -> JobEventBody {
+        let result = OperationResult::Valid { hives: vec![] };
+        JobEventBody::Result { exit_code: result.exit_code(), result }
+    }
+
+    fn message(body: &JobEventBody) -> &str {
+        match body {
+            JobEventBody::Log { message } => message,
+            _ => "",
+        }
+    }
+
+    /// A hive printing endlessly grew a job's event log without bound: past its cap a job keeps
+    /// its first and latest events, one event says how many were dropped, the result is kept.
+    #[test]
+    fn a_job_keeps_its_first_and_latest_events_within_its_cap() {
+        let limits = small();
+        let job = Job::new("job-1".into(), op(), 0, limits);
+        for i in 0..1000 {
+            job.push(log(&format!("line {i:04} {}", "x".repeat(40))));
+        }
+        job.push(result());
+        assert!(job.bytes() <= limits.job_bytes, "{} bytes kept", job.bytes());
+
+        let (all, next) = job.since(0);
+        assert_eq!(next, 1001);
+        assert!(message(&all[0]).starts_with("line 0000 "), "the first events are kept");
+        assert!(matches!(all.last(), Some(JobEventBody::Result { .. })), "the result is always kept");
+        let gaps: Vec<&str> = all.iter().map(message).filter(|m| m.contains("events dropped")).collect();
+        assert_eq!(gaps.len(), 1, "one event stands for the dropped ones");
+        let dropped: usize = gaps[0].split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(dropped + all.len() - 1, 1001, "kept + dropped = pushed: {}", gaps[0]);
+        assert!(message(&all[all.len() - 2]).starts_with("line 0999 "), "the latest events are kept");
+
+        // A reader that had already seen some of the dropped events is told only of the rest.
+        let (later, _) = job.since(900);
+        let gap = message(&later[0]);
+        let after_900: usize = gap.split(' ').next().unwrap().parse().unwrap();
+        assert!(after_900 < dropped && after_900 + later.len() - 1 == 101, "{gap}");
+        // One past the end: nothing.
+        assert!(job.since(1001).0.is_empty());
+    }
+
+    #[test]
+    fn a_result_larger_than_the_cap_is_still_kept() {
+        let job = Job::new("job-1".into(), op(), 0, small());
+        job.push(log("start"));
+        let huge = OperationResult::error("e".repeat(100 * 1024));
+        job.push(JobEventBody::Result { exit_code: huge.exit_code(), result: huge });
+        assert_eq!(job.summary().exit_code, Some(1));
+        let (all, _) = job.since(0);
+        assert_eq!(all.len(), 2, "nothing was dropped");
+    }
+
+    /// The stream renumbers what it sends: gapless from 0 (what clients check), the dropped
+    /// events replaced by one, live events after the replay, and the end after the result.
+    #[tokio::test]
+    async fn the_replay_stays_gapless_where_events_were_dropped() {
+        use futures_util::StreamExt;
+        let job = Arc::new(Job::new("job-1".into(), op(), 0, small()));
+        for i in 0..500 {
+            job.push(log(&format!("line {i} {}", "y".repeat(40))));
+        }
+        let pusher = {
+            let job = job.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                job.push(log("live"));
+                job.push(result());
+            })
+        };
+        let events: Vec<JobEvent> = replay(job.clone()).collect().await;
+        pusher.await.unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+        assert!(events.iter().any(|e| message(&e.body).contains("events dropped here")));
+        assert!(events.iter().any(|e| message(&e.body) == "live"));
+        assert!(matches!(events.last().map(|e| &e.body), Some(JobEventBody::Result { .. })));
+    }
+
+    #[test]
+    fn the_oldest_finished_jobs_go_when_all_jobs_keep_too_much() {
+        let limits = small();
+        let jobs = Jobs::with_limits(limits);
+        let running = jobs.create(op(), 0);
+        let fill = |job: &Job| (0..200).for_each(|i| job.push(log(&format!("{i} {}", "z".repeat(60)))));
+        fill(&running);
+        let finished: Vec<Arc<Job>> = (1..=20)
+            .map(|t| {
+                let job = jobs.create(op(), t);
+                fill(&job);
+                job.push(result());
+                job.done.store(true, Ordering::Release);
+                job
+            })
+            .collect();
+        let newest = jobs.create(op(), 100);
+        let total: usize = jobs.all().iter().map(|j| j.bytes()).sum();
+        assert!(total <= limits.total_bytes, "{total} bytes kept");
+        assert!(jobs.find(&running.id).is_some(), "running jobs are never dropped");
+        assert!(jobs.find(&newest.id).is_some());
+        assert!(jobs.find(&finished[0].id).is_none(), "the oldest finished job went first");
+        assert!(jobs.find(&finished[19].id).is_some(), "the newest finished job is kept");
+        let kept: Vec<bool> = finished.iter().map(|j| jobs.find(&j.id).is_some()).collect();
+        assert!(kept.windows(2).all(|w| w[0] <= w[1]), "oldest first: {kept:?}");
     }
 }

@@ -117,11 +117,7 @@ impl Deployments {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
-            let mut file = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut file, &bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            rbee_core::fsio::write_atomic(&self.path, &bytes, 0o600)
         });
         if let Err(e) = result {
             eprintln!("queen-rbee: cannot write {}: {e}", self.path.display());

@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use rbee_core::execute::now_ms;
 use rbee_core::package::OperationResult;
 use rbee_core::proto::hive::WorkerState;
+use rbee_http::ApiError;
 
 use crate::api::{Heartbeat, HiveEntry};
 use crate::routes::Queen;
@@ -27,6 +29,14 @@ const MISSED_BEATS: u64 = 3;
 pub(crate) const MIN_INTERVAL_MS: u64 = 100;
 /// See [`MIN_INTERVAL_MS`].
 pub(crate) const MAX_INTERVAL_MS: u64 = 10 * 60 * 1000;
+
+/// The most hives the registry holds: 100,000. A heartbeat of a new hive beyond it replaces
+/// the hive silent longest if that one is stale, and is refused otherwise.
+pub(crate) const MAX_HIVES: usize = 100_000;
+
+/// The most entries each list of one heartbeat may hold (worker processes, models, GPUs,
+/// worker types, installed files): 10,000. A heartbeat with more is refused (413).
+pub(crate) const MAX_LIST: usize = 10_000;
 
 /// True if a hive that beats every `interval_ms` and was last heard `age_ms` ago is stale.
 pub(crate) fn is_stale(age_ms: u64, interval_ms: u64) -> bool {
@@ -55,6 +65,40 @@ pub(crate) enum HiveError {
         /// Milliseconds since its last heartbeat.
         age_ms: u64,
     },
+}
+
+/// Why a heartbeat was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Rejected {
+    /// One of its lists is longer than [`MAX_LIST`].
+    #[error("the heartbeat of {alias} lists {len} {list}, more than the {max} the queen accepts")]
+    TooLarge {
+        /// The hive.
+        alias: String,
+        /// Which list.
+        list: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The registry holds [`MAX_HIVES`] hives and none of them is stale.
+    #[error("the queen's registry is full ({max} hives, none stale): the heartbeat of new hive {alias} was refused")]
+    Full {
+        /// The new hive.
+        alias: String,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Rejected {
+    fn status(&self) -> StatusCode {
+        match self {
+            Rejected::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejected::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 /// A hive as last heard from.
@@ -88,23 +132,57 @@ pub(crate) struct Registry {
     /// How long after start the registry may still be missing hives that reported to a
     /// previous queen.
     warmup_ms: u64,
+    /// [`MAX_HIVES`], smaller in tests.
+    max_hives: usize,
+    /// [`MAX_LIST`], smaller in tests.
+    max_list: usize,
 }
 
 impl Registry {
     /// An empty registry for a queen started at `started_ms` whose hives beat every
     /// `heartbeat_ms`.
     pub(crate) fn new(started_ms: u64, heartbeat_ms: u64) -> Self {
-        Self { hives: Mutex::new(BTreeMap::new()), started_ms, warmup_ms: heartbeat_ms.saturating_add(1000) }
+        Self {
+            hives: Mutex::new(BTreeMap::new()),
+            started_ms,
+            warmup_ms: heartbeat_ms.saturating_add(1000),
+            max_hives: MAX_HIVES,
+            max_list: MAX_LIST,
+        }
+    }
+
+    /// The same registry with other limits than [`MAX_HIVES`] and [`MAX_LIST`].
+    #[cfg(test)]
+    pub(crate) fn with_limits(self, max_hives: usize, max_list: usize) -> Self {
+        Self { max_hives, max_list, ..self }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hive>> {
         self.hives.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// [`Self::try_record`] for tests, where every beat is accepted.
+    #[cfg(test)]
+    pub(crate) fn record(&self, beat: Heartbeat, ip: IpAddr, now_ms: u64) -> bool {
+        self.try_record(beat, ip, now_ms).expect("heartbeat accepted")
+    }
+
     /// Takes `beat`, heard from `ip` at `now_ms`, as the hive's whole current state: a hive that
     /// restarted (new port, pid or address) replaces its old entry.
-    /// Returns true when the hive is new or its worker processes changed state.
-    pub(crate) fn record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) -> bool {
+    /// Returns true when the hive is new or its worker processes changed state. Refuses a beat
+    /// with a list longer than [`MAX_LIST`], and a new hive when the registry holds
+    /// [`MAX_HIVES`] and none of them is stale (else the one silent longest makes room).
+    pub(crate) fn try_record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) -> Result<bool, Rejected> {
+        let lists = [
+            ("worker processes", beat.processes.len()),
+            ("models", beat.models.len()),
+            ("GPUs", beat.gpus.len()),
+            ("worker types", beat.workers.len()),
+            ("installed files", beat.installed.len()),
+        ];
+        if let Some((list, len)) = lists.into_iter().find(|(_, len)| *len > self.max_list) {
+            return Err(Rejected::TooLarge { alias: beat.alias, list, len, max: self.max_list });
+        }
         // A hostile or broken interval (0, or u64::MAX) must not make a hive fresh forever or
         // stale at once.
         beat.interval_ms = beat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
@@ -113,8 +191,21 @@ impl Registry {
         };
         let now = states(&beat);
         let mut hives = self.lock();
+        if hives.len() >= self.max_hives && !hives.contains_key(&beat.alias) {
+            let silent_longest = hives
+                .iter()
+                .filter(|(_, h)| !h.is_fresh(now_ms))
+                .min_by_key(|(_, h)| h.seen_ms)
+                .map(|(alias, _)| alias.clone());
+            match silent_longest {
+                Some(alias) => {
+                    hives.remove(&alias);
+                }
+                None => return Err(Rejected::Full { alias: beat.alias, max: self.max_hives }),
+            }
+        }
         let before = hives.insert(beat.alias.clone(), Hive { seen_ms: now_ms, ip, beat });
-        before.is_none_or(|h| states(&h.beat) != now || !h.is_fresh(now_ms))
+        Ok(before.is_none_or(|h| states(&h.beat) != now || !h.is_fresh(now_ms)))
     }
 
     /// Every hive, fresh or stale, as `GET /v1/hives` shows it.
@@ -175,19 +266,23 @@ impl Registry {
         let mut hives = self.lock();
         let Some(hive) = hives.get_mut(alias) else { return };
         let beat = &mut hive.beat;
+        // Within the same limit as heartbeats.
+        let max = self.max_list;
         match result {
-            OperationResult::Workers { workers, .. } => beat.processes = workers.clone(),
+            OperationResult::Workers { workers, .. } => beat.processes = workers.iter().take(max).cloned().collect(),
             OperationResult::Worker { worker, .. } => {
                 beat.processes.retain(|p| p.id != worker.id);
                 // A stopped or cleared (crashed, then deleted) worker is gone from its hive.
-                if worker.state.is_alive() {
+                if worker.state.is_alive() && beat.processes.len() < max {
                     beat.processes.push((**worker).clone());
                 }
             }
-            OperationResult::Catalog { workers, .. } => beat.workers = workers.clone(),
+            OperationResult::Catalog { workers, .. } => beat.workers = workers.iter().take(max).cloned().collect(),
             OperationResult::Model { model, .. } => {
                 beat.models.retain(|m| m.name != model.name);
-                beat.models.push(model.clone());
+                if beat.models.len() < max {
+                    beat.models.push(model.clone());
+                }
             }
             _ => {}
         }
@@ -195,16 +290,22 @@ impl Registry {
 }
 
 /// `POST /v1/heartbeats`: the hive's address is taken from the connection, not from the beat,
-/// so the queen reaches it the way it reached the queen.
+/// so the queen reaches it the way it reached the queen. A beat beyond the registry's limits
+/// is refused: 413 for an oversized list, 503 when the registry is full.
 pub(crate) async fn heartbeat(
     State(queen): State<Arc<Queen>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(beat): Json<Heartbeat>,
-) -> StatusCode {
-    if queen.registry.record(beat, peer.ip(), now_ms()) {
-        queen.deployments.wake.notify_one();
+) -> Response {
+    match queen.registry.try_record(beat, peer.ip(), now_ms()) {
+        Ok(changed) => {
+            if changed {
+                queen.deployments.wake.notify_one();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(rejected) => ApiError::new(rejected.status(), rejected.to_string()).into_response(),
     }
-    StatusCode::NO_CONTENT
 }
 
 /// `GET /v1/hives`: every hive that sent a heartbeat, stale ones included, so a hive that went
@@ -276,6 +377,50 @@ pub(crate) mod tests {
         let zero = fresh.iter().find(|b| b.alias == "zero").expect("zero is fresh when it beats");
         assert_eq!(zero.interval_ms, MIN_INTERVAL_MS);
         assert!(registry.fresh(1_000 + 3 * MIN_INTERVAL_MS + 1).iter().all(|b| b.alias != "zero"));
+    }
+
+    /// A heartbeat listing millions of workers or models was kept whole: lists beyond the limit
+    /// are refused (413), and a forwarded result cannot grow them past it either.
+    #[test]
+    fn oversized_heartbeats_are_refused() {
+        let registry = Registry::new(0, INTERVAL_MS).with_limits(MAX_HIVES, 3);
+        let many = (0..4).map(|i| worker(&format!("w{i}"), "m", WorkerState::Ready)).collect();
+        let err = registry.try_record(beat("big", 1, many), ip(1), 0).unwrap_err();
+        assert_eq!(err, Rejected::TooLarge { alias: "big".into(), list: "worker processes", len: 4, max: 3 });
+        assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(err.to_string().contains("lists 4 worker processes, more than the 3"), "{err}");
+        let mut types = beat("big", 1, Vec::new());
+        types.workers = (0..4).map(|i| format!("type-{i}")).collect();
+        assert!(matches!(registry.try_record(types, ip(1), 0), Err(Rejected::TooLarge { list: "worker types", .. })));
+        assert!(registry.entries(0).is_empty(), "nothing of a refused beat is kept");
+
+        let three = (0..3).map(|i| worker(&format!("w{i}"), "m", WorkerState::Ready)).collect();
+        assert_eq!(registry.try_record(beat("ok", 1, three), ip(1), 0), Ok(true));
+        let listed: Vec<WorkerProcess> = (0..10).map(|i| worker(&format!("x{i}"), "m", WorkerState::Ready)).collect();
+        registry.note_result("ok", &OperationResult::Workers { hive: "ok".into(), workers: listed });
+        assert_eq!(registry.fresh(0)[0].processes.len(), 3);
+        let one_more = worker("y", "m", WorkerState::Ready);
+        registry.note_result("ok", &OperationResult::Worker { hive: "ok".into(), worker: Box::new(one_more) });
+        assert_eq!(registry.fresh(0)[0].processes.len(), 3);
+    }
+
+    /// Heartbeats under ever new aliases grew the registry without bound: it holds at most
+    /// its limit, making room by forgetting the hive silent longest once that one is stale.
+    #[test]
+    fn the_registry_holds_at_most_its_limit_of_hives() {
+        let registry = Registry::new(0, INTERVAL_MS).with_limits(2, MAX_LIST);
+        assert_eq!(registry.try_record(beat("a", 1, vec![]), ip(1), 0), Ok(true));
+        assert_eq!(registry.try_record(beat("b", 2, vec![]), ip(2), 500), Ok(true));
+        let err = registry.try_record(beat("c", 3, vec![]), ip(3), 1_000).unwrap_err();
+        assert_eq!(err, Rejected::Full { alias: "c".into(), max: 2 });
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(registry.try_record(beat("a", 1, vec![]), ip(1), 1_000).is_ok(), "known hives still beat");
+
+        // Later "b" is stale (silent since 500), "a" too but heard later: "b" makes room.
+        let later = 1_000 + 3 * INTERVAL_MS + 1;
+        assert_eq!(registry.try_record(beat("c", 3, vec![]), ip(3), later), Ok(true));
+        let aliases: Vec<String> = registry.entries(later).into_iter().map(|e| e.heartbeat.alias).collect();
+        assert_eq!(aliases, vec!["a", "c"]);
     }
 
     /// A panic while the registry's lock was held (in any handler) must not take the registry

@@ -66,10 +66,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves, within the default [`rbee_http::Limits`] (header-read
+    /// timeout, connection cap); handlers see the peer as `ConnectInfo<SocketAddr>`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let service = self.router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await
+        rbee_http::serve(self.listener, self.router, shutdown, rbee_http::Limits::default()).await
     }
 }
 

@@ -7,8 +7,7 @@
 //! one wins), and the pid file (`rbee_core::pidfile`) is written by rename once the port is
 //! bound, and removed only by the process it names.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The queen's directory: `$XDG_STATE_HOME/rbee-queen`, else `~/.local/state/rbee-queen`.
@@ -29,12 +28,6 @@ pub fn pid_path(port: u16) -> PathBuf {
 /// The queen's log (written by `rbee` when it starts the queen in the background).
 pub fn log_path() -> PathBuf {
     state_dir().join("queen.log")
-}
-
-fn unique_tmp(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()))
 }
 
 fn create_dir_0700(dir: &Path) -> std::io::Result<()> {
@@ -62,14 +55,8 @@ pub fn ensure_token(path: &Path) -> std::io::Result<String> {
             hex::encode(bytes)
         }
     };
-    let tmp = unique_tmp(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    // Linked into place complete and flushed, the directory too (see `rbee_core::fsio`).
+    match rbee_core::fsio::create_atomic(path, token.as_bytes(), 0o600) {
         Ok(()) => Ok(token),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(path)?
             .ok_or_else(|| std::io::Error::other(format!("{} exists but holds no token", path.display()))),

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rbee_core::config::HostKeyPolicy;
-use rbee_core::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload, shell_line};
+use rbee_core::transport::{
+    CommandOutput, MAX_OUTPUT, Progress, RemoteCommand, Transport, TransportError, Upload, append_capped, shell_line,
+};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, client};
 use tokio::sync::Semaphore;
@@ -131,6 +133,8 @@ pub struct SshTransport {
     target: SshTarget,
     handle: tokio::sync::Mutex<Option<Arc<client::Handle<Client>>>>,
     channels: Semaphore,
+    /// The most a command's stdout, or its stderr, may hold.
+    output_limit: usize,
 }
 
 impl std::fmt::Debug for SshTransport {
@@ -147,7 +151,14 @@ impl SshTransport {
             target,
             handle: tokio::sync::Mutex::new(Some(Arc::new(handle))),
             channels: Semaphore::new(MAX_CHANNELS),
+            output_limit: MAX_OUTPUT,
         })
+    }
+
+    /// The same transport, keeping at most `limit` bytes of a command's stdout and of its
+    /// stderr (instead of [`MAX_OUTPUT`]); a command that prints more is stopped and fails.
+    pub fn with_output_limit(self, limit: usize) -> Self {
+        Self { output_limit: limit, ..self }
     }
 
     /// The target.
@@ -170,7 +181,8 @@ impl SshTransport {
     }
 
     /// Runs a shell line on a new channel, feeding `stdin` (in chunks, reporting progress),
-    /// and collects its output.
+    /// and collects its output, at most `limit` bytes of each stream: a command printing more
+    /// is stopped (its channel closed) and fails.
     async fn exec(
         &self,
         line: String,
@@ -178,6 +190,7 @@ impl SshTransport {
         progress: Progress<'_>,
         deadline: Duration,
         what: &str,
+        limit: usize,
     ) -> Result<CommandOutput, TransportError> {
         let _permit = self.channels.acquire().await.expect("semaphore never closed");
         let work = async {
@@ -188,10 +201,15 @@ impl SshTransport {
             let reader = async {
                 let mut out = CommandOutput { status: -1, ..CommandOutput::default() };
                 let mut got_status = false;
+                let mut overflow = None;
                 while let Some(msg) = read.wait().await {
                     match msg {
-                        ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                        ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                        ChannelMsg::Data { data } => {
+                            overflow = (!append_capped(&mut out.stdout, &data, limit)).then_some("stdout");
+                        }
+                        ChannelMsg::ExtendedData { data, ext: 1 } => {
+                            overflow = (!append_capped(&mut out.stderr, &data, limit)).then_some("stderr");
+                        }
                         ChannelMsg::ExitStatus { exit_status } => {
                             out.status = i32::try_from(exit_status).unwrap_or(-1);
                             got_status = true;
@@ -203,8 +221,11 @@ impl SshTransport {
                         ChannelMsg::Close => break,
                         _ => {}
                     }
+                    if overflow.is_some() {
+                        break;
+                    }
                 }
-                (out, got_status)
+                (out, got_status, overflow)
             };
             let writer = async {
                 if let Some(data) = stdin {
@@ -223,10 +244,20 @@ impl SshTransport {
             // If the command ends early (e.g. disk full), stop sending: the host no longer
             // reads, and its exit status says why.
             tokio::pin!(reader);
-            let (out, got_status) = tokio::select! {
+            let (out, got_status, overflow) = tokio::select! {
                 result = &mut reader => result,
                 () = writer => reader.await,
             };
+            if let Some(stream) = overflow {
+                // Stop it: the host's end of the channel goes, and the command with it.
+                let _ = write.close().await;
+                return Err(TransportError::OutputTooLarge {
+                    host: self.target.describe(),
+                    what: what.to_owned(),
+                    stream,
+                    limit: limit as u64,
+                });
+            }
             if !got_status {
                 return Err(self.lost(format!("{what}: the connection closed before the command finished")));
             }
@@ -279,14 +310,15 @@ impl Transport for SshTransport {
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
         let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
         let line = with_deadline(&command.argv, command.deadline);
-        self.exec(line, command.stdin.as_deref(), &|_| {}, command.deadline, &what).await
+        self.exec(line, command.stdin.as_deref(), &|_| {}, command.deadline, &what, self.output_limit).await
     }
 
     async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
         let Upload { data, path, mode, deadline, progress } = file;
         let argv = ["sh", "-c", UPLOAD, "sh", path, &format!("{mode:o}")].map(str::to_owned);
         let what = format!("upload to {path}");
-        let out = self.exec(with_deadline(&argv, deadline), Some(data), progress, deadline, &what).await?;
+        let out =
+            self.exec(with_deadline(&argv, deadline), Some(data), progress, deadline, &what, self.output_limit).await?;
         if out.success() {
             Ok(())
         } else {
@@ -302,7 +334,9 @@ impl Transport for SshTransport {
         let script = r#"[ -e "$1" ] || exit 3; head -c "$2" "$1""#;
         let argv = ["sh", "-c", script, "sh", path, &max.to_string()].map(str::to_owned);
         let what = format!("reading {path}");
-        let out = self.exec(with_deadline(&argv, deadline), None, &|_| {}, deadline, &what).await?;
+        // `head -c` prints at most `max`; a file may be larger than the output limit.
+        let limit = self.output_limit.max(usize::try_from(max).unwrap_or(usize::MAX));
+        let out = self.exec(with_deadline(&argv, deadline), None, &|_| {}, deadline, &what, limit).await?;
         match out.status {
             0 => Ok(Some(out.stdout)),
             3 => Ok(None),

@@ -154,9 +154,9 @@ pub async fn serve(
         .await
         .map_err(|source| ContractError::Listen { port: args.port, source })?;
     let mut beats = tokio::spawn(heartbeats(args.clone(), env.clone(), backend.clone()));
-    let server = axum::serve(listener, router(args, &env, backend)).with_graceful_shutdown(shutdown);
+    let server = rbee_http::serve(listener, router(args, &env, backend), shutdown, rbee_http::Limits::default());
     tokio::select! {
-        result = std::future::IntoFuture::into_future(server) => {
+        result = server => {
             beats.abort();
             result.map_err(ContractError::Serve)
         }

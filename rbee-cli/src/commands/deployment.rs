@@ -2,6 +2,7 @@
 
 use super::operation::running_queen;
 use crate::exit::{Exit, Outcome};
+use crate::render::{say, say_json};
 use crate::{Cli, DeploymentCommand, render};
 
 pub(super) async fn run(cli: &Cli, what: &DeploymentCommand) -> Outcome {
@@ -20,9 +21,9 @@ pub(super) async fn run(cli: &Cli, what: &DeploymentCommand) -> Outcome {
         DeploymentCommand::Rollback { name } => {
             let revision = queen.rollback(name).await?;
             if cli.json {
-                println!("{}", serde_json::json!({"deployment": name, "revision": revision}));
+                say_json!("{}", serde_json::json!({"deployment": name, "revision": revision}));
             } else {
-                println!(
+                say!(
                     "{name}: revision {revision} (the previous spec) is rolling out; follow it with `rbee deployment get {name}`"
                 );
             }

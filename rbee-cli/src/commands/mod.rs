@@ -7,6 +7,7 @@ mod deployment;
 mod hive;
 mod infer;
 mod jobs;
+mod lock;
 mod migrate;
 mod model;
 mod operation;
@@ -28,10 +29,12 @@ async fn dispatch(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Validate => config::validate(cli),
         Command::Config { what } => config::run(what),
+        Command::Lock { what } => lock::run(cli, what).await,
         Command::Sync(args) => sync::sync(cli, args).await,
         Command::Install { hive, force } => sync::install(cli, hive.clone(), *force).await,
         Command::Status { verbose, hives } => sync::status(cli, *verbose, hives.clone()).await,
         Command::Uninstall { hive, purge } => sync::uninstall(cli, hive.clone(), *purge).await,
+        Command::Rollback { hives } => sync::rollback(cli, hives.clone()).await,
         Command::Queen { what } => queen::run(cli, what).await,
         Command::Jobs { job_id } => jobs::run(cli, job_id.as_deref()).await,
         Command::Hive { what } => hive::run(cli, what).await,

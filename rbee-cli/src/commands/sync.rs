@@ -29,6 +29,8 @@ pub(super) async fn sync(cli: &Cli, args: &SyncArgs) -> Outcome {
         remove_extra: args.remove_extra,
         force: args.force,
         hive_aliases: hives,
+        batch: args.batch,
+        locked: args.locked,
     };
     operation::run(cli, op, false).await
 }
@@ -51,4 +53,9 @@ pub(super) async fn status(cli: &Cli, verbose: bool, hive_aliases: Vec<String>) 
 /// The imperative commands rbee no longer has: say what to do instead, exit non-zero.
 pub(super) fn removed(op: &Operation) -> Outcome {
     Err(CliError::Message(op.check_supported().err().map(|r| r.to_string()).unwrap_or_default()))
+}
+
+pub(super) async fn rollback(cli: &Cli, hive_aliases: Vec<String>) -> Outcome {
+    let op = Operation::PackageRollback { config_path: config_path(cli), hive_aliases };
+    operation::run(cli, op, false).await
 }

@@ -7,4 +7,5 @@ mod queen;
 mod queen_state;
 mod sync_local;
 mod sync_ssh;
+mod upgrades;
 mod workers;

@@ -118,7 +118,7 @@ impl SshFleet {
     }
 
     /// A release tree whose latest is 0.2.0 (every artifact changes).
-    fn upgrade_source(&mut self) {
+    pub(crate) fn upgrade_source(&mut self) {
         let tree = self.dir.path().join("tree");
         std::fs::create_dir_all(&tree).unwrap();
         for v in ["0.1.0", "0.2.0"] {
@@ -130,7 +130,7 @@ impl SshFleet {
     }
 }
 
-fn health(host: &TestHost) -> Option<serde_json::Value> {
+pub(crate) fn health(host: &TestHost) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let addr: std::net::SocketAddr = format!("{}:8600", host.ip).parse().unwrap();
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -141,7 +141,7 @@ fn health(host: &TestHost) -> Option<serde_json::Value> {
     serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
 }
 
-fn report<'a>(result: &'a serde_json::Value, alias: &str) -> &'a serde_json::Value {
+pub(crate) fn report<'a>(result: &'a serde_json::Value, alias: &str) -> &'a serde_json::Value {
     result["report"]["hives"].as_array().unwrap().iter().find(|h| h["alias"] == alias).expect("hive in report")
 }
 

@@ -189,6 +189,37 @@ fn workers_spawn_beat_infer_stop_crash_and_survive_a_hive_restart() {
     assert!(refused.stderr().contains("not installed on this hive"), "{}", refused.stderr());
 }
 
+/// An engine (or a hostile host) printed terminal escapes into its log, and `rbee` passed the
+/// log tail of the failed spawn to the terminal raw: they are shown escaped now, and JSON
+/// output carries them JSON-escaped.
+#[test]
+fn control_characters_from_a_worker_log_are_escaped_on_the_terminal() {
+    let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);
+    let rbee = through_queen(&fleet);
+    sync_and_add_the_reference_worker(&fleet);
+    let host = fleet.host("h1");
+    let record = std::fs::read_to_string(host.path(".local/share/rbee/engines/llama-cpp/current")).unwrap();
+    let program = record.lines().next().unwrap().split('\t').nth(4).unwrap().to_owned();
+    let program = host.path(&program);
+    let hostile = "#!/bin/sh\nif [ \"${1:-}\" = --version ]; then echo 'version: 100 (stand-in)'; exit 0; fi\n\
+                   printf 'hostile \\033]0;pwned\\007 \\033[2J\\rrewritten\\n' >&2\nexit 3\n";
+    std::fs::write(&program, hostile).unwrap();
+
+    let spawn = ["worker", "spawn", "--hive", "h1", "--type", "llama-cpp", "--model", "tiny.gguf"];
+    let failed = rbee(&spawn).expect_code(1);
+    let stderr = failed.stderr();
+    assert!(stderr.contains("hostile \\u{1b}]0;pwned\\u{7} \\u{1b}[2J\\u{d}rewritten"), "{stderr:?}");
+    let raw = |text: &str| text.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    assert!(!raw(&stderr) && !raw(&failed.stdout()), "no control character reaches the terminal: {stderr:?}");
+
+    let mut args = spawn.to_vec();
+    args.push("--json");
+    let failed = rbee(&args).expect_code(1);
+    assert!(!raw(&failed.stdout()), "{:?}", failed.stdout());
+    let error = json(&failed)["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("hostile \u{1b}]0;pwned\u{7} \u{1b}[2J\rrewritten"), "the JSON keeps the text: {error:?}");
+}
+
 #[test]
 fn an_attached_hive_runs_inside_the_queen_and_a_sync_refreshes_its_catalog() {
     let fleet = Fleet::new(1, &[("llama-cpp", "latest")]);

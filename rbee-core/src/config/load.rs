@@ -9,7 +9,8 @@
 //! Each `[[deployment]]` table is read on its own: an unknown key or a wrong type in one is
 //! reported together with every other problem, not alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::model::{
-    Config, EngineSource, HiveConfig, PackageSettings, QueenSettings, SshSettings, TransportKind, VersionReq,
-    WORKER_TYPES, WorkerSpec, is_localhost,
+    Config, EngineSource, HiveConfig, MaxUnavailable, PackageSettings, QueenSettings, SshSettings, TransportKind,
+    VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
 };
 use super::schema::{DeploymentEntry, HivesConfFile, RbeeConfFile};
 
@@ -159,21 +160,22 @@ pub fn load(files: &ConfigFiles) -> Result<Config, ConfigError> {
 /// Parses and validates config text. Each file is given with the name its diagnostics use.
 pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config, ConfigError> {
     let mut diags = Vec::new();
+    // Each file is indexed once; every location below is looked up in its index.
+    let rbee_lines = LineIndex::new(rbee.map_or("", |(_, text)| text));
+    let hives_lines = LineIndex::new(hives.1);
     let rbee_file = match rbee {
-        Some((path, text)) => parse_toml::<RbeeConfFile>(path, text, &mut diags),
+        Some((path, _)) => parse_toml::<RbeeConfFile>(path, &rbee_lines, &mut diags),
         None => Some(RbeeConfFile::default()),
     };
-    let hives_file = parse_hives(hives.0, hives.1, &mut diags);
+    let hives_file = parse_hives(hives.0, &hives_lines, &mut diags);
     let (Some(rbee_file), Some((hives_file, deployment_tables))) = (rbee_file, hives_file) else {
         return Err(ConfigError::Invalid(diags));
     };
-    let mut v = Validator { diags, file: PathBuf::new(), text: "" };
-    let (queen, package, ssh) = match rbee {
-        Some((path, text)) => v.with_file(path, text, |v| v.settings(&rbee_file)),
-        None => v.with_file(Path::new(RBEE_CONF), "", |v| v.settings(&rbee_file)),
-    };
+    let mut v = Validator { diags, file: PathBuf::new(), lines: &rbee_lines };
+    let rbee_path = rbee.map_or(Path::new(RBEE_CONF), |(path, _)| path);
+    let (queen, package, ssh) = v.with_file(rbee_path, &rbee_lines, |v| v.settings(&rbee_file));
     let attached = (queen.mode == super::QueenMode::AttachedHive).then_some(queen.hive_alias.as_str());
-    let (hives_list, deployments) = v.with_file(hives.0, hives.1, |v| {
+    let (hives_list, deployments) = v.with_file(hives.0, &hives_lines, |v| {
         let hives_list = v.hives(&hives_file, attached);
         let deployments = v.deployments(&deployment_tables, &hives_list);
         (hives_list, deployments)
@@ -185,18 +187,22 @@ pub fn parse(rbee: Option<(&Path, &str)>, hives: (&Path, &str)) -> Result<Config
     }
 }
 
-fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<T> {
-    match toml::from_str::<T>(text) {
+fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    lines: &LineIndex<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match toml::from_str::<T>(lines.text) {
         Ok(value) => Some(value),
         Err(err) => {
-            diags.push(toml_diagnostic(path, text, &err));
+            diags.push(toml_diagnostic(path, lines, &err));
             None
         }
     }
 }
 
-fn toml_diagnostic(path: &Path, text: &str, err: &toml::de::Error) -> Diagnostic {
-    let (line, column) = err.span().map_or((1, 1), |s| line_col(text, s.start));
+fn toml_diagnostic(path: &Path, lines: &LineIndex<'_>, err: &toml::de::Error) -> Diagnostic {
+    let (line, column) = err.span().map_or((1, 1), |s| lines.line_col(s.start));
     Diagnostic { file: path.to_path_buf(), line, column, message: err.message().trim().to_owned() }
 }
 
@@ -207,11 +213,15 @@ type DeploymentTable = Result<DeploymentEntry, Diagnostic>;
 /// mistake serde stops at (an unknown key, a wrong type, a missing key) in one of them is
 /// reported along with everything else; a syntax error, or one in the rest of the file,
 /// still stops here.
-fn parse_hives(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<(HivesConfFile, Vec<DeploymentTable>)> {
-    let mut root = match DeTable::parse(text) {
+fn parse_hives(
+    path: &Path,
+    lines: &LineIndex<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(HivesConfFile, Vec<DeploymentTable>)> {
+    let mut root = match DeTable::parse(lines.text) {
         Ok(root) => root,
         Err(err) => {
-            diags.push(toml_diagnostic(path, text, &err));
+            diags.push(toml_diagnostic(path, lines, &err));
             return None;
         }
     };
@@ -230,36 +240,85 @@ fn parse_hives(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<(
     let file = match HivesConfFile::deserialize(toml::de::Deserializer::from(root)) {
         Ok(file) => file,
         Err(err) => {
-            diags.push(toml_diagnostic(path, text, &err));
+            diags.push(toml_diagnostic(path, lines, &err));
             return None;
         }
     };
     let deployments = tables
         .into_iter()
-        .map(|t| DeploymentEntry::deserialize(ValueDeserializer::from(t)).map_err(|e| toml_diagnostic(path, text, &e)))
+        .map(|t| DeploymentEntry::deserialize(ValueDeserializer::from(t)).map_err(|e| toml_diagnostic(path, lines, &e)))
         .collect();
     Some((file, deployments))
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+/// Where the lines of a file start, built once per file, so that turning a byte offset into
+/// a line and column costs O(log n) instead of a scan from the start of the file (which made
+/// validating 10,000 hives quadratic: every hive, worker and diagnostic scanned the text).
+struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset of the start of each line; `starts[0] == 0`.
+    starts: Vec<usize>,
+    /// `chars[k]`: how many characters start before byte `k * CHAR_BLOCK`, for every
+    /// `k <= text.len() / CHAR_BLOCK`, so a column is counted from the nearest block, not from
+    /// the start of a (possibly very long) line.
+    chars: Vec<usize>,
+}
+
+/// Bytes between two entries of [`LineIndex::chars`].
+const CHAR_BLOCK: usize = 256;
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let bytes = text.as_bytes();
+        let mut starts = vec![0];
+        starts.extend(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1));
+        let mut chars = Vec::with_capacity(bytes.len() / CHAR_BLOCK + 1);
+        chars.push(0);
+        let mut count = 0;
+        for block in bytes.chunks_exact(CHAR_BLOCK) {
+            count += char_starts(block);
+            chars.push(count);
+        }
+        Self { text, starts, chars }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line(offset);
+        let line_start = self.starts[line - 1];
+        (line, self.chars_before(offset) - self.chars_before(line_start) + 1)
+    }
+
+    /// 1-based line of a byte offset.
+    fn line(&self, offset: usize) -> usize {
+        // `starts[0] == 0`, so at least one start is at or before any offset.
+        self.starts.partition_point(|&start| start <= offset)
+    }
+
+    /// How many characters start before byte `offset` (at most `text.len()`).
+    fn chars_before(&self, offset: usize) -> usize {
+        let block = offset / CHAR_BLOCK;
+        self.chars[block] + char_starts(&self.text.as_bytes()[block * CHAR_BLOCK..offset])
+    }
+}
+
+/// How many characters start in `bytes`: every byte that is not a UTF-8 continuation byte.
+fn char_starts(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| (**b & 0xC0) != 0x80).count()
 }
 
 struct Validator<'a> {
     diags: Vec<Diagnostic>,
     file: PathBuf,
-    text: &'a str,
+    /// The index of the file being checked.
+    lines: &'a LineIndex<'a>,
 }
 
 impl<'a> Validator<'a> {
-    fn with_file<R>(&mut self, file: &Path, text: &'a str, f: impl FnOnce(&mut Self) -> R) -> R {
+    fn with_file<R>(&mut self, file: &Path, lines: &'a LineIndex<'a>, f: impl FnOnce(&mut Self) -> R) -> R {
         self.file = file.to_path_buf();
-        self.text = text;
+        self.lines = lines;
         f(self)
     }
 
@@ -275,7 +334,7 @@ impl<'a> Validator<'a> {
     }
 
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, column) = line_col(self.text, span.start);
+        let (line, column) = self.lines.line_col(span.start);
         self.diags.push(Diagnostic { file: self.file.clone(), line, column, message: message.into() });
     }
 
@@ -365,6 +424,12 @@ impl<'a> Validator<'a> {
             }
             s.get_ref().clone()
         });
+        let max_unavailable = match &p.max_unavailable {
+            None => MaxUnavailable::default(),
+            Some(v) => self.max_unavailable(v),
+        };
+        let max_failed =
+            p.max_failed.as_ref().map(|m| usize::try_from(self.int_in("max_failed", m, 1..100_001)).unwrap_or(1));
         if let Some(k) = &file.ssh.known_hosts
             && let Some(problem) = path_problem(k.get_ref())
         {
@@ -372,6 +437,8 @@ impl<'a> Validator<'a> {
         }
         let package = PackageSettings {
             max_concurrent_installs: usize::try_from(concurrency).unwrap_or(1),
+            max_unavailable,
+            max_failed,
             ssh_timeout: Duration::from_secs(ssh_timeout.unsigned_abs()),
             health_check_timeout: Duration::from_secs(health.unsigned_abs()),
             source,
@@ -398,7 +465,7 @@ impl<'a> Validator<'a> {
             if let Some(problem) = alias_problem(alias) {
                 self.error(entry.alias.span(), format!("alias {alias:?} {problem}"));
             }
-            let (line, _) = line_col(self.text, entry.alias.span().start);
+            let line = self.lines.line(entry.alias.span().start);
             if let Some(first) = seen_alias.insert(alias.clone(), line) {
                 self.error(
                     entry.alias.span(),
@@ -483,6 +550,7 @@ impl<'a> Validator<'a> {
     /// The `[[deployment]]` tables, checked against each other and against the hives.
     fn deployments(&mut self, tables: &[DeploymentTable], hives: &[HiveConfig]) -> Vec<DeploymentSpec> {
         let mut seen_name: BTreeMap<&str, usize> = BTreeMap::new();
+        let declared = DeclaredHives::new(hives);
         let mut out = Vec::new();
         for table in tables {
             let d = match table {
@@ -501,7 +569,7 @@ impl<'a> Validator<'a> {
             } else if let Some(problem) = alias_problem(name) {
                 self.error(d.name.span(), format!("deployment name {name:?} {problem}"));
             }
-            let (line, _) = line_col(self.text, d.name.span().start);
+            let line = self.lines.line(d.name.span().start);
             if let Some(&first) = seen_name.get(name.as_str()) {
                 self.error(
                     d.name.span(),
@@ -535,7 +603,7 @@ impl<'a> Validator<'a> {
                 );
             }
             let replicas = self.int_in("replicas", &d.replicas, 1..1001);
-            let hive_list = self.deployment_hives(d, hives, known_worker);
+            let hive_list = self.deployment_hives(d, &declared, known_worker);
             let device = match &d.device {
                 None => Device::Cpu,
                 Some(text) => Device::parse(text.get_ref()).unwrap_or_else(|| {
@@ -614,11 +682,11 @@ impl<'a> Validator<'a> {
 
     /// `hives`: the listed ones (declared, without duplicates, each with the worker type), or
     /// by default every hive that declares the worker type.
-    fn deployment_hives(&mut self, d: &DeploymentEntry, hives: &[HiveConfig], known_worker: bool) -> Vec<String> {
+    fn deployment_hives(&mut self, d: &DeploymentEntry, hives: &DeclaredHives<'_>, known_worker: bool) -> Vec<String> {
         let worker = d.worker.get_ref();
         let has_worker = |h: &HiveConfig| h.workers.iter().any(|w| &w.kind == worker);
         let Some(listed) = &d.hives else {
-            let all: Vec<String> = hives.iter().filter(|h| has_worker(h)).map(|h| h.alias.clone()).collect();
+            let all: Vec<String> = hives.all.iter().filter(|h| has_worker(h)).map(|h| h.alias.clone()).collect();
             if all.is_empty() && known_worker {
                 self.error(
                     d.worker.span(),
@@ -635,7 +703,6 @@ impl<'a> Validator<'a> {
                 format!("hives is empty: list at least one hive, or leave hives out to use every hive with worker {worker:?}"),
             );
         }
-        let declared: Vec<&str> = hives.iter().map(|h| h.alias.as_str()).collect();
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         let mut lacking: Vec<(&Spanned<String>, &str)> = Vec::new();
         let mut out = Vec::new();
@@ -645,9 +712,9 @@ impl<'a> Validator<'a> {
                 self.error(item.span(), format!("hive {alias:?} is listed twice in hives: keep one"));
                 continue;
             }
-            match hives.iter().find(|h| h.alias == alias) {
+            match hives.by_alias.get(alias) {
                 None => {
-                    let known = if declared.is_empty() { "none".to_owned() } else { declared.join(", ") };
+                    let known = hives.names();
                     self.error(item.span(), format!("unknown hive {alias:?}: the declared hives are {known}"));
                 }
                 Some(h) if !has_worker(h) => lacking.push((item, alias)),
@@ -708,7 +775,7 @@ impl<'a> Validator<'a> {
                     format!("unknown worker type {kind:?}: use one of {}", WORKER_TYPES.join(", ")),
                 );
             }
-            let (line, _) = line_col(self.text, w.kind.span().start);
+            let line = self.lines.line(w.kind.span().start);
             if let Some(first) = seen.insert(kind, line) {
                 self.error(
                     w.kind.span(),
@@ -742,6 +809,33 @@ impl<'a> Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// `max_unavailable`: a count 1..=100000 or `"N%"` with N in 1..=100.
+    fn max_unavailable(&mut self, value: &Spanned<super::schema::CountOrPercent>) -> MaxUnavailable {
+        use super::schema::CountOrPercent;
+        match value.get_ref() {
+            CountOrPercent::Count(n) if (1..=100_000).contains(n) => {
+                MaxUnavailable::Count(usize::try_from(*n).unwrap_or(1))
+            }
+            CountOrPercent::Text(t) => match t.strip_suffix('%').and_then(|n| n.trim().parse::<u32>().ok()) {
+                Some(p) if (1..=100).contains(&p) => MaxUnavailable::Percent(p),
+                _ => {
+                    self.error(
+                        value.span(),
+                        format!(
+                            "max_unavailable = {} must be a number of hives or a percentage like \"25%\"",
+                            shown(t)
+                        ),
+                    );
+                    MaxUnavailable::default()
+                }
+            },
+            CountOrPercent::Count(n) => {
+                self.error(value.span(), format!("max_unavailable = {n} is out of range: use 1..=100000 or \"N%\""));
+                MaxUnavailable::default()
+            }
+        }
+    }
+
     /// A worker's engine: the declared one, checked, or the type's default.
     fn engine(
         &mut self,
@@ -819,6 +913,34 @@ impl Validator<'_> {
                 Some(EngineSource::Path { path: text.to_owned() })
             }
         }
+    }
+}
+
+/// The declared hives, for the deployments to look up by alias (once per file, not once per
+/// deployment and listed hive).
+struct DeclaredHives<'h> {
+    all: &'h [HiveConfig],
+    /// Each alias's first hive.
+    by_alias: HashMap<&'h str, &'h HiveConfig>,
+    /// The aliases, as an unknown hive's message lists them (joined on first use).
+    names: OnceCell<String>,
+}
+
+impl<'h> DeclaredHives<'h> {
+    fn new(all: &'h [HiveConfig]) -> Self {
+        let mut by_alias = HashMap::with_capacity(all.len());
+        for h in all {
+            by_alias.entry(h.alias.as_str()).or_insert(h);
+        }
+        Self { all, by_alias, names: OnceCell::new() }
+    }
+
+    /// `a, b, c`, or `none`.
+    fn names(&self) -> &str {
+        self.names.get_or_init(|| {
+            let names: Vec<&str> = self.all.iter().map(|h| h.alias.as_str()).collect();
+            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+        })
     }
 }
 
@@ -918,10 +1040,51 @@ fn hostname_problem(host: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    /// What [`LineIndex::line_col`] must answer: the scan from the start of the text it
+    /// replaces.
+    fn scanned_line_col(text: &str, offset: usize) -> (usize, usize) {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
     #[test]
     fn line_col_counts_characters() {
-        assert_eq!(line_col("ab\ncdé f", 8), (2, 5));
-        assert_eq!(line_col("", 0), (1, 1));
+        assert_eq!(LineIndex::new("ab\ncdé f").line_col(8), (2, 5));
+        assert_eq!(LineIndex::new("").line_col(0), (1, 1));
+        assert_eq!(LineIndex::new("ab").line_col(99), (1, 3), "an offset past the end is the end");
+        // Across the blocks of the character index, on one long line and after it.
+        let long = format!("{}x\né", "é".repeat(CHAR_BLOCK));
+        let lines = LineIndex::new(&long);
+        assert_eq!(lines.line_col(2 * CHAR_BLOCK), (1, CHAR_BLOCK + 1));
+        assert_eq!(lines.line_col(2 * CHAR_BLOCK + 1), (1, CHAR_BLOCK + 2));
+        assert_eq!(lines.line_col(2 * CHAR_BLOCK + 2), (2, 1));
+        assert_eq!(lines.line_col(long.len()), (2, 2));
+    }
+
+    proptest::proptest! {
+        /// The index answers what a scan from the start answers, at every character boundary
+        /// of any text (newlines, `\r`, multi-byte characters, lines longer than a block).
+        #[test]
+        fn line_index_matches_a_scan(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("\n".to_owned()),
+                    proptest::strategy::Just("\r\n".to_owned()),
+                    "[a-zé€😀 ]{0,8}",
+                    "x{200,300}",
+                ],
+                0..40,
+            )
+        ) {
+            let text = pieces.concat();
+            let lines = LineIndex::new(&text);
+            for offset in (0..=text.len()).filter(|o| text.is_char_boundary(*o)) {
+                proptest::prop_assert_eq!(lines.line_col(offset), scanned_line_col(&text, offset), "offset {}", offset);
+                proptest::prop_assert_eq!(lines.line(offset), scanned_line_col(&text, offset).0);
+            }
+        }
     }
 
     #[test]

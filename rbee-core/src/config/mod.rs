@@ -8,8 +8,8 @@ pub use load::{
     ConfigError, ConfigFiles, Diagnostic, HIVES_CONF, RBEE_CONF, config_dir, home_dir, load, load_dir, parse,
 };
 pub use model::{
-    Config, HiveConfig, HostKeyPolicy, PackageSettings, QueenMode, QueenSettings, SshSettings, TransportKind,
-    VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
+    Config, HiveConfig, HostKeyPolicy, MaxUnavailable, PackageSettings, QueenMode, QueenSettings, SshSettings,
+    TransportKind, VersionReq, WORKER_TYPES, WorkerSpec, is_localhost,
 };
 pub use schema::{DeploymentEntry, HiveEntry, WorkerEntry};
 pub(crate) use schema::{HivesConfFile, RbeeConfFile};

@@ -72,6 +72,37 @@ pub struct PackageSettings {
     pub health_check_timeout: Duration,
     /// Where artifacts come from; `None` means the directory of the running executable.
     pub source: Option<String>,
+    /// How many running hives may be restarting at once during an upgrade.
+    pub max_unavailable: MaxUnavailable,
+    /// Stop starting hive upgrades once this many hives failed or were rolled back.
+    pub max_failed: Option<usize>,
+}
+
+/// `[package] max_unavailable`: a number of hives, or a percentage of the hives being
+/// restarted (rounded up); never less than one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxUnavailable {
+    /// This many hives.
+    Count(usize),
+    /// This percentage (1..=100) of the hives a run restarts.
+    Percent(u32),
+}
+
+impl Default for MaxUnavailable {
+    fn default() -> Self {
+        MaxUnavailable::Percent(25)
+    }
+}
+
+impl MaxUnavailable {
+    /// How many of `restarting` hives may be down at once (at least 1).
+    pub fn of(self, restarting: usize) -> usize {
+        match self {
+            MaxUnavailable::Count(n) => n.max(1),
+            MaxUnavailable::Percent(p) => (restarting * p as usize).div_ceil(100).max(1),
+        }
+    }
 }
 
 /// `[ssh]` settings.

@@ -109,6 +109,17 @@ pub struct PackageSection {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub source: Option<Spanned<String>>,
+    /// How many running hives may be restarting at once during an upgrade: a number, or a
+    /// percentage of the hives being upgraded such as `"25%"` (the default), rounded up.
+    /// Fresh installs on hosts where nothing runs are not limited.
+    #[serde(default)]
+    #[schemars(with = "Option<CountOrPercent>")]
+    pub max_unavailable: Option<Spanned<CountOrPercent>>,
+    /// Stop starting upgrades of further hives once this many failed or were rolled back; they
+    /// are reported as skipped, untouched. Default: never stop.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>")]
+    pub max_failed: Option<Spanned<i64>>,
     /// Accept a plain `http://` source. Off by default: over plain HTTP anyone on the path
     /// can change both the binaries and the SHA256SUMS that vouch for them.
     #[serde(default)]
@@ -123,8 +134,20 @@ impl Default for PackageSection {
             health_check_timeout: default_health_timeout(),
             source: None,
             allow_insecure_source: false,
+            max_unavailable: None,
+            max_failed: None,
         }
     }
+}
+
+/// A number, or a percentage written as a string (`"25%"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CountOrPercent {
+    /// A number.
+    Count(i64),
+    /// `"N%"`.
+    Text(String),
 }
 
 /// `[ssh]` in `rbee.conf`.

@@ -30,9 +30,9 @@ commit() {
   st=$(stat -c '%s %.9Y %.9Z %i' "$cprog") && sha=$(digest "$cprog") || { echo "cannot read $cprog"; return 1; }
   printf '%s\t%s\t%s\t%s\t%s\n' "$cid" "$sha" "$st" "$cversion" "$cprog" > "$cdir/current.tmp" && mv -f "$cdir/current.tmp" "$cdir/current" || return 1
   # The engines this one replaces (and leftovers of interrupted installs).
-  for d in "$cdir"/* "$cdir"/.stage-* "$cdir"/.old-* "$cdir"/.upload-*; do
+  for d in "$cdir"/* "$cdir"/.[!.]* "$cdir"/..?*; do
     [ -e "$d" ] || continue
-    case "$d" in "$cdir/$cid"|"$cdir/current"|"$cdir/wheels") continue ;; esac
+    case "$d" in "$cdir/$cid"|"$cdir/current"|"$cdir/wheels"|"$cdir/current.tmp") continue ;; esac
     rm -rf "$d"
   done
 }

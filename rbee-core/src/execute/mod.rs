@@ -16,6 +16,7 @@
 mod engine_steps;
 mod events;
 mod steps;
+pub mod systemd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,8 +33,8 @@ use crate::config::PackageSettings;
 use crate::fleet::join_all;
 use crate::layout::Layout;
 use crate::observe::observe;
-use crate::plan::{Action, ActionKind, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
-use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState};
+use crate::plan::{Action, ActionKind, Binary, Change, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
+use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState, Installed};
 use crate::transport::Transport;
 
 /// Limits and knobs of an execution.
@@ -61,6 +62,12 @@ pub struct ExecuteOptions {
     /// The queen a started hive reports to, with the token; installed on the host before the
     /// hive starts. `None` (an in-process run) leaves whatever link the host has.
     pub queen_link: Option<QueenLink>,
+    /// How many running hives may be restarting at once during an upgrade (rolling batches).
+    /// Hives that are not running (fresh installs) are not limited.
+    pub max_unavailable: MaxUnavailable,
+    /// Once this many hives failed or were rolled back, hives that would be restarted are left
+    /// untouched ([`HiveOutcome::Held`]). `None`: never stop.
+    pub max_failed: Option<usize>,
     /// Set to stop: no new step starts; running steps end on their deadlines (locally and on
     /// the host), locks are released, and each unfinished hive reports `cancelled`.
     pub cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -73,6 +80,8 @@ impl ExecuteOptions {
             concurrency: p.max_concurrent_installs.max(1),
             step_timeout: p.ssh_timeout,
             health_timeout: p.health_check_timeout,
+            max_unavailable: p.max_unavailable,
+            max_failed: p.max_failed,
             ..Self::default()
         }
     }
@@ -92,9 +101,13 @@ impl Default for ExecuteOptions {
             faults: BTreeMap::new(),
             cancel: Arc::default(),
             queen_link: None,
+            max_unavailable: MaxUnavailable::default(),
+            max_failed: None,
         }
     }
 }
+
+pub use crate::config::MaxUnavailable;
 
 pub use rbee_proto::hive::QueenLink;
 
@@ -108,6 +121,8 @@ pub enum Intent {
         /// Also remove state.
         purge: bool,
     },
+    /// Return hives to the binaries their last upgrade replaced.
+    Rollback,
     /// Start (`true`) or stop the hive daemon only.
     Process {
         /// Start rather than stop.
@@ -123,6 +138,7 @@ impl Intent {
             Intent::Sync(options) => plan(desired, actual, &PlanOptions { only: only.cloned(), ..options.clone() }),
             Intent::Uninstall { purge } => plan_uninstall(desired, actual, only, *purge),
             Intent::Process { start } => crate::plan::plan_process(desired, actual, only, *start),
+            Intent::Rollback => crate::plan::plan_rollback(desired, actual, only),
         }
     }
 }
@@ -179,10 +195,14 @@ pub async fn execute(
 ) -> SyncReport {
     let cache = ArtifactCache { source, bytes: std::sync::Mutex::new(BTreeMap::new()) };
     let permits = Semaphore::new(options.concurrency.max(1));
+    let restarts = planned.plan.hives.iter().filter(|hp| restarts_a_running_hive(hp)).count();
+    let restart_permits = Semaphore::new(options.max_unavailable.of(restarts));
+    let failures = std::sync::atomic::AtomicUsize::new(0);
     let owner = steps::lock_owner();
     let intent = &planned.intent;
     let tasks = planned.plan.hives.iter().map(|hp| {
-        let (cache, permits, owner) = (&cache, &permits, &owner);
+        let (cache, permits, owner, restart_permits, failures) =
+            (&cache, &permits, &owner, &restart_permits, &failures);
         async move {
             let early = match &hp.status {
                 HiveStatus::Skipped => Some(HiveOutcome::Skipped),
@@ -196,6 +216,19 @@ pub async fn execute(
             let (Some(want), Some(transport)) = (desired.hives.get(&hp.alias), transports.get(&hp.alias)) else {
                 let reason = "no transport to this host".to_owned();
                 return done(on_event, &hp.alias, HiveOutcome::Unreachable { reason }, Vec::new(), 0);
+            };
+            // A rolling batch: at most `max_unavailable` running hives are being upgraded at
+            // once, and none is started after `max_failed` failures.
+            let _restart_permit = if restarts_a_running_hive(hp) {
+                let permit = restart_permits.acquire().await.expect("semaphore never closed");
+                let failed = failures.load(Ordering::Relaxed);
+                if let Some(max) = options.max_failed.filter(|max| failed >= *max) {
+                    let reason = format!("{failed} hive(s) failed before its turn (max_failed = {max})");
+                    return done(on_event, &hp.alias, HiveOutcome::Held { reason }, Vec::new(), 0);
+                }
+                Some(permit)
+            } else {
+                None
             };
             let _permit = permits.acquire().await.expect("semaphore never closed");
             if options.cancel.load(Ordering::Relaxed) {
@@ -212,11 +245,31 @@ pub async fn execute(
                 steps_done: std::sync::Mutex::new(Vec::new()),
             };
             let outcome = run.run(intent, owner).await;
+            if outcome.is_failure() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
             let steps = run.steps_done.lock().expect("steps lock").clone();
             done(on_event, &hp.alias, outcome, steps, run.bytes.load(Ordering::Relaxed))
         }
     });
     SyncReport { hives: join_all(tasks).await }
+}
+
+/// What the hive binary was before this run replaced it, when it did.
+fn upgraded_hive<'p>(actions: &'p [Action], finished: &BTreeSet<String>) -> Option<&'p Installed> {
+    actions.iter().find_map(|a| match &a.kind {
+        ActionKind::InstallBinary { binary: Binary::Hive, change: Change::Upgrade { from }, .. }
+            if finished.contains(&a.id) =>
+        {
+            Some(from)
+        }
+        _ => None,
+    })
+}
+
+/// The plan restarts a hive that runs now: while it does, the hive does not serve.
+fn restarts_a_running_hive(hp: &crate::plan::HivePlan) -> bool {
+    hp.actions.iter().any(|a| matches!(a.kind, ActionKind::RestartHive { .. }))
 }
 
 fn done(on_event: OnEvent<'_>, alias: &str, outcome: HiveOutcome, steps_done: Vec<String>, bytes: u64) -> HiveReport {
@@ -299,20 +352,75 @@ impl HiveRun<'_> {
             if ready.is_empty() {
                 return HiveOutcome::Failed { step: rest[0].id.clone(), reason: "dependency cycle in plan".into() };
             }
-            let results = join_all(ready.iter().map(|a| async move { (a.id.clone(), self.action(a).await) })).await;
-            for (id, result) in results {
+            let results = join_all(ready.iter().map(|a| async move { (a, self.action(a).await) })).await;
+            for (action, result) in results {
                 match result {
                     Ok(()) => {
-                        finished.insert(id);
+                        finished.insert(action.id.clone());
                     }
                     Err(e) => {
-                        return HiveOutcome::Failed { step: id, reason: e.to_string() };
+                        let starting = matches!(
+                            action.kind,
+                            ActionKind::StartHive { .. }
+                                | ActionKind::RestartHive { .. }
+                                | ActionKind::WaitHealthy { .. }
+                        );
+                        if let (true, Some(from)) = (starting, upgraded_hive(&hp.actions, &finished)) {
+                            return self.roll_back(&hp.actions, &finished, from, &action.id, &e).await;
+                        }
+                        return HiveOutcome::Failed { step: action.id.clone(), reason: e.to_string() };
                     }
                 }
             }
             pending = rest;
         }
         HiveOutcome::Ok { changed: true }
+    }
+
+    /// An upgraded hive did not start or become healthy: put back the binaries this run
+    /// replaced (kept on the host by the install), restart the old hive and wait for it.
+    async fn roll_back(
+        &self,
+        actions: &[Action],
+        finished: &BTreeSet<String>,
+        from: &Installed,
+        failed: &str,
+        error: &StepError,
+    ) -> HiveOutcome {
+        let o = self.options;
+        let port = self.want.hive_port;
+        let mut targets = vec![Layout::hive_binary()];
+        for a in actions.iter().filter(|a| finished.contains(&a.id)) {
+            if let ActionKind::InstallBinary { binary: Binary::Worker(kind), change: Change::Upgrade { .. }, .. } =
+                &a.kind
+            {
+                targets.push(Layout::worker_binary(kind));
+            }
+        }
+        let version = from.version.clone().unwrap_or_else(|| format!("sha256:{}", from.sha256.short()));
+        let id = format!("{}/rollback", self.alias());
+        let rolled = self
+            .step(&id, &format!("roll back to rbee-hive {version}"), || async {
+                steps::restore_previous(self.t, &targets, o.step_timeout).await?;
+                steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
+                steps::start_hive(self.t, port, self.alias(), o.step_timeout).await?;
+                steps::wait_healthy(self.t, port, &from.sha256, o.health_timeout).await
+            })
+            .await;
+        let new = &self.want.hive.version;
+        match rolled {
+            Ok(()) => HiveOutcome::RolledBack {
+                step: failed.to_owned(),
+                reason: format!(
+                    "rbee-hive {new} did not start or answer /health: {error}. Rolled back: pin a version in hives.conf or fix the release (the next sync tries {new} again)"
+                ),
+                version,
+            },
+            Err(e) => HiveOutcome::Failed {
+                step: id,
+                reason: format!("rbee-hive {new} failed ({error}) and rolling back to {version} failed too: {e}"),
+            },
+        }
     }
 
     /// Runs one step with events and retries for transient failures.
@@ -412,6 +520,22 @@ impl HiveRun<'_> {
                 let target = Layout::worker_binary(worker);
                 self.step(&action.id, &description, || steps::remove_file(self.t, &target, o.step_timeout)).await
             }
+            ActionKind::Rollback { binaries, to, port } => {
+                let targets: Vec<String> = binaries
+                    .iter()
+                    .map(|name| match name.strip_prefix(crate::layout::WORKER_PREFIX) {
+                        Some(kind) => Layout::worker_binary(kind),
+                        None => Layout::hive_binary(),
+                    })
+                    .collect();
+                self.step(&action.id, &description, || async {
+                    steps::restore_previous(self.t, &targets, o.step_timeout).await?;
+                    steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
+                    steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await?;
+                    steps::wait_healthy(self.t, *port, &to.sha256, o.health_timeout).await
+                })
+                .await
+            }
             ActionKind::StartHive { port } => {
                 self.step(&action.id, &description, || async {
                     steps::link_queen(self.t, o.queen_link.as_ref(), o.step_timeout).await?;
@@ -432,7 +556,7 @@ impl HiveRun<'_> {
             }
             ActionKind::WaitHealthy { port } => {
                 self.step(&action.id, &description, || {
-                    steps::wait_healthy(self.t, *port, &self.want.hive, o.health_timeout)
+                    steps::wait_healthy(self.t, *port, &self.want.hive.sha256, o.health_timeout)
                 })
                 .await
             }

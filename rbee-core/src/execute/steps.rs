@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::systemd;
 use crate::layout::Layout;
 use crate::state::Artifact;
 use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload};
@@ -36,6 +37,11 @@ pub(super) async fn script(
     deadline: Duration,
 ) -> Result<CommandOutput, StepError> {
     let out = t.run(RemoteCommand::script(text, args, deadline)).await?;
+    checked(t, what, out)
+}
+
+/// A script's output, or [`StepError::Failed`] with it when it exited non-zero.
+fn checked(t: &dyn Transport, what: &str, out: CommandOutput) -> Result<CommandOutput, StepError> {
     if out.success() {
         Ok(out)
     } else {
@@ -71,6 +77,12 @@ if [ "$got" != "$want" ]; then
   rm -f "$staging"
   echo "sha256 mismatch for $target: expected $want, got $got on the host; the installed file is unchanged"
   exit 65
+fi
+# The binary being replaced is kept (a hard link: no copy) with its record, for a rollback.
+name=$(basename "$target"); prev="$(dirname "$records")/previous"
+if [ -f "$target" ] && [ -f "$records/$name" ] && read -r oldsha _ < "$records/$name" && [ "$oldsha" != "$want" ]; then
+  mkdir -p "$prev" && { ln -f "$target" "$prev/$name" 2>/dev/null || cp -p "$target" "$prev/$name"; } &&
+    cp -f "$records/$name" "$prev/$name.record" || exit 1
 fi
 chmod 755 "$staging" && mv -f "$staging" "$target" || exit 1
 # The install record observation trusts while size, mtime, ctime and inode are unchanged.
@@ -123,6 +135,40 @@ pub async fn install_binary(
     ];
     script(t, &format!("installing {target}"), VERIFY_AND_RENAME, args, deadline).await?;
     Ok(())
+}
+
+/// `$1` install records, `$2` previous dir, then the binaries to restore (paths from [`Layout`]).
+const RESTORE_PREVIOUS: &str = r#"# rbee-step: restore-previous
+set -u
+records=$1; prev=$2; shift 2
+for target in "$@"; do
+  name=$(basename "$target")
+  [ -f "$prev/$name" ] && [ -f "$prev/$name.record" ] || { echo "no previous $name is kept on this host"; exit 1; }
+  read -r sha _ _ _ _ version < "$prev/$name.record" || { echo "the record of the previous $name cannot be read"; exit 1; }
+  mv -f "$prev/$name" "$target" || exit 1
+  printf '%s %s %s
+' "$sha" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "${version:-}" > "$records/$name.tmp" &&
+    mv -f "$records/$name.tmp" "$records/$name" && rm -f "$prev/$name.record" || exit 1
+  echo "$name ${version:-unknown}"
+done
+"#;
+
+/// Puts back the binaries an upgrade replaced (kept under [`Layout::previous_dir`]), with
+/// their install records. Returns the version each one was recorded with, by target.
+pub async fn restore_previous(
+    t: &dyn Transport,
+    targets: &[String],
+    deadline: Duration,
+) -> Result<Vec<(String, String)>, StepError> {
+    let mut args = vec![Layout::installed_dir(), Layout::previous_dir()];
+    args.extend(targets.iter().cloned());
+    let out = script(t, "restoring the previous binaries", RESTORE_PREVIOUS, args, deadline).await?;
+    Ok(out
+        .stdout_text()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, version)| (name.to_owned(), version.trim().to_owned()))
+        .collect())
 }
 
 /// Removes a worker binary from the catalog, with its install record.
@@ -237,37 +283,89 @@ pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) ->
     Ok(())
 }
 
-/// `$1` port, `$2` alias, `$3` hive binary, `$4` pid file, `$5` log (paths from [`Layout`]).
+/// `$1` port, `$2` alias, `$3` hive binary, `$4` pid file, `$5` log (paths from [`Layout`]),
+/// `$6` the unit's name; from [`start_hive`]'s second call: `$7` the supervisor and `$8` the
+/// unit, or `$7` `detached` and `$8` empty with `$9` why the unit cannot be used.
+///
+/// Under systemd the first call (no `$7`) prints `rbee-unit-needed MODE` and the home
+/// directory, and exits [`systemd::NEED_UNIT`]: the unit is rendered for that home and passed
+/// back. The unit file is replaced only when it changed (then `daemon-reload`), enabled, and
+/// the service restarted; a user unit gets `loginctl enable-linger` first (a failure is
+/// reported, in the output and the hive log, and the start goes on). Elsewhere the hive is a
+/// detached process (own session, output to the log).
 const START: &str = concat!(
     "# rbee-step: start-hive\n",
     sh_is_hive!(),
+    sh_supervisor!(),
     r#"set -u
-port=$1; alias=$2; bin=$3; pidf=$4; log=$5
+port=$1; alias=$2; bin=$3; pidf=$4; log=$5; unit=${6:-rbee-hive.service}; mode=${7:-}; text=${8:-}
 mkdir -p "$(dirname "$pidf")" "$(dirname "$log")" || exit 1
 alive() { p=$(cat "$pidf" 2>/dev/null) && is_hive "$p"; }
 if alive; then echo "already running (pid $(cat "$pidf"))"; exit 0; fi
 [ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
-rm -f "$pidf"
-if command -v setsid >/dev/null 2>&1; then
-  setsid -f "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$log" 2>&1 < /dev/null
-else
-  nohup "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$log" 2>&1 < /dev/null &
-fi
+[ -n "$mode" ] || mode=$(supervisor)
+[ -z "${9:-}" ] || printf 'rbee: %s\n' "$9" | tee -a "$log"
+case "$mode" in
+systemd-system|systemd-user)
+  if [ -z "$text" ]; then printf 'rbee-unit-needed %s\n%s\n' "$mode" "$(cd "$HOME" && pwd -P)"; exit 10; fi
+  dir=$(unit_dir "$mode"); f=$dir/$unit
+  mkdir -p "$dir" && printf '%s' "$text" > "$f.rbee-tmp" && chmod 644 "$f.rbee-tmp" || exit 1
+  changed=0
+  if cmp -s "$f.rbee-tmp" "$f"; then rm -f "$f.rbee-tmp"; else mv -f "$f.rbee-tmp" "$f" && changed=1 || exit 1; fi
+  if [ "$changed" = 1 ] || [ "$(sc "$mode" show -p NeedDaemonReload "$unit" 2>/dev/null)" != NeedDaemonReload=no ]; then
+    sc "$mode" daemon-reload || exit 1
+  fi
+  if [ "$mode" = systemd-user ]; then
+    u=$(id -un)
+    if [ ! -e "/var/lib/systemd/linger/$u" ] && ! out=$(loginctl enable-linger "$u" 2>&1); then
+      printf 'rbee: warning: `loginctl enable-linger %s` failed (%s): the hive stops when the last session of %s ends and does not start at boot\n' \
+        "$u" "$out" "$u" | tee -a "$log"
+    fi
+  fi
+  rm -f "$pidf"
+  sc "$mode" enable --quiet "$unit" && sc "$mode" restart "$unit" || exit 1
+  ;;
+*)
+  rm -f "$pidf"
+  if command -v setsid >/dev/null 2>&1; then
+    setsid -f "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$log" 2>&1 < /dev/null
+  else
+    nohup "$HOME/$bin" --port "$port" --alias "$alias" --pid-file "$HOME/$pidf" >> "$log" 2>&1 < /dev/null &
+  fi
+  ;;
+esac
 i=0
 while [ $i -lt 100 ]; do
   if alive; then exit 0; fi
   sleep 0.1; i=$((i+1))
 done
 echo "rbee-hive did not start; last lines of ~/$log:"; tail -n 5 "$log"
+case "$mode" in systemd-*) sc "$mode" status --no-pager --lines=0 "$unit" 2>&1 | head -n 5 ;; esac
 exit 1
 "#
 );
 
-/// Starts the hive fully detached (own session, output to the hive log, pid file). Does
-/// nothing if it is already running.
+/// Starts the hive: as a systemd service where the host runs systemd (see [`systemd`]), fully
+/// detached elsewhere (own session, output to the hive log, pid file). Does nothing if it is
+/// already running.
 pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Duration) -> Result<(), StepError> {
-    let args = vec![port.to_string(), alias.to_owned(), Layout::hive_binary(), Layout::hive_pid(), Layout::hive_log()];
-    script(t, "starting rbee-hive", START, args, deadline).await?;
+    let mut args = vec![
+        port.to_string(),
+        alias.to_owned(),
+        Layout::hive_binary(),
+        Layout::hive_pid(),
+        Layout::hive_log(),
+        systemd::UNIT_NAME.to_owned(),
+    ];
+    let what = "starting rbee-hive";
+    let out = t.run(RemoteCommand::script(START, args.clone(), deadline)).await?;
+    let request = (out.status == systemd::NEED_UNIT).then(|| systemd::parse_unit_request(&out.stdout_text())).flatten();
+    let Some((scope, home)) = request else { return checked(t, what, out).map(drop) };
+    match systemd::hive_unit(&home, port, alias, scope) {
+        Ok(unit) => args.extend([scope.mode().to_owned(), unit]),
+        Err(e) => args.extend(["detached".to_owned(), String::new(), format!("not started by systemd: {e}")]),
+    }
+    script(t, what, START, args, deadline).await?;
     Ok(())
 }
 
@@ -284,12 +382,20 @@ pub async fn link_queen(
     Ok(())
 }
 
-/// `$1` grace seconds, `$2` hive binary, `$3` pid file.
+/// `$1` grace seconds, `$2` hive binary, `$3` pid file, `$4` the unit's name. Under systemd the
+/// service is stopped first (without waiting: the pid file loop below waits, and kills after
+/// the grace period, as for a detached hive, which also stops a hive started before it had a
+/// unit).
 const STOP: &str = concat!(
     "# rbee-step: stop-hive\n",
     sh_is_hive!(),
+    sh_supervisor!(),
     r#"set -u
-grace=$1; bin=$2; pidf=$3
+grace=$1; bin=$2; pidf=$3; unit=${4:-rbee-hive.service}
+mode=$(supervisor)
+case "$mode" in
+systemd-*) if [ -f "$(unit_dir "$mode")/$unit" ]; then sc "$mode" stop --no-block "$unit" 2>&1 || true; fi ;;
+esac
 p=$(cat "$pidf" 2>/dev/null) || exit 0
 if ! is_hive "$p"; then rm -f "$pidf"; exit 0; fi
 alive() { is_hive "$p"; }
@@ -301,9 +407,14 @@ rm -f "$pidf"
 "#
 );
 
-/// Stops the hive: SIGTERM, then SIGKILL after `grace`.
+/// Stops the hive (its systemd service, where it has one): SIGTERM, then SIGKILL after `grace`.
 pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -> Result<(), StepError> {
-    let args = vec![grace.as_secs().max(1).to_string(), Layout::hive_binary(), Layout::hive_pid()];
+    let args = vec![
+        grace.as_secs().max(1).to_string(),
+        Layout::hive_binary(),
+        Layout::hive_pid(),
+        systemd::UNIT_NAME.to_owned(),
+    ];
     script(t, "stopping rbee-hive", STOP, args, deadline + grace).await?;
     Ok(())
 }
@@ -324,16 +435,21 @@ done
 "#;
 
 /// Polls `/health` on the host until it answers, and checks the hive runs `want`.
-pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout: Duration) -> Result<(), StepError> {
+pub async fn wait_healthy(
+    t: &dyn Transport,
+    port: u16,
+    want: &rbee_proto::Sha256,
+    timeout: Duration,
+) -> Result<(), StepError> {
     let args = vec![port.to_string(), timeout.as_secs().max(1).to_string(), Layout::hive_binary(), Layout::hive_log()];
     let out = script(t, "waiting for /health", WAIT_HEALTHY, args, timeout + Duration::from_secs(10)).await?;
     let body = out.stdout_text();
     match serde_json::from_str::<rbee_proto::hive::HiveHealth>(body.trim()) {
-        Ok(health) if health.sha256 == want.sha256 => Ok(()),
+        Ok(health) if health.sha256 == *want => Ok(()),
         Ok(health) => Err(StepError::Failed(format!(
             "the process answering on port {port} runs rbee-hive sha256:{} but {} was installed; is another hive using that port?",
             health.sha256.short(),
-            want.short_digest()
+            want.short()
         ))),
         Err(e) => Err(StepError::Failed(format!(
             "unexpected /health answer on port {port} ({e}): {}",
@@ -344,16 +460,20 @@ pub async fn wait_healthy(t: &dyn Transport, port: u16, want: &Artifact, timeout
 
 /// Uninstalls. `$1` purge (1/0), `$2` grace seconds, `$3` hive binary, `$4` worker catalog,
 /// `$5` worker binary prefix, `$6` data directory, `$7` install records, `$8` hive pid file,
-/// `$9` worker registry, then the hive-owned state entries (all from [`Layout`]).
+/// `$9` worker registry, `$10` the systemd unit's name, then the hive-owned state entries (all
+/// from [`Layout`]). A systemd unit of the hive is stopped, disabled and removed.
 ///
 /// Worker processes are stopped before their records go: each record names a process-group
 /// leader and its start time (`/proc/<pid>/stat` field 22), so a pid the kernel gave to another
 /// process since is never signalled. The group gets SIGTERM, SIGKILL after the grace period,
 /// and the record is deleted only once the group is gone. Only POSIX `kill -s SIG -- -PGID`
 /// (dash, Debian's /bin/sh, rejects `kill -TERM -- -PGID`), and a failure is reported.
-const UNINSTALL: &str = r#"# rbee-step: uninstall
-set -u
+const UNINSTALL: &str = concat!(
+    "# rbee-step: uninstall\n",
+    sh_supervisor!(),
+    r#"set -u
 purge=$1; grace=$2; bin=$3; catalog=$4; prefix=$5; data=$6; records=$7; pidf=$8; registry=$9; shift 9
+unit=$1; shift
 field() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" "$2" | head -n 1; }
 group_alive() { kill -s 0 -- "-$1" 2>/dev/null; }
 failed=0
@@ -382,12 +502,23 @@ for f in "$registry"/*.json; do
   rm -f "$f" "${f%.json}.log"
 done
 [ "$failed" = 0 ] || exit 1
+mode=$(supervisor)
+case "$mode" in
+systemd-*)
+  f=$(unit_dir "$mode")/$unit
+  if [ -f "$f" ]; then
+    sc "$mode" stop --no-block "$unit" 2>/dev/null; sc "$mode" disable --quiet "$unit" 2>/dev/null
+    rm -f "$f" || exit 1
+    sc "$mode" daemon-reload; sc "$mode" reset-failed "$unit" 2>/dev/null
+  fi
+  ;;
+esac
 bindir=$(dirname "$bin"); name=$(basename "$bin")
 rm -f "$bin" "$bindir/.$name.rbee-tmp-"* "$bindir/.$name.upload-"*
 rm -f "$catalog/$prefix"* "$catalog/.$prefix"*
 rm -rf "$data/engines"
 rmdir "$catalog" "$data" 2>/dev/null
-rm -rf "$records"
+rm -rf "$records" "$(dirname "$records")/previous"
 rm -f "$pidf"
 if [ "$purge" = 1 ]; then
   rm -rf "$data"
@@ -395,7 +526,8 @@ if [ "$purge" = 1 ]; then
   for f in "$@"; do rm -rf "$f"; done
 fi
 exit 0
-"#;
+"#
+);
 
 /// Removes what rbee installed (and with `purge`, the hive's state and data). Worker
 /// processes are stopped first, SIGKILL after `grace`.
@@ -411,6 +543,7 @@ pub async fn uninstall(t: &dyn Transport, purge: bool, grace: Duration, deadline
         Layout::installed_dir(),
         Layout::hive_pid(),
         Layout::worker_registry_dir(),
+        systemd::UNIT_NAME.to_owned(),
     ];
     args.extend(Layout::hive_state_entries());
     script(t, "uninstalling", UNINSTALL, args, deadline + grace + Duration::from_secs(3)).await?;
@@ -573,6 +706,122 @@ mod tests {
         let err = lock(&t, "me", wait, Duration::from_secs(60), Duration::from_secs(10), &cancel).await.unwrap_err();
         assert!(err.to_string().contains("cancelled"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    }
+
+    /// Under systemd the start script asks for the unit (exit 10, with the host's home); the
+    /// unit rendered for that home comes back in a second call, with the supervisor.
+    #[tokio::test]
+    async fn under_systemd_the_start_renders_the_unit_for_the_home_the_host_reports() {
+        let asks = CommandOutput {
+            status: systemd::NEED_UNIT,
+            stdout: b"rbee-unit-needed systemd-user\n/home/a b\n".to_vec(),
+            stderr: Vec::new(),
+        };
+        let mock = crate::transport::MockTransport::new("h1")
+            .on_run("# rbee-step: start-hive", Ok(asks))
+            .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")));
+        start_hive(&mock, 8600, "gpu-1", Duration::from_secs(5)).await.unwrap();
+        mock.verify().unwrap();
+        let calls = mock.calls();
+        let crate::transport::MockCall::Run(second) = &calls[1] else { panic!("{calls:?}") };
+        let unit = systemd::hive_unit("/home/a b", 8600, "gpu-1", systemd::UnitScope::User).unwrap();
+        let want = crate::transport::shell_line(&["systemd-user".to_owned(), unit]);
+        assert!(second.ends_with(&want), "{second}");
+    }
+
+    /// A home a unit cannot hold: the hive is started detached, and the reason is passed on.
+    #[tokio::test]
+    async fn a_home_a_unit_cannot_hold_gets_a_detached_hive() {
+        let asks = CommandOutput {
+            status: systemd::NEED_UNIT,
+            stdout: b"rbee-unit-needed systemd-system\n/root\\x\n".to_vec(),
+            stderr: Vec::new(),
+        };
+        let mock = crate::transport::MockTransport::new("h1")
+            .on_run("# rbee-step: start-hive", Ok(asks))
+            .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")));
+        start_hive(&mock, 8600, "gpu-1", Duration::from_secs(5)).await.unwrap();
+        let calls = mock.calls();
+        let crate::transport::MockCall::Run(second) = &calls[1] else { panic!("{calls:?}") };
+        assert!(
+            second.contains("rbee-hive.service detached '' 'not started by systemd: the home directory"),
+            "{second}"
+        );
+        // Any other failure is the step's failure, as before.
+        let mock = crate::transport::MockTransport::new("h1")
+            .on_run("# rbee-step: start-hive", Ok(CommandOutput { status: 10, ..CommandOutput::ok("something else") }));
+        let err = start_hive(&mock, 8600, "gpu-1", Duration::from_secs(5)).await.unwrap_err();
+        assert!(err.to_string().contains("exit status 10): something else"), "{err}");
+    }
+
+    /// The systemd branch of the start script, against stand-ins for `systemctl` and
+    /// `loginctl` (this machine's systemd, if any, is not touched): the unit is written where
+    /// the user manager reads it, reloaded only when it changed, enabled and restarted; a
+    /// failing `enable-linger` is reported in the output and the hive log, and the start goes
+    /// on.
+    #[test]
+    fn the_start_script_writes_enables_and_restarts_the_unit() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let fake = h.join("fake-bin");
+        std::fs::create_dir_all(&fake).unwrap();
+        std::fs::create_dir_all(h.join(Layout::BIN_DIR)).unwrap();
+        // The hive stand-in must be a binary of its own (the start checks /proc/PID/exe).
+        std::fs::copy("/bin/sleep", h.join(Layout::hive_binary())).unwrap();
+        let systemctl = r#"#!/bin/sh
+echo "$*" >> "$HOME/systemctl.calls"
+case "$*" in
+*"show -p NeedDaemonReload"*) echo NeedDaemonReload=no ;;
+*restart*) setsid -f sh -c 'echo $$ > .local/state/rbee/hive.pid; exec .local/bin/rbee-hive 60' > /dev/null 2>&1 < /dev/null ;;
+esac
+"#;
+        let loginctl = "#!/bin/sh\necho \"Access denied\" >&2\nexit 1\n";
+        for (name, text) in [("systemctl", systemctl), ("loginctl", loginctl)] {
+            std::fs::write(fake.join(name), text).unwrap();
+            std::process::Command::new("chmod").arg("755").arg(fake.join(name)).status().unwrap();
+        }
+        let unit = systemd::hive_unit(h.to_str().unwrap(), 8600, "gpu-1", systemd::UnitScope::User).unwrap();
+        let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+        let start = |unit: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", START, "sh", "8600", "gpu-1"])
+                .args([Layout::hive_binary(), Layout::hive_pid(), Layout::hive_log()])
+                .args([systemd::UNIT_NAME, "systemd-user", unit])
+                .env("HOME", h)
+                .env("PATH", &path)
+                .env("XDG_CONFIG_HOME", h.join("config"))
+                .current_dir(h)
+                .output()
+                .unwrap();
+            let calls = std::fs::read_to_string(h.join("systemctl.calls")).unwrap_or_default();
+            std::fs::remove_file(h.join("systemctl.calls")).ok();
+            let pid: u32 = std::fs::read_to_string(h.join(Layout::hive_pid())).unwrap().trim().parse().unwrap();
+            nix_kill_pid(pid);
+            (out, calls)
+        };
+        let (out, calls) = start(&unit);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            calls,
+            "--user daemon-reload\n--user enable --quiet rbee-hive.service\n--user restart rbee-hive.service\n"
+        );
+        assert_eq!(std::fs::read_to_string(h.join("config/systemd/user/rbee-hive.service")).unwrap(), unit);
+        assert!(stdout.contains("warning: `loginctl enable-linger"), "{stdout}");
+        let log = std::fs::read_to_string(h.join(Layout::hive_log())).unwrap();
+        assert!(log.contains("(Access denied): the hive stops when the last session"), "{log}");
+        // The same unit again: no reload.
+        let (out, calls) = start(&unit);
+        assert!(out.status.success());
+        assert_eq!(
+            calls,
+            "--user show -p NeedDaemonReload rbee-hive.service\n--user enable --quiet rbee-hive.service\n--user restart rbee-hive.service\n"
+        );
+        assert!(!h.join("config/systemd/user/rbee-hive.service.rbee-tmp").exists());
+    }
+
+    fn nix_kill_pid(pid: u32) {
+        let _ = std::process::Command::new("kill").args(["-s", "KILL", &pid.to_string()]).status();
     }
 
     /// "cmdline contains rbee-hive" took any process with that word in its arguments for the

@@ -19,9 +19,7 @@ pub fn save_last_run(report: &SyncReport) -> Result<(), PackageError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(report).unwrap_or_default()).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)
+    crate::fsio::write_atomic(&path, &serde_json::to_vec_pretty(report).unwrap_or_default(), 0o644).map_err(err)
 }
 
 /// The hives that failed or were unreachable in the last saved run.

@@ -18,6 +18,6 @@ pub use last_run::last_failed;
 pub(crate) use last_run::save_last_run;
 pub use rbee_proto::result::{DriftState, HiveStatusReport, OperationResult, StatusReport, SyncOutcome};
 pub use run::{ConnectFn, RunContext, run_operation};
-pub use status::{drift, status};
+pub use status::{drift, status, status_with_lock};
 pub use sync::{SyncRequest, sync};
 pub use uninstall::uninstall;

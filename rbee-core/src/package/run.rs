@@ -1,6 +1,6 @@
 //! One entry point for every package operation, as the queen and `rbee --in-process` run it.
 
-use super::{OperationResult, SyncOutcome, SyncRequest, save_last_run, select, status, sync, uninstall};
+use super::{OperationResult, SyncOutcome, SyncRequest, save_last_run, select, status_with_lock, sync, uninstall};
 use std::collections::BTreeMap;
 
 use super::uninstall::without_artifacts;
@@ -58,6 +58,7 @@ pub async fn run_operation(
         | Op::PackageStatus { config_path, .. }
         | Op::PackageInstall { config_path, .. }
         | Op::PackageUninstall { config_path, .. }
+        | Op::PackageRollback { config_path, .. }
         | Op::PackageValidate { config_path } => config_path.as_deref(),
         Op::HiveStart { config_path, .. } | Op::HiveStop { config_path, .. } => config_path.as_deref(),
         _ => return OperationResult::error("this operation is not handled by the package manager"),
@@ -80,29 +81,44 @@ pub async fn run_operation(
     options.faults = ctx.faults.clone();
     options.queen_link = ctx.queen_link.clone();
     let aliases = |list: &[String]| select(&config, list);
+    // rbee.lock beside hives.conf: the queen and `rbee --in-process` find the same one.
+    let lock = Some(crate::lock::lock_path(&crate::config::ConfigFiles::locate(config_path)));
     let result = match op {
-        Op::PackageSync { dry_run, remove_extra, force, hive_aliases, .. } => match aliases(hive_aliases) {
-            Ok(only) => {
-                let request = SyncRequest {
-                    plan: PlanOptions { force: *force, remove_extra: *remove_extra, only },
-                    dry_run: *dry_run,
-                };
-                sync(&config, &source, connector, &request, &options, on_event).await.map(OperationResult::Sync)
+        Op::PackageSync { dry_run, remove_extra, force, hive_aliases, batch, locked, .. } => {
+            match aliases(hive_aliases) {
+                Ok(only) => {
+                    if let Some(n) = batch {
+                        options.max_unavailable = crate::config::MaxUnavailable::Count(*n as usize);
+                    }
+                    let request = SyncRequest {
+                        plan: PlanOptions { force: *force, remove_extra: *remove_extra, only },
+                        dry_run: *dry_run,
+                        lock,
+                        locked: *locked,
+                    };
+                    sync(&config, &source, connector, &request, &options, on_event).await.map(OperationResult::Sync)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
         Op::PackageInstall { force, hive_alias, .. } => {
             match aliases(&hive_alias.iter().cloned().collect::<Vec<_>>()) {
                 Ok(only) => {
-                    let request =
-                        SyncRequest { plan: PlanOptions { force: *force, remove_extra: false, only }, dry_run: false };
+                    let request = SyncRequest {
+                        plan: PlanOptions { force: *force, remove_extra: false, only },
+                        dry_run: false,
+                        lock,
+                        locked: false,
+                    };
                     sync(&config, &source, connector, &request, &options, on_event).await.map(OperationResult::Sync)
                 }
                 Err(e) => Err(e),
             }
         }
         Op::PackageStatus { hive_aliases, .. } => match aliases(hive_aliases) {
-            Ok(only) => status(&config, &source, connector, only.as_ref(), &options).await.map(OperationResult::Status),
+            Ok(only) => status_with_lock(&config, &source, connector, only.as_ref(), &options, lock.as_deref())
+                .await
+                .map(OperationResult::Status),
             Err(e) => Err(e),
         },
         Op::PackageUninstall { hive_alias, purge, .. } => {
@@ -113,6 +129,14 @@ pub async fn run_operation(
                 Err(e) => Err(e),
             }
         }
+        Op::PackageRollback { hive_aliases, .. } => match aliases(hive_aliases) {
+            Ok(only) => {
+                without_artifacts(&config, &source, connector, only.as_ref(), Intent::Rollback, &options, on_event)
+                    .await
+                    .map(OperationResult::Sync)
+            }
+            Err(e) => Err(e),
+        },
         Op::HiveStart { alias, .. } | Op::HiveStop { alias, .. } => match aliases(std::slice::from_ref(alias)) {
             Ok(only) => {
                 let intent = Intent::Process { start: matches!(op, Op::HiveStart { .. }) };

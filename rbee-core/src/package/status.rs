@@ -3,7 +3,7 @@
 use super::{DriftState, HiveStatusReport, PackageError, StatusReport};
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::artifact::{ArtifactSource, resolve};
+use crate::artifact::ArtifactSource;
 use crate::config::Config;
 use crate::execute::ExecuteOptions;
 use crate::fleet::{Connector, connect_fleet, observe_fleet};
@@ -18,8 +18,19 @@ pub async fn status(
     only: Option<&BTreeSet<String>>,
     options: &ExecuteOptions,
 ) -> Result<StatusReport, PackageError> {
-    source.prepare(config).await?;
-    let desired = resolve(config, source)?;
+    status_with_lock(config, source, connector, only, options, None).await
+}
+
+/// Like [`status`], the artifacts pinned by the rbee.lock at `lock` (read, never written).
+pub async fn status_with_lock(
+    config: &Config,
+    source: &ArtifactSource,
+    connector: &dyn Connector,
+    only: Option<&BTreeSet<String>>,
+    options: &ExecuteOptions,
+    lock: Option<&std::path::Path>,
+) -> Result<StatusReport, PackageError> {
+    let desired = crate::lock::resolve_with_lock(config, source, lock, false).await?.desired;
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     Ok(drift(&desired, &actual, &PlanOptions { only: only.cloned(), ..PlanOptions::default() }))
@@ -71,6 +82,7 @@ pub fn drift(desired: &Desired, actual: &Actual, options: &PlanOptions) -> Statu
                 state,
                 healthy: observed.is_some_and(|o| o.healthy),
                 pid: observed.and_then(|o| o.pid),
+                supervisor: observed.and_then(|o| o.supervisor),
                 files,
             }
         })
@@ -110,7 +122,10 @@ fn difference(kind: &ActionKind) -> Option<String> {
         }
         ActionKind::StartHive { .. } => "hive not running".to_owned(),
         ActionKind::RestartHive { reason, .. } => format!("hive running but {reason}"),
-        ActionKind::StopHive | ActionKind::WaitHealthy { .. } | ActionKind::Uninstall { .. } => {
+        ActionKind::StopHive
+        | ActionKind::WaitHealthy { .. }
+        | ActionKind::Uninstall { .. }
+        | ActionKind::Rollback { .. } => {
             return None;
         }
     })

@@ -2,7 +2,7 @@
 
 use super::{PackageError, SyncOutcome};
 
-use crate::artifact::{ArtifactSource, resolve};
+use crate::artifact::{ArtifactError, ArtifactSource};
 use crate::config::Config;
 use crate::execute::{ExecuteOptions, Intent, OnEvent, Planned, execute};
 use crate::fleet::{Connector, connect_fleet, observe_fleet};
@@ -15,9 +15,14 @@ pub struct SyncRequest {
     pub plan: PlanOptions,
     /// Plan only.
     pub dry_run: bool,
+    /// rbee.lock ([`crate::lock::lock_path`]); `None`: no lock is read or written.
+    pub lock: Option<std::path::PathBuf>,
+    /// Refuse any artifact the lock does not pin (`rbee sync --locked`); the lock is not written.
+    pub locked: bool,
 }
 
-/// Resolves, connects, observes, plans and (unless dry run) executes.
+/// Resolves (through the lock, if the request names one), connects, observes, plans and
+/// (unless dry run) writes the lock where it changed and executes.
 pub async fn sync(
     config: &Config,
     source: &ArtifactSource,
@@ -26,14 +31,18 @@ pub async fn sync(
     options: &ExecuteOptions,
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
-    source.prepare(config).await?;
-    let desired = resolve(config, source)?;
+    let resolved = crate::lock::resolve_with_lock(config, source, request.lock.as_deref(), request.locked).await?;
+    let desired = resolved.desired;
     let connections = connect_fleet(config, connector, request.plan.only.as_ref()).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     let planned = Planned::new(Intent::Sync(request.plan.clone()), &desired, &actual, request.plan.only.as_ref());
+    let lock_changes = resolved.changes;
     if request.dry_run {
-        return Ok(SyncOutcome::new(planned.plan, None));
+        return Ok(SyncOutcome { lock_changes, ..SyncOutcome::new(planned.plan, None) });
+    }
+    if let (Some(lock), Some(path)) = (&resolved.new_lock, &request.lock) {
+        lock.write(path).map_err(ArtifactError::from)?;
     }
     let report = execute(&desired, &planned, &connections.transports, source, options, on_event).await;
-    Ok(SyncOutcome::new(planned.plan, Some(report)))
+    Ok(SyncOutcome { lock_changes, ..SyncOutcome::new(planned.plan, Some(report)) })
 }

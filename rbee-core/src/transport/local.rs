@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::{CommandOutput, RemoteCommand, Transport, TransportError, Upload};
+use super::{CommandOutput, MAX_OUTPUT, RemoteCommand, Transport, TransportError, Upload};
 
 static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -17,12 +17,20 @@ static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct LocalTransport {
     home: PathBuf,
+    /// The most a command's stdout, or its stderr, may hold.
+    output_limit: usize,
 }
 
 impl LocalTransport {
     /// A host whose home directory is `home` (created when needed).
     pub fn new(home: impl Into<PathBuf>) -> Self {
-        Self { home: home.into() }
+        Self { home: home.into(), output_limit: MAX_OUTPUT }
+    }
+
+    /// The same host, keeping at most `limit` bytes of a command's stdout and of its stderr
+    /// (instead of [`MAX_OUTPUT`]); a command that prints more fails.
+    pub fn with_output_limit(self, limit: usize) -> Self {
+        Self { output_limit: limit, ..self }
     }
 
     /// The home directory.
@@ -36,6 +44,27 @@ impl LocalTransport {
 
     fn remote_err(&self, what: &str, e: &std::io::Error) -> TransportError {
         TransportError::Remote { host: self.describe(), what: what.to_owned(), reason: e.to_string() }
+    }
+
+    /// Reads `pipe` to its end, failing once it gives more than the output limit.
+    async fn read_capped(
+        &self,
+        pipe: &mut (dyn AsyncRead + Unpin + Send),
+        what: &str,
+        stream: &'static str,
+    ) -> Result<Vec<u8>, TransportError> {
+        let mut buf = Vec::new();
+        let limit = self.output_limit;
+        pipe.take(limit as u64 + 1).read_to_end(&mut buf).await.map_err(|e| self.remote_err(what, &e))?;
+        if buf.len() > limit {
+            return Err(TransportError::OutputTooLarge {
+                host: self.describe(),
+                what: what.to_owned(),
+                stream,
+                limit: limit as u64,
+            });
+        }
+        Ok(buf)
     }
 }
 
@@ -68,10 +97,16 @@ impl Transport for LocalTransport {
                     let _ = pipe.write_all(&data).await;
                 }
             };
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let (_, o, e) = tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            o.and(e).map_err(|e| self.remote_err(&what, &e))?;
+            // Both streams at once, each up to the limit; a stream past it ends the wait at
+            // once, and the child is killed when dropped.
+            let (_, out, err) = tokio::try_join!(
+                async {
+                    feed.await;
+                    Ok(())
+                },
+                self.read_capped(&mut stdout, &what, "stdout"),
+                self.read_capped(&mut stderr, &what, "stderr"),
+            )?;
             let status = child.wait().await.map_err(|e| self.remote_err(&what, &e))?;
             Ok(CommandOutput { status: status.code().unwrap_or(-1), stdout: out, stderr: err })
         };
@@ -103,7 +138,12 @@ impl Transport for LocalTransport {
                 }
                 file.sync_all().await?;
                 tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await?;
-                tokio::fs::rename(&tmp, &target).await
+                tokio::fs::rename(&tmp, &target).await?;
+                // The rename itself made durable too.
+                match target.parent() {
+                    Some(dir) => tokio::fs::File::open(dir).await?.sync_all().await,
+                    None => Ok(()),
+                }
             }
             .await;
             if result.is_err() {
@@ -154,6 +194,42 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec!["file"], "no temporary file left behind");
+    }
+
+    /// A host printing endlessly made rbee buffer all of it: each stream is now capped, and a
+    /// command past the cap fails at once (not at its deadline) and is stopped.
+    #[tokio::test]
+    async fn output_past_the_limit_fails_the_command_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTransport::new(dir.path()).with_output_limit(64 * 1024);
+        let started = std::time::Instant::now();
+        let err = t.run(RemoteCommand::new(["yes"], Duration::from_secs(60))).await.unwrap_err();
+        assert!(matches!(&err, TransportError::OutputTooLarge { stream: "stdout", limit: 65536, .. }), "{err:?}");
+        assert!(err.to_string().contains("printed more than 65536 bytes on stdout"), "{err}");
+        assert!(!err.is_transient(), "retrying would print as much again");
+        let script = RemoteCommand::script("yes >&2", Vec::<String>::new(), Duration::from_secs(60));
+        let err = t.run(script).await.unwrap_err();
+        assert!(matches!(&err, TransportError::OutputTooLarge { stream: "stderr", .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "stopped at the limit, not at the deadline");
+
+        // Exactly the limit is kept whole.
+        let exact = RemoteCommand::new(["head", "-c", "65536", "/dev/zero"], Duration::from_secs(10));
+        let out = t.run(exact).await.unwrap();
+        assert_eq!(out.stdout.len(), 65536);
+        assert_eq!(
+            TransportError::OutputTooLarge { host: "h".into(), what: "w".into(), stream: "stdout", limit: 16 << 20 }
+                .to_string(),
+            "w on h printed more than 16 MiB on stdout, the most rbee keeps; it was stopped"
+        );
+    }
+
+    #[test]
+    fn append_capped_keeps_at_most_the_limit() {
+        let mut buf = Vec::new();
+        assert!(crate::transport::append_capped(&mut buf, b"abc", 5));
+        assert!(crate::transport::append_capped(&mut buf, b"de", 5));
+        assert!(!crate::transport::append_capped(&mut buf, b"f", 5));
+        assert_eq!(buf, b"abcde");
     }
 
     #[tokio::test]

@@ -132,6 +132,44 @@ pub enum TransportError {
     /// The transport for this host does not exist yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The command printed more on one stream than rbee keeps (by default [`MAX_OUTPUT`]):
+    /// it was stopped and its output dropped, so a host that prints endlessly cannot make
+    /// rbee use unbounded memory.
+    #[error("{what} on {host} printed more than {} on {stream}, the most rbee keeps; it was stopped", size(*limit))]
+    OutputTooLarge {
+        /// The host.
+        host: String,
+        /// What was running.
+        what: String,
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+}
+
+/// The most a command's stdout, and separately its stderr, may hold: 16 MiB. Beyond it the
+/// command is stopped and fails with [`TransportError::OutputTooLarge`]. (A file read with
+/// [`Transport::read_file`] is limited by its own `max` instead.)
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes & ((1 << 20) - 1) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Appends `data` to `buf` unless `buf` would then hold more than `limit` bytes; false (and
+/// `buf` untouched) when it would. What a transport collecting a command's output uses to
+/// enforce [`MAX_OUTPUT`].
+pub fn append_capped(buf: &mut Vec<u8>, data: &[u8], limit: usize) -> bool {
+    if buf.len().saturating_add(data.len()) > limit {
+        return false;
+    }
+    buf.extend_from_slice(data);
+    true
 }
 
 impl TransportError {

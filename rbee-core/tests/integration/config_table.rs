@@ -85,6 +85,15 @@ fn invalid_files_name_file_line_and_column() {
         ),
         ("missing hostname", None, "[[hive]]\nalias = \"a\"\n", &["hives.conf:1:1: missing field `hostname`"]),
         (
+            "rolling batches out of range",
+            Some("[package]\nmax_unavailable = \"150%\"\nmax_failed = 0\n"),
+            "[[hive]]\nalias = \"a\"\nhostname = \"h\"\n",
+            &[
+                "rbee.conf:2:19: max_unavailable = \"150%\" must be a number of hives or a percentage like \"25%\"",
+                "rbee.conf:3:14: max_failed = 0 is out of range: use 1..=100000",
+            ],
+        ),
+        (
             "engines: a pip option, a relative path, two sources, a source the type cannot use",
             None,
             "[[hive]]\nalias = \"a\"\nhostname = \"h\"\nworkers = [\n{ type = \"vllm\", engine = { pip = \"--index-url=http://x vllm\" } },\n\
@@ -92,10 +101,10 @@ fn invalid_files_name_file_line_and_column() {
              { type = \"comfyui\", engine = { path = \"/a\", pip = \"b\" } },\n\
              { type = \"reference\", engine = { path = \"/x\" } },\n]\n",
             &[
-                "hives.conf:5:38: pip requirement \"--index-url=http://x vllm\" must be a plain requirement such as \"vllm==0.6.3\" (no pip options, URLs or paths)",
-                "hives.conf:6:44: engine path \"bin/llama-server\" must be an absolute path without control characters",
+                "hives.conf:5:35: pip requirement \"--index-url=http://x vllm\" must be a plain requirement such as \"vllm==0.6.3\" (no pip options, URLs or paths)",
+                "hives.conf:6:41: engine path \"bin/llama-server\" must be an absolute path without control characters",
                 "hives.conf:7:10: engine of worker \"comfyui\" needs exactly one of artifact, pip or path",
-                "hives.conf:8:43: worker \"reference\" cannot take its engine from path: it has no engine: remove `engine`",
+                "hives.conf:8:41: worker \"reference\" cannot take its engine from path: it has no engine: remove `engine`",
             ],
         ),
         (
@@ -233,7 +242,7 @@ fn invalid_files_name_file_line_and_column() {
             Some("[package]\nmax_concurrent = 3\n"),
             H,
             &[
-                "rbee.conf:2:1: unknown field `max_concurrent`, expected one of `max_concurrent_installs`, `ssh_timeout`, `health_check_timeout`, `source`, `allow_insecure_source`",
+                "rbee.conf:2:1: unknown field `max_concurrent`, expected one of `max_concurrent_installs`, `ssh_timeout`, `health_check_timeout`, `source`, `max_unavailable`, `max_failed`, `allow_insecure_source`",
             ],
         ),
         (

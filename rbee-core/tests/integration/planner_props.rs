@@ -57,6 +57,8 @@ fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState
                         running_version: None,
                         engines: arb_engines(&want, engine),
                         gpu: false,
+                        previous: Default::default(),
+                        supervisor: None,
                     })
                 }
             };

@@ -84,6 +84,8 @@ pub fn converged(want: &DesiredHive) -> Observed {
         running_version: want.auto_start.then(|| want.hive.version.clone()),
         engines: converged_engines(want),
         gpu: false,
+        previous: Default::default(),
+        supervisor: None,
     }
 }
 
@@ -132,7 +134,7 @@ pub fn apply(plan: &Plan, actual: &Actual) -> Actual {
                     };
                     o.engines.insert(worker.clone(), e);
                 }
-                ActionKind::WaitHealthy { .. } => {}
+                ActionKind::WaitHealthy { .. } | ActionKind::Rollback { .. } => {}
                 ActionKind::Uninstall { .. } => {
                     o.hive_binary = None;
                     o.workers.clear();
