@@ -34,8 +34,16 @@ pub(crate) async fn to_hive(
 ) -> Result<rbee_http::Response, rbee_http::HttpError> {
     let bearer = rbee_core::proto::bearer(&queen.config.token);
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-    rbee_http::send(method, &format!("http://{addr}{path}"), &headers, body).await
+    let url = format!("http://{addr}{path}");
+    // A hive answers at once (a stream's events follow): one that accepts the connection and
+    // then says nothing is wedged.
+    tokio::time::timeout(HIVE_ANSWER_TIMEOUT, rbee_http::send(method, &url, &headers, body))
+        .await
+        .unwrap_or_else(|_| Err(rbee_http::HttpError::Timeout { url: url.clone(), after: HIVE_ANSWER_TIMEOUT }))
 }
+
+/// How long a hive may take to answer a request's head.
+const HIVE_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `GET /v1/hives/{alias}/capabilities`: forwarded to the hive's own API, even if it is stale
 /// (it may still answer, and the error says more than "stale" would).
@@ -126,6 +134,13 @@ pub(crate) async fn run_on_hive(
             () = async { while !cancel.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(100)).await } } => {
                 return OperationResult::error(format!("cancelled; hive {alias} stopped the operation"));
             }
+            // An operation may be quiet for long (a worker loading a model), so the stream has
+            // no idle timeout of its own: the hive's heartbeats say whether it is still there.
+            () = went_silent(queen, alias) => {
+                return OperationResult::error(format!(
+                    "hive {alias} stopped sending heartbeats during the operation: the host is down or cut off, and the operation's outcome there is unknown (see `rbee hive get {alias}`)"
+                ));
+            }
         };
         match line {
             Ok(Some(line)) if line.trim().is_empty() => {}
@@ -139,6 +154,16 @@ pub(crate) async fn run_on_hive(
             },
             Ok(None) => return OperationResult::error(format!("hive {alias} ended the operation without a result")),
             Err(e) => return OperationResult::error(format!("hive {alias}: {e}")),
+        }
+    }
+}
+
+/// Returns once the registry holds `alias` as stale (it was fresh when the wait began).
+async fn went_silent(queen: &Queen, alias: &str) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if matches!(queen.registry.fresh_addr(alias, now_ms()), Err(crate::registry::HiveError::Stale { .. })) {
+            return;
         }
     }
 }

@@ -315,3 +315,36 @@ fn uninstall_stops_every_worker_process_even_an_engine_that_ignores_sigterm() {
         .map_or(0, |d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count());
     assert_eq!(records, 0, "worker records left");
 }
+
+/// An operation in flight on a hive that freezes (a host that hangs, a cut network) used to
+/// leave the queen, and `rbee`, waiting for ever: the hive's heartbeats stop, and the
+/// operation ends with an error that says so.
+#[test]
+fn an_operation_on_a_hive_that_freezes_ends_when_its_heartbeats_stop() {
+    let fleet = Fleet::new(1, &[("reference", "latest")]);
+    // The worker loads for 60 s; the hive (started by the queen's sync) passes the variable on.
+    let rbee = |args: &[&str]| {
+        let mut cmd = fleet.via_queen(args);
+        cmd.env("RBEE_HEARTBEAT_MS", "500").env("REFERENCE_WORKER_LOAD_MS", "60000");
+        Run(cmd.output().unwrap())
+    };
+    rbee(&["sync"]).expect_code(0);
+    wait_for("h1 in the registry", Duration::from_secs(10), || {
+        rbee(&["hive", "get", "h1"]).code().eq(&0).then_some(())
+    });
+    let hive = fleet.host("h1").pid().expect("the hive runs");
+    let spawn = {
+        let mut cmd = fleet.via_queen(&["worker", "spawn", "--hive", "h1", "--type", "reference", "--model", "m"]);
+        cmd.env("RBEE_HEARTBEAT_MS", "500").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    // The spawn is waiting for the loading worker; then the hive freezes.
+    std::thread::sleep(Duration::from_secs(2));
+    Command::new("kill").args(["-STOP", &hive.to_string()]).status().unwrap();
+    let started = std::time::Instant::now();
+    let out = Run(spawn.wait_with_output().unwrap());
+    Command::new("kill").args(["-CONT", &hive.to_string()]).status().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30), "the spawn waited {:?}", started.elapsed());
+    let out = out.expect_code(1);
+    assert!(out.stderr().contains("stopped sending heartbeats during the operation"), "{}", out.stderr());
+}
