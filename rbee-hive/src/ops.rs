@@ -56,6 +56,11 @@ pub enum OpError {
     /// The chat request could not be encoded.
     #[error("{0}")]
     EncodeRequest(#[source] serde_json::Error),
+    /// The worker stopped sending heartbeats (frozen, crashed or stopped) before it answered.
+    #[error(
+        "worker {0} stopped sending heartbeats before it answered (it is unresponsive, crashed or stopped): see `rbee worker get`"
+    )]
+    WorkerWentSilent(String),
     /// The worker answered the chat with an error status.
     #[error("worker {worker} answered {status}: {body}")]
     WorkerStatus {
@@ -288,7 +293,21 @@ pub async fn send_chat(hive: &Hive, worker_id: &str, body: Vec<u8>) -> Result<rb
     if let Some(b) = &bearer {
         headers.push(("authorization", b.as_str()));
     }
-    rbee_http::send("POST", &url, &headers, body).await.map_err(OpError::Send)
+    // Generating may take long before the first byte (a non-streaming answer comes whole), so
+    // there is no timeout on the answer: the worker's heartbeats say whether it is still there.
+    let went_silent = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            match hive.workers.get(worker_id) {
+                Ok(w) if matches!(w.state, WorkerState::Ready | WorkerState::Starting) => {}
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        answer = rbee_http::send("POST", &url, &headers, body) => answer.map_err(OpError::Send),
+        () = went_silent => Err(OpError::WorkerWentSilent(worker_id.to_owned())),
+    }
 }
 
 #[cfg(test)]

@@ -315,3 +315,27 @@ async fn heartbeats_carry_the_models_and_gpus() {
     })
     .await;
 }
+
+/// A worker that freezes while a request waits for its answer (SIGSTOP, a wedged engine
+/// host) used to hold the request for ever: once its heartbeats stop, the hive answers 502.
+#[tokio::test]
+async fn a_request_to_a_worker_that_freezes_ends_when_its_heartbeats_stop() {
+    let home = Home::new();
+    let hive = HiveProcess::start(&home, free_port()).await;
+    let spawned = worker(hive.spawn(serde_json::json!({})).await);
+    assert_eq!(spawned.state, WorkerState::Ready);
+    let pid = spawned.pid.to_string();
+    std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let url = format!("{}/v1/workers/{}/chat/completions", hive.url, spawned.id);
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let started = Instant::now();
+    let asked = rbee_http::send("POST", &url, &[("content-type", "application/json")], body.to_string().into_bytes());
+    let answer = tokio::time::timeout(Duration::from_secs(20), asked).await;
+    std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    let response = answer.expect("the request did not end within 20 s").unwrap();
+    assert_eq!(response.status(), 502);
+    let text = String::from_utf8_lossy(&rbee_http::collect(response).await.unwrap()).into_owned();
+    assert!(text.contains("stopped sending heartbeats before it answered"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    hive.delete(&spawned.id).await;
+}
