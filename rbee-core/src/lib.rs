@@ -72,6 +72,15 @@ macro_rules! sh_is_hive {
     };
 }
 
+/// Shell function `digest FILE`: the file's sha256 in hex (`sha256sum`, or `shasum` where
+/// there is none), for the scripts that observe and install.
+macro_rules! sh_digest {
+    () => {
+        r#"digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
+"#
+    };
+}
+
 /// Shell functions for the scripts that start, stop, observe and uninstall the hive under
 /// systemd (see [`execute::systemd`]). `supervisor` prints `systemd-system` (root),
 /// `systemd-user` or `detached`: systemd supervises the hive only when it is this host's

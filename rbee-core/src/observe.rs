@@ -24,11 +24,11 @@ pub(crate) const OBSERVE_SCRIPT: &str = concat!(
     "# rbee-step: observe\n",
     sh_is_hive!(),
     sh_supervisor!(),
+    sh_digest!(),
     r#"set -u
 port=$1; bin=$2; catalog=$3; prefix=$4; records=$5; pidf=$6; engines=$7; unit=${8:-rbee-hive.service}
 cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
-digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
 for f in "$bin" "$catalog/$prefix"*; do
   [ -f "$f" ] || continue
   rec=$records/$(basename "$f")

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::fleet::{Run, bin_dir};
+use crate::fleet::bin_dir;
 use crate::sync_ssh::{SERIAL, SshFleet, wait_until};
+use crate::workers::json;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -55,11 +56,6 @@ fn release_and_model(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn chat(fleet: &SshFleet, body: serde_json::Value) -> (u16, String) {
     crate::fleet::queen_chat(&fleet.dir.path().join("operator"), fleet.queen_port, body)
-}
-
-fn json(run: &Run) -> serde_json::Value {
-    let last = run.stdout().trim().lines().last().unwrap_or_default().to_owned();
-    serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {}", run.stdout()))
 }
 
 /// Processes (of any namespace) whose command line contains `needle`.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::{Fleet, Run, alive, bin_dir, sha256_file};
 
-fn json(run: &Run) -> serde_json::Value {
+/// The last JSON object `rbee --json` printed.
+pub(crate) fn json(run: &Run) -> serde_json::Value {
     let line = run.stdout().lines().rfind(|l| l.starts_with('{')).unwrap_or_default().to_owned();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout(), run.stderr()))
 }

@@ -16,9 +16,12 @@ use crate::transport::{Progress, Transport, Upload};
 /// version it prints: `b<N>` for llama.cpp's `version: X (build N, …)` or older `version: N (…)`,
 /// else its last line, cleaned),
 /// and `commit DIR ID PROGRAM VERSION` (writes the record, removes other engines of DIR).
-const COMMON: &str = r#"set -u
-digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
-bounded() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
+macro_rules! sh_engine_common {
+    () => {
+        concat!(
+    "set -u\n",
+    sh_digest!(),
+    r#"bounded() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
 engine_version() {
   out=$(bounded 60 "$1" --version 2>&1) || { echo "$1 --version failed: $(printf '%s' "$out" | tail -n 3 | tr '\n' ' ')"; return 1; }
   v=$(printf '%s\n' "$out" | sed -n 's/^version: .*(build \([0-9][0-9]*\).*/b\1/p; t; s/^version: \([0-9][0-9]*\) (.*/b\1/p' | head -n 1)
@@ -36,13 +39,16 @@ commit() {
     rm -rf "$d"
   done
 }
-"#;
+"#
+        )
+    };
+}
 
 const INSTALL_TARBALL: &str = concat!(
     "# rbee-step: install-engine\n",
     r#"dir=$1; id=$2; upload=$3; want=$4; prog=$5
 "#,
-    "__COMMON__",
+    sh_engine_common!(),
     r#"got=$(digest "$upload")
 if [ "$got" != "$want" ]; then
   rm -f "$upload"
@@ -66,7 +72,7 @@ const INSTALL_PIP: &str = concat!(
     "# rbee-step: install-engine-pip\n",
     r#"dir=$1; id=$2; spec=$3; dist=$4; wheels=$5; prog=$6; deadline=$7
 "#,
-    "__COMMON__",
+    sh_engine_common!(),
     r#"command -v python3 >/dev/null 2>&1 || { echo "python3 is not installed on the host: install python3 and python3-venv"; exit 1; }
 final="$dir/$id"
 mkdir -p "$dir" || exit 1
@@ -91,7 +97,7 @@ const CHECK_PATH: &str = concat!(
     "# rbee-step: check-engine\n",
     r#"dir=$1; id=$2; program=$3; versioned=$4
 "#,
-    "__COMMON__",
+    sh_engine_common!(),
     r#"if [ ! -f "$program" ]; then echo "engine $program does not exist on the host: install it there, or change engine.path"; exit 1; fi
 if [ "$versioned" = 1 ]; then
   [ -x "$program" ] || { echo "engine $program is not executable"; exit 1; }
@@ -103,10 +109,6 @@ mkdir -p "$dir" && commit "$dir" "$id" "$program" "$version" || exit 1
 echo "$version"
 "#
 );
-
-fn with_common(text: &str) -> String {
-    text.replace("__COMMON__", COMMON)
-}
 
 /// The distribution a pip requirement names: `vllm[audio]==0.6.3` → `vllm`.
 fn distribution(spec: &str) -> &str {
@@ -146,7 +148,7 @@ pub async fn install_engine(
             let bytes = files.first().copied().unwrap_or_default();
             t.upload(Upload::new(bytes, &upload, 0o600, deadline).with_progress(progress)).await?;
             let args = vec![dir, id, upload, artifact.sha256.to_string(), prog];
-            script(t, &what, &with_common(INSTALL_TARBALL), args, deadline).await?
+            script(t, &what, INSTALL_TARBALL, args, deadline).await?
         }
         EngineInstall::Pip { spec, wheels } => {
             let wheel_dir = if wheels.is_empty() { String::new() } else { format!("{dir}/wheels") };
@@ -164,24 +166,27 @@ pub async fn install_engine(
                 prog,
                 pip_deadline.as_secs().to_string(),
             ];
-            script(t, &what, &with_common(INSTALL_PIP), args, pip_deadline + Duration::from_secs(60)).await?
+            script(t, &what, INSTALL_PIP, args, pip_deadline + Duration::from_secs(60)).await?
         }
         EngineInstall::Path { path } => {
             let versioned = if kind == "comfyui" { "0" } else { "1" };
             let args = vec![dir, id, path.clone(), versioned.to_owned()];
-            script(t, &format!("checking engine {kind}"), &with_common(CHECK_PATH), args, deadline).await?
+            script(t, &format!("checking engine {kind}"), CHECK_PATH, args, deadline).await?
         }
     };
     Ok(out.stdout_text().lines().last().unwrap_or("unknown").trim().to_owned())
 }
 
-const VERIFY_FILE: &str = r#"# rbee-step: verify-file
-set -u
-staging=$1; target=$2; want=$3
-if command -v sha256sum >/dev/null 2>&1; then got=$(sha256sum < "$staging" | cut -d' ' -f1); else got=$(shasum -a 256 < "$staging" | cut -d' ' -f1); fi
+const VERIFY_FILE: &str = concat!(
+    "# rbee-step: verify-file\n",
+    r#"staging=$1; target=$2; want=$3
+"#,
+    sh_engine_common!(),
+    r#"got=$(digest "$staging")
 if [ "$got" != "$want" ]; then rm -f "$staging"; echo "sha256 mismatch for $target: expected $want, got $got on the host"; exit 65; fi
 mv -f "$staging" "$target"
-"#;
+"#
+);
 
 /// Uploads a file (a wheel) to a staging name, verifies its sha256 on the host, renames it.
 async fn upload_verified(

@@ -387,7 +387,6 @@ impl HiveRun<'_> {
         failed: &str,
         error: &StepError,
     ) -> HiveOutcome {
-        let o = self.options;
         let port = self.want.hive_port;
         let mut targets = vec![Layout::hive_binary()];
         for a in actions.iter().filter(|a| finished.contains(&a.id)) {
@@ -400,11 +399,8 @@ impl HiveRun<'_> {
         let version = from.version.clone().unwrap_or_else(|| format!("sha256:{}", from.sha256.short()));
         let id = format!("{}/rollback", self.alias());
         let rolled = self
-            .step(&id, &format!("roll back to rbee-hive {version}"), || async {
-                steps::restore_previous(self.t, &targets, o.step_timeout).await?;
-                steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
-                steps::start_hive(self.t, port, self.alias(), o.step_timeout).await?;
-                steps::wait_healthy(self.t, port, &from.sha256, o.health_timeout).await
+            .step(&id, &format!("roll back to rbee-hive {version}"), || {
+                self.restore_and_restart(&targets, port, &from.sha256)
             })
             .await;
         let new = &self.want.hive.version;
@@ -421,6 +417,21 @@ impl HiveRun<'_> {
                 reason: format!("rbee-hive {new} failed ({error}) and rolling back to {version} failed too: {e}"),
             },
         }
+    }
+
+    /// Puts back the kept previous binaries `targets`, restarts the hive on them and waits
+    /// until it answers `/health` with `want`: an automatic rollback and `rbee rollback` alike.
+    async fn restore_and_restart(
+        &self,
+        targets: &[String],
+        port: u16,
+        want: &rbee_proto::Sha256,
+    ) -> Result<(), StepError> {
+        let o = self.options;
+        steps::restore_previous(self.t, targets, o.step_timeout).await?;
+        steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
+        steps::start_hive(self.t, port, self.alias(), o.step_timeout).await?;
+        steps::wait_healthy(self.t, port, want, o.health_timeout).await
     }
 
     /// Runs one step with events and retries for transient failures.
@@ -528,13 +539,7 @@ impl HiveRun<'_> {
                         None => Layout::hive_binary(),
                     })
                     .collect();
-                self.step(&action.id, &description, || async {
-                    steps::restore_previous(self.t, &targets, o.step_timeout).await?;
-                    steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
-                    steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await?;
-                    steps::wait_healthy(self.t, *port, &to.sha256, o.health_timeout).await
-                })
-                .await
+                self.step(&action.id, &description, || self.restore_and_restart(&targets, *port, &to.sha256)).await
             }
             ActionKind::StartHive { port } => {
                 self.step(&action.id, &description, || async {

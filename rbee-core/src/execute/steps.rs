@@ -149,26 +149,16 @@ for target in "$@"; do
   printf '%s %s %s
 ' "$sha" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "${version:-}" > "$records/$name.tmp" &&
     mv -f "$records/$name.tmp" "$records/$name" && rm -f "$prev/$name.record" || exit 1
-  echo "$name ${version:-unknown}"
 done
 "#;
 
 /// Puts back the binaries an upgrade replaced (kept under [`Layout::previous_dir`]), with
-/// their install records. Returns the version each one was recorded with, by target.
-pub async fn restore_previous(
-    t: &dyn Transport,
-    targets: &[String],
-    deadline: Duration,
-) -> Result<Vec<(String, String)>, StepError> {
+/// their install records.
+pub async fn restore_previous(t: &dyn Transport, targets: &[String], deadline: Duration) -> Result<(), StepError> {
     let mut args = vec![Layout::installed_dir(), Layout::previous_dir()];
     args.extend(targets.iter().cloned());
-    let out = script(t, "restoring the previous binaries", RESTORE_PREVIOUS, args, deadline).await?;
-    Ok(out
-        .stdout_text()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(name, version)| (name.to_owned(), version.trim().to_owned()))
-        .collect())
+    script(t, "restoring the previous binaries", RESTORE_PREVIOUS, args, deadline).await?;
+    Ok(())
 }
 
 /// Removes a worker binary from the catalog, with its install record.
