@@ -140,6 +140,21 @@ pub enum Command {
         /// A job id from `rbee jobs`.
         job_id: Option<String>,
     },
+    /// A hive's log, or one of its workers' logs, read through the queen (no SSH needed).
+    Logs {
+        /// The hive.
+        #[arg(long, value_name = "ALIAS")]
+        hive: String,
+        /// A worker's log (its id, from `rbee worker list`) instead of the hive's own.
+        #[arg(long, value_name = "ID")]
+        worker: Option<String>,
+        /// How many of the last lines to show first (default 100).
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Keep showing new lines as they are written, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Removed: declare the hive in hives.conf, then run `rbee sync`.
     #[command(hide = true)]
     InstallHive {
@@ -166,6 +181,29 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         what: LockCommand,
+    },
+    /// Print a shell completion script for rbee to stdout.
+    ///
+    /// bash: `rbee completions bash > ~/.local/share/bash-completion/completions/rbee`
+    ///
+    /// zsh: `rbee completions zsh > ~/.local/share/zsh/site-functions/_rbee` (a directory on
+    /// $fpath, before compinit runs)
+    ///
+    /// fish: `rbee completions fish > ~/.config/fish/completions/rbee.fish`
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: rbee.1 and one per subcommand (rbee-sync.1, ...).
+    ///
+    /// With --dir, every page is written there (`rbee man --dir ~/.local/share/man/man1`, then
+    /// `man rbee-sync`); without it, rbee.1 is printed to stdout.
+    Man {
+        /// The directory to write the pages into (created if missing), e.g.
+        /// ~/.local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -141,6 +141,15 @@ pub(crate) fn schema(schema: &serde_json::Value) {
     say_json!("{}", serde_json::to_string_pretty(schema).unwrap_or_default());
 }
 
+/// `rbee man --dir DIR`: the pages written.
+pub(crate) fn man_pages_written(json: bool, dir: &Path, pages: &[std::path::PathBuf]) {
+    if json {
+        say_json!("{}", serde_json::json!({ "ok": true, "dir": dir, "pages": pages }));
+    } else {
+        say!("wrote {} man pages to {} (rbee.1 and one per subcommand)", pages.len(), dir.display());
+    }
+}
+
 /// `rbee sync --retry-failed` when the last sync failed nowhere.
 pub(crate) fn nothing_to_retry(json: bool) {
     if json {

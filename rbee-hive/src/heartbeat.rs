@@ -99,7 +99,7 @@ impl GpuCache {
         if let Some(e) = &error
             && self.error.as_ref() != Some(e)
         {
-            eprintln!("rbee-hive: cannot list GPUs for the heartbeat: {e}");
+            tracing::warn!("cannot list GPUs for the heartbeat: {e}");
         }
         self.error = error;
         &self.gpus
@@ -129,7 +129,7 @@ pub(crate) async fn run(
         beat.processes = hive.workers.list();
         beat.models = crate::models::list(&hive.models_dir);
         if let Err(e) = post(&link, &beat).await {
-            eprintln!("rbee-hive: heartbeat to {} failed: {e}", link.url);
+            tracing::warn!(queen = %link.url, "heartbeat failed: {e}");
         }
     }
 }

@@ -12,6 +12,9 @@
 //! POST /v1/operations                       a forwarded Operation → NDJSON HiveEvents, result last
 //! POST /v1/workers/{id}/heartbeat           from the hive's workers
 //! POST /v1/workers/{id}/chat/completions    proxied to the worker (OpenAI-compatible, streams)
+//! GET  /metrics                             Prometheus: workers, GPUs, models (open when the
+//!                                           queen's link says `metrics_public`)
+//! GET  /v1/logs?worker=ID&tail=N&follow=true the hive's or a worker's log (NDJSON LogEvents)
 //! ```
 #![warn(missing_docs)]
 
@@ -19,6 +22,8 @@ pub mod capabilities;
 pub mod catalog;
 pub mod engines;
 mod heartbeat;
+mod logs;
+mod metrics;
 pub mod models;
 pub mod ops;
 mod probe;
@@ -108,6 +113,7 @@ pub fn router(health: Health, token: Option<String>, hive: Arc<ops::Hive>) -> Ro
         .route("/v1/operations", post(operation))
         .route("/v1/workers/{id}/heartbeat", post(worker_heartbeat))
         .route("/v1/workers/{id}/chat/completions", post(worker_chat))
+        .route("/v1/logs", get(logs::logs))
         .with_state(hive);
     let api = rbee_http::require_token(api, token);
     Router::new().route("/health", get(move || std::future::ready(Json(health.clone())))).merge(api)
@@ -209,7 +215,9 @@ pub async fn serve(
             config.home.join(rbee_core::layout::Layout::installed_dir()),
         ));
     }
-    let result = rbee_http::serve(listener, router(health, token, hive), shutdown, rbee_http::Limits::default()).await;
+    let metrics_token = config.link.as_ref().filter(|l| !l.metrics_public).map(|l| l.token.clone());
+    let app = router(health, token, hive.clone()).merge(metrics::router(hive, metrics_token));
+    let result = rbee_http::serve(listener, app, shutdown, rbee_http::Limits::default()).await;
     if let Some(path) = &config.pid_file {
         // Only if it is still ours: a newer hive may have replaced it.
         rbee_core::pidfile::remove_if_own(path);

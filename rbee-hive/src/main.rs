@@ -21,6 +21,10 @@ struct Args {
     /// This hive's alias, for heartbeats.
     #[arg(long)]
     alias: Option<String>,
+    /// How log lines are written: `text` or `json` (one object a line). `RUST_LOG` filters them
+    /// (default `info`); the hive passes its format on to its workers.
+    #[arg(long, env = rbee_log::FORMAT_VAR, default_value_t = rbee_log::LogFormat::Text)]
+    log_format: rbee_log::LogFormat,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -55,6 +59,7 @@ async fn main() -> ExitCode {
             }
         }
         None => {
+            rbee_log::init(args.log_format);
             let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
             let config = rbee_hive::HiveConfig {
                 addr: SocketAddr::new(args.bind, args.port),
@@ -76,7 +81,7 @@ async fn main() -> ExitCode {
                         msg.push_str(&format!(": {s}"));
                         src = s.source();
                     }
-                    eprintln!("rbee-hive: {msg}");
+                    tracing::error!("{msg}");
                     ExitCode::FAILURE
                 }
             }

@@ -257,7 +257,7 @@ impl Workers {
             let record: Option<Record> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
             match record {
                 Some(r) if start_time(r.pid) == Some(r.start_time) => {
-                    eprintln!("rbee-hive: re-adopted worker {} (pid {}, port {})", r.id, r.pid, r.port);
+                    tracing::info!(worker = %r.id, pid = r.pid, port = r.port, "re-adopted worker");
                     let process = r.process(true);
                     workers
                         .entries
@@ -268,8 +268,8 @@ impl Workers {
                 }
                 other => {
                     if let Some(r) = other {
-                        eprintln!("rbee-hive: cleared worker {} (pid {} is gone)", r.id, r.pid);
-                        let _ = std::fs::remove_file(workers.settings.registry_dir.join(format!("{}.log", r.id)));
+                        tracing::info!(worker = %r.id, pid = r.pid, "cleared worker: its process is gone");
+                        remove_log(&workers.log_path(&r.id));
                     }
                     let _ = std::fs::remove_file(&path);
                 }
@@ -313,7 +313,7 @@ impl Workers {
         WorkerError::NoSuchWorker { id: id.to_owned(), known }
     }
 
-    /// The log file of a worker.
+    /// The log of worker `id` (its rotated part is `<log>.1`).
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.settings.registry_dir.join(format!("{id}.log"))
     }
@@ -341,7 +341,7 @@ impl Workers {
         if let Some(entry) = entries.get_mut(id) {
             entry.process.state = if entry.deleting { WorkerState::Stopped } else { state };
             if let WorkerState::Crashed { message, .. } = &entry.process.state {
-                eprintln!("rbee-hive: worker {id} crashed: {message}");
+                tracing::warn!(worker = %id, "worker crashed: {message}");
             }
         }
         drop(entries);
@@ -412,6 +412,7 @@ impl Workers {
         }
         command
             .env("RBEE_HEARTBEAT_MS", self.settings.heartbeat_ms.to_string())
+            .env(rbee_log::FORMAT_VAR, rbee_log::current_format().to_string())
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -444,6 +445,7 @@ impl Workers {
             let _ = child.start_kill();
             return Err(WorkerError::WriteRecord(e));
         }
+        tracing::info!(worker = %id, pid, port, kind = %record.worker_type, model = %record.model, "started worker");
         let process = record.process(false);
         self.entries
             .lock()
@@ -505,7 +507,7 @@ impl Workers {
             if !entry.process.state.is_alive() {
                 let process = entries.remove(id).map(|e| e.process);
                 drop(entries);
-                let _ = std::fs::remove_file(self.log_path(id));
+                remove_log(&self.log_path(id));
                 return process.ok_or_else(|| self.no_such(id));
             }
             entry.deleting = true;
@@ -522,7 +524,7 @@ impl Workers {
                 break;
             }
             if tokio::time::Instant::now() >= deadline && !killed {
-                eprintln!("rbee-hive: worker {id} ignored SIGTERM for {grace:?}; sending SIGKILL");
+                tracing::warn!(worker = %id, "worker ignored SIGTERM for {grace:?}; sending SIGKILL");
                 let _ = killpg(group, Signal::SIGKILL);
                 killed = true;
             }
@@ -531,7 +533,7 @@ impl Workers {
         let mut process = self.entries.lock().expect("workers lock").remove(id).map_or(process, |e| e.process);
         process.state = WorkerState::Stopped;
         let _ = std::fs::remove_file(self.settings.registry_dir.join(format!("{id}.json")));
-        let _ = std::fs::remove_file(self.log_path(id));
+        remove_log(&self.log_path(id));
         self.notify();
         Ok(process)
     }
@@ -560,6 +562,12 @@ async fn watch_adopted(workers: Arc<Workers>, record: Record) {
             return;
         }
     }
+}
+
+/// Removes a worker's log and its rotated part.
+fn remove_log(log: &std::path::Path) {
+    let _ = std::fs::remove_file(log);
+    let _ = std::fs::remove_file(rbee_log::rotated_name(log));
 }
 
 #[cfg(test)]

@@ -241,7 +241,7 @@ async fn a_no_wait_spawn_answers_at_once_and_its_crash_stays_listed_until_delete
     match &crashed.state {
         WorkerState::Crashed { exit_code, signal, message } => {
             assert_eq!((*exit_code, *signal), (Some(3), None), "{message}");
-            assert!(message.contains("reference worker: failing at start as asked"), "{message}");
+            assert!(message.contains("failing at start as asked"), "{message}");
         }
         other => panic!("{other:?}"),
     }

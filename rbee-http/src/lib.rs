@@ -3,11 +3,15 @@
 //! hive's and the workers' APIs. HTTPS uses rustls with the webpki root certificates,
 //! plus the PEM certificates of `$SSL_CERT_FILE` when it is set (a private CA). It follows no
 //! redirects. And [`serve()`], the HTTP server loop of the queen, the hive and the workers,
-//! with a header-read timeout and a connection cap ([`Limits`]).
+//! with a header-read timeout and a connection cap ([`Limits`]); [`serve_tls`] the same over
+//! TLS; [`serve_auto`] both on one port (plain HTTP for loopback clients only). [`tls`]:
+//! mutual TLS between the queen and its hives (a small CA, certificates, rustls
+//! configurations), with [`send_with`] and [`send_with_name`] the client side.
 #![warn(missing_docs)]
 
 pub mod serve;
-pub use serve::{Limits, serve};
+pub mod tls;
+pub use serve::{Limits, plain_allowed, serve, serve_auto, serve_tls};
 
 use std::time::Duration;
 
@@ -111,6 +115,54 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends one request to `url` and returns the response once its head arrives; the body is
 /// the caller's to read (see [`collect`] and [`Lines`]).
 pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<Response, HttpError> {
+    request(None, None, method, url, headers, body).await
+}
+
+/// [`send`] over TLS with `tls` (as [`tls::client_config`] makes it): the server must present
+/// a certificate that `tls` trusts and that names the URL's host (an IP address or a DNS
+/// name) among its subject alternative names; `tls` presents its client certificate if it has
+/// one. Only `https://` URLs: a plain `http://` one is refused ([`HttpError::BadUrl`]) rather
+/// than sent without TLS.
+///
+/// Under TLS 1.3 a server that refuses the client's certificate (or the lack of one) says so
+/// after the client's side of the handshake is done, so that refusal arrives as the request's
+/// failure ([`HttpError::Protocol`] or [`HttpError::Tls`]).
+pub async fn send_with(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Response, HttpError> {
+    request(Some(tls), None, method, url, headers, body).await
+}
+
+/// [`send_with`], verifying the server by `server_name` instead of the URL's host: the
+/// connection goes to the URL's host and port, but the TLS server name (sent as SNI, and
+/// checked against the certificate's subject alternative names) is `server_name`, a DNS name
+/// (`0123abcd.hive.rbee`, `queen.rbee`) or an IP address. So a peer is verified by the
+/// identity it was issued, whatever address it is reached at. The request's `Host` header
+/// is still the URL's. A `server_name` that is neither a DNS name nor an IP address is
+/// refused ([`HttpError::BadUrl`]) before connecting.
+pub async fn send_with_name(
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Response, HttpError> {
+    request(Some(tls), Some(server_name), method, url, headers, body).await
+}
+
+async fn request(
+    tls_config: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    server_name: Option<&str>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Response, HttpError> {
     let bad = |reason: String| HttpError::BadUrl { url: url.to_owned(), reason };
     let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(e.to_string()))?;
     let tls = match uri.scheme_str() {
@@ -118,19 +170,32 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u
         Some("https") => true,
         _ => return Err(bad("only http:// and https:// are supported".into())),
     };
+    if tls_config.is_some() && !tls {
+        return Err(bad("only https:// is sent with a TLS configuration".into()));
+    }
     let host = uri.host().ok_or_else(|| bad("no host".into()))?.trim_matches(['[', ']']).to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    // Who the server must prove to be, and how errors name it.
+    let (name, peer) = match server_name {
+        Some(name) => (name.to_owned(), format!("{host} (as {name})")),
+        None => (host.clone(), host.clone()),
+    };
+    let name = if tls {
+        Some(rustls::pki_types::ServerName::try_from(name).map_err(|e| bad(format!("server name: {e}")))?)
+    } else {
+        None
+    };
     let connect = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|source| HttpError::Connect { url: url.to_owned(), source })?;
         let _ = tcp.set_nodelay(true);
-        if tls {
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| bad(e.to_string()))?;
-            let stream = tls_connector()?
-                .connect(name, tcp)
-                .await
-                .map_err(|source| HttpError::Tls { host: host.clone(), source })?;
+        if let Some(name) = name {
+            let connector = match tls_config {
+                Some(config) => tokio_rustls::TlsConnector::from(config.clone()),
+                None => tls_connector()?,
+            };
+            let stream = connector.connect(name, tcp).await.map_err(|source| HttpError::Tls { host: peer, source })?;
             handshake(stream, url).await
         } else {
             handshake(tcp, url).await

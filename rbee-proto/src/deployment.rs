@@ -478,6 +478,18 @@ impl Action {
             | Action::RolloutDone { deployment } => deployment,
         }
     }
+
+    /// The hive it acts on (none for a rollout's end).
+    pub fn hive(&self) -> Option<&str> {
+        match self {
+            Action::Download { hive, .. }
+            | Action::Start { hive, .. }
+            | Action::Clear { hive, .. }
+            | Action::Drain { hive, .. }
+            | Action::Stop { hive, .. } => Some(hive),
+            Action::RolloutFailed { .. } | Action::RolloutDone { .. } => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Action {
@@ -678,16 +690,6 @@ struct Seat {
     share_gpu: bool,
 }
 
-fn state_word(state: &WorkerState) -> &'static str {
-    match state {
-        WorkerState::Starting => "starting",
-        WorkerState::Ready => "ready",
-        WorkerState::Unresponsive => "unresponsive",
-        WorkerState::Crashed { .. } => "crashed",
-        WorkerState::Stopped => "stopped",
-    }
-}
-
 fn seconds(ms: u64) -> String {
     format!("{:.0}s", ms as f64 / 1000.0)
 }
@@ -840,7 +842,7 @@ pub fn decide(inputs: Inputs<'_>) -> Decision {
             } else if in_flight.draining.contains_key(&key) && f.process.state.is_alive() {
                 "draining"
             } else {
-                state_word(&f.process.state)
+                f.process.state.name()
             };
             instances.push(ReplicaStatus {
                 hive: f.hive.alias.clone(),

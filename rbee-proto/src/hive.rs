@@ -31,6 +31,19 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Its wire name (`starting`, `ready`, `unresponsive`, `crashed`, `stopped`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Unresponsive => "unresponsive",
+            WorkerState::Crashed { .. } => "crashed",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+impl WorkerState {
     /// True while the process runs.
     pub fn is_alive(&self) -> bool {
         matches!(self, WorkerState::Starting | WorkerState::Ready | WorkerState::Unresponsive)
@@ -149,13 +162,17 @@ pub struct HiveHealth {
 }
 
 /// Where the queen is and how often to beat: the hive's `queen.link` file (JSON: url,
-/// interval_ms), written by a sync beside `hive.token`, which holds the token.
+/// interval_ms, metrics_public), written by a sync beside `hive.token`, which holds the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueenLink {
     /// The queen's base URL, e.g. `http://127.0.0.1:8500`.
     pub url: String,
     /// Heartbeat interval.
     pub interval_ms: u64,
+    /// Serve `GET /metrics` without the token (`[queen] metrics_public`). Absent in link files
+    /// written before it existed: the token is then required, as on every other route.
+    #[serde(default)]
+    pub metrics_public: bool,
     /// The API token (kept in `hive.token`, never in `queen.link`).
     #[serde(skip)]
     pub token: String,
@@ -312,5 +329,85 @@ mod tests {
         let v = serde_json::to_value(&w).unwrap();
         assert_eq!((v["state"].as_str(), v["signal"].as_i64()), (Some("crashed"), Some(9)));
         assert_eq!(serde_json::from_value::<WorkerProcess>(v).unwrap(), w);
+    }
+}
+
+/// What `GET /v1/logs` on a hive (and `GET /v1/hives/{alias}/logs` on the queen) is asked
+/// for, as its query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LogQuery {
+    /// A worker's log; the hive's own log without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// How many of the last lines to send first (default [`LogQuery::DEFAULT_TAIL`], at most
+    /// [`LogQuery::MAX_TAIL`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    /// Keep sending lines as they are written, until the caller goes away.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+impl LogQuery {
+    /// Lines sent when `tail` is not given.
+    pub const DEFAULT_TAIL: usize = 100;
+    /// The most lines a tail sends.
+    pub const MAX_TAIL: usize = 100_000;
+
+    /// The query string (`worker=…&tail=…&follow=true`), percent-encoded.
+    pub fn to_query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(w) = &self.worker {
+            parts.push(format!("worker={}", percent_encode(w)));
+        }
+        if let Some(t) = self.tail {
+            parts.push(format!("tail={t}"));
+        }
+        if self.follow {
+            parts.push("follow=true".to_owned());
+        }
+        parts.join("&")
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One line of a log stream: newline-delimited JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogEvent {
+    /// A line of the log (without its newline; bytes that are not UTF-8 are replaced).
+    Line {
+        /// The line.
+        text: String,
+    },
+    /// The log was rotated: what follows is from the new file.
+    Rotated,
+    /// Nothing was written for a while; sent so that idle timeouts on the way do not fire.
+    Keepalive,
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn log_queries_encode_what_they_carry() {
+        assert_eq!(LogQuery::default().to_query(), "");
+        let q = LogQuery { worker: Some("w-1 &x=y".into()), tail: Some(5), follow: true };
+        assert_eq!(q.to_query(), "worker=w-1%20%26x%3Dy&tail=5&follow=true");
+        let line = serde_json::to_string(&LogEvent::Line { text: "hi".into() }).unwrap();
+        assert_eq!(line, r#"{"type":"line","text":"hi"}"#);
     }
 }

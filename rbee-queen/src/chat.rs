@@ -17,6 +17,7 @@ use rbee_core::proto::hive::WorkerState;
 use rbee_http::ApiError;
 
 use crate::forward::to_hive;
+use crate::metrics::Outcome;
 use crate::registry::{HiveError, Registry};
 use crate::routes::Queen;
 
@@ -135,14 +136,19 @@ pub(crate) async fn route_soon(queen: &Queen, model: &str, only: Option<&str>) -
 /// OpenAI-compatible chat completions: routed like `Infer` to a ready worker serving the
 /// request's `model`, through its hive; the answer (streaming or not) is passed through.
 pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum::body::Bytes) -> Response {
+    let started = std::time::Instant::now();
     let error = |status: StatusCode, kind: &'static str, message: String| {
         ApiError::openai(status, kind, message).into_response()
     };
     let request: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("bad JSON: {e}")),
+        Err(e) => {
+            queen.metrics.request("", Outcome::BadRequest);
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("bad JSON: {e}"));
+        }
     };
     let Some(model) = request["model"].as_str() else {
+        queen.metrics.request("", Outcome::BadRequest);
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "`model` is required".into());
     };
     // A replica that fails before answering is tried once more, on another replica.
@@ -155,9 +161,13 @@ pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum
         let routed = match route(&queen.registry, &queen.turns, model, None, now_ms(), &load) {
             Ok(r) => r,
             Err(e) if failed.is_empty() => {
+                // Any name a client sends is not a label: only a declared deployment's is.
+                let label = if queen.deployments.is_declared(model) { model } else { "" };
+                queen.metrics.request(label, Outcome::NoWorker);
                 return error(StatusCode::NOT_FOUND, "model_not_found", deployment_error(&queen, model, e));
             }
             Err(_) => {
+                queen.metrics.request(model, Outcome::Unavailable);
                 return error(
                     StatusCode::BAD_GATEWAY,
                     "worker_unavailable",
@@ -185,26 +195,42 @@ pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum
             && failed.is_empty()
         {
             drop(guard);
-            eprintln!("queen-rbee: hive {}: {why}; trying another replica", routed.hive);
+            tracing::warn!(hive = %routed.hive, worker = %routed.worker, "{why}; trying another replica");
             failed.push(routed);
             continue;
         }
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {}: {e}", routed.hive)),
+            Err(e) => {
+                queen.metrics.request(model, Outcome::Unavailable);
+                return error(StatusCode::BAD_GATEWAY, "hive_unavailable", format!("hive {}: {e}", routed.hive));
+            }
         };
         let mut response = rbee_http::passthrough(response);
         if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{}/{}", routed.hive, routed.worker)) {
             response.headers_mut().insert("x-rbee-worker", value);
         }
-        // The request counts as in flight until its whole answer has been sent.
+        // The request counts as in flight until its whole answer has been sent; then (or when
+        // the client goes away) it is counted, timed and its tokens added.
         use http_body_util::BodyExt;
         let (parts, body) = response.into_parts();
-        let stream = body.into_data_stream();
-        let stream = futures_util::StreamExt::map(stream, move |chunk| {
-            let _held = &guard;
-            chunk
-        });
+        let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+        let content_type = header(axum::http::header::CONTENT_TYPE).unwrap_or("");
+        let length = header(axum::http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+        let answer = queen.metrics.answer(model, started, parts.status.is_success(), content_type, length);
+        let stream = Box::pin(body.into_data_stream());
+        let stream =
+            futures_util::stream::unfold((stream, answer, guard), |(mut stream, mut answer, guard)| async move {
+                let Some(chunk) = futures_util::StreamExt::next(&mut stream).await else {
+                    answer.finished();
+                    return None;
+                };
+                match &chunk {
+                    Ok(bytes) => answer.chunk(bytes),
+                    Err(_) => answer.broken(),
+                }
+                Some((chunk, (stream, answer, guard)))
+            });
         return axum::http::Response::from_parts(parts, axum::body::Body::from_stream(stream));
     }
 }

@@ -168,6 +168,49 @@ impl QueenClient {
         answer["revision"].as_u64().ok_or_else(|| ClientError::Protocol(format!("unexpected answer: {answer}")))
     }
 
+    /// Reads a hive's or a worker's log through the queen: each line to `on_line`, until the
+    /// tail is sent (or, with `follow`, until the stream ends or `on_line` returns false).
+    /// Keepalives reset the idle timeout and are not passed on.
+    pub async fn logs(
+        &self,
+        alias: &str,
+        query: &rbee_core::proto::hive::LogQuery,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        use rbee_core::proto::hive::LogEvent;
+        let path = format!("/v1/hives/{}/logs?{}", path_segment(alias), query.to_query());
+        let response = self.send("GET", &path, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes =
+                response.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
+            let body = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status { status: status.as_u16(), body });
+        }
+        let mut lines = rbee_http::Lines::new(response);
+        loop {
+            let line = tokio::time::timeout(self.idle, lines.next_line())
+                .await
+                .map_err(|_| self.silent("waiting for the log's next line"))?
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let Some(line) = line else { return Ok(()) };
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<LogEvent>(&line).map_err(|e| ClientError::Protocol(e.to_string()))? {
+                LogEvent::Line { text } => {
+                    if !on_line(&text) {
+                        return Ok(());
+                    }
+                }
+                LogEvent::Rotated | LogEvent::Keepalive => {}
+            }
+        }
+    }
+
     /// Asks the queen to cancel a job.
     pub async fn cancel(&self, job_id: &str) -> Result<JobSummary, ClientError> {
         self.json("DELETE", &format!("/v1/jobs/{job_id}"), None).await
@@ -214,6 +257,19 @@ impl QueenClient {
         }
         Err(ClientError::Protocol("the event stream ended without a result".into()))
     }
+}
+
+/// `s` as one path segment (percent-encoded but for unreserved characters).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -75,6 +75,33 @@ pub(crate) async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alia
     }
 }
 
+/// `GET /v1/hives/{alias}/logs?worker=ID&tail=N&follow=true`: the hive's answer (NDJSON
+/// [`rbee_core::proto::hive::LogEvent`]s) passed through as it streams; the hive's errors
+/// (no such worker) keep their status.
+pub(crate) async fn hive_logs(
+    State(queen): State<Arc<Queen>>,
+    Path(alias): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<rbee_core::proto::hive::LogQuery>,
+) -> Response {
+    let Some(addr) = queen.registry.addr(&alias) else {
+        let msg = format!("no hive {alias} in the registry: it has not sent a heartbeat (see `rbee hive list`)");
+        return ApiError::new(StatusCode::NOT_FOUND, msg).into_response();
+    };
+    let path = format!("/v1/logs?{}", query.to_query());
+    match to_hive(&queen, addr, "GET", &path, Vec::new()).await {
+        Ok(response) if response.status().is_success() || response.status() == StatusCode::NOT_FOUND => {
+            rbee_http::passthrough(response).map(axum::body::Body::new)
+        }
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = rbee_http::collect(response).await.unwrap_or_default();
+            let msg = format!("hive {alias} answered {status}: {}", String::from_utf8_lossy(&body));
+            ApiError::new(StatusCode::BAD_GATEWAY, msg).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::BAD_GATEWAY, format!("hive {alias} at {addr}: {e}")).into_response(),
+    }
+}
+
 /// Runs a forwarded operation on its hive: the hive's events join the job's stream, and its
 /// result is the job's result. Cancelling the job closes the connection, which stops the
 /// operation on the hive.

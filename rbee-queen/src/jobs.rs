@@ -271,12 +271,16 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
     }
     let job = queen.jobs.create(operation, now_ms());
     let id = job.id.clone();
+    let kind = job.operation.wire_name();
+    tracing::info!(job = %id, kind, hive = job.operation.hive_alias(), "job started");
     let connect = queen.config.connect.clone();
     let link = QueenLink {
         url: queen.url.clone(),
         interval_ms: u64::try_from(queen.config.heartbeat.as_millis()).unwrap_or(5000),
+        metrics_public: queen.config.metrics_public,
         token: queen.config.token.clone(),
     };
+    let metrics = queen.metrics.clone();
     let queen = queen.clone();
     tokio::spawn(async move {
         let work_job = job.clone();
@@ -286,7 +290,13 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
             ctx.cancel = job.cancel.clone();
             ctx.queen_link = Some(link);
             ctx.http = Some(Arc::new(crate::http::HyperGet::default()));
-            let on_event = |event| job.push(JobEventBody::Sync { event });
+            let on_event = |event: rbee_core::proto::report::SyncEvent| {
+                if !matches!(event.kind, rbee_core::proto::report::SyncEventKind::Progress { .. }) {
+                    let what = serde_json::to_string(&event.kind).unwrap_or_default();
+                    tracing::debug!(job = %job.id, hive = %event.alias, "{what}");
+                }
+                job.push(JobEventBody::Sync { event });
+            };
             match job.operation.should_forward_to_hive() {
                 true => forward(&queen, &job).await,
                 false => {
@@ -297,7 +307,15 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
             }
         })
         .await;
-        job.push(JobEventBody::Result { exit_code: result.exit_code(), result });
+        let exit_code = result.exit_code();
+        metrics.job_finished(&kind, exit_code);
+        match &result {
+            OperationResult::Error { message, .. } => {
+                tracing::warn!(job = %job.id, kind, exit_code, "job failed: {message}")
+            }
+            _ => tracing::info!(job = %job.id, kind, exit_code, "job finished"),
+        }
+        job.push(JobEventBody::Result { exit_code, result });
         job.done.store(true, Ordering::Release);
         job.changed.notify_waiters();
     });

@@ -24,6 +24,7 @@ mod deploy_api;
 mod deploy_sync;
 mod forward;
 mod jobs;
+mod metrics;
 mod reconcile;
 mod registry;
 mod routes;

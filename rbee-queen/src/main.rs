@@ -22,11 +22,16 @@ struct Args {
     /// directory).
     #[arg(long)]
     pid_file: Option<std::path::PathBuf>,
+    /// How log lines are written: `text` or `json` (one object a line). `RUST_LOG` filters them
+    /// (default `info`).
+    #[arg(long, env = rbee_log::FORMAT_VAR, default_value_t = rbee_log::LogFormat::Text)]
+    log_format: rbee_log::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    rbee_log::init(args.log_format);
     let config = rbee_core::config::load(&rbee_core::config::ConfigFiles::locate(args.config.as_deref())).ok();
     let port = args.port.or(config.as_ref().map(|c| c.queen.port)).unwrap_or(8500);
     let bind = args.bind.or(config.as_ref().map(|c| c.queen.bind)).unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -34,7 +39,7 @@ async fn main() -> ExitCode {
     let token = match rbee_queen::ensure_token(&rbee_queen::token_path()) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("queen-rbee: cannot create {}: {e}", rbee_queen::token_path().display());
+            tracing::error!("cannot create {}: {e}", rbee_queen::token_path().display());
             return ExitCode::FAILURE;
         }
     };
@@ -55,21 +60,22 @@ async fn main() -> ExitCode {
             }),
         ),
         state_dir: None,
+        metrics_public: config.as_ref().is_some_and(|c| c.queen.metrics_public),
     };
     let heartbeat_ms = u64::try_from(queen.heartbeat.as_millis()).unwrap_or(5000);
     let token_for_hive = queen.token.clone();
     let server = match rbee_queen::bind(queen).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("queen-rbee: cannot listen on {bind}:{port}: {e}");
+            tracing::error!("cannot listen on {bind}:{port}: {e}");
             return ExitCode::FAILURE;
         }
     };
     let pid_file = args.pid_file.clone().unwrap_or_else(|| rbee_queen::state::pid_path(server.addr.port()));
     if let Err(e) = rbee_core::pidfile::write(&pid_file) {
-        eprintln!("queen-rbee: cannot write {}: {e}", pid_file.display());
+        tracing::warn!("cannot write {}: {e}", pid_file.display());
     }
-    eprintln!("queen-rbee listening on {}", server.addr);
+    tracing::info!(addr = %server.addr, pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "queen-rbee listening");
     // attached-hive: the queen also runs the hive of its own host, in this process.
     let hive_stop = Arc::new(tokio::sync::Notify::new());
     let attached = config.as_ref().filter(|c| c.queen.mode == rbee_core::config::QueenMode::AttachedHive).map(|c| {
@@ -90,15 +96,20 @@ async fn main() -> ExitCode {
             addr: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
             pid_file: None,
             alias: Some(alias.clone()),
-            link: Some(rbee_hive::QueenLink { url, interval_ms: heartbeat_ms, token: token_for_hive.clone() }),
+            link: Some(rbee_hive::QueenLink {
+                url,
+                interval_ms: heartbeat_ms,
+                metrics_public: c.queen.metrics_public,
+                token: token_for_hive.clone(),
+            }),
             home,
             worker_heartbeat_ms: 2000,
         };
-        eprintln!("queen-rbee: running the attached hive {alias} on 127.0.0.1:{port}");
+        tracing::info!(hive = %alias, "running the attached hive on 127.0.0.1:{port}");
         let stop = hive_stop.clone();
         tokio::spawn(async move {
             if let Err(e) = rbee_hive::serve(hive, async move { stop.notified().await }).await {
-                eprintln!("queen-rbee: the attached hive stopped: {e}");
+                tracing::error!("the attached hive stopped: {e}");
             }
         })
     });
@@ -119,7 +130,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("queen-rbee: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -120,12 +120,12 @@ impl Deployments {
             rbee_core::fsio::write_atomic(&self.path, &bytes, 0o600)
         });
         if let Err(e) = result {
-            eprintln!("queen-rbee: cannot write {}: {e}", self.path.display());
+            tracing::error!("cannot write {}: {e}", self.path.display());
         }
     }
 
-    fn say(&self, line: String) {
-        eprintln!("queen-rbee: {line}");
+    fn say(&self, deployment: &str, hive: Option<&str>, line: String) {
+        tracing::info!(deployment, hive, "{line}");
         let _ = self.log.send(line);
     }
 
@@ -154,7 +154,7 @@ impl Deployments {
         let revision = m.rollback()?;
         self.save(&memory);
         drop(memory);
-        self.say(format!("{name}: rolling back: revision {revision} has the previous spec"));
+        self.say(name, None, format!("{name}: rolling back: revision {revision} has the previous spec"));
         self.wake.notify_one();
         Ok(revision)
     }
@@ -196,6 +196,11 @@ impl Deployments {
         let key = (hive.to_owned(), worker.to_owned());
         *lock(&self.in_flight).requests.entry(key.clone()).or_default() += 1;
         RequestGuard { deployments: self.clone(), key }
+    }
+
+    /// Requests in flight per worker, `(hive, worker id)`; workers with none are absent.
+    pub(crate) fn requests_in_flight(&self) -> BTreeMap<(String, String), u64> {
+        lock(&self.in_flight).requests.clone()
     }
 
     /// What `rbee sync --dry-run` would see the reconciler do if `specs` were applied now.
@@ -390,11 +395,14 @@ fn spec_of<'a>(memory: &'a [DeploymentMemory], name: &str) -> Option<&'a Deploym
 async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], hives: &[HiveView], action: Action) {
     let deployments = &queen.deployments;
     let line = action.to_string();
+    queen.metrics.action(&action);
+    let (d, h) = (action.deployment().to_owned(), action.hive().map(str::to_owned));
+    let say = |line: String| deployments.say(&d, h.as_deref(), line);
     match action {
         Action::Start { deployment, hive, device, .. } => {
             let Some(m) = spec_of(memory, &deployment) else { return };
             let spec = &m.current.spec;
-            deployments.say(line);
+            say(line);
             let op = Operation::WorkerSpawn {
                 hive_alias: hive.clone(),
                 worker_type: spec.worker.clone(),
@@ -419,23 +427,23 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], hives: &[HiveView]
                     lock(&deployments.pending).insert((hive, worker.id.clone()), (*worker, now_ms()));
                 }
                 OperationResult::Error { message, .. } => {
-                    deployments.say(format!("{hive}: cannot start a replica of {deployment}: {message}"));
+                    say(format!("{hive}: cannot start a replica of {deployment}: {message}"));
                     deployments.with_memory(&deployment, |m| m.fail(now_ms(), message, false));
                 }
-                other => deployments.say(format!("{hive}: unexpected answer to a spawn: {other:?}")),
+                other => say(format!("{hive}: unexpected answer to a spawn: {other:?}")),
             }
         }
         Action::Clear { deployment, hive, worker_id, exit } => {
-            deployments.say(line);
+            say(line);
             deployments.with_memory(&deployment, |m| m.fail(now_ms(), exit, true));
             stop(queen, hive, worker_id, 0, None);
         }
         Action::Drain { hive, worker_id, .. } => {
-            deployments.say(line);
+            say(line);
             lock(&deployments.in_flight).draining.insert((hive, worker_id), now_ms());
         }
         Action::Stop { deployment, hive, worker_id, reason } => {
-            deployments.say(line);
+            say(line);
             let failure = (reason == StopReason::NotReady).then(|| {
                 let secs = spec_of(memory, &deployment).map_or(0, |m| m.current.spec.ready_timeout_ms / 1000);
                 (deployment, format!("{worker_id} on {hive} was not ready within {secs}s"))
@@ -443,7 +451,7 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], hives: &[HiveView]
             stop(queen, hive, worker_id, STOP_GRACE_MS, failure);
         }
         Action::Download { deployment, hive, source, sha256, name } => {
-            deployments.say(line);
+            say(line);
             let key = (deployment.clone(), hive.clone());
             lock(&deployments.in_flight).downloading.insert(key.clone());
             let queen = queen.clone();
@@ -453,7 +461,11 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], hives: &[HiveView]
                 let result = call(&queen, &hive, &op, Duration::from_secs(24 * 3600)).await;
                 let deployments = &queen.deployments;
                 if let OperationResult::Error { message, .. } = result {
-                    deployments.say(format!("{hive}: model download for {deployment} failed: {message}"));
+                    deployments.say(
+                        &deployment,
+                        Some(&hive),
+                        format!("{hive}: model download for {deployment} failed: {message}"),
+                    );
                     deployments.with_memory(&deployment, |m| m.fail(now_ms(), format!("download: {message}"), false));
                 }
                 lock(&deployments.in_flight).downloading.remove(&key);
@@ -461,12 +473,12 @@ async fn act(queen: &Arc<Queen>, memory: &[DeploymentMemory], hives: &[HiveView]
             });
         }
         Action::RolloutFailed { deployment, reason } => {
-            deployments.say(line);
+            say(line);
             deployments.with_memory(&deployment, |m| m.roll_back_failed(reason));
             deployments.wake.notify_one();
         }
         Action::RolloutDone { deployment } => {
-            deployments.say(line);
+            say(line);
             deployments.with_memory(&deployment, |m| m.rollout = None);
         }
     }
@@ -490,7 +502,8 @@ fn stop(queen: &Arc<Queen>, hive: String, worker_id: String, grace_ms: u64, fail
         let result = call(&queen, &hive, &op, CALL_TIMEOUT).await;
         let deployments = &queen.deployments;
         if let OperationResult::Error { message, .. } = &result {
-            deployments.say(format!("{hive}: stopping {worker_id}: {message}"));
+            let deployment = failure.as_ref().map_or("", |(d, _)| d.as_str());
+            deployments.say(deployment, Some(&hive), format!("{hive}: stopping {worker_id}: {message}"));
         }
         if let Some((deployment, why)) = failure {
             deployments.with_memory(&deployment, |m| m.fail(now_ms(), why, false));

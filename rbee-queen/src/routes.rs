@@ -1,6 +1,7 @@
 //! The queen's HTTP surface: which path goes to which handler, and the token check in front of
 //! all of them but `/health`, which must answer before a client has the token (to find out
-//! whether a queen is running at all).
+//! whether a queen is running at all), and `/metrics` when `[queen] metrics_public` says a
+//! scraper needs none.
 //!
 //! The handlers live with the state they serve (`jobs`, `registry`, `forward`, `chat`); this
 //! file only owns what they share, [`Queen`].
@@ -44,6 +45,9 @@ pub struct QueenConfig {
     /// Where the queen keeps what must survive a restart (`deployments.json`); default: its
     /// state directory.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Serve `GET /metrics` without the token (`[queen] metrics_public`); the hives it starts
+    /// are told the same.
+    pub metrics_public: bool,
 }
 
 /// What every handler shares.
@@ -55,6 +59,7 @@ pub(crate) struct Queen {
     pub(crate) registry: Registry,
     pub(crate) turns: Turns,
     pub(crate) deployments: Arc<crate::reconcile::Deployments>,
+    pub(crate) metrics: Arc<crate::metrics::QueenMetrics>,
 }
 
 /// A bound, not yet serving, queen: `addr` is known (port 0 picks a free one).
@@ -89,12 +94,14 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         registry: Registry::new(now_ms(), heartbeat_ms),
         turns: Turns::default(),
         deployments: Arc::new(deployments),
+        metrics: Arc::default(),
     });
     tokio::spawn(crate::reconcile::run(queen.clone()));
     let api = Router::new()
         .route("/v1/heartbeats", post(heartbeat))
         .route("/v1/hives", get(hives))
         .route("/v1/hives/{alias}/capabilities", get(hive_capabilities))
+        .route("/v1/hives/{alias}/logs", get(crate::forward::hive_logs))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job_summary).delete(cancel))
         .route("/v1/jobs/{id}/events", get(events))
@@ -104,7 +111,11 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         .route("/v1/deployments/{name}", get(crate::deploy_api::get_one))
         .route("/v1/deployments/{name}/rollback", post(crate::deploy_api::rollback))
         .route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));
-    let router = Router::new().route("/health", get(health)).merge(api).with_state(queen);
+    let mut metrics = Router::new().route("/metrics", get(crate::metrics::metrics));
+    if !queen.config.metrics_public {
+        metrics = metrics.route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));
+    }
+    let router = Router::new().route("/health", get(health)).merge(api).merge(metrics).with_state(queen);
     Ok(Server { listener, router, addr })
 }
 

@@ -134,8 +134,8 @@ async fn heartbeats(args: WorkerArgs, env: WorkerEnv, backend: Arc<dyn Backend>)
                     return ContractError::Disowned { hive, worker_id: args.worker_id };
                 }
             }
-            Ok(r) => eprintln!("worker {}: heartbeat to {hive} answered {}", args.worker_id, r.status()),
-            Err(e) => eprintln!("worker {}: heartbeat to {hive} failed: {e}", args.worker_id),
+            Ok(r) => tracing::warn!(worker = %args.worker_id, "heartbeat to {hive} answered {}", r.status()),
+            Err(e) => tracing::warn!(worker = %args.worker_id, "heartbeat to {hive} failed: {e}"),
         }
         // While loading, look again soon so the hive learns of readiness at once.
         tokio::time::sleep(if ready { interval } else { interval.min(Duration::from_millis(100)) }).await;

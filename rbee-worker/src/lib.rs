@@ -294,21 +294,23 @@ pub fn launch(engine: Engine) -> ExitCode {
         return exec_engine(raw);
     }
     let args = WorkerArgs::parse();
+    let output = rbee_log::init(rbee_log::LogFormat::from_env());
     if let Err(e) = engine.check_installed(&args) {
-        eprintln!("error: {e}");
+        tracing::error!(worker = %args.worker_id, "{e}");
         return ExitCode::from(127);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!(worker = %args.worker_id, "{e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(proxy::run(engine, args)) {
+    let id = args.worker_id.clone();
+    match runtime.block_on(proxy::run(engine, args, output)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!(worker = %id, "{e}");
             ExitCode::FAILURE
         }
     }

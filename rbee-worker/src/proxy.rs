@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 
 use crate::contract::{Backend, ContractError, WorkerEnv};
 use crate::{Engine, WorkerArgs};
@@ -79,7 +80,7 @@ fn free_port() -> Result<u16, ProxyError> {
 
 /// Starts the engine and serves the contract in front of it. Returns the exit code: the
 /// engine's when it exits on its own, 0 after SIGTERM.
-pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyError> {
+pub(crate) async fn run(engine: Engine, args: WorkerArgs, output: rbee_log::Output) -> Result<u8, ProxyError> {
     // Listen for SIGTERM before the engine starts (the first poll installs the handler), so
     // that a stop that comes at once is an orderly one too.
     let mut terminated = std::pin::pin!(crate::contract::terminated());
@@ -91,7 +92,7 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyErr
     let engine_port = free_port()?;
     let (program, argv) = engine.command(&args, engine_port);
     let program_name = program.display().to_string();
-    eprintln!("worker {}: starting {program_name} {}", args.worker_id, argv.join(" "));
+    tracing::info!(worker = %args.worker_id, "starting {program_name} {}", argv.join(" "));
     let env = crate::engine_env(&args.device, std::env::vars_os());
     // The engine is started through this launcher's own binary (`--rbee-exec-engine`), which
     // arms the parent-death signal and execs the engine, so that the engine never outlives
@@ -104,10 +105,16 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyErr
         }
         Err(_) => tokio::process::Command::new(&program),
     };
-    // stdout and stderr are inherited: the engine's output goes where the worker's goes (the
-    // hive's log of the worker). The engine stays in the worker's process group, so the hive's
-    // SIGTERM to the group reaches it too.
-    command.args(&argv).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    // The engine's output is read here and written to the worker's log through the same
+    // capped, rotated output as the launcher's own lines (an engine that inherited the log
+    // file would keep writing to it after a rotation). The engine stays in the worker's
+    // process group, so the hive's SIGTERM to the group reaches it too.
+    command
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     for name in &env.remove {
         command.env_remove(name);
     }
@@ -116,6 +123,14 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyErr
     // the parent-death signal fires when the spawning *thread* exits, so this must never move
     // to a thread that may end earlier (e.g. `spawn_blocking`).
     let mut child = command.spawn().map_err(|source| ProxyError::Start { program: program_name.clone(), source })?;
+    let copies: Vec<_> = [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
+        child.stderr.take().map(|e| Box::new(e) as _),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| tokio::spawn(copy_lines(stream, output.clone(), args.worker_id.clone())))
+    .collect();
     let backend = Arc::new(EngineProxy { base: format!("http://127.0.0.1:{engine_port}"), engine });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(crate::contract::serve(args.clone(), WorkerEnv::from_env(), backend, async move {
@@ -124,7 +139,11 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyErr
     let code = tokio::select! {
         status = child.wait() => {
             let status = status.map_err(ProxyError::Wait)?;
-            eprintln!("worker {}: {program_name} exited ({status})", args.worker_id);
+            // The engine's last words (why it exited) are written before this line.
+            for copy in copies {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), copy).await;
+            }
+            tracing::warn!(worker = %args.worker_id, "{program_name} exited ({status})");
             u8::try_from(status.code().unwrap_or(1)).unwrap_or(1).max(1)
         }
         () = &mut terminated => {
@@ -146,4 +165,34 @@ pub(crate) async fn run(engine: Engine, args: WorkerArgs) -> Result<u8, ProxyErr
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(code)
+}
+
+/// The longest engine line kept whole; longer ones are cut there (the rest follows as more
+/// lines).
+const MAX_LINE: usize = 64 * 1024;
+
+/// Copies the engine's output, line by line, into the worker's log: as it is in the text
+/// format, as a JSON event (`target` `engine`, the worker's id) in the JSON format.
+async fn copy_lines(stream: impl AsyncRead + Unpin, output: rbee_log::Output, worker: String) {
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        match output.format() {
+            rbee_log::LogFormat::Text => {
+                let _ = output.write(&line);
+            }
+            rbee_log::LogFormat::Json => {
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                tracing::info!(target: "engine", worker = %worker, "{text}");
+            }
+        }
+    }
 }

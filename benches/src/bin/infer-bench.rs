@@ -52,6 +52,7 @@ async fn main() {
         advertise_url: None,
         reschedule_after: Duration::from_secs(60),
         state_dir: Some(home.path().join("queen")),
+        metrics_public: false,
     })
     .await
     .unwrap();
@@ -62,7 +63,12 @@ async fn main() {
         addr: format!("127.0.0.1:{hive_port}").parse().unwrap(),
         pid_file: None,
         alias: Some("bench".into()),
-        link: Some(rbee_hive::QueenLink { url: queen_url.clone(), interval_ms: 500, token: TOKEN.into() }),
+        link: Some(rbee_hive::QueenLink {
+            url: queen_url.clone(),
+            interval_ms: 500,
+            metrics_public: false,
+            token: TOKEN.into(),
+        }),
         home: home.path().to_path_buf(),
         worker_heartbeat_ms: 500,
     };

@@ -4,10 +4,12 @@
 
 mod config;
 mod deployment;
+mod generate;
 mod hive;
 mod infer;
 mod jobs;
 mod lock;
+mod logs;
 mod migrate;
 mod model;
 mod operation;
@@ -30,6 +32,8 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Command::Validate => config::validate(cli),
         Command::Config { what } => config::run(what),
         Command::Lock { what } => lock::run(cli, what).await,
+        Command::Completions { shell } => generate::completions(*shell),
+        Command::Man { dir } => generate::man(cli.json, dir.as_deref()),
         Command::Sync(args) => sync::sync(cli, args).await,
         Command::Install { hive, force } => sync::install(cli, hive.clone(), *force).await,
         Command::Status { verbose, hives } => sync::status(cli, *verbose, hives.clone()).await,
@@ -37,6 +41,7 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Command::Rollback { hives } => sync::rollback(cli, hives.clone()).await,
         Command::Queen { what } => queen::run(cli, what).await,
         Command::Jobs { job_id } => jobs::run(cli, job_id.as_deref()).await,
+        Command::Logs { hive, worker, tail, follow } => logs::run(cli, hive, worker.as_deref(), *tail, *follow).await,
         Command::Hive { what } => hive::run(cli, what).await,
         Command::Deployment { what } => deployment::run(cli, what).await,
         Command::Worker { what } => worker::run(cli, what).await,

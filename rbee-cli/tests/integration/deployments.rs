@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, Load, Run, alive};
+use crate::fleet::{Fleet, Load, Run, alive, wait_for};
 
 /// `rbee` through the fleet's queen, with fast heartbeats (hive → queen, worker → hive).
 fn rbee(fleet: &Fleet, args: &[&str]) -> Run {
@@ -23,21 +23,6 @@ fn json(run: &Run) -> serde_json::Value {
 
 /// The queen's log of the running test, shown when a wait times out.
 static QUEEN_LOG: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
-
-fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if started.elapsed() >= within {
-            // What the queen did, to tell why.
-            let log = QUEEN_LOG.lock().unwrap().as_ref().and_then(|p| std::fs::read_to_string(p).ok());
-            panic!("{what}: not within {within:?}\n--- queen log\n{}", log.unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The line of a deployment in a sync's or status's output.
 fn row(run: &Run, name: &str) -> String {

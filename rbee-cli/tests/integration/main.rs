@@ -1,8 +1,11 @@
 //! rbee-cli's integration tests: the real `rbee` binary against real hosts.
 
+mod completions;
 mod deployments;
 mod engines;
 mod fleet;
+mod logs;
+mod metrics;
 mod queen;
 mod queen_state;
 mod sync_local;

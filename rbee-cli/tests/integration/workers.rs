@@ -5,24 +5,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, Run, alive, bin_dir, sha256_file};
+use crate::fleet::{Fleet, Run, alive, bin_dir, sha256_file, wait_for};
 
 /// The last JSON object `rbee --json` printed.
 pub(crate) fn json(run: &Run) -> serde_json::Value {
     let line = run.stdout().lines().rfind(|l| l.starts_with('{')).unwrap_or_default().to_owned();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout(), run.stderr()))
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
-fn wait_for<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The queen's OpenAI-compatible endpoint, called as any OpenAI client would.
@@ -342,7 +330,7 @@ fn an_operation_on_a_hive_that_freezes_ends_when_its_heartbeats_stop() {
     // The spawn is waiting for the loading worker; then the hive freezes.
     std::thread::sleep(Duration::from_secs(2));
     Command::new("kill").args(["-STOP", &hive.to_string()]).status().unwrap();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let out = Run(spawn.wait_with_output().unwrap());
     Command::new("kill").args(["-CONT", &hive.to_string()]).status().unwrap();
     assert!(started.elapsed() < Duration::from_secs(30), "the spawn waited {:?}", started.elapsed());

@@ -403,6 +403,7 @@ impl<'a> Validator<'a> {
             advertise_url,
             hive_alias,
             reschedule_after: Duration::from_secs(reschedule_after.unsigned_abs()),
+            metrics_public: file.queen.metrics_public,
         };
         let p = &file.package;
         let concurrency = self.int_in("max_concurrent_installs", &p.max_concurrent_installs, 1..1025);

@@ -59,6 +59,8 @@ pub struct QueenSettings {
     pub hive_alias: String,
     /// How long a hive may be silent before its deployments' replicas are started elsewhere.
     pub reschedule_after: Duration,
+    /// `GET /metrics` needs no token, on the queen and on the hives it starts.
+    pub metrics_public: bool,
 }
 
 /// `[package]` settings.

@@ -60,6 +60,10 @@ pub struct QueenSection {
     #[serde(default = "default_reschedule_after")]
     #[schemars(with = "u32")]
     pub reschedule_after: Spanned<i64>,
+    /// Serve `GET /metrics` (Prometheus) on the queen and on the hives it starts without the
+    /// API token. Default false: a scraper sends the token like any client.
+    #[serde(default)]
+    pub metrics_public: bool,
 }
 
 impl Default for QueenSection {
@@ -72,6 +76,7 @@ impl Default for QueenSection {
             advertise_url: None,
             hive_alias: None,
             reschedule_after: default_reschedule_after(),
+            metrics_public: false,
         }
     }
 }

@@ -88,6 +88,8 @@ struct EngineArgs {
     fail_at_start: bool,
     /// `--load-ms N`.
     load_ms: Option<u64>,
+    /// `--chatty BYTES`: log about this many bytes once serving, as a chatty engine would.
+    chatty: Option<u64>,
     /// Everything else, ignored.
     ignored: Vec<String>,
 }
@@ -105,6 +107,11 @@ impl EngineArgs {
                         value.parse().map_err(|_| format!("--load-ms {value:?} is not a number of milliseconds"))?;
                     parsed.load_ms = Some(ms);
                 }
+                "--chatty" => {
+                    let value = args.next().ok_or("--chatty needs a number of bytes")?;
+                    parsed.chatty =
+                        Some(value.parse().map_err(|_| format!("--chatty {value:?} is not a number of bytes"))?);
+                }
                 _ => parsed.ignored.push(arg.clone()),
             }
         }
@@ -115,18 +122,19 @@ impl EngineArgs {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = WorkerArgs::parse();
+    rbee_log::init(rbee_log::LogFormat::from_env());
     let engine = match EngineArgs::parse(&args.engine_args) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
     if !engine.ignored.is_empty() {
-        eprintln!("reference worker: ignoring engine arguments {:?}", engine.ignored);
+        tracing::info!(worker = %args.worker_id, "ignoring engine arguments {:?}", engine.ignored);
     }
     if engine.fail_at_start {
-        eprintln!("reference worker: failing at start as asked");
+        tracing::warn!(worker = %args.worker_id, "failing at start as asked");
         tokio::time::sleep(Duration::from_millis(100)).await;
         return ExitCode::from(3);
     }
@@ -136,17 +144,32 @@ async fn main() -> ExitCode {
         .unwrap_or(200);
     let backend =
         Arc::new(Echo { model: args.model.clone(), loaded_at: Instant::now() + Duration::from_millis(load_ms) });
-    eprintln!("reference worker {} serving {} on port {}", args.worker_id, args.model, args.port);
+    tracing::info!(worker = %args.worker_id, model = %args.model, port = args.port, "reference worker serving");
+    let chatty =
+        engine.chatty.or_else(|| std::env::var("REFERENCE_WORKER_CHATTY_BYTES").ok().and_then(|v| v.parse().ok()));
+    if let Some(bytes) = chatty {
+        let id = args.worker_id.clone();
+        tokio::spawn(async move {
+            let line = "x".repeat(100);
+            for i in 0..bytes.div_ceil(150) {
+                tracing::info!(worker = %id, "chatty line {i}: {line}");
+                if i % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            tracing::info!(worker = %id, "chatty: done");
+        });
+    }
     // A model that asks for it gets an "engine": a child in the worker's process group that
     // ignores SIGTERM, as a stuck engine would; stopping the worker must still end it.
     let mut engine = None;
     if std::fs::read_to_string(&args.model).is_ok_and(|m| m.contains("spawn-engine-ignoring-sigterm")) {
         match std::process::Command::new("sh").args(["-c", "trap '' TERM; exec sleep 600"]).spawn() {
             Ok(child) => {
-                eprintln!("reference worker: engine pid {}", child.id());
+                tracing::info!(worker = %args.worker_id, "engine pid {}", child.id());
                 engine = Some(child);
             }
-            Err(e) => eprintln!("reference worker: cannot start the engine: {e}"),
+            Err(e) => tracing::error!(worker = %args.worker_id, "cannot start the engine: {e}"),
         }
     }
     let _engine = engine;
@@ -154,7 +177,7 @@ async fn main() -> ExitCode {
     {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
     }
@@ -172,7 +195,7 @@ mod tests {
     fn engine_args() {
         let args = |a: &[&str]| super::EngineArgs::parse(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
         let parsed = args(&["--load-ms", "50", "--ctx-size", "8", "--fail-at-start"]).unwrap();
-        assert_eq!((parsed.fail_at_start, parsed.load_ms), (true, Some(50)));
+        assert_eq!((parsed.fail_at_start, parsed.load_ms, parsed.chatty), (true, Some(50), None));
         assert_eq!(parsed.ignored, ["--ctx-size", "8"]);
         assert_eq!(args(&[]).unwrap(), super::EngineArgs::default());
         assert!(args(&["--load-ms"]).is_err());
