@@ -62,6 +62,7 @@ fn fleet(hives: usize, workers: usize) -> (Desired, Actual) {
             alias.clone(),
             DesiredHive {
                 attached: false,
+                link: None,
                 alias,
                 hostname: format!("10.0.{}.{}", i / 250, i % 250),
                 transport: TransportKind::Ssh,

@@ -382,6 +382,9 @@ pub enum QueenCommand {
     Status,
     /// Same as start: make sure the queen runs.
     Ensure,
+    /// Replace every hive's credential (a new key): hives are refused until `rbee sync`
+    /// links them again, which keeps their workers running.
+    RotateCredentials,
 }
 
 /// `rbee sync` flags.

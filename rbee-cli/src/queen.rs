@@ -125,6 +125,11 @@ pub(crate) async fn control(cli: &Cli, config: &Config, what: &QueenCommand) -> 
         }
         QueenCommand::Stop => stop(config).await,
         QueenCommand::Status => status(config).await,
+        QueenCommand::RotateCredentials => {
+            connect(config).await?.rotate_credentials().await?;
+            Ok("hive credentials rotated: run `rbee sync` to link every hive again (their workers keep running)"
+                .to_owned())
+        }
     }
 }
 

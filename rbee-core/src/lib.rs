@@ -123,10 +123,12 @@ unit_dir() {
 
 pub mod artifact;
 pub mod config;
+pub mod credentials;
 pub mod execute;
 pub mod fleet;
 pub mod fsio;
 pub mod layout;
+pub mod link;
 pub mod lock;
 pub mod observe;
 pub mod package;

@@ -214,6 +214,7 @@ pub(crate) fn parse_observation(text: &str) -> Result<Observed, ObserveError> {
                     .map_err(|e| ObserveError::Health { reason: e.to_string(), shown: shown(rest) })?;
                 observed.running_version = Some(h.version);
                 observed.running_sha256 = Some(h.sha256);
+                observed.link = h.link.map(Box::new);
             }
             "unhealthy" => observed.healthy = false,
             "supervisor" => observed.supervisor = Supervisor::parse(rest.trim()),

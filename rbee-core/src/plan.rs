@@ -180,6 +180,8 @@ fn plan_hive(want: &DesiredHive, have: &Observed, options: &PlanOptions, hp: &mu
         Some(RestartReason::StaleBinary)
     } else if !have.healthy {
         Some(RestartReason::Unhealthy)
+    } else if let Some(drift) = want.link.as_ref().and_then(|w| crate::link::drift(w, have.link.as_deref())) {
+        Some(RestartReason::Relink(drift))
     } else if options.force {
         Some(RestartReason::Forced)
     } else {

@@ -40,6 +40,10 @@ pub struct DesiredHive {
     /// Run by the queen itself (attached-hive mode): no hive binary, no hive daemon.
     #[serde(default)]
     pub attached: bool,
+    /// The link to the queen it must run with (set when a queen runs the operation; `None`
+    /// leaves whatever link it has).
+    #[serde(default)]
+    pub link: Option<crate::link::DesiredLink>,
 }
 
 impl DesiredHive {
@@ -60,6 +64,18 @@ impl DesiredHive {
             workers,
             engines,
             attached: h.attached,
+            link: None,
+        }
+    }
+}
+
+impl Desired {
+    /// Every hive (but an attached one, which runs inside the queen) linked as `spec` says;
+    /// without a spec, links are left as they are.
+    pub fn link_to(&mut self, spec: Option<&crate::link::LinkSpec>, now_ms: u64) {
+        let Some(spec) = spec else { return };
+        for hive in self.hives.values_mut().filter(|h| !h.attached) {
+            hive.link = Some(spec.desired(&hive.alias, now_ms));
         }
     }
 }
@@ -160,6 +176,8 @@ pub struct Observed {
     /// what a start would use. `None` when the host did not say.
     #[serde(default)]
     pub supervisor: Option<Supervisor>,
+    /// The running hive's link to a queen, from its `/health`.
+    pub link: Option<Box<rbee_proto::hive::LinkState>>,
 }
 
 #[cfg(test)]

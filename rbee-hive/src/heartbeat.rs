@@ -34,13 +34,19 @@ pub(crate) enum BeatError {
     Timeout,
 }
 
-async fn post(link: &QueenLink, beat: &Heartbeat) -> Result<(), BeatError> {
+async fn post(link: &QueenLink, tls: Option<&crate::tls::HiveTls>, beat: &Heartbeat) -> Result<(), BeatError> {
     let url = format!("{}/v1/heartbeats", link.url.trim_end_matches('/'));
     let bearer = rbee_core::proto::bearer(&link.token);
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
     let body = serde_json::to_vec(beat).unwrap_or_default();
     let send = async {
-        let response = rbee_http::send("POST", &url, &headers, body).await?;
+        let response = match tls.filter(|_| url.starts_with("https://")) {
+            Some(tls) => {
+                let name = rbee_core::credentials::QUEEN_TLS_NAME;
+                rbee_http::send_with_name(&tls.client, name, "POST", &url, &headers, body).await?
+            }
+            None => rbee_http::send("POST", &url, &headers, body).await?,
+        };
         let status = response.status();
         let _ = rbee_http::collect(response).await;
         if status.is_success() { Ok(()) } else { Err(BeatError::Status(status.as_u16())) }
@@ -111,6 +117,7 @@ impl GpuCache {
 /// listing: no file is read whole).
 pub(crate) async fn run(
     link: QueenLink,
+    tls: Option<crate::tls::HiveTls>,
     mut beat: Heartbeat,
     hive: std::sync::Arc<crate::ops::Hive>,
     records: PathBuf,
@@ -128,7 +135,7 @@ pub(crate) async fn run(
         beat.installed = installed_versions(&records, &beat.workers);
         beat.processes = hive.workers.list();
         beat.models = crate::models::list(&hive.models_dir);
-        if let Err(e) = post(&link, &beat).await {
+        if let Err(e) = post(&link, tls.as_ref(), &beat).await {
             tracing::warn!(queen = %link.url, "heartbeat failed: {e}");
         }
     }

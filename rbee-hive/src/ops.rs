@@ -288,7 +288,8 @@ pub async fn send_chat(hive: &Hive, worker_id: &str, body: Vec<u8>) -> Result<rb
         return Err(OpError::NotRunning(worker_id.to_owned()));
     }
     let url = format!("http://127.0.0.1:{}/v1/chat/completions", worker.port);
-    let bearer = hive.workers.token().map(rbee_core::proto::bearer);
+    // The worker's own token: each worker requires only its own.
+    let bearer = hive.workers.token_of(worker_id).map(|t| rbee_core::proto::bearer(&t));
     let mut headers = vec![("content-type", "application/json")];
     if let Some(b) = &bearer {
         headers.push(("authorization", b.as_str()));

@@ -105,6 +105,23 @@ pub enum WorkerError {
     /// The recorded pid does not fit a process group id.
     #[error("{0}")]
     BadPid(#[source] std::num::TryFromIntError),
+    /// No random secret could be made for the worker's token.
+    #[error("cannot make the worker's token: {0}")]
+    Secret(#[source] std::io::Error),
+}
+
+/// A worker's own credential: given to it as `RBEE_WORKER_TOKEN`, required on its heartbeats
+/// to the hive and sent by the hive on its calls to the worker. It never leaves the host:
+/// it is kept in the registry record (mode 0600), never in a [`WorkerProcess`], and its
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct WorkerToken(String);
+
+impl std::fmt::Debug for WorkerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerToken(..)")
+    }
 }
 
 /// What the registry file of one worker holds.
@@ -126,6 +143,9 @@ struct Record {
     /// Its engine arguments (absent in records of older hives).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     args: Vec<String>,
+    /// Its own token (absent in records of older hives, whose workers got the hive's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<WorkerToken>,
 }
 
 impl Record {
@@ -180,6 +200,9 @@ impl SpawnRequest {
 struct Entry {
     process: WorkerProcess,
     deleting: bool,
+    /// Its own token; `None` for a worker re-adopted from an older hive's record, which
+    /// holds the hive's token instead.
+    token: Option<WorkerToken>,
 }
 
 /// How workers are started.
@@ -197,7 +220,9 @@ pub struct WorkerSettings {
     pub hive_url: String,
     /// The hive's own port (never given to a worker).
     pub hive_port: u16,
-    /// The token workers send with heartbeats and require on their API.
+    /// The hive's own token. Each worker the hive starts gets a token of its own instead;
+    /// this one is the credential of workers re-adopted from records of older hives, which
+    /// gave every worker the hive's token.
     pub token: Option<String>,
     /// How often workers beat; unresponsive after three missed beats.
     pub heartbeat_ms: u64,
@@ -232,16 +257,33 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A registry record, replaced whole and durably (see [`rbee_core::fsio::write_atomic`]).
+/// A registry record, replaced whole and durably (see [`rbee_core::fsio::write_atomic`]); it
+/// holds the worker's token, so it is the owner's only (0600), from its first byte.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    rbee_core::fsio::write_atomic(path, bytes, 0o644)
+    rbee_core::fsio::write_atomic(path, bytes, 0o600)
+}
+
+/// Creates the registry directory, the owner's only (0700); a directory an older hive made is
+/// made private too.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other?,
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl Workers {
     /// The registry, with the workers of a previous hive process that still run re-adopted
     /// and the records of dead ones removed.
     pub fn open(settings: WorkerSettings) -> Arc<Self> {
-        let _ = std::fs::create_dir_all(&settings.registry_dir);
+        if let Err(e) = create_private_dir(&settings.registry_dir) {
+            tracing::warn!("cannot create the worker registry {}: {e}", settings.registry_dir.display());
+        }
         let workers = Arc::new(Workers {
             settings,
             entries: Mutex::new(BTreeMap::new()),
@@ -259,11 +301,12 @@ impl Workers {
                 Some(r) if start_time(r.pid) == Some(r.start_time) => {
                     tracing::info!(worker = %r.id, pid = r.pid, port = r.port, "re-adopted worker");
                     let process = r.process(true);
+                    let token = r.token.clone();
                     workers
                         .entries
                         .lock()
                         .expect("workers lock")
-                        .insert(r.id.clone(), Entry { process, deleting: false });
+                        .insert(r.id.clone(), Entry { process, deleting: false, token });
                     tokio::spawn(watch_adopted(workers.clone(), r));
                 }
                 other => {
@@ -316,6 +359,23 @@ impl Workers {
     /// The log of worker `id` (its rotated part is `<log>.1`).
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.settings.registry_dir.join(format!("{id}.log"))
+    }
+
+    /// Whether `authorization` (an `Authorization` header) carries worker `id`'s own token,
+    /// compared in constant time; `None` when the hive has no worker `id`. A worker re-adopted
+    /// from an older hive's record has the hive's token; one without any token is refused.
+    pub fn authorized(&self, id: &str, authorization: Option<&str>) -> Option<bool> {
+        let entries = self.entries.lock().expect("workers lock");
+        let entry = entries.get(id)?;
+        let token = entry.token.as_ref().map(|t| t.0.as_str()).or(self.settings.token.as_deref());
+        Some(token.is_some_and(|token| rbee_core::proto::authorized(authorization, token)))
+    }
+
+    /// The token the hive sends on its calls to worker `id` (see [`Workers::authorized`]).
+    pub fn token_of(&self, id: &str) -> Option<String> {
+        let entries = self.entries.lock().expect("workers lock");
+        let entry = entries.get(id)?;
+        entry.token.as_ref().map(|t| t.0.clone()).or_else(|| self.settings.token.clone())
     }
 
     /// A worker's heartbeat: it is ready (or still loading).
@@ -396,6 +456,8 @@ impl Workers {
             format!("{worker_type}-{n}")
         };
         let binary = self.settings.catalog_dir.join(rbee_core::layout::Layout::worker_file_name(&worker_type));
+        // Its own credential: it never gets the hive's token.
+        let token = WorkerToken(crate::secret::new_secret().map_err(WorkerError::Secret)?);
         let log = std::fs::File::create(self.log_path(&id)).map_err(WorkerError::CreateLog)?;
         let log2 = log.try_clone().map_err(WorkerError::ShareLog)?;
         let mut command = tokio::process::Command::new(&binary);
@@ -422,10 +484,7 @@ impl Workers {
             .kill_on_drop(false);
         // The worker sees only its GPU (as cuda:0 to the engine); a CPU worker sees none.
         command.env("CUDA_VISIBLE_DEVICES", device.strip_prefix("cuda:").unwrap_or(""));
-        match &self.settings.token {
-            Some(token) => command.env("RBEE_WORKER_TOKEN", token),
-            None => command.env_remove("RBEE_WORKER_TOKEN"),
-        };
+        command.env("RBEE_WORKER_TOKEN", &token.0);
         let mut child = command.spawn().map_err(|source| WorkerError::Start { binary: binary.clone(), source })?;
         let pid = child.id().ok_or(WorkerError::ExitedAtOnce)?;
         let record = Record {
@@ -439,6 +498,7 @@ impl Workers {
             started_ms,
             replica,
             args,
+            token: Some(token.clone()),
         };
         let json = serde_json::to_vec_pretty(&record).map_err(WorkerError::EncodeRecord)?;
         if let Err(e) = write_atomic(&self.settings.registry_dir.join(format!("{id}.json")), &json) {
@@ -450,7 +510,7 @@ impl Workers {
         self.entries
             .lock()
             .expect("workers lock")
-            .insert(id.clone(), Entry { process: process.clone(), deleting: false });
+            .insert(id.clone(), Entry { process: process.clone(), deleting: false, token: Some(token) });
         let workers = self.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -542,11 +602,6 @@ impl Workers {
     pub fn ready_for(&self, model: &str) -> Option<WorkerProcess> {
         self.list().into_iter().find(|p| p.state == WorkerState::Ready && p.serves(model))
     }
-
-    /// The token workers require.
-    pub fn token(&self) -> Option<&str> {
-        self.settings.token.as_deref()
-    }
 }
 
 /// A worker from a previous hive process is not our child: poll its process until it is gone.
@@ -599,6 +654,87 @@ mod tests {
         );
         let e = WorkerError::Crashed { id: "w-1".into(), how: "exited with status 127".into() };
         assert_eq!(e.to_string(), "worker w-1 exited with status 127");
+    }
+
+    fn record(id: &str, token: Option<&str>) -> Record {
+        let pid = std::process::id();
+        Record {
+            id: id.to_owned(),
+            worker_type: "reference".into(),
+            model: "m".into(),
+            device: "cpu".into(),
+            port: 1,
+            pid,
+            start_time: start_time(pid).unwrap(),
+            started_ms: 1,
+            replica: None,
+            args: Vec::new(),
+            token: token.map(|t| WorkerToken(t.to_owned())),
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_its_token_and_an_older_hives_record_reads_without_one() {
+        let with = record("w-1", Some("worker-secret"));
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""token":"worker-secret""#), "{json}");
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.token, Some(WorkerToken("worker-secret".into())));
+
+        let older = r#"{"id":"w-2","worker_type":"reference","model":"m","device":"cpu","port":1,"pid":2,
+            "start_time":3,"started_ms":4}"#;
+        let back: Record = serde_json::from_str(older).unwrap();
+        assert_eq!(back.token, None);
+        let json = serde_json::to_string(&back).unwrap();
+        assert!(!json.contains("token"), "{json}");
+
+        // Neither its listing nor its Debug shows the token.
+        let listed = serde_json::to_string(&with.process(false)).unwrap();
+        assert!(!listed.contains("worker-secret"), "{listed}");
+        assert!(!format!("{with:?}").contains("worker-secret"));
+    }
+
+    /// Re-adopted workers: one with its own token accepts only that token; one recorded by an
+    /// older hive (no token) keeps the hive's token; an unknown id is `None`.
+    #[tokio::test]
+    async fn heartbeats_are_checked_against_each_workers_own_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("state/workers");
+        std::fs::create_dir_all(&registry).unwrap();
+        std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for r in [record("new-1", Some("own-secret")), record("old-1", None)] {
+            std::fs::write(registry.join(format!("{}.json", r.id)), serde_json::to_vec(&r).unwrap()).unwrap();
+        }
+        let workers = Workers::open(WorkerSettings {
+            home: dir.path().to_path_buf(),
+            catalog_dir: dir.path().join("workers"),
+            registry_dir: registry.clone(),
+            models_dir: dir.path().join("models"),
+            hive_url: "http://127.0.0.1:9".into(),
+            hive_port: 9,
+            token: Some("hive-secret".into()),
+            heartbeat_ms: 200,
+        });
+        let mode = std::fs::metadata(&registry).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "an older hive's registry is made private: {mode:o}");
+        assert_eq!(workers.list().len(), 2);
+
+        assert_eq!(workers.authorized("new-1", Some("Bearer own-secret")), Some(true));
+        assert_eq!(workers.authorized("new-1", Some("Bearer hive-secret")), Some(false));
+        assert_eq!(workers.authorized("new-1", None), Some(false));
+        assert_eq!(workers.token_of("new-1").as_deref(), Some("own-secret"));
+
+        assert_eq!(workers.authorized("old-1", Some("Bearer hive-secret")), Some(true));
+        assert_eq!(workers.authorized("old-1", Some("Bearer own-secret")), Some(false));
+        assert_eq!(workers.token_of("old-1").as_deref(), Some("hive-secret"));
+
+        assert_eq!(workers.authorized("absent", Some("Bearer hive-secret")), None);
+        assert_eq!(workers.token_of("absent"), None);
+        for p in workers.list() {
+            let listed = serde_json::to_string(&p).unwrap();
+            assert!(!listed.contains("secret"), "{listed}");
+        }
     }
 
     #[test]

@@ -63,6 +63,8 @@ impl Drop for Home {
 struct HiveProcess {
     child: std::process::Child,
     url: String,
+    /// Its token (`hive.token`, which it made itself when no test wrote one).
+    token: String,
 }
 
 impl Drop for HiveProcess {
@@ -86,13 +88,20 @@ impl HiveProcess {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let hive = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let mut hive = Self { child, url: format!("http://127.0.0.1:{port}"), token: String::new() };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !hive.healthy().await {
             assert!(Instant::now() < deadline, "the hive did not answer /health");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let token = home.path(&Layout::hive_token());
+        hive.token = std::fs::read_to_string(&token).unwrap_or_else(|e| panic!("{}: {e}", token.display()));
+        hive.token = hive.token.trim().to_owned();
         hive
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
     }
 
     async fn healthy(&self) -> bool {
@@ -109,7 +118,8 @@ impl HiveProcess {
     /// A forwarded operation's result.
     async fn op(&self, op: serde_json::Value) -> OperationResult {
         let url = format!("{}/v1/operations", self.url);
-        let headers = [("content-type", "application/json")];
+        let bearer = self.bearer();
+        let headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
         let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&op).unwrap()).await.unwrap();
         let body = String::from_utf8(rbee_http::collect(response).await.unwrap()).unwrap();
         let last: serde_json::Value = serde_json::from_str(body.lines().last().unwrap()).unwrap();
@@ -329,7 +339,9 @@ async fn a_request_to_a_worker_that_freezes_ends_when_its_heartbeats_stop() {
     let url = format!("{}/v1/workers/{}/chat/completions", hive.url, spawned.id);
     let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let started = Instant::now();
-    let asked = rbee_http::send("POST", &url, &[("content-type", "application/json")], body.to_string().into_bytes());
+    let bearer = hive.bearer();
+    let headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
+    let asked = rbee_http::send("POST", &url, &headers, body.to_string().into_bytes());
     let answer = tokio::time::timeout(Duration::from_secs(20), asked).await;
     std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     let response = answer.expect("the request did not end within 20 s").unwrap();
@@ -337,5 +349,119 @@ async fn a_request_to_a_worker_that_freezes_ends_when_its_heartbeats_stop() {
     let text = String::from_utf8_lossy(&rbee_http::collect(response).await.unwrap()).into_owned();
     assert!(text.contains("stopped sending heartbeats before it answered"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    hive.delete(&spawned.id).await;
+}
+
+/// The status of a request with an optional bearer token.
+async fn status(method: &str, url: &str, token: Option<&str>, body: &str) -> u16 {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    let response = rbee_http::send(method, url, &headers, body.as_bytes().to_vec()).await.unwrap();
+    let status = response.status().as_u16();
+    let _ = rbee_http::collect(response).await;
+    status
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A hive no queen linked makes its own token (0600) and requires it; each worker it starts
+/// gets a token of its own (kept in its 0600 record, never the hive's), which is what its
+/// heartbeats need and what the hive sends it, and which a re-adopting hive keeps.
+#[tokio::test]
+async fn a_hive_makes_its_own_token_and_gives_each_worker_another() {
+    let home = Home::new();
+    let port = free_port();
+    let hive = HiveProcess::start(&home, port).await;
+    assert_eq!(hive.token.len(), 64, "a random token: {}", hive.token);
+    assert_eq!(mode(&home.path(&Layout::hive_token())), 0o600);
+    let catalog = format!("{}/v1/catalog", hive.url);
+    assert_eq!(status("GET", &format!("{}/health", hive.url), None, "").await, 200, "/health stays open");
+    assert_eq!(status("GET", &catalog, None, "").await, 401);
+    assert_eq!(status("GET", &catalog, Some("wrong"), "").await, 401);
+    assert_eq!(status("GET", &catalog, Some(&hive.token), "").await, 200);
+    assert_eq!(status("GET", &format!("{}/metrics", hive.url), None, "").await, 401);
+
+    let spawned = worker(hive.spawn(serde_json::json!({"args": ["--load-ms", "50"]})).await);
+    assert_eq!(spawned.state, WorkerState::Ready, "its heartbeats, with its own token, got through");
+    let registry = home.path(&Layout::worker_registry_dir());
+    assert_eq!(mode(&registry), 0o700);
+    let record_file = registry.join(format!("{}.json", spawned.id));
+    assert_eq!(mode(&record_file), 0o600);
+    let record_text = std::fs::read_to_string(&record_file).unwrap();
+    assert!(!record_text.contains(&hive.token), "{record_text}");
+    let record: serde_json::Value = serde_json::from_str(&record_text).unwrap();
+    let own = record["token"].as_str().unwrap_or_else(|| panic!("{record_text}")).to_owned();
+    assert_eq!(own.len(), 64);
+    assert_ne!(own, hive.token);
+    let environ = std::fs::read(format!("/proc/{}/environ", spawned.pid)).unwrap();
+    let given = format!("RBEE_WORKER_TOKEN={own}");
+    assert!(environ.split(|b| *b == 0).any(|v| v == given.as_bytes()), "the worker got its own token");
+
+    // Neither the listing nor the answers carry it.
+    let listed = serde_json::to_string(&hive.list().await).unwrap();
+    assert!(!listed.contains(&own), "{listed}");
+
+    // Each credential opens its own door only.
+    let beat_url = format!("{}/v1/workers/{}/heartbeat", hive.url, spawned.id);
+    let beat = serde_json::json!({"worker_id": spawned.id, "status": "ready"}).to_string();
+    assert_eq!(status("POST", &beat_url, Some(&hive.token), &beat).await, 401);
+    assert_eq!(status("POST", &beat_url, None, &beat).await, 401);
+    assert_eq!(status("POST", &beat_url, Some(&own), &beat).await, 204);
+    let unknown = format!("{}/v1/workers/absent-1/heartbeat", hive.url);
+    assert_eq!(status("POST", &unknown, Some(&own), &beat).await, 404);
+    assert_eq!(status("GET", &catalog, Some(&own), "").await, 401);
+    let ops = format!("{}/v1/operations", hive.url);
+    let list_op = serde_json::json!({"type": "worker_process_list", "hive_alias": "h1"}).to_string();
+    assert_eq!(status("POST", &ops, Some(&own), &list_op).await, 401);
+
+    // The hive calls the worker with the worker's token; the worker refuses the hive's.
+    let ask = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let chat = format!("{}/v1/workers/{}/chat/completions", hive.url, spawned.id);
+    assert_eq!(status("POST", &chat, Some(&hive.token), &ask).await, 200);
+    let direct = format!("http://127.0.0.1:{}/v1/chat/completions", spawned.port);
+    assert_eq!(status("POST", &direct, Some(&hive.token), &ask).await, 401);
+    assert_eq!(status("POST", &direct, Some(&own), &ask).await, 200);
+
+    // A restarted hive keeps its token, re-adopts the worker and still knows its credential.
+    hive.kill();
+    let hive = HiveProcess::start(&home, port).await;
+    assert_eq!(hive.token.len(), 64);
+    assert_eq!(status("POST", &beat_url, Some(&hive.token), &beat).await, 401);
+    let (h, id) = (&hive, spawned.id.as_str());
+    wait_until("the re-adopted worker is ready", Duration::from_secs(10), || async move {
+        h.get(id).await.state == WorkerState::Ready
+    })
+    .await;
+    let chat = format!("{}/v1/workers/{}/chat/completions", hive.url, spawned.id);
+    assert_eq!(status("POST", &chat, Some(&hive.token), &ask).await, 200);
+    hive.delete(&spawned.id).await;
+}
+
+/// A worker recorded by an older hive (no token in its record) got the hive's token: the
+/// hive that re-adopts it keeps accepting that token for it, so an upgrade orphans nothing.
+#[tokio::test]
+async fn a_worker_recorded_without_a_token_keeps_the_hives_token() {
+    let home = Home::new();
+    let port = free_port();
+    let hive = HiveProcess::start(&home, port).await;
+    let spawned = worker(hive.spawn(serde_json::json!({"args": ["--load-ms", "50"]})).await);
+    hive.kill();
+    // Make the record an older hive's: no token.
+    let record_file = home.path(&Layout::worker_registry_dir()).join(format!("{}.json", spawned.id));
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&record_file).unwrap()).unwrap();
+    let own = record.as_object_mut().unwrap().remove("token").unwrap();
+    std::fs::write(&record_file, serde_json::to_vec(&record).unwrap()).unwrap();
+    let hive = HiveProcess::start(&home, port).await;
+    assert!(hive.get(&spawned.id).await.adopted);
+    let beat_url = format!("{}/v1/workers/{}/heartbeat", hive.url, spawned.id);
+    let beat = serde_json::json!({"worker_id": spawned.id, "status": "ready"}).to_string();
+    assert_eq!(status("POST", &beat_url, Some(&hive.token), &beat).await, 204);
+    assert_eq!(status("POST", &beat_url, Some(own.as_str().unwrap()), &beat).await, 401);
     hive.delete(&spawned.id).await;
 }

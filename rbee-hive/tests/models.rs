@@ -392,7 +392,10 @@ impl HiveProcess {
             "type": "model_download", "hive_alias": "h1", "source": source, "sha256": null, "name": name,
         });
         let url = format!("{}/v1/operations", self.url);
-        let headers = [("content-type", "application/json")];
+        // The hive made its token at start (no sync installed one).
+        let token = self.home.path().join(rbee_core::layout::Layout::hive_token());
+        let bearer = format!("Bearer {}", std::fs::read_to_string(token).unwrap().trim());
+        let headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
         let response = rbee_http::send("POST", &url, &headers, serde_json::to_vec(&op).unwrap()).await.unwrap();
         let body = String::from_utf8(rbee_http::collect(response).await.unwrap()).unwrap();
         let last: serde_json::Value = serde_json::from_str(body.lines().last().unwrap()).unwrap();

@@ -74,7 +74,7 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// How much of a refused client's request is read (and dropped) so that closing the
 /// connection does not reset it before the client has read the answer.
-const REFUSAL_DRAIN: usize = 64 << 10;
+const REFUSAL_DRAIN: usize = 1 << 20;
 
 /// What a server allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -159,6 +159,31 @@ pub struct HiveHealth {
     pub sha256: crate::Sha256,
     /// Process id.
     pub pid: u32,
+    /// Its link to a queen, as this process runs it (absent: not linked, or a hive from
+    /// before links were reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkState>,
+}
+
+/// What a running hive reports of its link (never a secret: digests only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LinkState {
+    /// The queen's URL it reports to.
+    pub queen_url: String,
+    /// sha256 of its credential (`hive.token`).
+    pub credential: crate::Sha256,
+    /// Its TLS identity, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsState>,
+}
+
+/// A hive's TLS identity, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TlsState {
+    /// sha256 of the CA certificate (PEM text) it trusts.
+    pub ca: crate::Sha256,
+    /// When its certificate expires (ms since the Unix epoch).
+    pub not_after_ms: u64,
 }
 
 /// Where the queen is and how often to beat: the hive's `queen.link` file (JSON: url,

@@ -73,6 +73,22 @@ impl Layout {
     pub fn hive_token() -> String {
         format!("{}/hive.token", Self::STATE_DIR)
     }
+    /// The hive's TLS identity from the queen's CA: `ca.pem`, `hive.pem`, `hive.key` (0600).
+    pub fn hive_tls_dir() -> String {
+        format!("{}/tls", Self::STATE_DIR)
+    }
+    /// The CA certificate the hive trusts (the queen's).
+    pub fn hive_tls_ca() -> String {
+        format!("{}/ca.pem", Self::hive_tls_dir())
+    }
+    /// The hive's certificate.
+    pub fn hive_tls_cert() -> String {
+        format!("{}/hive.pem", Self::hive_tls_dir())
+    }
+    /// The hive's private key (mode 0600).
+    pub fn hive_tls_key() -> String {
+        format!("{}/hive.key", Self::hive_tls_dir())
+    }
     /// The hive's worker registry: one `<id>.json` (and `<id>.log`) per worker process, so a
     /// restarted hive re-adopts live workers and clears dead ones.
     pub fn worker_registry_dir() -> String {
@@ -85,8 +101,9 @@ impl Layout {
     /// Files and directories of the state directory that belong to the hive: what
     /// `rbee uninstall --purge` removes there, and nothing else (a queen or another program
     /// may keep its own files beside them).
-    pub fn hive_state_entries() -> [String; 7] {
+    pub fn hive_state_entries() -> [String; 8] {
         [
+            Self::hive_tls_dir(),
             Self::previous_dir(),
             Self::hive_pid(),
             Self::hive_log(),

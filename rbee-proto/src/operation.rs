@@ -278,6 +278,9 @@ pub struct Heartbeat {
     /// The models in its models directory.
     #[serde(default)]
     pub models: Vec<crate::hive::ModelInfo>,
+    /// It serves TLS (with a certificate from the queen's CA): the queen calls it over https.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// A removed imperative operation, with what to do instead.

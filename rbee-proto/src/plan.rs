@@ -58,6 +58,27 @@ pub enum RestartReason {
     Unhealthy,
     /// `--force`.
     Forced,
+    /// Its link to the queen is not the one wanted: it is linked again (new credential,
+    /// certificate, queen address) and restarted; its workers keep running.
+    Relink(LinkDrift),
+}
+
+/// How a hive's link to the queen differs from the one wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkDrift {
+    /// It has no link (started without a queen, e.g. by `rbee sync --in-process`, or by an
+    /// older rbee that gave hives the queen's own token).
+    NotLinked,
+    /// It reports to another queen address.
+    OtherQueen,
+    /// Its credential is not the one this queen issues it (another queen's, or one from
+    /// before `rbee queen rotate-credentials`).
+    Credential,
+    /// It has no TLS certificate, or one from another CA.
+    Certificate,
+    /// Its certificate expires soon.
+    CertificateExpiring,
 }
 
 /// One step on one host.

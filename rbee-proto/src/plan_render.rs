@@ -22,6 +22,20 @@ impl fmt::Display for RestartReason {
             RestartReason::StaleBinary => "running an old binary",
             RestartReason::Unhealthy => "not answering /health",
             RestartReason::Forced => "--force",
+            RestartReason::Relink(drift) => return write!(f, "re-link to the queen: {drift}; workers keep running"),
+        })
+    }
+}
+
+impl fmt::Display for crate::plan::LinkDrift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::plan::LinkDrift;
+        f.write_str(match self {
+            LinkDrift::NotLinked => "not linked to a queen",
+            LinkDrift::OtherQueen => "linked to another queen address",
+            LinkDrift::Credential => "its credential is not this queen's",
+            LinkDrift::Certificate => "no certificate from this queen's CA",
+            LinkDrift::CertificateExpiring => "its certificate expires soon",
         })
     }
 }

@@ -179,7 +179,7 @@ pub(crate) async fn chat_completions(State(queen): State<Arc<Queen>>, body: axum
         let sent = match queen.registry.fresh_addr(&routed.hive, now_ms()) {
             Ok(addr) => {
                 let path = format!("/v1/workers/{}/chat/completions", routed.worker);
-                to_hive(&queen, addr, "POST", &path, body.to_vec()).await.map_err(|e| e.to_string())
+                to_hive(&queen, &routed.hive, addr, "POST", &path, body.to_vec()).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
         };

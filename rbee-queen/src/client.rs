@@ -211,6 +211,18 @@ impl QueenClient {
         }
     }
 
+    /// A new hive key: every hive's credential changes (`rbee queen rotate-credentials`).
+    pub async fn rotate_credentials(&self) -> Result<(), ClientError> {
+        let response = self.send("POST", "/v1/credentials/rotate", None).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Status { status: status.as_u16(), body: String::from_utf8_lossy(&body).into_owned() })
+        }
+    }
+
     /// Asks the queen to cancel a job.
     pub async fn cancel(&self, job_id: &str) -> Result<JobSummary, ClientError> {
         self.json("DELETE", &format!("/v1/jobs/{job_id}"), None).await

@@ -24,20 +24,32 @@ use crate::chat::{Routed, route_soon};
 use crate::jobs::Job;
 use crate::routes::Queen;
 
-/// A request to a hive's API, with the queen's token.
+/// A request to hive `alias`'s API at `addr`, with that hive's credential; over TLS (the hive
+/// verified as the holder of its alias's certificate from the queen's CA, the queen presenting
+/// its own) when the hive said it serves TLS.
 pub(crate) async fn to_hive(
     queen: &Queen,
+    alias: &str,
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     body: Vec<u8>,
 ) -> Result<rbee_http::Response, rbee_http::HttpError> {
-    let bearer = rbee_core::proto::bearer(&queen.config.token);
+    let bearer = rbee_core::proto::bearer(&queen.trust.credential(alias));
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
-    let url = format!("http://{addr}{path}");
+    let tls = queen.registry.tls(alias);
+    let url = format!("{}://{addr}{path}", if tls { "https" } else { "http" });
+    let sent = async {
+        if tls {
+            let name = rbee_core::credentials::hive_tls_name(alias);
+            rbee_http::send_with_name(&queen.trust.client, &name, method, &url, &headers, body).await
+        } else {
+            rbee_http::send(method, &url, &headers, body).await
+        }
+    };
     // A hive answers at once (a stream's events follow): one that accepts the connection and
     // then says nothing is wedged.
-    tokio::time::timeout(HIVE_ANSWER_TIMEOUT, rbee_http::send(method, &url, &headers, body))
+    tokio::time::timeout(HIVE_ANSWER_TIMEOUT, sent)
         .await
         .unwrap_or_else(|_| Err(rbee_http::HttpError::Timeout { url: url.clone(), after: HIVE_ANSWER_TIMEOUT }))
 }
@@ -53,7 +65,7 @@ pub(crate) async fn hive_capabilities(State(queen): State<Arc<Queen>>, Path(alia
         return ApiError::new(StatusCode::NOT_FOUND, msg).into_response();
     };
     let answer = async {
-        let response = to_hive(&queen, addr, "GET", "/v1/capabilities", Vec::new()).await?;
+        let response = to_hive(&queen, &alias, addr, "GET", "/v1/capabilities", Vec::new()).await?;
         let status = response.status().as_u16();
         Ok::<_, rbee_http::HttpError>((status, rbee_http::collect(response).await?))
     };
@@ -88,7 +100,7 @@ pub(crate) async fn hive_logs(
         return ApiError::new(StatusCode::NOT_FOUND, msg).into_response();
     };
     let path = format!("/v1/logs?{}", query.to_query());
-    match to_hive(&queen, addr, "GET", &path, Vec::new()).await {
+    match to_hive(&queen, &alias, addr, "GET", &path, Vec::new()).await {
         Ok(response) if response.status().is_success() || response.status() == StatusCode::NOT_FOUND => {
             rbee_http::passthrough(response).map(axum::body::Body::new)
         }
@@ -145,7 +157,7 @@ pub(crate) async fn run_on_hive(
     cancel: &AtomicBool,
 ) -> OperationResult {
     let body = serde_json::to_vec(operation).unwrap_or_default();
-    let response = match to_hive(queen, addr, "POST", "/v1/operations", body).await {
+    let response = match to_hive(queen, alias, addr, "POST", "/v1/operations", body).await {
         Ok(r) => r,
         Err(e) => return OperationResult::error(format!("hive {alias} at {addr}: {e}")),
     };

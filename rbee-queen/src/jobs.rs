@@ -25,7 +25,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use rbee_core::execute::{QueenLink, now_ms};
+use rbee_core::execute::now_ms;
 use rbee_core::package::{OperationResult, RunContext, run_operation};
 use rbee_core::proto::operation::Operation;
 use rbee_http::ApiError;
@@ -274,12 +274,7 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
     let kind = job.operation.wire_name();
     tracing::info!(job = %id, kind, hive = job.operation.hive_alias(), "job started");
     let connect = queen.config.connect.clone();
-    let link = QueenLink {
-        url: queen.url.clone(),
-        interval_ms: u64::try_from(queen.config.heartbeat.as_millis()).unwrap_or(5000),
-        metrics_public: queen.config.metrics_public,
-        token: queen.config.token.clone(),
-    };
+    let link = queen.link_spec();
     let metrics = queen.metrics.clone();
     let queen = queen.clone();
     tokio::spawn(async move {
@@ -288,7 +283,7 @@ pub(crate) async fn submit(State(queen): State<Arc<Queen>>, Json(operation): Jso
             let job = work_job;
             let mut ctx = RunContext::default();
             ctx.cancel = job.cancel.clone();
-            ctx.queen_link = Some(link);
+            ctx.link = Some(link);
             ctx.http = Some(Arc::new(crate::http::HyperGet::default()));
             let on_event = |event: rbee_core::proto::report::SyncEvent| {
                 if !matches!(event.kind, rbee_core::proto::report::SyncEventKind::Progress { .. }) {

@@ -29,6 +29,7 @@ mod reconcile;
 mod registry;
 mod routes;
 pub mod state;
+pub mod trust;
 
 pub use routes::{QueenConfig, Server, bind};
 pub use state::{ensure_token, state_dir, token_path};

@@ -63,7 +63,6 @@ async fn main() -> ExitCode {
         metrics_public: config.as_ref().is_some_and(|c| c.queen.metrics_public),
     };
     let heartbeat_ms = u64::try_from(queen.heartbeat.as_millis()).unwrap_or(5000);
-    let token_for_hive = queen.token.clone();
     let server = match rbee_queen::bind(queen).await {
         Ok(s) => s,
         Err(e) => {
@@ -100,7 +99,7 @@ async fn main() -> ExitCode {
                 url,
                 interval_ms: heartbeat_ms,
                 metrics_public: c.queen.metrics_public,
-                token: token_for_hive.clone(),
+                token: server.hive_credential(&alias),
             }),
             home,
             worker_heartbeat_ms: 2000,

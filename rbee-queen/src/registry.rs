@@ -224,6 +224,11 @@ impl Registry {
             .collect()
     }
 
+    /// True when the hive said it serves TLS (the queen then calls it over https).
+    pub(crate) fn tls(&self, alias: &str) -> bool {
+        self.lock().get(alias).is_some_and(|h| h.beat.tls)
+    }
+
     /// The hive's API address, stale or not (for questions a stale hive may still answer).
     pub(crate) fn addr(&self, alias: &str) -> Option<SocketAddr> {
         self.lock().get(alias).map(Hive::addr)
@@ -295,8 +300,17 @@ impl Registry {
 pub(crate) async fn heartbeat(
     State(queen): State<Arc<Queen>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Json(beat): Json<Heartbeat>,
 ) -> Response {
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if !queen.trust.is_hive(&beat.alias, given) {
+        let msg = format!(
+            "a heartbeat for hive {} without its credential: run `rbee sync` to link that hive to this queen",
+            beat.alias
+        );
+        return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+    }
     match queen.registry.try_record(beat, peer.ip(), now_ms()) {
         Ok(changed) => {
             if changed {
@@ -324,6 +338,7 @@ pub(crate) mod tests {
     /// A heartbeat from `alias` on `port` with these worker processes.
     pub(crate) fn beat(alias: &str, port: u16, processes: Vec<WorkerProcess>) -> Heartbeat {
         Heartbeat {
+            tls: false,
             alias: alias.into(),
             version: "0.0.0".into(),
             sha256: rbee_core::Sha256::from_bytes([0; 32]),

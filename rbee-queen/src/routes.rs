@@ -60,6 +60,32 @@ pub(crate) struct Queen {
     pub(crate) turns: Turns,
     pub(crate) deployments: Arc<crate::reconcile::Deployments>,
     pub(crate) metrics: Arc<crate::metrics::QueenMetrics>,
+    /// Hive credentials, the CA, the TLS configs.
+    pub(crate) trust: Arc<crate::trust::Trust>,
+}
+
+impl Queen {
+    /// How the hives a sync starts are linked to this queen: its URL as hives reach it (https:
+    /// hives verify it by the CA), their credentials and certificates.
+    pub(crate) fn link_spec(&self) -> rbee_core::link::LinkSpec {
+        rbee_core::link::LinkSpec {
+            queen: rbee_core::proto::hive::QueenLink {
+                url: https(&self.url),
+                interval_ms: u64::try_from(self.config.heartbeat.as_millis()).unwrap_or(5000),
+                metrics_public: self.config.metrics_public,
+                token: String::new(),
+            },
+            issuer: self.trust.issuer(),
+        }
+    }
+}
+
+/// `url` with the https scheme.
+pub(crate) fn https(url: &str) -> String {
+    match url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => url.to_owned(),
+    }
 }
 
 /// A bound, not yet serving, queen: `addr` is known (port 0 picks a free one).
@@ -68,13 +94,21 @@ pub struct Server {
     router: Router,
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
+    trust: Arc<crate::trust::Trust>,
 }
 
 impl Server {
     /// Serves until `shutdown` resolves, within the default [`rbee_http::Limits`] (header-read
-    /// timeout, connection cap); handlers see the peer as `ConnectInfo<SocketAddr>`.
+    /// timeout, connection cap); handlers see the peer as `ConnectInfo<SocketAddr>`. TLS (hives,
+    /// with their certificates) and plain HTTP (local clients only) share the port.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        rbee_http::serve(self.listener, self.router, shutdown, rbee_http::Limits::default()).await
+        let tls = Some(self.trust.acceptor.clone());
+        rbee_http::serve_auto(self.listener, tls, self.router, shutdown, rbee_http::Limits::default()).await
+    }
+
+    /// Hive `alias`'s credential (for the hive this queen runs itself, attached-hive mode).
+    pub fn hive_credential(&self, alias: &str) -> String {
+        self.trust.credential(alias)
     }
 }
 
@@ -87,6 +121,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
     let state_dir = config.state_dir.clone().unwrap_or_else(crate::state::state_dir);
     let deployments = crate::reconcile::Deployments::open(state_dir.join("deployments.json"), config.reschedule_after)
         .map_err(std::io::Error::other)?;
+    let trust = Arc::new(crate::trust::Trust::open(&state_dir).map_err(std::io::Error::other)?);
     let queen = Arc::new(Queen {
         config,
         url,
@@ -95,11 +130,12 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         turns: Turns::default(),
         deployments: Arc::new(deployments),
         metrics: Arc::default(),
+        trust: trust.clone(),
     });
     tokio::spawn(crate::reconcile::run(queen.clone()));
     let api = Router::new()
-        .route("/v1/heartbeats", post(heartbeat))
         .route("/v1/hives", get(hives))
+        .route("/v1/credentials/rotate", post(rotate))
         .route("/v1/hives/{alias}/capabilities", get(hive_capabilities))
         .route("/v1/hives/{alias}/logs", get(crate::forward::hive_logs))
         .route("/v1/jobs", post(submit).get(list))
@@ -115,8 +151,14 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
     if !queen.config.metrics_public {
         metrics = metrics.route_layer(axum::middleware::from_fn_with_state(queen.clone(), auth));
     }
-    let router = Router::new().route("/health", get(health)).merge(api).merge(metrics).with_state(queen);
-    Ok(Server { listener, router, addr })
+    // Heartbeats carry the hive's own credential, checked against the alias they name.
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/v1/heartbeats", post(heartbeat))
+        .merge(api)
+        .merge(metrics)
+        .with_state(queen);
+    Ok(Server { listener, router, addr, trust })
 }
 
 async fn auth(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
@@ -125,6 +167,17 @@ async fn auth(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> 
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong token").into_response();
     }
     next.run(request).await
+}
+
+/// `POST /v1/credentials/rotate`: a new hive key; every hive is linked again by the next sync.
+async fn rotate(State(queen): State<Arc<Queen>>) -> Response {
+    match queen.trust.rotate() {
+        Ok(()) => {
+            tracing::warn!("hive credentials rotated: hives are refused until `rbee sync` links them again");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 async fn health() -> Json<QueenHealth> {

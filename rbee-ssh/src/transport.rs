@@ -296,6 +296,7 @@ target=$1; mode=$2
 dir=$(dirname "$target"); mkdir -p "$dir"
 tmp="$dir/.$(basename "$target").upload-$$"
 trap 'rm -f "$tmp"' EXIT
+umask 077
 cat > "$tmp"
 chmod "$mode" "$tmp"
 mv -f "$tmp" "$target"

@@ -261,6 +261,11 @@ impl Testbed {
     }
 
     /// The host called `name`.
+    /// The bridge the hosts are on (to capture their traffic).
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
     pub fn host(&self, name: &str) -> &TestHost {
         self.hosts.iter().find(|h| h.name == name).expect("no such test host")
     }

@@ -57,6 +57,7 @@ async fn main() {
     .await
     .unwrap();
     let queen_url = format!("http://{}", queen.addr);
+    let hive_token = queen.hive_credential("bench");
     tokio::spawn(queen.run(std::future::pending()));
     let hive_port = free_port();
     let hive = rbee_hive::HiveConfig {
@@ -67,7 +68,7 @@ async fn main() {
             url: queen_url.clone(),
             interval_ms: 500,
             metrics_public: false,
-            token: TOKEN.into(),
+            token: hive_token,
         }),
         home: home.path().to_path_buf(),
         worker_heartbeat_ms: 500,

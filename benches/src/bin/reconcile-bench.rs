@@ -47,7 +47,7 @@ enum Ev {
 /// Everything the simulated hives share.
 struct Sim {
     hives: Vec<Arc<SimHive>>,
-    token: String,
+    hive_key: String,
     queen_url: String,
     events: Mutex<Vec<(Instant, Ev)>>,
     beats: AtomicU64,
@@ -101,6 +101,7 @@ impl Sim {
 
 fn heartbeat(hive: &SimHive) -> Heartbeat {
     Heartbeat {
+        tls: false,
         alias: hive.alias.clone(),
         version: "0.1.0".into(),
         sha256: rbee_core::Sha256::from_bytes([7; 32]),
@@ -120,7 +121,7 @@ fn heartbeat(hive: &SimHive) -> Heartbeat {
 /// once when a worker changed.
 async fn beat_loop(sim: Arc<Sim>, hive: Arc<SimHive>, offset: Duration) {
     let url = format!("{}/v1/heartbeats", sim.queen_url);
-    let bearer = rbee_core::proto::bearer(&sim.token);
+    let bearer = rbee_core::proto::bearer(&rbee_core::credentials::hive_credential(&sim.hive_key, &hive.alias));
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + offset, Duration::from_millis(HEARTBEAT_MS));
     loop {
@@ -150,7 +151,7 @@ async fn operation(
     axum::Json(op): axum::Json<Operation>,
 ) -> Response {
     let given = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if !rbee_core::proto::authorized(given, &sim.token) {
+    if !rbee_core::proto::authorized(given, &rbee_core::credentials::hive_credential(&sim.hive_key, &hive.alias)) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong token").into_response();
     }
     let alias = hive.alias.clone();
@@ -383,7 +384,12 @@ async fn main() {
     }
     let sim = Arc::new(Sim {
         hives: hives.clone(),
-        token: token.clone(),
+        // Each simulated hive's credential, as a sync would install it: derived from the queen's
+        // hive key.
+        hive_key: std::fs::read_to_string(home.join(".local/state/rbee-queen/hive-credentials.key"))
+            .unwrap()
+            .trim()
+            .to_owned(),
         queen_url: format!("http://{addr}"),
         events: Mutex::new(Vec::new()),
         beats: AtomicU64::new(0),

@@ -111,16 +111,21 @@ fn requests_without_the_right_token_get_401_on_queen_and_hive_and_token_files_ar
     assert_eq!(get(fleet.queen_port, Some(token.trim()), "/v1/jobs"), "200");
     assert_eq!(get(fleet.queen_port, None, "/health"), "200");
 
-    // A sync through the queen installs the token on the hive, which then requires it too.
+    // A sync through the queen installs the hive's own credential, which the hive then
+    // requires: not the operator's token, which never leaves this machine, and which the hive
+    // refuses; and the hive's credential cannot drive the queen.
     Run(fleet.via_queen(&["sync"]).output().unwrap()).expect_code(0);
     let h1 = fleet.host("h1");
     let hive_token = h1.path(".local/state/rbee/hive.token");
     assert_eq!(std::fs::metadata(&hive_token).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read_to_string(&hive_token).unwrap().trim(), token.trim());
+    let credential = std::fs::read_to_string(&hive_token).unwrap().trim().to_owned();
+    assert_ne!(credential, token.trim());
     assert_eq!(get(h1.port, None, "/v1/capabilities"), "401");
     assert_eq!(get(h1.port, Some("wrong"), "/v1/capabilities"), "401");
-    assert_eq!(get(h1.port, Some(token.trim()), "/v1/capabilities"), "200");
+    assert_eq!(get(h1.port, Some(token.trim()), "/v1/capabilities"), "401");
+    assert_eq!(get(h1.port, Some(&credential), "/v1/capabilities"), "200");
     assert_eq!(get(h1.port, None, "/health"), "200");
+    assert_eq!(get(fleet.queen_port, Some(&credential), "/v1/jobs"), "401");
 }
 
 #[test]

@@ -130,15 +130,17 @@ impl SshFleet {
     }
 }
 
+/// The hive's `/health`, asked on the host itself (a linked hive serves plain HTTP only to
+/// local clients; the network gets TLS).
 pub(crate) fn health(host: &TestHost) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{}:8600", host.ip).parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    let probe = PathBuf::from(env!("CARGO_BIN_EXE_rbee")).with_file_name("rbee-hive");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.netns])
+        .arg(probe)
+        .args(["probe", "--port", "8600", "--timeout-ms", "3000"])
+        .output()
+        .ok()?;
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
 }
 
 pub(crate) fn report<'a>(result: &'a serde_json::Value, alias: &str) -> &'a serde_json::Value {
@@ -213,6 +215,15 @@ impl Drop for SshFleet {
 fn remote_hives_report_to_the_queen_over_the_network() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(fleet) = SshFleet::new(3) else { return };
+    // Everything on the hosts' bridge is captured, from the first sync to the last answer.
+    let pcap = fleet.dir.path().join("bridge.pcap");
+    let mut capture = Command::new("tcpdump")
+        .args(["-i", fleet.bed.bridge(), "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump (the CI installs it: apt-get install tcpdump)");
+    wait_until("tcpdump listening", Duration::from_secs(10), || pcap.exists());
     fleet.via_queen(&["sync"]).expect_code(0);
     let started = Instant::now();
     loop {
@@ -250,6 +261,56 @@ fn remote_hives_report_to_the_queen_over_the_network() {
     let answer = fleet.via_queen(&["infer", "--model", "m", "--hive", "h2", "over the network"]).expect_code(0);
     assert_eq!(answer.stdout().trim(), "echo: over the network");
     fleet.via_queen(&["worker", "delete", "--hive", "h2", &id]).expect_code(0);
+
+    // Each hive has a credential of its own: not another hive's, not the operator's token.
+    let admin = std::fs::read_to_string(fleet.dir.path().join("operator/.local/state/rbee-queen/queen.token")).unwrap();
+    let credentials: Vec<String> = fleet
+        .bed
+        .hosts
+        .iter()
+        .map(|h| std::fs::read_to_string(h.root.join(".local/state/rbee/hive.token")).unwrap().trim().to_owned())
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = credentials.iter().collect();
+    assert_eq!(distinct.len(), credentials.len(), "one credential per hive");
+    assert!(!credentials.contains(&admin.trim().to_owned()), "the admin token never leaves this machine");
+    // A heartbeat for h2 with h1's credential is refused, and a hive's credential cannot submit
+    // a job.
+    let post = |path: &str, bearer: &str, body: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", fleet.queen_port)).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {bearer}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split(' ').nth(1).unwrap_or_default().to_owned()
+    };
+    let beat = |alias: &str| {
+        serde_json::json!({"alias": alias, "version": "0.1.0", "sha256": "0".repeat(64), "pid": 1, "port": 8600,
+            "interval_ms": 500, "workers": []})
+        .to_string()
+    };
+    assert_eq!(post("/v1/heartbeats", &credentials[0], &beat("h2")), "401", "h1's credential for h2's heartbeat");
+    assert_eq!(post("/v1/heartbeats", admin.trim(), &beat("h2")), "401", "the admin token is not a hive's");
+    assert_eq!(post("/v1/heartbeats", &credentials[1], &beat("h2")), "204", "h2's own");
+    let job = r#"{"type":"package_validate"}"#;
+    assert_eq!(post("/v1/jobs", &credentials[0], job), "401", "a hive's credential submits no job");
+
+    // Nothing secret crossed the bridge in clear: no credential, no token, no prompt, no answer.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").args(["-INT", &capture.id().to_string()]).status();
+    let _ = capture.wait();
+    let captured = std::fs::read(&pcap).unwrap();
+    assert!(captured.len() > 10_000, "the capture saw the sync ({} bytes)", captured.len());
+    let seen = |needle: &str| captured.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for secret in credentials.iter().map(String::as_str).chain([admin.trim(), "over the network", "echo: over"]) {
+        assert!(!seen(secret), "{secret:?} crossed the bridge in clear");
+    }
+    assert!(!seen("\"alias\":\"h2\""), "heartbeats are encrypted too");
 }
 
 /// A deployment's replicas, `(hive, worker id, state)`, as the queen reports them.

@@ -59,9 +59,10 @@ pub struct ExecuteOptions {
     pub stop_grace: Duration,
     /// Test hooks by alias: break that hive's installs on purpose.
     pub faults: BTreeMap<String, InstallFault>,
-    /// The queen a started hive reports to, with the token; installed on the host before the
-    /// hive starts. `None` (an in-process run) leaves whatever link the host has.
-    pub queen_link: Option<QueenLink>,
+    /// The queen a started hive reports to: its address, and each hive's credential and
+    /// certificate, installed on the host before the hive starts. `None` (an in-process run)
+    /// leaves whatever link the host has.
+    pub link: Option<crate::link::LinkSpec>,
     /// How many running hives may be restarting at once during an upgrade (rolling batches).
     /// Hives that are not running (fresh installs) are not limited.
     pub max_unavailable: MaxUnavailable,
@@ -100,7 +101,7 @@ impl Default for ExecuteOptions {
             stop_grace: Duration::from_secs(10),
             faults: BTreeMap::new(),
             cancel: Arc::default(),
-            queen_link: None,
+            link: None,
             max_unavailable: MaxUnavailable::default(),
             max_failed: None,
         }
@@ -543,14 +544,14 @@ impl HiveRun<'_> {
             }
             ActionKind::StartHive { port } => {
                 self.step(&action.id, &description, || async {
-                    steps::link_queen(self.t, o.queen_link.as_ref(), o.step_timeout).await?;
+                    steps::link_queen(self.t, o.link.as_ref(), self.alias(), o.step_timeout).await?;
                     steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await
                 })
                 .await
             }
             ActionKind::RestartHive { port, .. } => {
                 self.step(&action.id, &description, || async {
-                    steps::link_queen(self.t, o.queen_link.as_ref(), o.step_timeout).await?;
+                    steps::link_queen(self.t, o.link.as_ref(), self.alias(), o.step_timeout).await?;
                     steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
                     steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await
                 })

@@ -359,14 +359,28 @@ pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Dur
     Ok(())
 }
 
-/// Installs the queen's address and token for the hive (token file mode 0600).
+/// Links hive `alias` to the queen: a new certificate from the queen's CA (key 0600), its own
+/// credential (`hive.token`, 0600) and the queen's address (`queen.link`), in that order. The
+/// hive reads them when it starts.
 pub async fn link_queen(
     t: &dyn Transport,
-    link: Option<&super::QueenLink>,
+    spec: Option<&crate::link::LinkSpec>,
+    alias: &str,
     deadline: Duration,
 ) -> Result<(), StepError> {
-    let Some(link) = link else { return Ok(()) };
-    let json = serde_json::to_string(link).map_err(|e| StepError::Failed(e.to_string()))?;
+    let Some(spec) = spec else { return Ok(()) };
+    // The directories the secrets go into are the owner's alone, whatever they were before.
+    let dirs = "# rbee-step: secret-dirs\numask 077; mkdir -p \"$1\" \"$2\" && chmod 700 \"$1\" \"$2\"";
+    let args = vec![Layout::STATE_DIR.to_owned(), Layout::hive_tls_dir()];
+    script(t, "making the hive's state directory private", dirs, args, deadline).await?;
+    if spec.issuer.ca_pem().is_some() {
+        let issued = spec.issuer.issue(alias).map_err(|e| StepError::Failed(format!("issuing a certificate: {e}")))?;
+        t.upload(Upload::new(issued.key_pem.as_bytes(), &Layout::hive_tls_key(), 0o600, deadline)).await?;
+        t.upload(Upload::new(issued.cert_pem.as_bytes(), &Layout::hive_tls_cert(), 0o644, deadline)).await?;
+        t.upload(Upload::new(issued.ca_pem.as_bytes(), &Layout::hive_tls_ca(), 0o644, deadline)).await?;
+    }
+    let link = spec.link_for(alias);
+    let json = serde_json::to_string(&link).map_err(|e| StepError::Failed(e.to_string()))?;
     t.upload(Upload::new(link.token.as_bytes(), &Layout::hive_token(), 0o600, deadline)).await?;
     t.upload(Upload::new(json.as_bytes(), &Layout::queen_link(), 0o644, deadline)).await?;
     Ok(())

@@ -21,8 +21,9 @@ pub struct RunContext {
     pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Test hooks by alias.
     pub faults: BTreeMap<String, crate::execute::InstallFault>,
-    /// The queen started hives report to (set when the queen runs the operation).
-    pub queen_link: Option<rbee_proto::hive::QueenLink>,
+    /// The queen started hives report to, and what it issues them (set when the queen runs
+    /// the operation).
+    pub link: Option<crate::link::LinkSpec>,
     /// The HTTP client for an `http://` artifact source.
     pub http: Option<std::sync::Arc<dyn crate::artifact::HttpGet>>,
 }
@@ -79,7 +80,7 @@ pub async fn run_operation(
     let mut options = ExecuteOptions::from_settings(&config.package);
     options.cancel = ctx.cancel.clone();
     options.faults = ctx.faults.clone();
-    options.queen_link = ctx.queen_link.clone();
+    options.link = ctx.link.clone();
     let aliases = |list: &[String]| select(&config, list);
     // rbee.lock beside hives.conf: the queen and `rbee --in-process` find the same one.
     let lock = Some(crate::lock::lock_path(&crate::config::ConfigFiles::locate(config_path)));

@@ -30,7 +30,8 @@ pub async fn status_with_lock(
     options: &ExecuteOptions,
     lock: Option<&std::path::Path>,
 ) -> Result<StatusReport, PackageError> {
-    let desired = crate::lock::resolve_with_lock(config, source, lock, false).await?.desired;
+    let mut desired = crate::lock::resolve_with_lock(config, source, lock, false).await?.desired;
+    desired.link_to(options.link.as_ref(), crate::execute::now_ms());
     let connections = connect_fleet(config, connector, only).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     Ok(drift(&desired, &actual, &PlanOptions { only: only.cloned(), ..PlanOptions::default() }))

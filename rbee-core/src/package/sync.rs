@@ -32,7 +32,8 @@ pub async fn sync(
     on_event: OnEvent<'_>,
 ) -> Result<SyncOutcome, PackageError> {
     let resolved = crate::lock::resolve_with_lock(config, source, request.lock.as_deref(), request.locked).await?;
-    let desired = resolved.desired;
+    let mut desired = resolved.desired;
+    desired.link_to(options.link.as_ref(), crate::execute::now_ms());
     let connections = connect_fleet(config, connector, request.plan.only.as_ref()).await;
     let actual = observe_fleet(config, &connections, options.step_timeout).await;
     let planned = Planned::new(Intent::Sync(request.plan.clone()), &desired, &actual, request.plan.only.as_ref());

@@ -129,7 +129,11 @@ impl Transport for LocalTransport {
             let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
             let tmp = target.with_file_name(format!(".{name}.upload-{}-{seq}", std::process::id()));
             let result = async {
-                let mut file = tokio::fs::File::create(&tmp).await?;
+                // The owner's bits only until the data is in: a secret (mode 0600) is never
+                // readable by others, not even for an instant; the final mode is set below.
+                let _ = tokio::fs::remove_file(&tmp).await;
+                let mut file =
+                    tokio::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o700).open(&tmp).await?;
                 let mut sent = 0u64;
                 for chunk in data.chunks(1 << 20) {
                     file.write_all(chunk).await?;

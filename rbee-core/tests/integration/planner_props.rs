@@ -59,6 +59,7 @@ fn arb_state(want: DesiredHive) -> impl Strategy<Value = (DesiredHive, HiveState
                         gpu: false,
                         previous: Default::default(),
                         supervisor: None,
+                        link: None,
                     })
                 }
             };

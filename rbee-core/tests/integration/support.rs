@@ -23,6 +23,7 @@ pub fn installed(a: &Artifact) -> Installed {
 pub fn hive(alias: &str, version: &str, workers: &[(&str, &str)]) -> DesiredHive {
     DesiredHive {
         attached: false,
+        link: None,
         alias: alias.to_owned(),
         hostname: format!("{alias}.lab"),
         transport: TransportKind::Ssh,
@@ -86,6 +87,7 @@ pub fn converged(want: &DesiredHive) -> Observed {
         gpu: false,
         previous: Default::default(),
         supervisor: None,
+        link: None,
     }
 }
 
