@@ -128,6 +128,45 @@ pub trait HttpGet: Send + Sync {
     async fn get(&self, url: &str) -> Result<Vec<u8>, HttpGetError>;
 }
 
+/// An artifact ready to upload, checked against its pinned digest ([`ArtifactSource::open`]):
+/// bytes held in memory (a memory source), or a file on this machine (a directory source's,
+/// or the download cache's), which uploads stream rather than read whole.
+#[derive(Debug, Clone)]
+pub enum ArtifactData {
+    /// The bytes.
+    Bytes(Arc<Vec<u8>>),
+    /// A file of `len` bytes, whose sha256 was the pinned one when it was opened.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl ArtifactData {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            ArtifactData::Bytes(b) => b.len() as u64,
+            ArtifactData::File { len, .. } => *len,
+        }
+    }
+
+    /// True when it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What an upload of it sends.
+    pub fn upload_data(&self) -> crate::transport::UploadData<'_> {
+        match self {
+            ArtifactData::Bytes(b) => crate::transport::UploadData::Bytes(b),
+            ArtifactData::File { path, len } => crate::transport::UploadData::File { path, len: *len },
+        }
+    }
+}
+
 /// Where artifacts come from.
 #[derive(Debug)]
 pub struct ArtifactSource {
@@ -514,22 +553,20 @@ impl ArtifactSource {
         if let Some(hit) = self.digests.lock().expect("digest cache").get(path) {
             return Ok(hit.clone());
         }
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
-        let entry = (sha256_of(&bytes), bytes.len() as u64);
+        let entry = hash_file(path).map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
         self.digests.lock().expect("digest cache").insert(path.to_owned(), entry.clone());
         Ok(entry)
     }
 
-    /// Like [`Self::fetch`], downloading into the cache first for an http source (once per
-    /// digest; a cached file is verified again before use).
-    pub async fn fetch_async(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
-        let SourceKind::Http(h) = &self.kind else { return self.fetch(artifact) };
+    /// An http source's copy of `artifact` in its cache, downloaded first unless the cache
+    /// holds it with the right digest (checked by streaming it); with its length.
+    async fn cached(&self, h: &HttpSource, artifact: &Artifact) -> Result<(PathBuf, u64), ArtifactError> {
         let cached = h.cache.join(artifact.sha256.as_str());
-        if let Ok(bytes) = std::fs::read(&cached) {
-            if verify(artifact, &bytes).is_ok() {
-                return Ok(bytes);
+        match verify_file(artifact, &cached).await {
+            Ok(len) => return Ok((cached, len)),
+            Err(_) => {
+                let _ = std::fs::remove_file(&cached);
             }
-            let _ = std::fs::remove_file(&cached);
         }
         let url = format!("{}/{}/{}", h.base, artifact.version, artifact.name);
         let bytes = h.client.get(&url).await.map_err(|source| ArtifactError::Fetch { url: url.clone(), source })?;
@@ -537,10 +574,43 @@ impl ArtifactSource {
         let io = |source| ArtifactError::Io { path: cached.clone(), source };
         std::fs::create_dir_all(&h.cache).map_err(io)?;
         crate::fsio::write_atomic(&cached, &bytes, 0o644).map_err(io)?;
-        Ok(bytes)
+        Ok((cached, bytes.len() as u64))
     }
 
-    /// Reads an artifact's bytes and checks them against its pinned digest.
+    /// Like [`Self::fetch`], downloading into the cache first for an http source (once per
+    /// digest; a cached file is verified again before use).
+    pub async fn fetch_async(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
+        if let SourceKind::Http(h) = &self.kind {
+            self.cached(h, artifact).await?;
+        }
+        self.fetch(artifact)
+    }
+
+    /// The artifact, checked against its pinned digest, without reading it into memory when
+    /// it is a file: a directory source's file (or an http source's cached download, fetched
+    /// first when needed) is streamed through sha256 here, a MiB at a time, and handed on by
+    /// path for uploads to stream. Its length is fixed by that check; a file changed after it
+    /// is caught by the upload (a different length) or by the host's sha256 check before the
+    /// file takes its place. A memory source hands over its bytes.
+    pub async fn open(&self, artifact: &Artifact) -> Result<ArtifactData, ArtifactError> {
+        let path = match &self.kind {
+            SourceKind::Memory { files, .. } => {
+                let bytes = files.get(&artifact.name).map(|(_, b)| b.clone()).unwrap_or_default();
+                verify(artifact, &bytes)?;
+                return Ok(ArtifactData::Bytes(bytes));
+            }
+            SourceKind::Http(h) => {
+                let (path, len) = self.cached(h, artifact).await?;
+                return Ok(ArtifactData::File { path, len });
+            }
+            SourceKind::Releases | SourceKind::Build => self.path_of(&artifact.name, &artifact.version),
+        };
+        let len = verify_file(artifact, &path).await?;
+        Ok(ArtifactData::File { path, len })
+    }
+
+    /// Reads an artifact's bytes and checks them against its pinned digest (all of it in
+    /// memory: for small artifacts; uploads use [`Self::open`]).
     pub fn fetch(&self, artifact: &Artifact) -> Result<Vec<u8>, ArtifactError> {
         let path = self.path_of(&artifact.name, &artifact.version);
         let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
@@ -575,7 +645,46 @@ fn checked_version(source_name: &str, latest: String) -> Result<String, Artifact
 
 /// `Err` unless `bytes` have the artifact's pinned digest.
 fn verify(artifact: &Artifact, bytes: &[u8]) -> Result<(), ArtifactError> {
-    let actual = sha256_of(bytes);
+    mismatch(artifact, sha256_of(bytes))
+}
+
+/// The length of the file at `path`, or `Err` unless it has the artifact's pinned digest.
+/// The file is streamed through sha256 on a blocking thread, never held whole.
+async fn verify_file(artifact: &Artifact, path: &Path) -> Result<u64, ArtifactError> {
+    let owned = path.to_owned();
+    let hashed = tokio::task::spawn_blocking(move || hash_file(&owned))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
+    let (actual, len) = hashed;
+    mismatch(artifact, actual)?;
+    Ok(len)
+}
+
+/// The sha256 and length of the file at `path`, read a MiB at a time.
+fn hash_file(path: &Path) -> std::io::Result<(Sha256, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&hasher.finalize());
+    Ok((Sha256::from_bytes(raw), len))
+}
+
+/// `Err` unless `actual` is the artifact's pinned digest.
+fn mismatch(artifact: &Artifact, actual: Sha256) -> Result<(), ArtifactError> {
     if actual == artifact.sha256 {
         return Ok(());
     }

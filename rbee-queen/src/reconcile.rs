@@ -362,6 +362,13 @@ pub(crate) async fn tick(queen: &Arc<Queen>) {
     let deployments = &queen.deployments;
     let generation = deployments.applied.load(Ordering::SeqCst);
     let memory: Vec<DeploymentMemory> = lock(&deployments.memory).values().cloned().collect();
+    // With no deployment and no replica anywhere there is nothing to decide: a large fleet's
+    // heartbeats are not copied twice a second to learn it.
+    if memory.is_empty() && !queen.registry.any_replica() {
+        lock(&deployments.status).clear();
+        deployments.decided.fetch_max(generation, Ordering::SeqCst);
+        return;
+    }
     let hives = deployments.views(queen, &memory);
     let flight = deployments.flight();
     let now = now_ms();

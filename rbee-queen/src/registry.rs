@@ -16,7 +16,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rbee_core::execute::now_ms;
 use rbee_core::package::OperationResult;
-use rbee_core::proto::hive::WorkerState;
 use rbee_http::ApiError;
 
 use crate::api::{Heartbeat, HiveEntry};
@@ -101,13 +100,20 @@ impl Rejected {
     }
 }
 
+/// True when `a` and `b` list the same worker processes (by id) in the same states.
+fn same_states(a: &Heartbeat, b: &Heartbeat) -> bool {
+    a.processes.len() == b.processes.len()
+        && a.processes.iter().zip(&b.processes).all(|(x, y)| x.id == y.id && x.state == y.state)
+}
+
 /// A hive as last heard from.
 struct Hive {
     /// When its last heartbeat arrived (ms since the epoch).
     seen_ms: u64,
     /// Where its heartbeats come from: its API is at this address and the heartbeat's port.
     ip: IpAddr,
-    beat: Heartbeat,
+    /// Shared with `GET /v1/hives` answers and routing, which read it without copying it.
+    beat: Arc<Heartbeat>,
 }
 
 impl Hive {
@@ -186,10 +192,6 @@ impl Registry {
         // A hostile or broken interval (0, or u64::MAX) must not make a hive fresh forever or
         // stale at once.
         beat.interval_ms = beat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
-        let states = |b: &Heartbeat| -> Vec<(String, WorkerState)> {
-            b.processes.iter().map(|p| (p.id.clone(), p.state.clone())).collect()
-        };
-        let now = states(&beat);
         let mut hives = self.lock();
         if hives.len() >= self.max_hives && !hives.contains_key(&beat.alias) {
             let silent_longest = hives
@@ -204,8 +206,39 @@ impl Registry {
                 None => return Err(Rejected::Full { alias: beat.alias, max: self.max_hives }),
             }
         }
-        let before = hives.insert(beat.alias.clone(), Hive { seen_ms: now_ms, ip, beat });
-        Ok(before.is_none_or(|h| states(&h.beat) != now || !h.is_fresh(now_ms)))
+        let new = Hive { seen_ms: now_ms, ip, beat: Arc::new(beat) };
+        let changed = match hives.get_mut(&new.beat.alias) {
+            Some(old) => {
+                let changed = !same_states(&old.beat, &new.beat) || !old.is_fresh(now_ms);
+                // The beat it replaces is freed after the lock is released.
+                let old = std::mem::replace(old, new);
+                drop(hives);
+                drop(old);
+                changed
+            }
+            None => {
+                hives.insert(new.beat.alias.clone(), new);
+                true
+            }
+        };
+        Ok(changed)
+    }
+
+    /// Every hive, fresh or stale, as `GET /v1/hives` lists it, sharing the heartbeats: the
+    /// lock is held only to count references.
+    fn listed(&self, now_ms: u64) -> Vec<Listed> {
+        self.lock()
+            .values()
+            .map(|hive| {
+                let age_ms = hive.age_ms(now_ms);
+                Listed {
+                    heartbeat: hive.beat.clone(),
+                    age_ms,
+                    stale: is_stale(age_ms, hive.beat.interval_ms),
+                    address: hive.ip,
+                }
+            })
+            .collect()
     }
 
     /// Every hive, fresh or stale, as `GET /v1/hives` shows it.
@@ -217,7 +250,7 @@ impl Registry {
                 HiveEntry {
                     stale: is_stale(age_ms, hive.beat.interval_ms),
                     age_ms,
-                    heartbeat: hive.beat.clone(),
+                    heartbeat: Heartbeat::clone(&hive.beat),
                     address: hive.ip.to_string(),
                 }
             })
@@ -249,8 +282,13 @@ impl Registry {
     }
 
     /// The last heartbeat of every hive fresh at `now_ms`, in alias order.
-    pub(crate) fn fresh(&self, now_ms: u64) -> Vec<Heartbeat> {
+    pub(crate) fn fresh(&self, now_ms: u64) -> Vec<Arc<Heartbeat>> {
         self.lock().values().filter(|h| h.is_fresh(now_ms)).map(|h| h.beat.clone()).collect()
+    }
+
+    /// True when some hive reports a worker process that is a deployment's replica.
+    pub(crate) fn any_replica(&self) -> bool {
+        self.lock().values().any(|h| h.beat.processes.iter().any(|p| p.replica.is_some()))
     }
 
     /// When the queen started (ms since the epoch).
@@ -270,7 +308,8 @@ impl Registry {
     pub(crate) fn note_result(&self, alias: &str, result: &OperationResult) {
         let mut hives = self.lock();
         let Some(hive) = hives.get_mut(alias) else { return };
-        let beat = &mut hive.beat;
+        // Copied first if an answer or a route still holds the beat.
+        let beat = Arc::make_mut(&mut hive.beat);
         // Within the same limit as heartbeats.
         let max = self.max_list;
         match result {
@@ -322,16 +361,64 @@ pub(crate) async fn heartbeat(
     }
 }
 
+/// A [`HiveEntry`] as `GET /v1/hives` writes it (the same JSON), sharing the heartbeat.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    heartbeat: Arc<Heartbeat>,
+    age_ms: u64,
+    stale: bool,
+    address: IpAddr,
+}
+
+/// `GET /v1/hives` is written in pieces of about this size, so that a large registry's answer
+/// is never whole in memory.
+const LIST_CHUNK_BYTES: usize = 64 << 10;
+
 /// `GET /v1/hives`: every hive that sent a heartbeat, stale ones included, so a hive that went
-/// quiet shows as stale rather than vanishing.
-pub(crate) async fn hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveEntry>> {
-    Json(queen.registry.entries(now_ms()))
+/// quiet shows as stale rather than vanishing. A JSON array of [`HiveEntry`], written as the
+/// client reads it from a snapshot of the registry that shares the heartbeats.
+pub(crate) async fn hives(State(queen): State<Arc<Queen>>) -> Response {
+    let chunks = list_chunks(queen.registry.listed(now_ms()), LIST_CHUNK_BYTES);
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.map(|chunk| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk))),
+    ));
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `listed` as a JSON array, in pieces of about `chunk_bytes` (one entry more at most).
+fn list_chunks(listed: Vec<Listed>, chunk_bytes: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        if next > listed.len() {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(chunk_bytes + chunk_bytes / 4);
+        if next == 0 {
+            chunk.push(b'[');
+        }
+        let first = next;
+        // At least one entry a piece, however small `chunk_bytes`.
+        while next < listed.len() && (next == first || chunk.len() < chunk_bytes) {
+            if next > 0 {
+                chunk.push(b',');
+            }
+            // Plain data serialised into memory: this does not fail.
+            serde_json::to_writer(&mut chunk, &listed[next]).unwrap_or_default();
+            next += 1;
+        }
+        if next == listed.len() {
+            chunk.push(b']');
+            next += 1;
+        }
+        Some(chunk)
+    })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use rbee_core::proto::hive::WorkerProcess;
+    use rbee_core::proto::hive::{WorkerProcess, WorkerState};
 
     pub(crate) const INTERVAL_MS: u64 = 1000;
 
@@ -373,6 +460,28 @@ pub(crate) mod tests {
 
     pub(crate) fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
+    }
+
+    /// `GET /v1/hives` writes the registry in pieces, from heartbeats it shares: the same JSON
+    /// as the entries, whole, however it is cut.
+    #[test]
+    fn hives_are_listed_in_pieces_as_entries() {
+        let registry = Registry::new(0, INTERVAL_MS);
+        let as_entries = |chunks: Vec<Vec<u8>>| -> Vec<HiveEntry> { serde_json::from_slice(&chunks.concat()).unwrap() };
+        assert_eq!(list_chunks(registry.listed(0), 10).collect::<Vec<_>>(), vec![b"[]".to_vec()]);
+        for i in 0..7u8 {
+            let processes = (0..i).map(|k| worker(&format!("w{k}"), "m", WorkerState::Ready)).collect();
+            registry.record(beat(&format!("hive-{i}"), 7000 + u16::from(i), processes), ip(i), 1_000 * u64::from(i));
+        }
+        let entries = registry.entries(8_000);
+        assert!(entries.iter().any(|e| e.stale) && entries.iter().any(|e| !e.stale));
+        for chunk_bytes in [1, 300, 1 << 20] {
+            let chunks: Vec<Vec<u8>> = list_chunks(registry.listed(8_000), chunk_bytes).collect();
+            assert_eq!(chunks.len() > 1, chunk_bytes < 1 << 20, "{chunk_bytes}: {} pieces", chunks.len());
+            assert_eq!(as_entries(chunks), entries, "pieces of {chunk_bytes} bytes");
+        }
+        let whole = serde_json::to_vec(&entries).unwrap();
+        assert_eq!(list_chunks(registry.listed(8_000), 1 << 20).next().unwrap(), whole, "byte for byte");
     }
 
     /// `interval_ms = u64::MAX` kept a dead hive fresh for good (and overflowed the staleness

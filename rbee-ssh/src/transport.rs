@@ -3,7 +3,7 @@
 //! ```text
 //! connect ─▶ TCP (deadline) ─▶ host key vs known_hosts ─▶ auth: agent keys, then files
 //!    run: channel ─ exec `timeout N argv...` ─ stdin ─ eof ─ collect stdout/stderr/status
-//! upload: channel ─ exec `cat > .tmp && chmod && mv -f` ─ stream chunks (progress) ─ status
+//! upload: channel ─ exec `cat > .tmp, check size, chmod, mv -f` ─ stream chunks (progress) ─ status
 //! ```
 //!
 //! Every remote command runs under `timeout` on the host, so a step rbee gave up on does not
@@ -16,7 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rbee_core::config::HostKeyPolicy;
 use rbee_core::transport::{
-    CommandOutput, MAX_OUTPUT, Progress, RemoteCommand, Transport, TransportError, Upload, append_capped, shell_line,
+    CommandOutput, MAX_OUTPUT, Progress, RemoteCommand, Transport, TransportError, Upload, UploadData, append_capped,
+    shell_line,
 };
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, client};
@@ -180,13 +181,15 @@ impl SshTransport {
         TransportError::Disconnected { host: self.target.describe(), reason: e.to_string() }
     }
 
-    /// Runs a shell line on a new channel, feeding `stdin` (in chunks, reporting progress),
-    /// and collects its output, at most `limit` bytes of each stream: a command printing more
-    /// is stopped (its channel closed) and fails.
+    /// Runs a shell line on a new channel, feeding `stdin` (in chunks, reporting progress; a
+    /// file is read one chunk at a time, as the channel's window lets it be sent), and
+    /// collects its output, at most `limit` bytes of each stream: a command printing more is
+    /// stopped (its channel closed) and fails. If `stdin` cannot be read to its end, the
+    /// channel is closed without an end-of-file and the local error returned.
     async fn exec(
         &self,
         line: String,
-        stdin: Option<&[u8]>,
+        stdin: Option<UploadData<'_>>,
         progress: Progress<'_>,
         deadline: Duration,
         what: &str,
@@ -229,24 +232,38 @@ impl SshTransport {
             };
             let writer = async {
                 if let Some(data) = stdin {
+                    // Read a chunk, send it in packets (each waits for the channel's window:
+                    // the backpressure), then read the next: one chunk is held at a time.
+                    let mut chunks = data.chunks(256 * 1024).await?;
                     let mut sent = 0u64;
-                    for chunk in data.chunks(32 * 1024) {
-                        // A failed write means the command ended early; its status says why.
-                        if write.data(chunk).await.is_err() {
-                            return;
+                    while let Some(chunk) = chunks.next().await? {
+                        for piece in chunk.chunks(32 * 1024) {
+                            // A failed write means the command ended early; its status says why.
+                            if write.data(piece).await.is_err() {
+                                return Ok(());
+                            }
+                            sent += piece.len() as u64;
+                            progress(sent);
                         }
-                        sent += chunk.len() as u64;
-                        progress(sent);
                     }
                 }
                 let _ = write.eof().await;
+                Ok::<(), TransportError>(())
             };
             // If the command ends early (e.g. disk full), stop sending: the host no longer
             // reads, and its exit status says why.
             tokio::pin!(reader);
             let (out, got_status, overflow) = tokio::select! {
                 result = &mut reader => result,
-                () = writer => reader.await,
+                fed = writer => match fed {
+                    Ok(()) => reader.await,
+                    Err(e) => {
+                        // No end-of-file: what the host received is short of the length the
+                        // upload script expects, so it keeps nothing.
+                        let _ = write.close().await;
+                        return Err(e);
+                    }
+                },
             };
             if let Some(stream) = overflow {
                 // Stop it: the host's end of the channel goes, and the command with it.
@@ -291,13 +308,17 @@ fn with_deadline(argv: &[String], deadline: Duration) -> String {
     shell_line(&full)
 }
 
+/// `$3` is the length the upload sends: a stream cut short (the connection dropped, the local
+/// file could not be read to its end) is never put in place.
 const UPLOAD: &str = r#"set -e
-target=$1; mode=$2
+target=$1; mode=$2; len=$3
 dir=$(dirname "$target"); mkdir -p "$dir"
 tmp="$dir/.$(basename "$target").upload-$$"
 trap 'rm -f "$tmp"' EXIT
 umask 077
 cat > "$tmp"
+got=$(wc -c < "$tmp" | tr -d ' ')
+if [ "$got" != "$len" ]; then echo "received $got of $len bytes" >&2; exit 1; fi
 chmod "$mode" "$tmp"
 mv -f "$tmp" "$target"
 trap - EXIT"#;
@@ -311,12 +332,13 @@ impl Transport for SshTransport {
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
         let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
         let line = with_deadline(&command.argv, command.deadline);
-        self.exec(line, command.stdin.as_deref(), &|_| {}, command.deadline, &what, self.output_limit).await
+        let stdin = command.stdin.as_deref().map(UploadData::Bytes);
+        self.exec(line, stdin, &|_| {}, command.deadline, &what, self.output_limit).await
     }
 
     async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
         let Upload { data, path, mode, deadline, progress } = file;
-        let argv = ["sh", "-c", UPLOAD, "sh", path, &format!("{mode:o}")].map(str::to_owned);
+        let argv = ["sh", "-c", UPLOAD, "sh", path, &format!("{mode:o}"), &data.len().to_string()].map(str::to_owned);
         let what = format!("upload to {path}");
         let out =
             self.exec(with_deadline(&argv, deadline), Some(data), progress, deadline, &what, self.output_limit).await?;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use rbee_benches::{QueenProcess, watch};
 use rbee_core::execute::now_ms;
 use rbee_core::package::OperationResult;
 use rbee_core::proto::deployment::{DeploymentSpec, DeploymentStatus, Device};
@@ -219,56 +220,6 @@ async fn operation(
     ([("content-type", "application/x-ndjson")], body).into_response()
 }
 
-/// The queen's CPU time (user + system, in clock ticks) and RSS (KiB), from `/proc`.
-struct Proc {
-    pid: u32,
-    ticks_per_s: f64,
-}
-
-impl Proc {
-    fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
-        // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-        let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
-        ticks as f64 / self.ticks_per_s
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    fn threads(&self) -> u64 {
-        self.status_kib("Threads:")
-    }
-}
-
-/// CPU in % of one core, mean and max RSS (MiB) over `window`, sampled every second.
-struct Window {
-    cpu_pct: f64,
-    rss_mean_mib: f64,
-    rss_max_mib: f64,
-}
-
-async fn watch(queen: &Proc, window: Duration) -> Window {
-    let started = Instant::now();
-    let cpu0 = queen.cpu_s();
-    let mut rss = Vec::new();
-    while started.elapsed() < window {
-        rss.push(queen.status_kib("VmRSS:") as f64 / 1024.0);
-        tokio::time::sleep(Duration::from_secs(1).min(window.saturating_sub(started.elapsed()))).await;
-    }
-    let cpu_pct = (queen.cpu_s() - cpu0) / started.elapsed().as_secs_f64() * 100.0;
-    rss.push(queen.status_kib("VmRSS:") as f64 / 1024.0);
-    Window {
-        cpu_pct,
-        rss_mean_mib: rss.iter().sum::<f64>() / rss.len() as f64,
-        rss_max_mib: rss.iter().copied().fold(0.0, f64::max),
-    }
-}
-
 fn spec(i: usize, hives: &[String]) -> DeploymentSpec {
     DeploymentSpec {
         name: format!("dep-{i}"),
@@ -312,62 +263,10 @@ async fn main() {
     let crashes = arg(4, 5) as usize;
 
     // The queen, as its own process, with its own HOME (token, deployments.json) and config.
-    let queen_bin = std::env::current_exe().unwrap().parent().unwrap().join("queen-rbee");
-    assert!(
-        queen_bin.exists(),
-        "build the queen first: cargo build --release -p rbee-queen --bin queen-rbee ({} is missing)",
-        queen_bin.display()
-    );
-    let work = tempfile::tempdir().unwrap();
-    let home = work.path().join("home");
-    let config = work.path().join("config");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&config).unwrap();
-    // The hives reach the queen by heartbeats; this one entry only makes the config valid.
-    std::fs::write(
-        config.join("hives.conf"),
-        "[[hive]]\nalias = \"unused\"\nhostname = \"localhost\"\ntransport = \"local\"\nworkers = [{ type = \"reference\" }]\n",
-    )
-    .unwrap();
-    std::fs::write(config.join("rbee.conf"), "[queen]\nreschedule_after = 60\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log_path = work.path().join("queen.log");
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(&queen_bin)
-        .arg("--port")
-        .arg(port.to_string())
-        .arg("--config")
-        .arg(&config)
-        .env("HOME", &home)
-        .env_remove("XDG_STATE_HOME")
-        .env_remove("RBEE_HEARTBEAT_MS")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let token_path = home.join(".local/state/rbee-queen/queen.token");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let token = loop {
-        if let Ok(t) = std::fs::read_to_string(&token_path)
-            && !t.trim().is_empty()
-            && QueenClient::new(addr, t.trim()).health().await.is_ok()
-        {
-            break t.trim().to_owned();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "the queen did not start; see {}", log_path.display());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let client = QueenClient::new(addr, token.clone());
-    let queen = Proc {
-        pid: child.id().unwrap(),
-        ticks_per_s: std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0),
-    };
+    let mut queen_process = QueenProcess::start("reschedule_after = 60\n").await;
+    let (started, addr, log_path) = (queen_process.started, queen_process.addr, queen_process.log_path.clone());
+    let client = queen_process.client();
+    let queen = &queen_process.proc;
 
     // The simulated hives.
     let mut listeners = Vec::new();
@@ -386,10 +285,7 @@ async fn main() {
         hives: hives.clone(),
         // Each simulated hive's credential, as a sync would install it: derived from the queen's
         // hive key.
-        hive_key: std::fs::read_to_string(home.join(".local/state/rbee-queen/hive-credentials.key"))
-            .unwrap()
-            .trim()
-            .to_owned(),
+        hive_key: queen_process.hive_key.clone(),
         queen_url: format!("http://{addr}"),
         events: Mutex::new(Vec::new()),
         beats: AtomicU64::new(0),
@@ -413,7 +309,7 @@ async fn main() {
     let warm = Duration::from_millis(HEARTBEAT_MS + 1000) + Duration::from_millis(500);
     tokio::time::sleep(warm.saturating_sub(started.elapsed())).await;
     eprintln!("reconcile-bench: queen pid {} up, {n_hives} hives registered; baseline window", queen.pid);
-    let baseline = watch(&queen, window).await;
+    let baseline = watch(queen, window).await;
 
     // Apply and wait for every deployment to be ready.
     let specs: Vec<DeploymentSpec> = (0..n_deployments).map(|i| spec(i, &aliases)).collect();
@@ -445,7 +341,7 @@ async fn main() {
     eprintln!("reconcile-bench: all ready after {}; steady-state window", ms(ramp));
     let events_before_steady = sim.events.lock().unwrap().len();
     let beats_before = sim.beats.load(Ordering::Relaxed);
-    let steady = watch(&queen, window).await;
+    let steady = watch(queen, window).await;
     let steady_beats = sim.beats.load(Ordering::Relaxed) - beats_before;
     let steady_ops = sim.events.lock().unwrap().len() - events_before_steady;
     let hwm = queen.status_kib("VmHWM:") as f64 / 1024.0;
@@ -497,7 +393,7 @@ async fn main() {
     let statuses = client.deployments().await.unwrap();
     let restarts: u64 = statuses.iter().map(|s| s.restarts).sum();
     let alive_end = sim.alive_by_deployment();
-    let _ = child.kill().await;
+    let _ = queen_process.child.kill().await;
 
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     if let Some(path) = std::env::var_os("RECONCILE_BENCH_LOG") {

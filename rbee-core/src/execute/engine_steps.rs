@@ -10,7 +10,7 @@ use rbee_proto::engine::{EngineInstall, program_name};
 use super::steps::{StepError, script};
 use crate::layout::Layout;
 use crate::state::Artifact;
-use crate::transport::{Progress, Transport, Upload};
+use crate::transport::{Progress, Transport, Upload, UploadData};
 
 /// Shell functions every engine script uses: `digest FILE`, `engine_version PROGRAM` (the
 /// version it prints: `b<N>` for llama.cpp's `version: X (build N, …)` or older `version: N (…)`,
@@ -117,8 +117,8 @@ fn distribution(spec: &str) -> &str {
     &spec[..end]
 }
 
-/// The bytes of the artifacts an engine install uploads (its tarball, or its wheels), in the
-/// order of [`engine_artifacts`].
+/// The artifacts an engine install uploads (its tarball, or its wheels), in the order
+/// [`install_engine`] takes their data.
 pub fn engine_artifacts(engine: &EngineInstall) -> Vec<&Artifact> {
     match engine {
         EngineInstall::Artifact { artifact, .. } => vec![artifact],
@@ -127,13 +127,14 @@ pub fn engine_artifacts(engine: &EngineInstall) -> Vec<&Artifact> {
     }
 }
 
-/// Installs `engine` for worker type `kind`; `files` holds the bytes of
-/// [`engine_artifacts`], in that order. Returns the version the engine reports.
+/// Installs `engine` for worker type `kind`; `files` holds the data of [`engine_artifacts`]
+/// (bytes, or files streamed as they are sent), in that order. Returns the version the
+/// engine reports.
 pub async fn install_engine(
     t: &dyn Transport,
     kind: &str,
     engine: &EngineInstall,
-    files: &[&[u8]],
+    files: &[UploadData<'_>],
     deadline: Duration,
     progress: Progress<'_>,
 ) -> Result<String, StepError> {
@@ -145,16 +146,16 @@ pub async fn install_engine(
         EngineInstall::Unavailable { reason } => return Err(StepError::Failed(format!("engine {kind}: {reason}"))),
         EngineInstall::Artifact { artifact, .. } => {
             let upload = format!("{dir}/.upload-{}", artifact.short_digest());
-            let bytes = files.first().copied().unwrap_or_default();
-            t.upload(Upload::new(bytes, &upload, 0o600, deadline).with_progress(progress)).await?;
+            let data = files.first().copied().unwrap_or(UploadData::Bytes(&[]));
+            t.upload(Upload::from_data(data, &upload, 0o600, deadline).with_progress(progress)).await?;
             let args = vec![dir, id, upload, artifact.sha256.to_string(), prog];
             script(t, &what, INSTALL_TARBALL, args, deadline).await?
         }
         EngineInstall::Pip { spec, wheels } => {
             let wheel_dir = if wheels.is_empty() { String::new() } else { format!("{dir}/wheels") };
-            for (wheel, bytes) in wheels.iter().zip(files) {
+            for (wheel, data) in wheels.iter().zip(files) {
                 let file = wheel.name.rsplit('/').next().unwrap_or(&wheel.name);
-                upload_verified(t, wheel, bytes, &format!("{wheel_dir}/{file}"), deadline).await?;
+                upload_verified(t, wheel, *data, &format!("{wheel_dir}/{file}"), deadline).await?;
             }
             let pip_deadline = deadline.max(Duration::from_secs(1800));
             let args = vec![
@@ -192,12 +193,12 @@ mv -f "$staging" "$target"
 async fn upload_verified(
     t: &dyn Transport,
     artifact: &Artifact,
-    bytes: &[u8],
+    data: UploadData<'_>,
     target: &str,
     deadline: Duration,
 ) -> Result<(), StepError> {
     let staging = Layout::staging(target, &artifact.sha256);
-    t.upload(Upload::new(bytes, &staging, 0o644, deadline)).await?;
+    t.upload(Upload::from_data(data, &staging, 0o644, deadline)).await?;
     let args = vec![staging, target.to_owned(), artifact.sha256.to_string()];
     script(t, &format!("uploading {target}"), VERIFY_FILE, args, deadline).await?;
     Ok(())
@@ -268,7 +269,11 @@ mod tests {
         let d = Duration::from_secs(30);
         let first = tarball(&[("bin/llama-server", SERVER, 0o755)]);
         let e1 = engine(&first);
-        let v = install_engine(&t, "llama-cpp", &e1, &[&first], d, &|_| {}).await.unwrap();
+        // Streamed from a file, as the executor hands over a directory source's tarball.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &first).unwrap();
+        let streamed = UploadData::File { path: file.path(), len: first.len() as u64 };
+        let v = install_engine(&t, "llama-cpp", &e1, &[streamed], d, &|_| {}).await.unwrap();
         assert_eq!(v, "b4242");
         let dir = home.path().join(".local/share/rbee/engines/llama-cpp");
         let record = std::fs::read_to_string(dir.join("current")).unwrap();
@@ -279,11 +284,16 @@ mod tests {
 
         let second = tarball(&[("bin/llama-server", &SERVER.replace("4242", "4243"), 0o755)]);
         let e2 = engine(&second);
-        assert_eq!(install_engine(&t, "llama-cpp", &e2, &[&second], d, &|_| {}).await.unwrap(), "b4243");
+        assert_eq!(
+            install_engine(&t, "llama-cpp", &e2, &[UploadData::Bytes(&second)], d, &|_| {}).await.unwrap(),
+            "b4243"
+        );
         assert!(!dir.join(e1.id()).exists(), "the replaced engine is removed");
 
         let broken = tarball(&[("bin/llama-server", "#!/bin/sh\nexit 3\n", 0o755)]);
-        let err = install_engine(&t, "llama-cpp", &engine(&broken), &[&broken], d, &|_| {}).await.unwrap_err();
+        let err = install_engine(&t, "llama-cpp", &engine(&broken), &[UploadData::Bytes(&broken)], d, &|_| {})
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("--version failed"), "{err}");
         let record = std::fs::read_to_string(dir.join("current")).unwrap();
         assert!(record.starts_with(&e2.id()), "{record}");
@@ -292,7 +302,9 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
 
         let empty = tarball(&[("README", "no program", 0o644)]);
-        let err = install_engine(&t, "llama-cpp", &engine(&empty), &[&empty], d, &|_| {}).await.unwrap_err();
+        let err = install_engine(&t, "llama-cpp", &engine(&empty), &[UploadData::Bytes(&empty)], d, &|_| {})
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("no executable bin/llama-server"), "{err}");
     }
 
@@ -303,9 +315,16 @@ mod tests {
         let good = tarball(&[("bin/llama-server", SERVER, 0o755)]);
         let mut bad = good.clone();
         bad[20] ^= 0xff;
-        let err = install_engine(&t, "llama-cpp", &engine(&good), &[&bad], Duration::from_secs(30), &|_| {})
-            .await
-            .unwrap_err();
+        let err = install_engine(
+            &t,
+            "llama-cpp",
+            &engine(&good),
+            &[UploadData::Bytes(&bad)],
+            Duration::from_secs(30),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("sha256 mismatch"), "{err}");
         assert!(!home.path().join(".local/share/rbee/engines/llama-cpp/current").exists());
     }

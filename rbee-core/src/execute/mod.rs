@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 pub use events::{HiveOutcome, HiveReport, Overall, SyncEvent, SyncEventKind, SyncReport, now_ms};
 pub use steps::{InstallFault, StepError};
 
-use crate::artifact::{ArtifactError, ArtifactSource};
+use crate::artifact::{ArtifactData, ArtifactError, ArtifactSource};
 use crate::config::PackageSettings;
 use crate::fleet::join_all;
 use crate::layout::Layout;
@@ -167,7 +167,8 @@ impl Planned {
 /// Event sink.
 pub type OnEvent<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
 
-/// Artifact bytes, read once per digest and shared by every hive that installs them.
+/// Artifacts opened (verified, downloaded when from a URL) once per digest and shared by
+/// every hive that installs them: a file is kept as its path, and streamed by each upload.
 /// One cell per digest: hives wanting the same artifact wait for one fetch, while different
 /// artifacts are fetched at the same time.
 struct ArtifactCache<'a> {
@@ -175,13 +176,13 @@ struct ArtifactCache<'a> {
     bytes: std::sync::Mutex<BTreeMap<rbee_proto::Sha256, Arc<FetchCell>>>,
 }
 
-/// The bytes of one artifact, fetched at most once.
-type FetchCell = tokio::sync::OnceCell<Arc<Vec<u8>>>;
+/// One artifact, opened at most once.
+type FetchCell = tokio::sync::OnceCell<ArtifactData>;
 
 impl ArtifactCache<'_> {
-    async fn get(&self, artifact: &Artifact) -> Result<Arc<Vec<u8>>, ArtifactError> {
+    async fn get(&self, artifact: &Artifact) -> Result<ArtifactData, ArtifactError> {
         let cell = self.bytes.lock().expect("artifact cache lock").entry(artifact.sha256.clone()).or_default().clone();
-        cell.get_or_try_init(|| async { self.source.fetch_async(artifact).await.map(Arc::new) }).await.cloned()
+        cell.get_or_try_init(|| self.source.open(artifact)).await.cloned()
     }
 }
 
@@ -493,10 +494,10 @@ impl HiveRun<'_> {
             text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ");
         match &action.kind {
             ActionKind::InstallBinary { binary, artifact, .. } => {
-                let bytes = self.cache.get(artifact).await.map_err(|e| StepError::Failed(e.to_string()))?;
+                let data = self.cache.get(artifact).await.map_err(|e| StepError::Failed(e.to_string()))?;
                 let target = binary.path();
                 let fault = o.faults.get(self.alias()).copied();
-                let total = bytes.len() as u64;
+                let total = data.len();
                 // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
                 let deadline = o.step_timeout + Duration::from_secs(total >> 20);
                 let progress = |sent: u64| self.progress(&action.id, sent, total);
@@ -508,7 +509,7 @@ impl HiveRun<'_> {
                 };
                 self.step(&action.id, &description, || {
                     sent_before.store(0, Ordering::Relaxed);
-                    steps::install_binary(self.t, artifact, &bytes, &target, deadline, &counted, fault)
+                    steps::install_binary(self.t, artifact, data.upload_data(), &target, deadline, &counted, fault)
                 })
                 .await
             }
@@ -517,12 +518,12 @@ impl HiveRun<'_> {
                 for artifact in engine_steps::engine_artifacts(engine) {
                     files.push(self.cache.get(artifact).await.map_err(|e| StepError::Failed(e.to_string()))?);
                 }
-                let total: u64 = files.iter().map(|f| f.len() as u64).sum();
+                let total: u64 = files.iter().map(ArtifactData::len).sum();
                 let deadline = o.step_timeout + Duration::from_secs(total >> 20);
                 let progress = |sent: u64| self.progress(&action.id, sent, total);
                 self.step(&action.id, &description, || async {
-                    let slices: Vec<&[u8]> = files.iter().map(|f| f.as_slice()).collect();
-                    engine_steps::install_engine(self.t, worker, engine, &slices, deadline, &progress).await?;
+                    let data: Vec<_> = files.iter().map(ArtifactData::upload_data).collect();
+                    engine_steps::install_engine(self.t, worker, engine, &data, deadline, &progress).await?;
                     self.bytes.fetch_add(total, Ordering::Relaxed);
                     Ok(())
                 })

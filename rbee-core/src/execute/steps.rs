@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::systemd;
 use crate::layout::Layout;
 use crate::state::Artifact;
-use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload};
+use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload, UploadData};
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,13 +96,14 @@ done
 exit 0
 "#;
 
-/// Installs `bytes` (which must be `artifact`) at `target`: upload to a staging name in the
-/// same directory, verify the sha256 on the host, chmod, rename over the old file. At every
-/// point the target is either the old file or the new one.
+/// Installs `data` (which must be `artifact`: bytes, or a file streamed as it is sent) at
+/// `target`: upload to a staging name in the same directory, verify the sha256 on the host,
+/// chmod, rename over the old file. At every point the target is either the old file or the
+/// new one.
 pub async fn install_binary(
     t: &dyn Transport,
     artifact: &Artifact,
-    bytes: &[u8],
+    data: UploadData<'_>,
     target: &str,
     deadline: Duration,
     progress: Progress<'_>,
@@ -111,18 +112,23 @@ pub async fn install_binary(
     let staging = Layout::staging(target, &artifact.sha256);
     let corrupted;
     let payload = if fault == Some(InstallFault::CorruptUpload) {
-        let mut b = bytes.to_vec();
+        let mut b = match data {
+            UploadData::Bytes(b) => b.to_vec(),
+            UploadData::File { path, .. } => tokio::fs::read(path)
+                .await
+                .map_err(|e| StepError::Failed(format!("test hook: cannot read {}: {e}", path.display())))?,
+        };
         if let Some(first) = b.first_mut() {
             *first ^= 0xff;
         } else {
             b.push(0);
         }
         corrupted = b;
-        &corrupted[..]
+        UploadData::Bytes(&corrupted)
     } else {
-        bytes
+        data
     };
-    t.upload(Upload::new(payload, &staging, 0o600, deadline).with_progress(progress)).await?;
+    t.upload(Upload::from_data(payload, &staging, 0o600, deadline).with_progress(progress)).await?;
     if fault == Some(InstallFault::StopBeforeRename) {
         return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
     }

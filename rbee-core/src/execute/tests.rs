@@ -152,7 +152,8 @@ async fn observation_trusts_the_install_record_until_the_file_changes() {
         size: bytes.len() as u64,
     };
     let target = Layout::worker_binary("vllm");
-    steps::install_binary(&t, &artifact, &bytes, &target, Duration::from_secs(5), &|_| {}, None).await.unwrap();
+    let data = crate::transport::UploadData::Bytes(&bytes);
+    steps::install_binary(&t, &artifact, data, &target, Duration::from_secs(5), &|_| {}, None).await.unwrap();
     let observe = || crate::observe::observe(&t, 1, Duration::from_secs(5));
     let HiveState::Reachable(o) = observe().await else { panic!() };
     assert_eq!(o.workers["vllm"].sha256, artifact.sha256);

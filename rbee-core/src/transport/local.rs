@@ -121,9 +121,10 @@ impl Transport for LocalTransport {
         use std::os::unix::fs::PermissionsExt;
         let target = self.resolve(path);
         let what = format!("upload to {path}");
+        let io = |e: std::io::Error| self.remote_err(&what, &e);
         let work = async {
             if let Some(dir) = target.parent() {
-                tokio::fs::create_dir_all(dir).await?;
+                tokio::fs::create_dir_all(dir).await.map_err(io)?;
             }
             let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -132,20 +133,27 @@ impl Transport for LocalTransport {
                 // The owner's bits only until the data is in: a secret (mode 0600) is never
                 // readable by others, not even for an instant; the final mode is set below.
                 let _ = tokio::fs::remove_file(&tmp).await;
-                let mut file =
-                    tokio::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o700).open(&tmp).await?;
+                let mut file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode & 0o700)
+                    .open(&tmp)
+                    .await
+                    .map_err(io)?;
+                // A file is read a chunk at a time as it is written, never whole.
+                let mut chunks = data.chunks(1 << 20).await?;
                 let mut sent = 0u64;
-                for chunk in data.chunks(1 << 20) {
-                    file.write_all(chunk).await?;
+                while let Some(chunk) = chunks.next().await? {
+                    file.write_all(chunk).await.map_err(io)?;
                     sent += chunk.len() as u64;
                     progress(sent);
                 }
-                file.sync_all().await?;
-                tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await?;
-                tokio::fs::rename(&tmp, &target).await?;
+                file.sync_all().await.map_err(io)?;
+                tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await.map_err(io)?;
+                tokio::fs::rename(&tmp, &target).await.map_err(io)?;
                 // The rename itself made durable too.
                 match target.parent() {
-                    Some(dir) => tokio::fs::File::open(dir).await?.sync_all().await,
+                    Some(dir) => tokio::fs::File::open(dir).await.map_err(io)?.sync_all().await.map_err(io),
                     None => Ok(()),
                 }
             }
@@ -156,7 +164,7 @@ impl Transport for LocalTransport {
             result
         };
         match tokio::time::timeout(deadline, work).await {
-            Ok(result) => result.map_err(|e| self.remote_err(&what, &e)),
+            Ok(result) => result,
             Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: deadline }),
         }
     }
@@ -176,6 +184,7 @@ impl Transport for LocalTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::UploadData;
 
     #[tokio::test]
     async fn runs_in_its_home_and_uploads_atomically() {
@@ -197,6 +206,41 @@ mod tests {
         assert_eq!(t.read_file("missing", 10, Duration::from_secs(1)).await.unwrap(), None);
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec!["file"], "no temporary file left behind");
+    }
+
+    /// A file is streamed from disk, from its start at each attempt; a file that is not the
+    /// length announced (it changed since) fails the upload and leaves nothing behind.
+    #[tokio::test]
+    async fn streams_a_file_and_refuses_one_whose_length_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTransport::new(dir.path().join("home"));
+        let src = dir.path().join("artifact");
+        let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &bytes).unwrap();
+        let data = UploadData::File { path: &src, len: bytes.len() as u64 };
+        let seen = AtomicU64::new(0);
+        let progress = |n| seen.store(n, Ordering::Relaxed);
+        for _ in 0..2 {
+            let upload = Upload::from_data(data, "d/file", 0o644, Duration::from_secs(5)).with_progress(&progress);
+            t.upload(upload).await.unwrap();
+            assert_eq!(std::fs::read(dir.path().join("home/d/file")).unwrap(), bytes);
+        }
+        assert_eq!(seen.load(Ordering::Relaxed), bytes.len() as u64);
+        let missing = dir.path().join("missing");
+        for (path, len, why) in [
+            (&src, bytes.len() as u64 - 1, "grew"),
+            (&src, bytes.len() as u64 + 1, "shrank"),
+            (&missing, 1, "No such file"),
+        ] {
+            let data = UploadData::File { path, len };
+            let err = t.upload(Upload::from_data(data, "d/other", 0o644, Duration::from_secs(5))).await.unwrap_err();
+            assert!(matches!(err, TransportError::LocalFile { .. }), "{err:?}");
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(!err.is_transient(), "retrying sends the same file");
+        }
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("home/d")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec!["file"], "no temporary file left behind");
     }
 

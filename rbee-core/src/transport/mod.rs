@@ -7,9 +7,11 @@ mod local;
 mod mock;
 mod shell;
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
 
 pub use local::LocalTransport;
 #[cfg(any(test, feature = "test-util"))]
@@ -146,6 +148,15 @@ pub enum TransportError {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// A local file being uploaded could not be read, or did not have the length announced
+    /// (it changed while it was sent). Nothing was put in place on the host.
+    #[error("cannot upload {path}: {reason}")]
+    LocalFile {
+        /// The file, on this machine.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The most a command's stdout, and separately its stderr, may hold: 16 MiB. Beyond it the
@@ -185,11 +196,110 @@ impl TransportError {
 /// Called with the number of bytes transferred so far.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
+/// What an upload writes: bytes in memory, or a local file read in chunks as it is sent.
+///
+/// A file is opened anew by each [`UploadData::chunks`], so a retried upload starts again
+/// from its first byte; it must have exactly `len` bytes (a file that shrank or grew since
+/// fails the upload rather than sending something else).
+#[derive(Debug, Clone, Copy)]
+pub enum UploadData<'a> {
+    /// Bytes held by the caller (a token, a certificate, a small file).
+    Bytes(&'a [u8]),
+    /// A local file of `len` bytes, streamed.
+    File {
+        /// The file, on this machine.
+        path: &'a Path,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl<'a> UploadData<'a> {
+    /// The number of bytes the upload writes.
+    pub fn len(&self) -> u64 {
+        match self {
+            UploadData::Bytes(b) => b.len() as u64,
+            UploadData::File { len, .. } => *len,
+        }
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The data from its start, in chunks of at most `chunk` bytes (a file is opened here;
+    /// only one chunk of it is held at a time).
+    pub async fn chunks(&self, chunk: usize) -> Result<Chunks<'a>, TransportError> {
+        let chunk = chunk.max(1);
+        let source = match *self {
+            UploadData::Bytes(b) => ChunkSource::Bytes(b),
+            UploadData::File { path, len } => {
+                let file = tokio::fs::File::open(path).await.map_err(|e| local_file(path, &e.to_string()))?;
+                let buf = vec![0; usize::try_from(len).unwrap_or(usize::MAX).min(chunk)];
+                ChunkSource::File { path, file, left: len, buf }
+            }
+        };
+        Ok(Chunks { source, chunk })
+    }
+}
+
+fn local_file(path: &Path, reason: &str) -> TransportError {
+    TransportError::LocalFile { path: path.display().to_string(), reason: reason.to_owned() }
+}
+
+/// [`UploadData`] read from its start, one chunk at a time: what a transport sends.
+#[derive(Debug)]
+pub struct Chunks<'a> {
+    source: ChunkSource<'a>,
+    chunk: usize,
+}
+
+#[derive(Debug)]
+enum ChunkSource<'a> {
+    Bytes(&'a [u8]),
+    File { path: &'a Path, file: tokio::fs::File, left: u64, buf: Vec<u8> },
+}
+
+impl Chunks<'_> {
+    /// The next chunk, or `None` at the end. A file that ends before its announced length,
+    /// or goes on past it, is an error ([`TransportError::LocalFile`]).
+    pub async fn next(&mut self) -> Result<Option<&[u8]>, TransportError> {
+        match &mut self.source {
+            ChunkSource::Bytes(rest) => {
+                if rest.is_empty() {
+                    return Ok(None);
+                }
+                let (head, tail) = rest.split_at(self.chunk.min(rest.len()));
+                *rest = tail;
+                Ok(Some(head))
+            }
+            ChunkSource::File { path, file, left, buf } => {
+                if *left == 0 {
+                    let mut probe = [0u8; 1];
+                    let more = file.read(&mut probe).await.map_err(|e| local_file(path, &e.to_string()))?;
+                    if more > 0 {
+                        return Err(local_file(path, "it grew while being uploaded"));
+                    }
+                    return Ok(None);
+                }
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                file.read_exact(&mut buf[..n]).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => local_file(path, "it shrank while being uploaded"),
+                    _ => local_file(path, &e.to_string()),
+                })?;
+                *left -= n as u64;
+                Ok(Some(&buf[..n]))
+            }
+        }
+    }
+}
+
 /// One file to write on a host: what [`Transport::upload`] takes.
 #[derive(Clone, Copy)]
 pub struct Upload<'a> {
-    /// The bytes.
-    pub data: &'a [u8],
+    /// What to write.
+    pub data: UploadData<'a>,
     /// Where, relative to the home directory (or absolute).
     pub path: &'a str,
     /// Permission bits, e.g. `0o600`.
@@ -205,6 +315,11 @@ fn no_progress(_: u64) {}
 impl<'a> Upload<'a> {
     /// `data` to `path` with `mode` within `deadline`, with no progress reports.
     pub fn new(data: &'a [u8], path: &'a str, mode: u32, deadline: Duration) -> Self {
+        Self::from_data(UploadData::Bytes(data), path, mode, deadline)
+    }
+
+    /// Like [`Self::new`], for bytes in memory or a file streamed from this machine.
+    pub fn from_data(data: UploadData<'a>, path: &'a str, mode: u32, deadline: Duration) -> Self {
         Self { data, path, mode, deadline, progress: &no_progress }
     }
 
@@ -232,7 +347,7 @@ pub trait Transport: Send + Sync {
 
     /// Writes `file.data` to `file.path` with `file.mode`, atomically: the path is either
     /// untouched or complete. Parent directories are created. `file.progress` gets the bytes
-    /// sent so far.
+    /// sent so far. A file is read as it is sent ([`UploadData::chunks`]), never whole.
     async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError>;
 
     /// Reads a file of at most `max` bytes; `None` if it does not exist.
