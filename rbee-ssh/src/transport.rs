@@ -232,19 +232,18 @@ impl SshTransport {
             };
             let writer = async {
                 if let Some(data) = stdin {
-                    // Read a chunk, send it in packets (each waits for the channel's window:
-                    // the backpressure), then read the next: one chunk is held at a time.
-                    let mut chunks = data.chunks(256 * 1024).await?;
+                    // Read a chunk and hand it to the channel whole (russh cuts it into packets,
+                    // each waiting for the channel's window: the backpressure), then read the
+                    // next: one chunk is held at a time, and progress is told once a chunk.
+                    let mut chunks = data.chunks(UPLOAD_CHUNK).await?;
                     let mut sent = 0u64;
                     while let Some(chunk) = chunks.next().await? {
-                        for piece in chunk.chunks(32 * 1024) {
-                            // A failed write means the command ended early; its status says why.
-                            if write.data(piece).await.is_err() {
-                                return Ok(());
-                            }
-                            sent += piece.len() as u64;
-                            progress(sent);
+                        // A failed write means the command ended early; its status says why.
+                        if write.data(chunk).await.is_err() {
+                            return Ok(());
                         }
+                        sent += chunk.len() as u64;
+                        progress(sent);
                     }
                 }
                 let _ = write.eof().await;
@@ -322,6 +321,9 @@ if [ "$got" != "$len" ]; then echo "received $got of $len bytes" >&2; exit 1; fi
 chmod "$mode" "$tmp"
 mv -f "$tmp" "$target"
 trap - EXIT"#;
+
+/// How much of an upload is read and handed to the channel at once.
+const UPLOAD_CHUNK: usize = 256 * 1024;
 
 #[async_trait]
 impl Transport for SshTransport {

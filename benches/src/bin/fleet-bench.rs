@@ -29,14 +29,15 @@ fn release_dir() -> PathBuf {
     std::env::current_exe().expect("exe").parent().expect("dir").to_path_buf()
 }
 
-/// A release tree: the real hive binary and two 8 MiB worker binaries.
+/// A release tree: the real hive binary and two 8 MiB worker binaries (of worker types whose
+/// engine is not managed, so the tree needs no engine tarball).
 fn make_source(dir: &Path) -> PathBuf {
     let src = dir.join("source");
     let v = src.join("1.0.0");
     std::fs::create_dir_all(&v).unwrap();
     std::fs::copy(release_dir().join("rbee-hive"), v.join("rbee-hive")).expect("build rbee-hive in release first");
     let mut seed = 0x1234_5678_u64;
-    for name in ["rbee-worker-llama-cpp", "rbee-worker-vllm"] {
+    for name in ["rbee-worker-comfyui", "rbee-worker-vllm"] {
         let mut bytes = vec![0u8; 8 << 20];
         for b in bytes.iter_mut() {
             seed ^= seed << 13;
@@ -48,7 +49,7 @@ fn make_source(dir: &Path) -> PathBuf {
     }
     let sums = sh(Command::new("sh")
         .arg("-c")
-        .arg("sha256sum rbee-hive rbee-worker-llama-cpp rbee-worker-vllm")
+        .arg("sha256sum rbee-hive rbee-worker-comfyui rbee-worker-vllm")
         .current_dir(&v));
     std::fs::write(v.join("SHA256SUMS"), sums.stdout).unwrap();
     std::fs::write(src.join("latest"), "1.0.0\n").unwrap();
@@ -57,7 +58,7 @@ fn make_source(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(stage.join(".local/bin")).unwrap();
     std::fs::create_dir_all(stage.join(".local/share/rbee/workers")).unwrap();
     std::fs::copy(v.join("rbee-hive"), stage.join(".local/bin/rbee-hive")).unwrap();
-    for name in ["rbee-worker-llama-cpp", "rbee-worker-vllm"] {
+    for name in ["rbee-worker-comfyui", "rbee-worker-vllm"] {
         std::fs::copy(v.join(name), stage.join(".local/share/rbee/workers").join(name)).unwrap();
     }
     src
@@ -216,7 +217,7 @@ fn main() {
         let mut hives = String::new();
         for h in &bed.hosts {
             hives.push_str(&format!(
-                "[[hive]]\nalias = \"{}\"\nhostname = \"{}\"\nssh_user = \"root\"\nssh_key = \"{}\"\nworkers = [{{ type = \"llama-cpp\" }}, {{ type = \"vllm\" }}]\n",
+                "[[hive]]\nalias = \"{}\"\nhostname = \"{}\"\nssh_user = \"root\"\nssh_key = \"{}\"\nworkers = [{{ type = \"comfyui\" }}, {{ type = \"vllm\" }}]\n",
                 h.name,
                 h.ip,
                 bed.user_key.display()
@@ -265,5 +266,12 @@ fn main() {
             median(cpu).as_secs_f64()
         );
         reset(&bed);
+        // The queen the syncs started (it would hold the port for the next size's config).
+        let _ = Command::new(release_dir().join("rbee"))
+            .arg("--config")
+            .arg(&config)
+            .args(["queen", "stop"])
+            .env("HOME", &home)
+            .output();
     }
 }
