@@ -9,46 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
-use rbee_http::tls::{self, Ca, PeerIdentity, TlsAcceptor, Usage, rustls};
+use rbee_http::tls::{self, Ca, TlsAcceptor, Usage, rustls};
 use rbee_http::{HttpError, Limits};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// How long a step may take before the test fails: only reached when something is broken.
-const HANG: Duration = Duration::from_secs(30);
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
-/// A fresh CA in a temporary directory (removed with it).
-fn new_ca() -> (tempfile::TempDir, Ca) {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::load_or_create(&dir.path().join("ca")).unwrap();
-    (dir, ca)
-}
-
-/// `/maybe` answers the client certificate's common name or `none`, `/peer` the peer
-/// address; `served` counts the requests that reached a handler.
-fn router(served: Arc<AtomicUsize>) -> Router {
-    let (a, b) = (served.clone(), served);
-    Router::new()
-        .route(
-            "/maybe",
-            get(move |identity: Option<PeerIdentity>| async move {
-                a.fetch_add(1, Ordering::SeqCst);
-                identity.map_or_else(|| "none".to_owned(), |identity| identity.common_name)
-            }),
-        )
-        .route(
-            "/peer",
-            get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                b.fetch_add(1, Ordering::SeqCst);
-                peer.to_string()
-            }),
-        )
-}
+mod support;
+use support::{DAY, HANG, chain, new_ca, router};
 
 struct Server {
     port: u16,
@@ -106,18 +73,6 @@ async fn fetch(tls: Option<&Arc<rustls::ClientConfig>>, url: &str) -> Result<(u1
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(HANG, work).await.unwrap_or_else(|_| panic!("GET {url} got no answer within {HANG:?}"))
-}
-
-/// The error's whole chain of causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// An IPv4 address of this machine that is not a loopback one and that a server can listen

@@ -11,57 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::routing::get;
-use rbee_http::tls::{self, Ca, PeerIdentity, Usage, rustls};
+use rbee_http::tls::{self, Ca, Usage, rustls};
 use rbee_http::{HttpError, Limits};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// How long a step may take before the test fails: only reached when something is broken.
-const HANG: Duration = Duration::from_secs(30);
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
-/// A fresh CA in a temporary directory (removed with it).
-fn new_ca() -> (tempfile::TempDir, Ca) {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::load_or_create(&dir.path().join("ca")).unwrap();
-    (dir, ca)
-}
-
-/// `/whoami` answers the client certificate's common name (401 without one), `/maybe` the
-/// name or `none`, `/peer` the peer address; `served` counts the requests that reached a
-/// handler.
-fn router(served: Arc<AtomicUsize>) -> Router {
-    let count = move || {
-        served.fetch_add(1, Ordering::SeqCst);
-    };
-    let (a, b, c) = (count.clone(), count.clone(), count);
-    Router::new()
-        .route(
-            "/whoami",
-            get(move |identity: PeerIdentity| async move {
-                a();
-                identity.common_name
-            }),
-        )
-        .route(
-            "/maybe",
-            get(move |identity: Option<PeerIdentity>| async move {
-                b();
-                identity.map_or_else(|| "none".to_owned(), |identity| identity.common_name)
-            }),
-        )
-        .route(
-            "/peer",
-            get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                c();
-                peer.to_string()
-            }),
-        )
-}
+mod support;
+use support::{DAY, HANG, chain, new_ca, router};
 
 struct Server {
     addr: SocketAddr,
@@ -124,18 +80,6 @@ async fn fetch(client: &Arc<rustls::ClientConfig>, url: &str) -> Result<(u16, St
 fn client(ca: &Ca, issuer: &Ca, name: &str, usage: Usage) -> Arc<rustls::ClientConfig> {
     let cert = issuer.issue(name, &[], 90 * DAY, usage).unwrap();
     tls::client_config(ca.cert_pem(), Some((&cert.cert_pem, &cert.key_pem))).unwrap()
-}
-
-/// The error's whole chain of causes, for messages and for checking what failed.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[tokio::test]
