@@ -25,6 +25,14 @@ pub fn hive_credential(key: &str, alias: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// A new random secret (a key, a worker's credential, a token): 32 bytes from
+/// `/dev/urandom`, as 64 hex characters.
+pub fn new_secret() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
 /// What a credential is known by where it must not be shown (plans, `/health`): its sha256.
 pub fn credential_digest(credential: &str) -> rbee_proto::Sha256 {
     rbee_proto::Sha256::from_bytes(Sha256::digest(credential.trim().as_bytes()).into())

@@ -2,18 +2,12 @@
 //! sync installed one, so that its API is never open) and the random secret each worker gets
 //! as its own token. Every secret file is created with mode 0600 from its first byte.
 
-use std::io::Read;
 use std::path::Path;
 
 /// The file in the hive's state directory that holds its API token.
 pub const HIVE_TOKEN_FILE: &str = "hive.token";
 
-/// A new random secret: 32 bytes from `/dev/urandom`, as 64 hex characters.
-pub fn new_secret() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(hex::encode(bytes))
-}
+pub use rbee_core::credentials::new_secret;
 
 /// What a token file holds, trimmed: `Ok(None)` when it is absent, `Ok(Some(""))` when blank.
 fn read_token(path: &Path) -> std::io::Result<Option<String>> {

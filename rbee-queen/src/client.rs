@@ -178,7 +178,7 @@ impl QueenClient {
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
         use rbee_core::proto::hive::LogEvent;
-        let path = format!("/v1/hives/{}/logs?{}", path_segment(alias), query.to_query());
+        let path = format!("/v1/hives/{}/logs?{}", rbee_core::proto::hive::percent_encode(alias), query.to_query());
         let response = self.send("GET", &path, None).await?;
         let status = response.status();
         if !status.is_success() {
@@ -269,19 +269,6 @@ impl QueenClient {
         }
         Err(ClientError::Protocol("the event stream ended without a result".into()))
     }
-}
-
-/// `s` as one path segment (percent-encoded but for unreserved characters).
-fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

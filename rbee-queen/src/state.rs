@@ -7,7 +7,6 @@
 //! one wins), and the pid file (`rbee_core::pidfile`) is written by rename once the port is
 //! bound, and removed only by the process it names.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The queen's directory: `$XDG_STATE_HOME/rbee-queen`, else `~/.local/state/rbee-queen`.
@@ -49,11 +48,7 @@ pub fn ensure_token(path: &Path) -> std::io::Result<String> {
     let legacy = rbee_core::layout::legacy_queen_token();
     let token = match std::fs::read_to_string(&legacy) {
         Ok(t) if is_token(t.trim()) => t.trim().to_owned(),
-        _ => {
-            let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-            hex::encode(bytes)
-        }
+        _ => rbee_core::credentials::new_secret()?,
     };
     // Linked into place complete and flushed, the directory too (see `rbee_core::fsio`).
     match rbee_core::fsio::create_atomic(path, token.as_bytes(), 0o600) {

@@ -76,12 +76,10 @@ impl Trust {
     /// A new key: every hive's credential changes; each is linked again by the next sync
     /// (until then its heartbeats are refused). The new key is on disk before it is used.
     pub fn rotate(&self) -> Result<(), TrustError> {
-        let mut bytes = [0u8; 32];
-        let fresh = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-            .and_then(|()| rbee_core::fsio::write_atomic(&self.key_path, hex::encode(bytes).as_bytes(), 0o600));
-        fresh.map_err(|source| TrustError::Key { path: self.key_path.clone(), source })?;
-        *self.key.write().unwrap_or_else(std::sync::PoisonError::into_inner) = hex::encode(bytes);
+        let fresh = rbee_core::credentials::new_secret()
+            .and_then(|key| rbee_core::fsio::write_atomic(&self.key_path, key.as_bytes(), 0o600).map(|()| key));
+        let key = fresh.map_err(|source| TrustError::Key { path: self.key_path.clone(), source })?;
+        *self.key.write().unwrap_or_else(std::sync::PoisonError::into_inner) = key;
         Ok(())
     }
 
