@@ -3,9 +3,10 @@
 //! port, and bridges it to the contract: `GET /health` from the engine's own health check,
 //! heartbeats to the hive, and `POST /v1/chat/completions` proxied to the engine's
 //! OpenAI-compatible endpoint (streaming included). The engine is the program `--engine` names
-//! (the one `rbee sync` installed) or, without it, the one found on `$PATH`. When the engine is
-//! not installed it fails with a message naming what is missing; when the engine exits, the
-//! worker exits with its status; when the worker dies, the engine dies with it.
+//! (the one `rbee sync` installed, or checked where the config says it is); a launcher never
+//! looks for an engine on `$PATH`. Without `--engine`, or when that program is missing, it fails
+//! with a message that says how to install it; when the engine exits, the worker exits with
+//! its status; when the worker dies, the engine dies with it.
 #![warn(missing_docs)]
 
 pub mod contract;
@@ -38,7 +39,7 @@ pub struct WorkerArgs {
     pub hive_url: Option<String>,
     /// The engine's program, an absolute path: the one `rbee sync` installed for this worker
     /// type (for ComfyUI, its `main.py`, run with `python3`). Run as given, never searched for;
-    /// without it the engine is looked up on `$PATH` (an unmanaged engine).
+    /// without it the launcher refuses to start (exit 127): no engine is looked up on `$PATH`.
     #[arg(long, value_name = "PATH", value_parser = clap::builder::PathBufValueParser::new().try_map(absolute_path))]
     pub engine: Option<PathBuf>,
     /// Arguments for the engine, after `--`: appended to the engine's own command line as
@@ -64,12 +65,11 @@ pub enum NotInstalled {
         /// What must be installed, in words.
         needs: &'static str,
     },
-    /// A file the engine runs (ComfyUI's `main.py`) does not exist.
-    #[error("{path} not found: this worker needs {needs}")]
-    File {
-        /// The file looked for.
-        path: String,
-        /// What must be installed, in words.
+    /// No `--engine`: the hive passes the engine `rbee sync` installed for this worker type, and
+    /// it has none.
+    #[error("no engine is installed for this worker on this host: this worker needs {needs}")]
+    NoEngine {
+        /// How to install it, in words.
         needs: &'static str,
     },
     /// The program `--engine` names is missing or unusable.
@@ -89,7 +89,7 @@ pub enum Engine {
     LlamaCpp,
     /// `vllm serve`.
     Vllm,
-    /// ComfyUI's `main.py` (from `--engine`, else `$COMFYUI_DIR`), run with `python3`.
+    /// ComfyUI's `main.py` (from `--engine`), run with `python3`.
     ComfyUi,
 }
 
@@ -97,8 +97,8 @@ impl Engine {
     /// The program and arguments that start the engine for `args`, listening on
     /// `127.0.0.1:<engine_port>` (the worker itself serves the contract on `args.port`). The
     /// engine arguments (`args.engine_args`) come last, after the launcher's own. The program
-    /// is `args.engine` when given (for ComfyUI, `python3` with `args.engine` as its script),
-    /// else a bare name to look up on `$PATH`.
+    /// is `args.engine` (for ComfyUI, `python3` with `args.engine` as its script); without it,
+    /// the engine's usual name, which [`Engine::check_installed`] refuses to run.
     pub fn command(self, args: &WorkerArgs, engine_port: u16) -> (PathBuf, Vec<String>) {
         let (program, mut argv) = self.own_command(args, engine_port);
         argv.extend(args.engine_args.iter().cloned());
@@ -134,14 +134,9 @@ impl Engine {
                 (program("vllm"), argv)
             }
             Engine::ComfyUi => {
-                let script = match &args.engine {
-                    // Lossless: the check refuses a path that is not UTF-8.
-                    Some(path) => path.to_string_lossy().into_owned(),
-                    None => {
-                        let dir = std::env::var("COMFYUI_DIR").unwrap_or_else(|_| "ComfyUI".into());
-                        format!("{dir}/main.py")
-                    }
-                };
+                // Lossless: the check refuses a path that is not UTF-8.
+                let script =
+                    args.engine.as_ref().map_or_else(|| "main.py".to_owned(), |p| p.to_string_lossy().into_owned());
                 let mut argv = vec![script, "--listen".into(), "127.0.0.1".into(), "--port".into(), port];
                 if args.device == "cpu" {
                     argv.push("--cpu".into());
@@ -151,12 +146,21 @@ impl Engine {
         }
     }
 
-    /// What must be installed, in words.
+    /// How its engine gets installed, in words.
     pub fn requirement(self) -> &'static str {
         match self {
-            Engine::LlamaCpp => "llama.cpp's `llama-server` on PATH (https://github.com/ggml-org/llama.cpp)",
-            Engine::Vllm => "vLLM's `vllm` command on PATH (`pip install vllm`)",
-            Engine::ComfyUi => "ComfyUI checked out at $COMFYUI_DIR (default ./ComfyUI) with `python3` on PATH",
+            Engine::LlamaCpp => {
+                "llama.cpp's `llama-server`: `rbee sync` installs it from the release (the default), or declare \
+                 engine = { path = \"/path/to/llama-server\" } for one you installed"
+            }
+            Engine::Vllm => {
+                "vLLM: declare engine = { pip = \"vllm==X.Y.Z\" } (or { path = \"/path/to/vllm\" }) for this worker in \
+                 hives.conf and run `rbee sync`"
+            }
+            Engine::ComfyUi => {
+                "ComfyUI: declare engine = { path = \"/path/to/ComfyUI/main.py\" } for this worker in hives.conf and \
+                 run `rbee sync` (with `python3` on PATH)"
+            }
         }
     }
 
@@ -173,17 +177,20 @@ impl Engine {
         !matches!(self, Engine::ComfyUi)
     }
 
-    /// `Err` naming what is missing when the engine is not installed: the program `--engine`
-    /// names (an executable file; for ComfyUI, a file, with `python3` on `$PATH`), else the
-    /// engine's program on `$PATH`.
+    /// `Err` naming what is missing when the engine is not installed: `--engine` itself, or the
+    /// program it names (an executable file; for ComfyUI, a file, with `python3` on `$PATH`).
+    /// No engine is looked for on `$PATH`.
     pub fn check_installed(self, args: &WorkerArgs) -> Result<(), NotInstalled> {
         self.check_installed_in(args, &std::env::var_os("PATH").unwrap_or_default())
     }
 
     /// [`Engine::check_installed`] with `path` as `$PATH`.
     fn check_installed_in(self, args: &WorkerArgs, path: &OsStr) -> Result<(), NotInstalled> {
-        let (program, argv) = self.command(args, 0);
-        if let Some(engine) = &args.engine {
+        let (program, _) = self.command(args, 0);
+        let Some(engine) = &args.engine else {
+            return Err(NotInstalled::NoEngine { needs: self.requirement() });
+        };
+        {
             // ComfyUI's `main.py` is run by `python3`: it need only be a file (named in UTF-8,
             // as it is one of `python3`'s arguments).
             let why = if !engine.is_absolute() {
@@ -199,12 +206,10 @@ impl Engine {
                 return Err(NotInstalled::Engine { path: engine.clone(), why });
             }
         }
+        // Only ComfyUI's interpreter comes from `$PATH`.
         if !program.is_absolute() && find_in(path, &program).is_none() {
             let program = program.to_string_lossy().into_owned();
             return Err(NotInstalled::Program { program, needs: self.requirement() });
-        }
-        if self == Engine::ComfyUi && args.engine.is_none() && !Path::new(&argv[0]).is_file() {
-            return Err(NotInstalled::File { path: argv[0].clone(), needs: self.requirement() });
         }
         Ok(())
     }
@@ -390,17 +395,22 @@ mod tests {
         assert_eq!((p, a.join(" ")), ("vllm".into(), "serve /m/model.gguf --host 127.0.0.1 --port 9001".into()));
     }
 
-    /// Whether or not this machine has the engine: the check runs against a `$PATH` the test
-    /// controls.
+    /// Without `--engine` no engine runs, even one on `$PATH`: the error says how to declare one.
     #[test]
-    fn missing_engine_is_named() {
-        let empty = tempfile::tempdir().unwrap();
-        let err = Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err().to_string();
-        assert!(err.contains("`vllm` not found"), "{err}");
-        let err = Engine::LlamaCpp.check_installed_in(&args("cpu"), empty.path().as_os_str()).unwrap_err().to_string();
-        assert!(err.contains("`llama-server` not found"), "{err}");
-        std::fs::write(empty.path().join("vllm"), "#!/bin/sh\n").unwrap();
-        assert_eq!(Engine::Vllm.check_installed_in(&args("cpu"), empty.path().as_os_str()), Ok(()));
+    fn without_a_given_engine_none_is_looked_for() {
+        let bin = tempfile::tempdir().unwrap();
+        for name in ["vllm", "llama-server", "python3"] {
+            executable(&bin.path().join(name), 0o755);
+        }
+        for (engine, says) in [
+            (Engine::Vllm, "declare engine = { pip = \"vllm==X.Y.Z\" }"),
+            (Engine::LlamaCpp, "`rbee sync` installs it from the release"),
+            (Engine::ComfyUi, "declare engine = { path = \"/path/to/ComfyUI/main.py\" }"),
+        ] {
+            let err = engine.check_installed_in(&args("cpu"), bin.path().as_os_str()).unwrap_err().to_string();
+            assert!(err.starts_with("no engine is installed for this worker on this host"), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     fn executable(path: &Path, mode: u32) {

@@ -14,23 +14,35 @@ use rbee_worker::contract::{WorkerEnv, router};
 use rbee_worker::proxy::EngineProxy;
 use rbee_worker::{Engine, WorkerArgs};
 
+/// Without `--engine` a launcher starts no engine, not even one first on its `$PATH`.
 #[test]
-fn each_launcher_names_its_missing_engine() {
-    let empty = tempfile::tempdir().unwrap();
-    for (bin, missing) in [
-        (env!("CARGO_BIN_EXE_rbee-worker-llama-cpp"), "`llama-server` not found"),
-        (env!("CARGO_BIN_EXE_rbee-worker-vllm"), "`vllm` not found"),
-        (env!("CARGO_BIN_EXE_rbee-worker-comfyui"), "`python3` not found"),
+fn without_an_engine_each_launcher_refuses_and_says_how_to_declare_one() {
+    let decoys = tempfile::tempdir().unwrap();
+    for name in ["llama-server", "vllm", "python3"] {
+        let decoy = decoys.path().join(name);
+        std::fs::write(&decoy, "#!/bin/sh\necho 'the decoy on PATH ran' >&2\nexit 99\n").unwrap();
+        std::fs::set_permissions(&decoy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let path = std::env::join_paths(
+        std::iter::once(decoys.path().to_path_buf())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    for (bin, says) in [
+        (env!("CARGO_BIN_EXE_rbee-worker-llama-cpp"), "`rbee sync` installs it from the release"),
+        (env!("CARGO_BIN_EXE_rbee-worker-vllm"), "engine = { pip = \"vllm==X.Y.Z\" }"),
+        (env!("CARGO_BIN_EXE_rbee-worker-comfyui"), "engine = { path = \"/path/to/ComfyUI/main.py\" }"),
     ] {
         let out = Command::new(bin)
             .args(["--worker-id", "w1", "--model", "/m/model.gguf", "--port", "1"])
-            .env("PATH", empty.path())
+            .env("PATH", &path)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(127), "{bin}: {stderr}");
-        assert!(stderr.contains(missing), "{bin}: {stderr}");
-        assert!(stderr.contains("this worker needs"), "{bin}: {stderr}");
+        assert!(stderr.contains("no engine is installed for this worker on this host"), "{bin}: {stderr}");
+        assert!(stderr.contains(says), "{bin}: {stderr}");
+        assert!(!stderr.contains("decoy"), "{bin} ran an engine from PATH: {stderr}");
     }
 }
 
