@@ -202,26 +202,76 @@ pub(crate) fn capabilities(json: bool, alias: &str, caps: &Capabilities) {
 pub(crate) fn hives(json: bool, hives: &[HiveEntry]) {
     if json {
         say_json!("{}", serde_json::to_string(hives).unwrap_or_default());
-    } else if hives.is_empty() {
-        say!("No hive has sent a heartbeat yet: hives started by a sync through the queen report to it.");
     } else {
-        for h in hives {
-            let state = if h.stale { "STALE" } else { "fresh" };
-            let b = &h.heartbeat;
-            say!(
-                "{:<16} {state:<6} last beat {:>6} ms ago  rbee-hive {} (pid {}, port {})  workers: {}",
-                b.alias,
-                h.age_ms,
-                b.version,
-                b.pid,
-                b.port,
-                if b.workers.is_empty() { "-".to_owned() } else { b.workers.join(", ") }
-            );
-            for p in &b.processes {
-                say!("{:<16}   {}", "", worker_line(&b.alias, p));
-            }
+        let rows: Vec<HiveRow<'_>> = hives
+            .iter()
+            .map(|h| {
+                let b = &h.heartbeat;
+                HiveRow {
+                    alias: Cow::Borrowed(&b.alias),
+                    version: Cow::Borrowed(&b.version),
+                    pid: b.pid,
+                    port: b.port,
+                    workers: b.workers.iter().map(|w| Cow::Borrowed(w.as_str())).collect(),
+                    processes: b.processes.clone(),
+                    age_ms: h.age_ms,
+                    stale: h.stale,
+                }
+            })
+            .collect();
+        hive_rows(&rows);
+    }
+}
+
+/// JSON passed on as it came (a queen's answer), escaped for a terminal, in one write.
+pub(crate) fn raw_json(json: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(json_shown(json).as_bytes());
+    let _ = out.write_all(b"\n");
+}
+
+/// What `rbee hive list` shows of a [`HiveEntry`], read from the queen's JSON without the rest
+/// (GPUs, models, installed versions), borrowing its strings.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct HiveRow<'a> {
+    #[serde(borrow)]
+    pub(crate) alias: Cow<'a, str>,
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    pid: u32,
+    port: u16,
+    #[serde(borrow, default)]
+    workers: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    processes: Vec<WorkerProcess>,
+    age_ms: u64,
+    stale: bool,
+}
+
+/// `rbee hive list` as a table: a line per hive and one per worker process, written at once.
+pub(crate) fn hive_rows(hives: &[HiveRow<'_>]) {
+    use std::io::Write;
+    if hives.is_empty() {
+        say!("No hive has sent a heartbeat yet: hives started by a sync through the queen report to it.");
+        return;
+    }
+    let mut text = String::with_capacity(hives.len() * 128);
+    for h in hives {
+        let state = if h.stale { "STALE" } else { "fresh" };
+        let workers = if h.workers.is_empty() { "-".to_owned() } else { h.workers.join(", ") };
+        let line = format!(
+            "{:<16} {state:<6} last beat {:>6} ms ago  rbee-hive {} (pid {}, port {})  workers: {workers}",
+            h.alias, h.age_ms, h.version, h.pid, h.port,
+        );
+        text.push_str(&shown(&line));
+        text.push('\n');
+        for p in &h.processes {
+            text.push_str(&shown(&format!("{:<16}   {}", "", worker_line(&h.alias, p))));
+            text.push('\n');
         }
     }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// `rbee jobs`.

@@ -1,5 +1,7 @@
 //! Heartbeats to the queen: every `interval_ms`, `POST {queen}/v1/heartbeats` with the token.
-//! A queen that is down is retried at the next beat; the hive never stops for it.
+//! A queen that is down is retried at the next beat; the hive never stops for it. The queen's
+//! answer ([`HeartbeatAck`]) says when to beat next: a queen with a large fleet paces it with
+//! a longer interval than the link's.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +21,10 @@ pub fn load_link(state_dir: &Path) -> Option<QueenLink> {
 }
 
 pub use rbee_core::proto::operation::Heartbeat;
+use rbee_core::proto::operation::{HeartbeatAck, MAX_HEARTBEAT_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS};
+
+/// The intervals a queen may ask for; others are clamped to these (as the queen clamps ours).
+const INTERVAL_MS: std::ops::RangeInclusive<u64> = MIN_HEARTBEAT_INTERVAL_MS..=MAX_HEARTBEAT_INTERVAL_MS;
 
 /// Why a heartbeat did not reach the queen.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +40,12 @@ pub(crate) enum BeatError {
     Timeout,
 }
 
-async fn post(link: &QueenLink, tls: Option<&crate::tls::HiveTls>, beat: &Heartbeat) -> Result<(), BeatError> {
+/// Posts `beat`; returns the queen's answer, or `None` when it gave none (an older queen's 204).
+async fn post(
+    link: &QueenLink,
+    tls: Option<&crate::tls::HiveTls>,
+    beat: &Heartbeat,
+) -> Result<Option<HeartbeatAck>, BeatError> {
     let url = format!("{}/v1/heartbeats", link.url.trim_end_matches('/'));
     let bearer = rbee_core::proto::bearer(&link.token);
     let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
@@ -48,8 +59,11 @@ async fn post(link: &QueenLink, tls: Option<&crate::tls::HiveTls>, beat: &Heartb
             None => rbee_http::send("POST", &url, &headers, body).await?,
         };
         let status = response.status();
-        let _ = rbee_http::collect(response).await;
-        if status.is_success() { Ok(()) } else { Err(BeatError::Status(status.as_u16())) }
+        let body = rbee_http::collect(response).await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(BeatError::Status(status.as_u16()));
+        }
+        Ok(serde_json::from_slice::<HeartbeatAck>(&body).ok())
     };
     tokio::time::timeout(Duration::from_secs(3), send).await.map_err(|_| BeatError::Timeout)?
 }
@@ -123,7 +137,8 @@ pub(crate) async fn run(
     records: PathBuf,
 ) {
     let mut gpus = GpuCache::new();
-    let mut ticker = tokio::time::interval(Duration::from_millis(link.interval_ms.max(100)));
+    let mut interval_ms = link.interval_ms.clamp(*INTERVAL_MS.start(), *INTERVAL_MS.end());
+    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -135,8 +150,19 @@ pub(crate) async fn run(
         beat.installed = installed_versions(&records, &beat.workers);
         beat.processes = hive.workers.list();
         beat.models = crate::models::list(&hive.models_dir);
-        if let Err(e) = post(&link, tls.as_ref(), &beat).await {
-            tracing::warn!(queen = %link.url, "heartbeat failed: {e}");
+        beat.interval_ms = interval_ms;
+        match post(&link, tls.as_ref(), &beat).await {
+            Ok(Some(ack)) => {
+                let told = ack.interval_ms.clamp(*INTERVAL_MS.start(), *INTERVAL_MS.end());
+                if told != interval_ms {
+                    tracing::info!(queen = %link.url, "the queen asks for a heartbeat every {told} ms (was {interval_ms} ms)");
+                    interval_ms = told;
+                    let every = Duration::from_millis(told);
+                    ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(queen = %link.url, "heartbeat failed: {e}"),
         }
     }
 }

@@ -147,17 +147,23 @@ pub fn router(health: Health, token: Option<String>, hive: Arc<ops::Hive>) -> Ro
     Router::new().route("/health", get(move || std::future::ready(Json(health.clone())))).merge(api).merge(workers)
 }
 
+/// How many events of one operation wait for a slow reader; progress beyond it is dropped
+/// (the next one says where it is), never the result.
+const OPERATION_EVENTS: usize = 1024;
+
 /// Runs a forwarded operation; answers newline-delimited JSON [`HiveEvent`]s, the result last.
-/// If the caller goes away the operation is dropped (a download keeps its partial file).
+/// If the caller goes away the operation is dropped (a download keeps its partial file). A
+/// caller that reads slower than the operation reports holds at most [`OPERATION_EVENTS`]
+/// events in the hive's memory.
 async fn operation(State(hive): State<Arc<ops::Hive>>, Json(op): Json<Operation>) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<HiveEvent>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<HiveEvent>(OPERATION_EVENTS);
     tokio::spawn(async move {
         let emit_tx = tx.clone();
         let emit = move |event: HiveEvent| {
-            let _ = emit_tx.send(event);
+            let _ = emit_tx.try_send(event);
         };
         tokio::select! {
-            result = ops::handle(&hive, op, &emit) => { let _ = tx.send(HiveEvent::Result { result }); }
+            result = ops::handle(&hive, op, &emit) => { let _ = tx.send(HiveEvent::Result { result }).await; }
             () = tx.closed() => {}
         }
     });

@@ -26,8 +26,10 @@
 //!   (not a device such as `/dev/zero`, a FIFO or a directory) and must not lie, once symlinks
 //!   and `..` are resolved, in the hive's state directory (`~/.local/state/rbee`, which holds
 //!   `hive.token`). That directory is found from the models directory (`HOME/.local/share/rbee/
-//!   models` → `HOME/.local/state/rbee`) and from `$HOME`. A hive has no setting for allowed
-//!   roots yet, so any other absolute path the hive's user can read is accepted.
+//!   models` → `HOME/.local/state/rbee`) and from `$HOME`. With [`ROOTS_ENV`]
+//!   (`RBEE_MODEL_ROOTS`, directories separated by `:`, read at each download) in the hive's
+//!   environment, the resolved file must also lie under one of those directories; without it,
+//!   any other file the hive's user can read is accepted.
 
 use std::path::{Path, PathBuf};
 
@@ -249,6 +251,24 @@ pub enum ModelError {
         /// The state directory.
         state: PathBuf,
     },
+    /// A host path outside every directory of [`ROOTS_ENV`].
+    #[error(
+        "{} is not under {ROOTS_ENV} ({roots}) once symlinks are resolved: move the model there, or add its \
+         directory to {ROOTS_ENV} in the hive's environment",
+        .path.display()
+    )]
+    OutsideRoots {
+        /// The source given.
+        path: PathBuf,
+        /// The value of [`ROOTS_ENV`].
+        roots: String,
+    },
+    /// [`ROOTS_ENV`] holds a relative path.
+    #[error("{ROOTS_ENV}={value:?} must list absolute directories separated by `:`")]
+    BadRoots {
+        /// Its value.
+        value: String,
+    },
     /// The partial file's length is not what this download wrote (something else wrote to it).
     #[error(
         "{} changed during the download ({written} bytes written, {found} found); delete it and run the download \
@@ -289,6 +309,27 @@ pub fn max_bytes() -> Result<u64, ModelError> {
             Err(ModelError::BadMaxBytes { value: v.to_string_lossy().into_owned() })
         }
     }
+}
+
+/// The hive's environment variable naming the only directories host-path sources may come
+/// from (absolute paths separated by `:`; symlinks in them resolved).
+pub const ROOTS_ENV: &str = "RBEE_MODEL_ROOTS";
+
+/// The directories of [`ROOTS_ENV`], each as given and resolved; empty when it is unset or
+/// empty. A relative entry is an error (it would depend on the hive's working directory).
+fn roots() -> Result<Vec<PathBuf>, ModelError> {
+    let Some(value) = std::env::var_os(ROOTS_ENV) else { return Ok(Vec::new()) };
+    let mut roots = Vec::new();
+    for root in std::env::split_paths(&value).filter(|p| !p.as_os_str().is_empty()) {
+        if !root.is_absolute() {
+            return Err(ModelError::BadRoots { value: value.to_string_lossy().into_owned() });
+        }
+        if let Ok(real) = std::fs::canonicalize(&root) {
+            roots.push(real);
+        }
+        roots.push(root);
+    }
+    Ok(roots)
 }
 
 /// The partial files of the downloads running in this process (one per model name).
@@ -652,6 +693,12 @@ async fn open_local(src: &Path, models: &Path) -> Result<(tokio::fs::File, u64),
     };
     if let Some(state) = state_dirs(models).into_iter().find(|d| real.starts_with(d) || src.starts_with(d)) {
         return Err(ModelError::StateSource { path: src.to_owned(), state });
+    }
+    let roots = roots()?;
+    // The resolved file, not the path given: a symlink under a root may point anywhere.
+    if !roots.is_empty() && !roots.iter().any(|root| real.starts_with(root)) {
+        let roots = std::env::var_os(ROOTS_ENV).unwrap_or_default().to_string_lossy().into_owned();
+        return Err(ModelError::OutsideRoots { path: src.to_owned(), roots });
     }
     Ok((input, meta.len()))
 }

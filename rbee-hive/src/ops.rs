@@ -114,7 +114,7 @@ pub struct Hive {
 impl Hive {
     /// The catalog as last scanned.
     pub fn catalog(&self) -> Vec<String> {
-        self.catalog.lock().expect("catalog lock").clone()
+        self.catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -180,7 +180,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
         }
         Operation::WorkerCatalogRefresh { .. } => {
             let workers = hive.workers.scan_catalog();
-            *hive.catalog.lock().expect("catalog lock") = workers.clone();
+            *hive.catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = workers.clone();
             hive.workers.notify();
             Ok(OperationResult::Catalog { hive: alias, workers })
         }

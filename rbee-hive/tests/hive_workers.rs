@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
 use rbee_core::layout::Layout;
 use rbee_core::package::OperationResult;
 use rbee_core::proto::hive::{WorkerProcess, WorkerState};
@@ -274,17 +275,28 @@ async fn a_no_wait_spawn_answers_at_once_and_its_crash_stays_listed_until_delete
     assert!(hive.list().await.is_empty());
 }
 
-/// A stand-in queen that keeps the heartbeats it receives.
+/// A stand-in queen that keeps the heartbeats it receives and answers 204, as an older queen.
 async fn fake_queen() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    fake_queen_pacing(None).await
+}
+
+/// A stand-in queen that keeps the heartbeats it receives (with when they arrived, in
+/// `at_ms`) and, given `interval_ms`, asks for that interval in its answers.
+async fn fake_queen_pacing(interval_ms: Option<u64>) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let beats = Arc::new(Mutex::new(Vec::new()));
     let kept = beats.clone();
+    let started = std::time::Instant::now();
     let app = axum::Router::new().route(
         "/v1/heartbeats",
-        axum::routing::post(move |axum::Json(beat): axum::Json<serde_json::Value>| {
+        axum::routing::post(move |axum::Json(mut beat): axum::Json<serde_json::Value>| {
             let kept = kept.clone();
             async move {
+                beat["at_ms"] = serde_json::json!(started.elapsed().as_millis() as u64);
                 kept.lock().unwrap().push(beat);
-                axum::http::StatusCode::NO_CONTENT
+                match interval_ms {
+                    Some(ms) => axum::Json(serde_json::json!({"interval_ms": ms})).into_response(),
+                    None => axum::http::StatusCode::NO_CONTENT.into_response(),
+                }
             }
         }),
     );
@@ -324,6 +336,31 @@ async fn heartbeats_carry_the_models_and_gpus() {
         latest().is_some_and(|b| b["models"].as_array().is_some_and(|m| m.len() == 2))
     })
     .await;
+}
+
+/// A queen with a large fleet answers each beat with a longer interval: the hive beats at
+/// that interval from then on and says so in its beats.
+#[tokio::test]
+async fn a_hive_beats_at_the_interval_the_queen_asks_for() {
+    let home = Home::new();
+    let (queen, beats) = fake_queen_pacing(Some(900)).await;
+    let state = home.path(Layout::STATE_DIR);
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("queen.link"), serde_json::json!({"url": queen, "interval_ms": 100}).to_string())
+        .unwrap();
+    std::fs::write(state.join("hive.token"), "secret\n").unwrap();
+    let _hive = HiveProcess::start(&home, free_port()).await;
+
+    let count = || beats.lock().unwrap().len();
+    wait_until("four heartbeats arrive", Duration::from_secs(20), || async move { count() >= 4 }).await;
+    let beats = beats.lock().unwrap().clone();
+    assert_eq!(beats[0]["interval_ms"], 100, "the first beat at the link's interval");
+    for (earlier, later) in beats.iter().zip(&beats[1..]).take(3) {
+        assert_eq!(later["interval_ms"], 900, "then the queen's: {later}");
+        let gap = later["at_ms"].as_u64().unwrap() - earlier["at_ms"].as_u64().unwrap();
+        // At the link's 100 ms there would be nine beats in that time.
+        assert!(gap >= 800, "beats {gap} ms apart after the queen asked for 900 ms");
+    }
 }
 
 /// A worker that freezes while a request waits for its answer (SIGSTOP, a wedged engine

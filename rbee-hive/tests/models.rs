@@ -447,6 +447,36 @@ async fn the_hive_refuses_models_over_rbee_model_max_bytes() {
     assert_eq!(rbee_hive::models::list(&hive.models()).len(), 1);
 }
 
+/// With `RBEE_MODEL_ROOTS`, a host path is taken only from under those directories (an SSH
+/// key or any other readable file elsewhere was copied into a model before), symlinks resolved.
+#[tokio::test]
+async fn with_rbee_model_roots_host_paths_come_only_from_under_them() {
+    let outside = tempfile::tempdir().unwrap();
+    let root = outside.path().join("models");
+    std::fs::create_dir_all(&root).unwrap();
+    let roots = format!("/nonexistent:{}", root.display());
+    let hive = HiveProcess::start(&[("RBEE_MODEL_ROOTS", &roots)]).await;
+
+    let inside = root.join("ok.gguf");
+    std::fs::write(&inside, b"weights").unwrap();
+    let model = hive.download(inside.to_str().unwrap(), None).await.unwrap();
+    assert_eq!(model["size"], 7);
+
+    let secret = outside.path().join("id_ed25519");
+    std::fs::write(&secret, b"-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+    let link = root.join("innocent.gguf");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    for source in [&secret, &link] {
+        let err = hive.download(source.to_str().unwrap(), Some("stolen")).await.unwrap_err();
+        assert!(err.contains("is not under RBEE_MODEL_ROOTS") && err.contains(&roots), "{source:?}: {err}");
+    }
+    assert!(!hive.models().join("stolen").exists());
+
+    let relative = HiveProcess::start(&[("RBEE_MODEL_ROOTS", "models")]).await;
+    let err = relative.download(inside.to_str().unwrap(), None).await.unwrap_err();
+    assert!(err.contains("must list absolute directories"), "{err}");
+}
+
 /// The 416 case through a real hive: the download fails with its message and the hive keeps
 /// answering.
 #[tokio::test]

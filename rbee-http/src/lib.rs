@@ -311,6 +311,9 @@ pub struct Lines {
 pub(crate) struct LineBuf {
     bytes: Vec<u8>,
     scanned: usize,
+    /// How many bytes were looked at for a newline in all (tests check it grows linearly).
+    #[cfg(test)]
+    examined: usize,
 }
 
 impl LineBuf {
@@ -327,7 +330,13 @@ impl LineBuf {
 
     /// The next complete line, without its `\n` or `\r\n`.
     pub(crate) fn line(&mut self) -> Option<String> {
-        let end = self.scanned + self.bytes[self.scanned..].iter().position(|b| *b == b'\n')?;
+        let unscanned = &self.bytes[self.scanned..];
+        let found = unscanned.iter().position(|b| *b == b'\n');
+        #[cfg(test)]
+        {
+            self.examined += found.map_or(unscanned.len(), |at| at + 1);
+        }
+        let end = self.scanned + found?;
         let mut line: Vec<u8> = self.bytes.drain(..=end).collect();
         self.scanned = 0;
         line.pop();
@@ -467,6 +476,9 @@ mod tests {
         }
         buf.push(b"\n").unwrap();
         assert_eq!(buf.line().map(|l| l.len()), Some(4096 * 4096));
+        // Each byte looked at once: scanning from the start each time would be 4096 × 2048
+        // pieces' worth (34 G bytes).
+        assert_eq!(buf.examined, 4096 * 4096 + 1);
     }
 
     proptest::proptest! {

@@ -101,12 +101,14 @@ impl Layout {
     /// Files and directories of the state directory that belong to the hive: what
     /// `rbee uninstall --purge` removes there, and nothing else (a queen or another program
     /// may keep its own files beside them).
-    pub fn hive_state_entries() -> [String; 8] {
+    pub fn hive_state_entries() -> [String; 9] {
         [
             Self::hive_tls_dir(),
             Self::previous_dir(),
             Self::hive_pid(),
             Self::hive_log(),
+            // The log as rotated by its cap (`RBEE_LOG_MAX_BYTES`).
+            format!("{}.1", Self::hive_log()),
             Self::hive_token(),
             Self::queen_link(),
             Self::installed_dir(),

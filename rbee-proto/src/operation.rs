@@ -283,6 +283,37 @@ pub struct Heartbeat {
     pub tls: bool,
 }
 
+/// How many heartbeats a second a queen asks of its fleet unless configured
+/// (`[queen] max_heartbeats_per_second`).
+pub const DEFAULT_MAX_HEARTBEATS_PER_SECOND: u32 = 100;
+
+/// The shortest heartbeat interval a queen accepts or asks for (ms).
+pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// The longest heartbeat interval a queen accepts or asks for (ms): ten minutes.
+pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 10 * 60 * 1000;
+
+/// The interval a queen asks of each hive ([`HeartbeatAck`]) when `hives` hives beat and at
+/// most `per_second` beats a second are wanted: the configured `base_ms`, or longer once the
+/// fleet is larger than `per_second` × `base_ms` allows; within
+/// [`MIN_HEARTBEAT_INTERVAL_MS`]..=[`MAX_HEARTBEAT_INTERVAL_MS`].
+pub fn paced_interval_ms(base_ms: u64, hives: usize, per_second: u32) -> u64 {
+    let hives = u64::try_from(hives).unwrap_or(u64::MAX);
+    let spread_ms = hives.saturating_mul(1000).div_ceil(u64::from(per_second.max(1)));
+    base_ms.max(spread_ms).clamp(MIN_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS)
+}
+
+/// The queen's answer to a [`Heartbeat`]: when to send the next one. The queen paces its
+/// fleet: with more hives than `max_heartbeats_per_second` × the configured interval allows,
+/// each hive is told a longer interval (as Nomad scales its heartbeat TTL with the number of
+/// nodes), and calls a hive stale after three of the intervals it told it. A hive beats at
+/// once anyway when one of its workers changes state. An older queen answered 204 with no
+/// body: the hive then keeps its own interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeartbeatAck {
+    /// Milliseconds until the next heartbeat.
+    pub interval_ms: u64,
+}
+
 /// A removed imperative operation, with what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name} was removed: {instead}")]

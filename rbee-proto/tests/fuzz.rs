@@ -18,7 +18,7 @@ use proptest::sample::Index;
 use rbee_proto::Sha256;
 use rbee_proto::deployment::Device;
 use rbee_proto::hive::{Capabilities, HiveEvent, HiveHealth, InstallRecord, QueenLink};
-use rbee_proto::operation::{Heartbeat, Operation};
+use rbee_proto::operation::{Heartbeat, HeartbeatAck, Operation};
 use rbee_proto::queen::JobEvent;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,6 +60,8 @@ const OPERATIONS: &[&str] = &[
 ];
 
 const QUEEN_LINK: &str = r#"{"url":"http://127.0.0.1:8500","interval_ms":5000}"#;
+
+const HEARTBEAT_ACK: &str = r#"{"interval_ms":100000}"#;
 
 const CAPABILITIES: &str = r#"{"cpu_cores":16,"ram_bytes":137438953472,"gpus":[{"index":0,"name":"H200","memory_total_mib":143771,"memory_used_mib":0,"driver":"560.35"}],"gpu_error":null,"engines":[{"worker_type":"llama-cpp","id":"abc","version":"b11434","program":"/x/llama-server","present":true}]}"#;
 
@@ -296,13 +298,14 @@ fn check_all(bytes: &[u8]) -> Result<(), TestCaseError> {
     check::<JobEvent>(bytes)?;
     check::<Operation>(bytes)?;
     check::<QueenLink>(bytes)?;
+    check::<HeartbeatAck>(bytes)?;
     check::<Capabilities>(bytes)?;
     check::<Sha256>(bytes)?;
     Ok(())
 }
 
 fn samples() -> Vec<&'static str> {
-    let mut all = vec![HEARTBEAT, HEALTH, QUEEN_LINK, CAPABILITIES];
+    let mut all = vec![HEARTBEAT, HEALTH, QUEEN_LINK, HEARTBEAT_ACK, CAPABILITIES];
     all.extend(HIVE_EVENTS);
     all.extend(JOB_EVENTS);
     all.extend(OPERATIONS);
@@ -314,6 +317,7 @@ fn fuzz_samples_are_valid() {
     serde_json::from_str::<Heartbeat>(HEARTBEAT).unwrap();
     serde_json::from_str::<HiveHealth>(HEALTH).unwrap();
     serde_json::from_str::<QueenLink>(QUEEN_LINK).unwrap();
+    serde_json::from_str::<HeartbeatAck>(HEARTBEAT_ACK).unwrap();
     serde_json::from_str::<Capabilities>(CAPABILITIES).unwrap();
     for line in HIVE_EVENTS {
         serde_json::from_str::<HiveEvent>(line).unwrap();

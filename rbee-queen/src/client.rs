@@ -103,6 +103,12 @@ impl QueenClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, ClientError> {
+        let bytes = self.bytes(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// A successful answer's body, unparsed; an error answer as [`ClientError::Status`].
+    async fn bytes(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<hyper::body::Bytes, ClientError> {
         let response = self.send(method, path, body).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
@@ -113,7 +119,7 @@ impl QueenClient {
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
             return Err(ClientError::Status { status: status.as_u16(), body });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+        Ok(bytes)
     }
 
     /// `GET /health`.
@@ -135,6 +141,14 @@ impl QueenClient {
     /// The hive registry.
     pub async fn hives(&self) -> Result<Vec<crate::api::HiveEntry>, ClientError> {
         self.json("GET", "/v1/hives", None).await
+    }
+
+    /// `GET /v1/hives` as the queen wrote it: a JSON array of
+    /// [`HiveEntry`](crate::api::HiveEntry), unparsed (for a large fleet, to pass on or to read
+    /// only some fields of); with `table`, of only the fields `rbee hive list` shows (alias,
+    /// version, pid, port, workers, processes, age_ms, stale).
+    pub async fn hives_json(&self, table: bool) -> Result<hyper::body::Bytes, ClientError> {
+        self.bytes("GET", if table { "/v1/hives?fields=table" } else { "/v1/hives" }, None).await
     }
 
     /// A hive's capabilities (CPU, RAM, GPUs), asked of the hive through the queen.

@@ -53,6 +53,11 @@ async fn main() -> ExitCode {
         heartbeat: Duration::from_millis(
             std::env::var("RBEE_HEARTBEAT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000),
         ),
+        max_heartbeats_per_second: config
+            .as_ref()
+            .map_or(rbee_core::proto::operation::DEFAULT_MAX_HEARTBEATS_PER_SECOND, |c| {
+                c.queen.max_heartbeats_per_second
+            }),
         advertise_url,
         reschedule_after: Duration::from_millis(
             config.as_ref().map_or(rbee_core::proto::deployment::DEFAULT_RESCHEDULE_AFTER_MS, |c| {

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rbee_core::execute::now_ms;
@@ -20,14 +20,15 @@ use rbee_http::ApiError;
 
 use crate::api::{Heartbeat, HiveEntry};
 use crate::routes::Queen;
+use rbee_core::proto::operation::HeartbeatAck;
 
 /// A hive is stale once this many of its heartbeat intervals pass without a beat.
 const MISSED_BEATS: u64 = 3;
 
 /// The heartbeat intervals the registry accepts; others are clamped to these.
-pub(crate) const MIN_INTERVAL_MS: u64 = 100;
-/// See [`MIN_INTERVAL_MS`].
-pub(crate) const MAX_INTERVAL_MS: u64 = 10 * 60 * 1000;
+pub(crate) use rbee_core::proto::operation::{
+    MAX_HEARTBEAT_INTERVAL_MS as MAX_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS as MIN_INTERVAL_MS, paced_interval_ms,
+};
 
 /// The most hives the registry holds: 100,000. A heartbeat of a new hive beyond it replaces
 /// the hive silent longest if that one is stale, and is refused otherwise.
@@ -106,6 +107,20 @@ fn same_states(a: &Heartbeat, b: &Heartbeat) -> bool {
         && a.processes.iter().zip(&b.processes).all(|(x, y)| x.id == y.id && x.state == y.state)
 }
 
+/// What [`Registry::try_record`] made of a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// The hive is new, was stale, or its worker processes changed state.
+    pub(crate) changed: bool,
+    /// The answer to the hive: when to beat next.
+    pub(crate) ack: HeartbeatAck,
+}
+
+/// True when `beat` lists a worker process that is a deployment's replica.
+fn has_replica(beat: &Heartbeat) -> bool {
+    beat.processes.iter().any(|p| p.replica.is_some())
+}
+
 /// A hive as last heard from.
 struct Hive {
     /// When its last heartbeat arrived (ms since the epoch).
@@ -114,6 +129,8 @@ struct Hive {
     ip: IpAddr,
     /// Shared with `GET /v1/hives` answers and routing, which read it without copying it.
     beat: Arc<Heartbeat>,
+    /// The interval the queen told it in answer to that beat.
+    told_ms: u64,
 }
 
 impl Hive {
@@ -121,8 +138,18 @@ impl Hive {
         now_ms.saturating_sub(self.seen_ms)
     }
 
+    /// The longer of the interval it says it beats at and the one it was told: a hive told a
+    /// longer interval beats next after that one.
+    fn interval_ms(&self) -> u64 {
+        self.beat.interval_ms.max(self.told_ms)
+    }
+
+    fn is_stale(&self, now_ms: u64) -> bool {
+        is_stale(self.age_ms(now_ms), self.interval_ms())
+    }
+
     fn is_fresh(&self, now_ms: u64) -> bool {
-        !is_stale(self.age_ms(now_ms), self.beat.interval_ms)
+        !self.is_stale(now_ms)
     }
 
     fn addr(&self) -> SocketAddr {
@@ -136,8 +163,16 @@ pub(crate) struct Registry {
     /// When the queen started (ms since the epoch).
     started_ms: u64,
     /// How long after start the registry may still be missing hives that reported to a
-    /// previous queen.
-    warmup_ms: u64,
+    /// previous queen: the configured interval and a second, longer once a beat says its hive
+    /// beats less often (a previous queen paced it).
+    warmup_ms: std::sync::atomic::AtomicU64,
+    /// The configured heartbeat interval.
+    base_ms: u64,
+    /// `[queen] max_heartbeats_per_second`.
+    per_second: u32,
+    /// How many hives list a replica ([`has_replica`]), kept as beats and results change them
+    /// (under the registry's lock), so the reconciler learns "none" without reading every hive.
+    replica_hives: std::sync::atomic::AtomicUsize,
     /// [`MAX_HIVES`], smaller in tests.
     max_hives: usize,
     /// [`MAX_LIST`], smaller in tests.
@@ -151,10 +186,18 @@ impl Registry {
         Self {
             hives: Mutex::new(BTreeMap::new()),
             started_ms,
-            warmup_ms: heartbeat_ms.saturating_add(1000),
+            warmup_ms: std::sync::atomic::AtomicU64::new(heartbeat_ms.saturating_add(1000)),
+            base_ms: heartbeat_ms,
+            per_second: rbee_core::proto::operation::DEFAULT_MAX_HEARTBEATS_PER_SECOND,
+            replica_hives: std::sync::atomic::AtomicUsize::new(0),
             max_hives: MAX_HIVES,
             max_list: MAX_LIST,
         }
+    }
+
+    /// The same registry asking at most `per_second` heartbeats a second of its hives.
+    pub(crate) fn with_pacing(self, per_second: u32) -> Self {
+        Self { per_second: per_second.max(1), ..self }
     }
 
     /// The same registry with other limits than [`MAX_HIVES`] and [`MAX_LIST`].
@@ -170,15 +213,16 @@ impl Registry {
     /// [`Self::try_record`] for tests, where every beat is accepted.
     #[cfg(test)]
     pub(crate) fn record(&self, beat: Heartbeat, ip: IpAddr, now_ms: u64) -> bool {
-        self.try_record(beat, ip, now_ms).expect("heartbeat accepted")
+        self.try_record(beat, ip, now_ms).expect("heartbeat accepted").changed
     }
 
     /// Takes `beat`, heard from `ip` at `now_ms`, as the hive's whole current state: a hive that
     /// restarted (new port, pid or address) replaces its old entry.
-    /// Returns true when the hive is new or its worker processes changed state. Refuses a beat
+    /// Says whether the hive is new or its worker processes changed state, and when it should
+    /// beat next ([`paced_interval_ms`] for the registry's size). Refuses a beat
     /// with a list longer than [`MAX_LIST`], and a new hive when the registry holds
     /// [`MAX_HIVES`] and none of them is stale (else the one silent longest makes room).
-    pub(crate) fn try_record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) -> Result<bool, Rejected> {
+    pub(crate) fn try_record(&self, mut beat: Heartbeat, ip: IpAddr, now_ms: u64) -> Result<Recorded, Rejected> {
         let lists = [
             ("worker processes", beat.processes.len()),
             ("models", beat.models.len()),
@@ -192,6 +236,7 @@ impl Registry {
         // A hostile or broken interval (0, or u64::MAX) must not make a hive fresh forever or
         // stale at once.
         beat.interval_ms = beat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
+        self.warmup_ms.fetch_max(beat.interval_ms.saturating_add(1000), std::sync::atomic::Ordering::Relaxed);
         let mut hives = self.lock();
         if hives.len() >= self.max_hives && !hives.contains_key(&beat.alias) {
             let silent_longest = hives
@@ -201,15 +246,20 @@ impl Registry {
                 .map(|(alias, _)| alias.clone());
             match silent_longest {
                 Some(alias) => {
-                    hives.remove(&alias);
+                    if let Some(gone) = hives.remove(&alias) {
+                        self.count_replicas(has_replica(&gone.beat), false);
+                    }
                 }
                 None => return Err(Rejected::Full { alias: beat.alias, max: self.max_hives }),
             }
         }
-        let new = Hive { seen_ms: now_ms, ip, beat: Arc::new(beat) };
+        let fleet = hives.len() + usize::from(!hives.contains_key(&beat.alias));
+        let told_ms = paced_interval_ms(self.base_ms, fleet, self.per_second);
+        let new = Hive { seen_ms: now_ms, ip, beat: Arc::new(beat), told_ms };
         let changed = match hives.get_mut(&new.beat.alias) {
             Some(old) => {
                 let changed = !same_states(&old.beat, &new.beat) || !old.is_fresh(now_ms);
+                self.count_replicas(has_replica(&old.beat), has_replica(&new.beat));
                 // The beat it replaces is freed after the lock is released.
                 let old = std::mem::replace(old, new);
                 drop(hives);
@@ -217,11 +267,12 @@ impl Registry {
                 changed
             }
             None => {
+                self.count_replicas(false, has_replica(&new.beat));
                 hives.insert(new.beat.alias.clone(), new);
                 true
             }
         };
-        Ok(changed)
+        Ok(Recorded { changed, ack: HeartbeatAck { interval_ms: told_ms } })
     }
 
     /// Every hive, fresh or stale, as `GET /v1/hives` lists it, sharing the heartbeats: the
@@ -234,7 +285,7 @@ impl Registry {
                 Listed {
                     heartbeat: hive.beat.clone(),
                     age_ms,
-                    stale: is_stale(age_ms, hive.beat.interval_ms),
+                    stale: is_stale(age_ms, hive.interval_ms()),
                     address: hive.ip,
                 }
             })
@@ -248,7 +299,7 @@ impl Registry {
             .map(|hive| {
                 let age_ms = hive.age_ms(now_ms);
                 HiveEntry {
-                    stale: is_stale(age_ms, hive.beat.interval_ms),
+                    stale: is_stale(age_ms, hive.interval_ms()),
                     age_ms,
                     heartbeat: Heartbeat::clone(&hive.beat),
                     address: hive.ip.to_string(),
@@ -288,7 +339,7 @@ impl Registry {
 
     /// True when some hive reports a worker process that is a deployment's replica.
     pub(crate) fn any_replica(&self) -> bool {
-        self.lock().values().any(|h| h.beat.processes.iter().any(|p| p.replica.is_some()))
+        self.replica_hives.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// When the queen started (ms since the epoch).
@@ -299,7 +350,7 @@ impl Registry {
     /// True during the queen's first heartbeat interval (plus a second), while hives that
     /// reported to a previous queen are still finding this one: a missing hive may yet appear.
     pub(crate) fn warming_up(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.started_ms) < self.warmup_ms
+        now_ms.saturating_sub(self.started_ms) < self.warmup_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A forwarded operation's answer about worker processes updates the registry at once, so
@@ -308,6 +359,7 @@ impl Registry {
     pub(crate) fn note_result(&self, alias: &str, result: &OperationResult) {
         let mut hives = self.lock();
         let Some(hive) = hives.get_mut(alias) else { return };
+        let had_replica = has_replica(&hive.beat);
         // Copied first if an answer or a route still holds the beat.
         let beat = Arc::make_mut(&mut hive.beat);
         // Within the same limit as heartbeats.
@@ -330,6 +382,18 @@ impl Registry {
             }
             _ => {}
         }
+        self.count_replicas(had_replica, has_replica(beat));
+    }
+
+    /// Keeps [`Self::replica_hives`] as a hive goes from having a replica (`had`) to `has`.
+    /// Called with the registry's lock held.
+    fn count_replicas(&self, had: bool, has: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match (had, has) {
+            (false, true) => self.replica_hives.fetch_add(1, Relaxed),
+            (true, false) => self.replica_hives.fetch_sub(1, Relaxed),
+            _ => 0,
+        };
     }
 }
 
@@ -351,11 +415,11 @@ pub(crate) async fn heartbeat(
         return ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
     }
     match queen.registry.try_record(beat, peer.ip(), now_ms()) {
-        Ok(changed) => {
-            if changed {
+        Ok(recorded) => {
+            if recorded.changed {
                 queen.deployments.wake.notify_one();
             }
-            StatusCode::NO_CONTENT.into_response()
+            Json(recorded.ack).into_response()
         }
         Err(rejected) => ApiError::new(rejected.status(), rejected.to_string()).into_response(),
     }
@@ -375,11 +439,56 @@ struct Listed {
 /// is never whole in memory.
 const LIST_CHUNK_BYTES: usize = 64 << 10;
 
+/// What `rbee hive list` shows of a hive (`GET /v1/hives?fields=table`): a [`HiveEntry`]
+/// without its GPUs, models, installed versions, digest and address, about half its size.
+#[derive(serde::Serialize)]
+struct TableRow<'a> {
+    alias: &'a str,
+    version: &'a str,
+    pid: u32,
+    port: u16,
+    workers: &'a [String],
+    processes: &'a [rbee_core::proto::hive::WorkerProcess],
+    age_ms: u64,
+    stale: bool,
+}
+
+impl Listed {
+    fn table_row(&self) -> TableRow<'_> {
+        let b = &self.heartbeat;
+        TableRow {
+            alias: &b.alias,
+            version: &b.version,
+            pid: b.pid,
+            port: b.port,
+            workers: &b.workers,
+            processes: &b.processes,
+            age_ms: self.age_ms,
+            stale: self.stale,
+        }
+    }
+}
+
+/// `GET /v1/hives`'s query: `fields=table` for [`TableRow`]s instead of whole entries.
+#[derive(serde::Deserialize)]
+pub(crate) struct HivesQuery {
+    fields: Option<String>,
+}
+
 /// `GET /v1/hives`: every hive that sent a heartbeat, stale ones included, so a hive that went
-/// quiet shows as stale rather than vanishing. A JSON array of [`HiveEntry`], written as the
-/// client reads it from a snapshot of the registry that shares the heartbeats.
-pub(crate) async fn hives(State(queen): State<Arc<Queen>>) -> Response {
-    let chunks = list_chunks(queen.registry.listed(now_ms()), LIST_CHUNK_BYTES);
+/// quiet shows as stale rather than vanishing. A JSON array of [`HiveEntry`] (with
+/// `?fields=table`, of the fields `rbee hive list` shows), written as the client reads it from
+/// a snapshot of the registry that shares the heartbeats.
+pub(crate) async fn hives(State(queen): State<Arc<Queen>>, Query(query): Query<HivesQuery>) -> Response {
+    let table = match query.fields.as_deref() {
+        None => false,
+        Some("table") => true,
+        Some(other) => {
+            let msg = format!("fields={other:?}: the only value is `table` (or leave it out for whole entries)");
+            return ApiError::new(StatusCode::BAD_REQUEST, msg).into_response();
+        }
+    };
+    let chunks = list_chunks(queen.registry.listed(now_ms()), LIST_CHUNK_BYTES, table);
     let body = axum::body::Body::from_stream(futures_util::stream::iter(
         chunks.map(|chunk| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk))),
     ));
@@ -387,7 +496,7 @@ pub(crate) async fn hives(State(queen): State<Arc<Queen>>) -> Response {
 }
 
 /// `listed` as a JSON array, in pieces of about `chunk_bytes` (one entry more at most).
-fn list_chunks(listed: Vec<Listed>, chunk_bytes: usize) -> impl Iterator<Item = Vec<u8>> {
+fn list_chunks(listed: Vec<Listed>, chunk_bytes: usize, table: bool) -> impl Iterator<Item = Vec<u8>> {
     let mut next = 0;
     std::iter::from_fn(move || {
         if next > listed.len() {
@@ -404,7 +513,11 @@ fn list_chunks(listed: Vec<Listed>, chunk_bytes: usize) -> impl Iterator<Item = 
                 chunk.push(b',');
             }
             // Plain data serialised into memory: this does not fail.
-            serde_json::to_writer(&mut chunk, &listed[next]).unwrap_or_default();
+            if table {
+                serde_json::to_writer(&mut chunk, &listed[next].table_row()).unwrap_or_default();
+            } else {
+                serde_json::to_writer(&mut chunk, &listed[next]).unwrap_or_default();
+            }
             next += 1;
         }
         if next == listed.len() {
@@ -468,7 +581,7 @@ pub(crate) mod tests {
     fn hives_are_listed_in_pieces_as_entries() {
         let registry = Registry::new(0, INTERVAL_MS);
         let as_entries = |chunks: Vec<Vec<u8>>| -> Vec<HiveEntry> { serde_json::from_slice(&chunks.concat()).unwrap() };
-        assert_eq!(list_chunks(registry.listed(0), 10).collect::<Vec<_>>(), vec![b"[]".to_vec()]);
+        assert_eq!(list_chunks(registry.listed(0), 10, false).collect::<Vec<_>>(), vec![b"[]".to_vec()]);
         for i in 0..7u8 {
             let processes = (0..i).map(|k| worker(&format!("w{k}"), "m", WorkerState::Ready)).collect();
             registry.record(beat(&format!("hive-{i}"), 7000 + u16::from(i), processes), ip(i), 1_000 * u64::from(i));
@@ -476,12 +589,25 @@ pub(crate) mod tests {
         let entries = registry.entries(8_000);
         assert!(entries.iter().any(|e| e.stale) && entries.iter().any(|e| !e.stale));
         for chunk_bytes in [1, 300, 1 << 20] {
-            let chunks: Vec<Vec<u8>> = list_chunks(registry.listed(8_000), chunk_bytes).collect();
+            let chunks: Vec<Vec<u8>> = list_chunks(registry.listed(8_000), chunk_bytes, false).collect();
             assert_eq!(chunks.len() > 1, chunk_bytes < 1 << 20, "{chunk_bytes}: {} pieces", chunks.len());
             assert_eq!(as_entries(chunks), entries, "pieces of {chunk_bytes} bytes");
         }
         let whole = serde_json::to_vec(&entries).unwrap();
-        assert_eq!(list_chunks(registry.listed(8_000), 1 << 20).next().unwrap(), whole, "byte for byte");
+        assert_eq!(list_chunks(registry.listed(8_000), 1 << 20, false).next().unwrap(), whole, "byte for byte");
+
+        // The table's fields only: every entry's, nothing else.
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&list_chunks(registry.listed(8_000), 300, true).collect::<Vec<_>>().concat())
+                .unwrap();
+        assert_eq!(rows.len(), entries.len());
+        for (row, entry) in rows.iter().zip(&entries) {
+            let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["age_ms", "alias", "pid", "port", "processes", "stale", "version", "workers"]);
+            assert_eq!(row["alias"], entry.heartbeat.alias);
+            assert_eq!(row["stale"], entry.stale);
+            assert_eq!(row["processes"], serde_json::to_value(&entry.heartbeat.processes).unwrap());
+        }
     }
 
     /// `interval_ms = u64::MAX` kept a dead hive fresh for good (and overflowed the staleness
@@ -500,7 +626,9 @@ pub(crate) mod tests {
         let fresh = registry.fresh(1_000);
         let zero = fresh.iter().find(|b| b.alias == "zero").expect("zero is fresh when it beats");
         assert_eq!(zero.interval_ms, MIN_INTERVAL_MS);
-        assert!(registry.fresh(1_000 + 3 * MIN_INTERVAL_MS + 1).iter().all(|b| b.alias != "zero"));
+        // Judged by the interval it was told, the registry's (it beats faster than asked).
+        assert!(registry.fresh(1_000 + 3 * INTERVAL_MS).iter().any(|b| b.alias == "zero"));
+        assert!(registry.fresh(1_000 + 3 * INTERVAL_MS + 1).iter().all(|b| b.alias != "zero"));
     }
 
     /// A heartbeat listing millions of workers or models was kept whole: lists beyond the limit
@@ -519,7 +647,7 @@ pub(crate) mod tests {
         assert!(registry.entries(0).is_empty(), "nothing of a refused beat is kept");
 
         let three = (0..3).map(|i| worker(&format!("w{i}"), "m", WorkerState::Ready)).collect();
-        assert_eq!(registry.try_record(beat("ok", 1, three), ip(1), 0), Ok(true));
+        assert_eq!(registry.try_record(beat("ok", 1, three), ip(1), 0).map(|r| r.changed), Ok(true));
         let listed: Vec<WorkerProcess> = (0..10).map(|i| worker(&format!("x{i}"), "m", WorkerState::Ready)).collect();
         registry.note_result("ok", &OperationResult::Workers { hive: "ok".into(), workers: listed });
         assert_eq!(registry.fresh(0)[0].processes.len(), 3);
@@ -533,8 +661,8 @@ pub(crate) mod tests {
     #[test]
     fn the_registry_holds_at_most_its_limit_of_hives() {
         let registry = Registry::new(0, INTERVAL_MS).with_limits(2, MAX_LIST);
-        assert_eq!(registry.try_record(beat("a", 1, vec![]), ip(1), 0), Ok(true));
-        assert_eq!(registry.try_record(beat("b", 2, vec![]), ip(2), 500), Ok(true));
+        assert_eq!(registry.try_record(beat("a", 1, vec![]), ip(1), 0).map(|r| r.changed), Ok(true));
+        assert_eq!(registry.try_record(beat("b", 2, vec![]), ip(2), 500).map(|r| r.changed), Ok(true));
         let err = registry.try_record(beat("c", 3, vec![]), ip(3), 1_000).unwrap_err();
         assert_eq!(err, Rejected::Full { alias: "c".into(), max: 2 });
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -542,7 +670,7 @@ pub(crate) mod tests {
 
         // Later "b" is stale (silent since 500), "a" too but heard later: "b" makes room.
         let later = 1_000 + 3 * INTERVAL_MS + 1;
-        assert_eq!(registry.try_record(beat("c", 3, vec![]), ip(3), later), Ok(true));
+        assert_eq!(registry.try_record(beat("c", 3, vec![]), ip(3), later).map(|r| r.changed), Ok(true));
         let aliases: Vec<String> = registry.entries(later).into_iter().map(|e| e.heartbeat.alias).collect();
         assert_eq!(aliases, vec!["a", "c"]);
     }
@@ -655,6 +783,73 @@ pub(crate) mod tests {
         assert!(registry.warming_up(100_000));
         assert!(registry.warming_up(105_999));
         assert!(!registry.warming_up(106_000));
+    }
+
+    #[test]
+    fn a_large_fleet_is_told_a_longer_interval_and_judged_by_it() {
+        // 100 beats a second: up to 500 hives keep the 5 s interval.
+        assert_eq!(paced_interval_ms(5000, 1, 100), 5000);
+        assert_eq!(paced_interval_ms(5000, 500, 100), 5000);
+        assert_eq!(paced_interval_ms(5000, 501, 100), 5010);
+        assert_eq!(paced_interval_ms(5000, 10_000, 100), 100_000);
+        assert_eq!(paced_interval_ms(5000, 100_000, 1), MAX_INTERVAL_MS, "never beyond the longest interval");
+        assert_eq!(paced_interval_ms(0, 0, 0), MIN_INTERVAL_MS, "never below the shortest, never a division by 0");
+
+        // At 2 beats a second and a 1 s interval, the third hive makes it 1.5 s.
+        let registry = Registry::new(0, 1000).with_pacing(2);
+        let told =
+            |alias: &str, at: u64| registry.try_record(beat(alias, 1, vec![]), ip(1), at).unwrap().ack.interval_ms;
+        assert_eq!(told("a", 0), 1000);
+        assert_eq!(told("b", 0), 1000);
+        assert_eq!(told("c", 0), 1500);
+        // Each hive is judged by what it was told: c is fresh for three of its 1.5 s.
+        assert!(registry.fresh_addr("c", 4_500).is_ok());
+        assert!(registry.fresh_addr("c", 4_501).is_err());
+        assert!(registry.fresh_addr("a", 3_001).is_err(), "a was told 1 s");
+        // Told again when it beats next: the fleet is 3 now.
+        assert_eq!(told("a", 3_100), 1500);
+    }
+
+    /// The reconciler asks twice a second whether any hive runs a replica: the answer is kept
+    /// as beats, results and evictions change it, not read from every hive.
+    #[test]
+    fn whether_any_hive_runs_a_replica_follows_beats_results_and_evictions() {
+        let registry = Registry::new(0, INTERVAL_MS).with_limits(2, MAX_LIST);
+        let mut replica = worker("r1", "m", WorkerState::Ready);
+        replica.replica = Some(rbee_core::proto::deployment::ReplicaLabel {
+            deployment: "d".into(),
+            spec_hash: "h".into(),
+            worker_version: None,
+        });
+        registry.record(beat("a", 1, vec![worker("w1", "m", WorkerState::Ready)]), ip(1), 0);
+        assert!(!registry.any_replica());
+        registry.record(beat("a", 1, vec![replica.clone()]), ip(1), 100);
+        registry.record(beat("b", 2, vec![replica.clone()]), ip(2), 100);
+        assert!(registry.any_replica());
+        registry.record(beat("a", 1, vec![]), ip(1), 200);
+        assert!(registry.any_replica(), "b still runs one");
+        let mut stopped = replica.clone();
+        stopped.state = WorkerState::Stopped;
+        registry.note_result("b", &OperationResult::Worker { hive: "b".into(), worker: Box::new(stopped) });
+        assert!(!registry.any_replica(), "its replica stopped");
+        registry.note_result("b", &OperationResult::Worker { hive: "b".into(), worker: Box::new(replica.clone()) });
+        assert!(registry.any_replica());
+        // b goes stale and is evicted by a new hive: its replica goes with it.
+        let later = 100 + 3 * INTERVAL_MS + 1_000;
+        registry.record(beat("a", 1, vec![]), ip(1), later);
+        registry.record(beat("c", 3, vec![]), ip(3), later);
+        assert!(registry.addr("b").is_none(), "b was evicted");
+        assert!(!registry.any_replica());
+    }
+
+    #[test]
+    fn a_paced_beat_lengthens_the_warmup_of_a_restarted_queen() {
+        let registry = Registry::new(100_000, 5000);
+        let mut slow = beat("slow", 1, vec![]);
+        slow.interval_ms = 100_000;
+        registry.record(slow, ip(1), 100_500);
+        assert!(registry.warming_up(200_999), "a hive a previous queen paced at 100 s may still appear");
+        assert!(!registry.warming_up(201_000));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct QueenConfig {
     pub keepalive: Duration,
     /// How often hives started by this queen send heartbeats.
     pub heartbeat: Duration,
+    /// The most heartbeats a second asked of the whole fleet: a larger fleet is told a longer
+    /// interval than `heartbeat` ([`rbee_core::proto::operation::HeartbeatAck`]).
+    pub max_heartbeats_per_second: u32,
     /// The URL hives use to reach this queen; default `http://<addr>`.
     pub advertise_url: Option<String>,
     /// Replicas on a hive silent for this long are placed on other hives.
@@ -118,6 +121,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let heartbeat_ms = u64::try_from(config.heartbeat.as_millis()).unwrap_or(0);
+    let registry = Registry::new(now_ms(), heartbeat_ms).with_pacing(config.max_heartbeats_per_second);
     let state_dir = config.state_dir.clone().unwrap_or_else(crate::state::state_dir);
     let deployments = crate::reconcile::Deployments::open(state_dir.join("deployments.json"), config.reschedule_after)
         .map_err(std::io::Error::other)?;
@@ -126,7 +130,7 @@ pub async fn bind(config: QueenConfig) -> std::io::Result<Server> {
         config,
         url,
         jobs: Jobs::default(),
-        registry: Registry::new(now_ms(), heartbeat_ms),
+        registry,
         turns: Turns::default(),
         deployments: Arc::new(deployments),
         metrics: Arc::default(),

@@ -49,6 +49,7 @@ async fn main() {
         }),
         keepalive: Duration::from_secs(10),
         heartbeat: Duration::from_millis(500),
+        max_heartbeats_per_second: rbee_core::proto::operation::DEFAULT_MAX_HEARTBEATS_PER_SECOND,
         advertise_url: None,
         reschedule_after: Duration::from_secs(60),
         state_dir: Some(home.path().join("queen")),

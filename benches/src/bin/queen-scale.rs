@@ -33,7 +33,7 @@ use rbee_benches::{QueenProcess, watch};
 use rbee_core::execute::now_ms;
 use rbee_core::package::OperationResult;
 use rbee_core::proto::hive::{Gpu, HiveEvent, ModelInfo, WorkerProcess, WorkerState};
-use rbee_core::proto::operation::{Heartbeat, Operation};
+use rbee_core::proto::operation::{Heartbeat, HeartbeatAck, Operation};
 
 /// How often the hives beat (the hive's default).
 const HEARTBEAT_MS: u64 = 5000;
@@ -47,6 +47,12 @@ struct Sim {
     keep_alive: bool,
     beats: AtomicU64,
     beat_errors: AtomicU64,
+    /// The longest interval the queen asked a hive for.
+    told_ms: AtomicU64,
+    /// The interval the queen asks of a fleet of this size (the default pacing).
+    paced_ms: u64,
+    /// Hives that were told [`Sim::paced_ms`] (or more) at least once.
+    settled: AtomicU64,
     /// Round trips of beats (µs) while `recording`.
     rtt_us: Mutex<Vec<u32>>,
     recording: AtomicBool,
@@ -143,32 +149,36 @@ fn heap_bytes(b: &Heartbeat) -> usize {
         + b.models.iter().map(|m| std::mem::size_of::<ModelInfo>() + s(&m.name) + s(&m.path)).sum::<usize>()
 }
 
-/// One beat over a new connection, as `rbee-hive` sends it.
-async fn post_new(url: &str, bearer: &str, body: Vec<u8>) -> bool {
+/// The interval a queen's answer asks for, if the beat was taken.
+fn acked(ok: bool, body: &[u8]) -> Option<u64> {
+    ok.then(|| serde_json::from_slice::<HeartbeatAck>(body).map_or(0, |ack| ack.interval_ms))
+}
+
+/// One beat over a new connection, as `rbee-hive` sends it: `None` when it failed, else the
+/// interval the queen asked for (0 when it named none).
+async fn post_new(url: &str, bearer: &str, body: Vec<u8>) -> Option<u64> {
     let headers = [("authorization", bearer), ("content-type", "application/json")];
-    let Ok(response) = rbee_http::send("POST", url, &headers, body).await else { return false };
+    let response = rbee_http::send("POST", url, &headers, body).await.ok()?;
     let ok = response.status().is_success();
-    rbee_http::collect(response).await.is_ok() && ok
+    acked(ok, &rbee_http::collect(response).await.ok()?)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// One beat over the hive's kept connection, opened again when the queen closed it.
-async fn post_kept(sim: &Sim, conn: &mut Option<Sender>, bearer: &str, body: Vec<u8>) -> bool {
+async fn post_kept(sim: &Sim, conn: &mut Option<Sender>, bearer: &str, body: Vec<u8>) -> Option<u64> {
     if conn.as_ref().is_none_or(Sender::is_closed) {
-        let Ok(tcp) = tokio::net::TcpStream::connect(sim.queen).await else { return false };
+        let tcp = tokio::net::TcpStream::connect(sim.queen).await.ok()?;
         let _ = tcp.set_nodelay(true);
-        let Ok((sender, connection)) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await
-        else {
-            return false;
-        };
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
         tokio::spawn(connection);
         *conn = Some(sender);
     }
-    let Some(sender) = conn.as_mut() else { return false };
+    let sender = conn.as_mut()?;
     if sender.ready().await.is_err() {
         *conn = None;
-        return false;
+        return None;
     }
     let request = hyper::Request::post("/v1/heartbeats")
         .header("host", sim.queen.to_string())
@@ -179,21 +189,25 @@ async fn post_kept(sim: &Sim, conn: &mut Option<Sender>, bearer: &str, body: Vec
         .unwrap();
     let Ok(response) = sender.send_request(request).await else {
         *conn = None;
-        return false;
+        return None;
     };
     let ok = response.status().is_success();
-    response.into_body().collect().await.is_ok() && ok
+    acked(ok, &response.into_body().collect().await.ok()?.to_bytes())
 }
 
-/// Beats every interval, the first at `offset`.
-async fn beat_loop(sim: Arc<Sim>, beat: Heartbeat, offset: Duration) {
+/// Beats every interval, the first at `offset`; from then on at the interval the queen asks
+/// for, as `rbee-hive` does.
+async fn beat_loop(sim: Arc<Sim>, mut beat: Heartbeat, offset: Duration) {
     let url = format!("http://{}/v1/heartbeats", sim.queen);
     let bearer = rbee_core::proto::bearer(&rbee_core::credentials::hive_credential(&sim.hive_key, &beat.alias));
     let mut kept = None;
+    let mut interval_ms = HEARTBEAT_MS;
+    let mut settled = false;
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + offset, Duration::from_millis(HEARTBEAT_MS));
     loop {
         ticker.tick().await;
+        beat.interval_ms = interval_ms;
         let body = serde_json::to_vec(&beat).unwrap();
         let sent = Instant::now();
         let ok = if sim.keep_alive {
@@ -201,7 +215,17 @@ async fn beat_loop(sim: Arc<Sim>, beat: Heartbeat, offset: Duration) {
         } else {
             tokio::time::timeout(BEAT_TIMEOUT, post_new(&url, &bearer, body)).await
         };
-        if ok == Ok(true) {
+        if let Ok(Some(told)) = ok {
+            if told != 0 && told != interval_ms {
+                interval_ms = told;
+                let every = Duration::from_millis(told);
+                ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            }
+            sim.told_ms.fetch_max(told, Ordering::Relaxed);
+            if !settled && told >= sim.paced_ms {
+                settled = true;
+                sim.settled.fetch_add(1, Ordering::Relaxed);
+            }
             sim.beats.fetch_add(1, Ordering::Relaxed);
             if sim.recording.load(Ordering::Relaxed) {
                 let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
@@ -311,6 +335,13 @@ async fn main() {
         keep_alive,
         beats: AtomicU64::new(0),
         beat_errors: AtomicU64::new(0),
+        told_ms: AtomicU64::new(0),
+        paced_ms: rbee_core::proto::operation::paced_interval_ms(
+            HEARTBEAT_MS,
+            n_hives,
+            rbee_core::proto::operation::DEFAULT_MAX_HEARTBEATS_PER_SECOND,
+        ),
+        settled: AtomicU64::new(0),
         rtt_us: Mutex::new(Vec::new()),
         recording: AtomicBool::new(false),
         stop,
@@ -345,7 +376,14 @@ async fn main() {
             sim.beat_errors.load(Ordering::Relaxed)
         );
     }
-    eprintln!("queen-scale: queen pid {}, {n_hives} hives registered; starting {n_streams} job streams", proc.pid);
+    // Each hive is told the fleet's interval at its first beat after the registry is full.
+    let settle_by = Duration::from_millis(2 * sim.paced_ms) + Duration::from_secs(30);
+    eprintln!("queen-scale: {n_hives} hives registered; waiting until each was told {} ms", sim.paced_ms);
+    while sim.settled.load(Ordering::Relaxed) < n_hives as u64 {
+        assert!(registered.elapsed() < settle_by, "hives were not told the fleet's interval in {settle_by:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!("queen-scale: queen pid {}, {n_hives} hives paced; starting {n_streams} job streams", proc.pid);
 
     // The job streams: each follows a model download on its own hive.
     let events = Arc::new(AtomicU64::new(0));
@@ -419,7 +457,7 @@ async fn main() {
         probe.home = format!("/home/probe/beat-{k}");
         let needle = format!("/home/probe/beat-{k}\"");
         let sent = Instant::now();
-        assert!(post_new(&probe_url, &probe_bearer, serde_json::to_vec(&probe).unwrap()).await, "probe beat");
+        assert!(post_new(&probe_url, &probe_bearer, serde_json::to_vec(&probe).unwrap()).await.is_some(), "probe beat");
         loop {
             let (took, body) = get_hives(&queen).await;
             list_ms.push(took.as_secs_f64() * 1000.0);
@@ -435,26 +473,31 @@ async fn main() {
     list_ms.sort_by(f64::total_cmp);
     visible_ms.sort_by(f64::total_cmp);
 
-    // `rbee hive list --json`, when built, with the queen's HOME (its token) and config (port).
+    // `rbee hive list` and `rbee hive list --json`, when built, with the queen's HOME (its
+    // token) and config (port); their output read whole, as a terminal or a pipe would.
     let rbee = std::env::current_exe().unwrap().parent().unwrap().join("rbee");
-    let mut cli_ms = Vec::new();
+    let (mut cli_ms, mut cli_json_ms) = (Vec::new(), Vec::new());
     if rbee.exists() {
         for _ in 0..5.min(samples) {
-            let started = Instant::now();
-            let out = tokio::process::Command::new(&rbee)
-                .args(["--config"])
-                .arg(&queen.config)
-                .args(["hive", "list", "--json"])
-                .env("HOME", &queen.home)
-                .env_remove("XDG_STATE_HOME")
-                .env_remove("XDG_CONFIG_HOME")
-                .output()
-                .await
-                .unwrap();
-            assert!(out.status.success(), "rbee hive list: {}", String::from_utf8_lossy(&out.stderr));
-            cli_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            for (json, times) in [(false, &mut cli_ms), (true, &mut cli_json_ms)] {
+                let started = Instant::now();
+                let out = tokio::process::Command::new(&rbee)
+                    .args(["--config"])
+                    .arg(&queen.config)
+                    .args(["hive", "list"])
+                    .args(json.then_some("--json"))
+                    .env("HOME", &queen.home)
+                    .env_remove("XDG_STATE_HOME")
+                    .env_remove("XDG_CONFIG_HOME")
+                    .output()
+                    .await
+                    .unwrap();
+                assert!(out.status.success(), "rbee hive list: {}", String::from_utf8_lossy(&out.stderr));
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
         }
         cli_ms.sort_by(f64::total_cmp);
+        cli_json_ms.sort_by(f64::total_cmp);
     }
     let hwm_end = proc.status_kib("VmHWM:") as f64 / 1024.0;
     let rss_end = proc.status_kib("VmRSS:") as f64 / 1024.0;
@@ -475,9 +518,10 @@ async fn main() {
 
     let mode = if keep_alive { "one kept connection per hive" } else { "a new connection per beat, as rbee-hive" };
     println!(
-        "queen-rbee (pid {}), {n_hives} simulated hives beating every {} s ({mode}), {n_streams} job streams; window {} s; fd limit {fd_limit}",
+        "queen-rbee (pid {}), {n_hives} simulated hives beating every {} s as the queen asks (configured 5 s, at most {} beats/s; {mode}), {n_streams} job streams; window {} s; fd limit {fd_limit}",
         proc.pid,
-        HEARTBEAT_MS / 1000,
+        sim.told_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        rbee_core::proto::operation::DEFAULT_MAX_HEARTBEATS_PER_SECOND,
         window.as_secs()
     );
     if let Ok(v) = std::env::var("MALLOC_ARENA_MAX") {
@@ -511,13 +555,15 @@ async fn main() {
         percentile(&visible_ms, 0.5),
         percentile(&visible_ms, 0.95)
     );
-    if !cli_ms.is_empty() {
-        println!(
-            "| `rbee hive list --json` ({} runs): median / max | {:.1} / {:.1} ms |",
-            cli_ms.len(),
-            percentile(&cli_ms, 0.5),
-            cli_ms.last().copied().unwrap_or(f64::NAN)
-        );
+    for (what, times) in [("`rbee hive list`", &cli_ms), ("`rbee hive list --json`", &cli_json_ms)] {
+        if !times.is_empty() {
+            println!(
+                "| {what} ({} runs): median / max | {:.1} / {:.1} ms |",
+                times.len(),
+                percentile(times, 0.5),
+                times.last().copied().unwrap_or(f64::NAN)
+            );
+        }
     }
     println!("| queen CPU while sampling (load + the calls above) | {cpu_sampling_pct:.2} % of a core |");
     println!(

@@ -35,14 +35,41 @@ pub(super) async fn run(cli: &Cli, what: &HiveCommand) -> Outcome {
     }
 }
 
+/// `rbee hive list` / `rbee hive get`. The registry of a large fleet is megabytes of JSON: the
+/// whole list with `--json` is passed on as the queen wrote it, and the table reads only the
+/// fields it shows.
 async fn list(cli: &Cli, only: Option<&str>) -> Outcome {
-    let mut hives = running_queen(cli).await?.hives().await?;
-    if let Some(alias) = only {
-        hives.retain(|h| h.heartbeat.alias == alias);
-        if hives.is_empty() {
-            return Err(CliError::Message(format!("no hive {alias} in the registry: it has not sent a heartbeat")));
+    let bytes = running_queen(cli).await?.hives_json(!cli.json).await?;
+    let bad = |e: &dyn std::fmt::Display| CliError::Message(format!("the queen's hive list is not valid JSON: {e}"));
+    let text = std::str::from_utf8(&bytes).map_err(|e| bad(&e))?;
+    match (cli.json, only) {
+        (true, None) => {
+            // Checked to be one JSON array before it is passed on.
+            serde_json::from_str::<Vec<serde::de::IgnoredAny>>(text).map_err(|e| bad(&e))?;
+            render::raw_json(text);
+        }
+        (true, Some(alias)) => {
+            let mut hives: Vec<rbee_queen::api::HiveEntry> = serde_json::from_str(text).map_err(|e| bad(&e))?;
+            hives.retain(|h| h.heartbeat.alias == alias);
+            if hives.is_empty() {
+                return Err(no_such_hive(alias));
+            }
+            render::hives(true, &hives);
+        }
+        (false, only) => {
+            let mut rows: Vec<render::HiveRow<'_>> = serde_json::from_str(text).map_err(|e| bad(&e))?;
+            if let Some(alias) = only {
+                rows.retain(|h| h.alias == alias);
+                if rows.is_empty() {
+                    return Err(no_such_hive(alias));
+                }
+            }
+            render::hive_rows(&rows);
         }
     }
-    render::hives(cli.json, &hives);
     Ok(Exit::Ok)
+}
+
+fn no_such_hive(alias: &str) -> CliError {
+    CliError::Message(format!("no hive {alias} in the registry: it has not sent a heartbeat"))
 }

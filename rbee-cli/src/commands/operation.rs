@@ -70,6 +70,11 @@ fn faults() -> Result<BTreeMap<String, InstallFault>, crate::exit::CliError> {
 /// Runs a package operation here or in the queen, rendering its events and its result.
 pub(super) async fn run(cli: &Cli, op: Operation, verbose: bool) -> Outcome {
     let renderer = Renderer::new(cli.json);
+    if matches!(op, Operation::PackageSync { .. } | Operation::PackageInstall { .. })
+        && let Some(warning) = load(cli).ok().and_then(|c| c.package.insecure_source_warning())
+    {
+        eprintln!("{warning}");
+    }
     let result = if cli.in_process && !op.should_forward_to_hive() {
         let mut ctx = RunContext::default();
         ctx.faults = faults()?;

@@ -349,7 +349,12 @@ fn an_http_source_is_downloaded_once_per_artifact_into_a_sha256_cache() {
     fleet.set_source(format!("http://127.0.0.1:{}", served.port).into());
     let dry = fleet.rbee(&["sync", "--dry-run"]).expect_code(2);
     assert!(dry.stdout().contains("+ install   hive rbee-hive 0.1.0"), "{}", dry.stdout());
-    fleet.rbee(&["sync"]).expect_code(0);
+    let synced = fleet.rbee(&["sync"]).expect_code(0);
+    assert!(
+        synced.stderr().contains("over plain HTTP (allow_insecure_source = true): anyone on the network path"),
+        "a plain HTTP source is warned about: {}",
+        synced.stderr()
+    );
     let hits = served.hits.lock().unwrap().clone();
     for artifact in ["rbee-hive", "rbee-worker-llama-cpp", "rbee-worker-vllm"] {
         assert_eq!(hits.get(&format!("/0.1.0/{artifact}")), Some(&1), "{artifact} fetched once for 2 hives: {hits:?}");

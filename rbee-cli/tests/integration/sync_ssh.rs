@@ -296,7 +296,11 @@ fn remote_hives_report_to_the_queen_over_the_network() {
     };
     assert_eq!(post("/v1/heartbeats", &credentials[0], &beat("h2")), "401", "h1's credential for h2's heartbeat");
     assert_eq!(post("/v1/heartbeats", admin.trim(), &beat("h2")), "401", "the admin token is not a hive's");
-    assert_eq!(post("/v1/heartbeats", &credentials[1], &beat("h2")), "204", "h2's own");
+    assert_eq!(
+        post("/v1/heartbeats", &credentials[1], &beat("h2")),
+        "200",
+        "h2's own (answered with the interval to beat at)"
+    );
     let job = r#"{"type":"package_validate"}"#;
     assert_eq!(post("/v1/jobs", &credentials[0], job), "401", "a hive's credential submits no job");
 

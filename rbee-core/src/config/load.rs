@@ -48,13 +48,25 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// A file exists but could not be read.
-    #[error("could not read {path}")]
+    #[error("could not read {path}: {}", read_reason(source))]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A file is not UTF-8 text.
+    #[error("{}:{line}:{column}: not UTF-8 text (byte 0x{byte:02x}): save the file as UTF-8", path.display())]
+    NotUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// Line of the first byte that is not UTF-8 (from 1).
+        line: usize,
+        /// Its column in bytes (from 1).
+        column: usize,
+        /// The byte.
+        byte: u8,
     },
     /// The files were read but are not valid.
     #[error("{}", render_diagnostics(.0))]
@@ -133,25 +145,42 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigError> {
     load(&ConfigFiles::in_dir(dir))
 }
 
+/// Why a config file could not be read, in words that say what to do.
+fn read_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::IsADirectory => "it is a directory, not a file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied: check its owner and mode".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// A config file's text: `None` when it does not exist; an error that says why otherwise.
+fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line_start = bytes[..at].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        ConfigError::NotUtf8 {
+            path: path.to_owned(),
+            line: bytes[..at].iter().filter(|b| **b == b'\n').count() + 1,
+            column: at - line_start + 1,
+            byte: bytes[at],
+        }
+    })
+}
+
 /// Loads and validates the two files.
 pub fn load(files: &ConfigFiles) -> Result<Config, ConfigError> {
     let rbee_path = files.rbee_conf.clone();
     let hives_path = files.hives_conf.clone();
-    let rbee = match std::fs::read_to_string(&rbee_path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(ConfigError::Read { path: rbee_path, source });
-        }
-    };
-    let hives = match std::fs::read_to_string(&hives_path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ConfigError::MissingHivesConf { path: hives_path });
-        }
-        Err(source) => {
-            return Err(ConfigError::Read { path: hives_path, source });
-        }
+    let rbee = read_text(&rbee_path)?;
+    let Some(hives) = read_text(&hives_path)? else {
+        return Err(ConfigError::MissingHivesConf { path: hives_path });
     };
     let rbee = rbee.as_deref().map(|text| (rbee_path.as_path(), text));
     parse(rbee, (&hives_path, &hives))
@@ -395,6 +424,7 @@ impl<'a> Validator<'a> {
             None => "localhost".to_owned(),
         };
         let reschedule_after = self.int_in("reschedule_after", &file.queen.reschedule_after, 1..86_401);
+        let max_beats = self.int_in("max_heartbeats_per_second", &file.queen.max_heartbeats_per_second, 1..100_001);
         let queen = QueenSettings {
             mode: file.queen.mode,
             port,
@@ -403,6 +433,7 @@ impl<'a> Validator<'a> {
             advertise_url,
             hive_alias,
             reschedule_after: Duration::from_secs(reschedule_after.unsigned_abs()),
+            max_heartbeats_per_second: u32::try_from(max_beats).unwrap_or(1),
             metrics_public: file.queen.metrics_public,
         };
         let p = &file.package;

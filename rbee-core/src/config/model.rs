@@ -59,6 +59,9 @@ pub struct QueenSettings {
     pub hive_alias: String,
     /// How long a hive may be silent before its deployments' replicas are started elsewhere.
     pub reschedule_after: Duration,
+    /// The most heartbeats a second the queen asks of its fleet (it lengthens the interval it
+    /// tells each hive as the fleet grows).
+    pub max_heartbeats_per_second: u32,
     /// `GET /metrics` needs no token, on the queen and on the hives it starts.
     pub metrics_public: bool,
 }
@@ -78,6 +81,18 @@ pub struct PackageSettings {
     pub max_unavailable: MaxUnavailable,
     /// Stop starting hive upgrades once this many hives failed or were rolled back.
     pub max_failed: Option<usize>,
+}
+
+impl PackageSettings {
+    /// A warning to show before installing from this source, if it is plain HTTP (which a
+    /// valid config allows only with `allow_insecure_source = true`).
+    pub fn insecure_source_warning(&self) -> Option<String> {
+        let source = self.source.as_deref().filter(|s| s.starts_with("http://"))?;
+        Some(format!(
+            "warning: artifacts come from {source} over plain HTTP (allow_insecure_source = true): anyone on the \
+             network path can change them and their SHA256SUMS; use https:// where you can"
+        ))
+    }
 }
 
 /// `[package] max_unavailable`: a number of hives, or a percentage of the hives being

@@ -60,6 +60,12 @@ pub struct QueenSection {
     #[serde(default = "default_reschedule_after")]
     #[schemars(with = "u32")]
     pub reschedule_after: Spanned<i64>,
+    /// The most heartbeats a second the queen asks of its whole fleet, 1..=100000. Default 100:
+    /// up to 500 hives beat at the 5 s interval; a larger fleet is told a longer one (10,000
+    /// hives: every 100 s), and a silent hive is then seen after three of those.
+    #[serde(default = "default_max_heartbeats_per_second")]
+    #[schemars(with = "u32")]
+    pub max_heartbeats_per_second: Spanned<i64>,
     /// Serve `GET /metrics` (Prometheus) on the queen and on the hives it starts without the
     /// API token. Default false: a scraper sends the token like any client.
     #[serde(default)]
@@ -76,6 +82,7 @@ impl Default for QueenSection {
             advertise_url: None,
             hive_alias: None,
             reschedule_after: default_reschedule_after(),
+            max_heartbeats_per_second: default_max_heartbeats_per_second(),
             metrics_public: false,
         }
     }
@@ -249,8 +256,9 @@ pub struct WorkerEntry {
     #[schemars(with = "String")]
     pub version: Spanned<String>,
     /// Where the worker's engine comes from; one key. Default for `llama-cpp`:
-    /// `{ artifact = "auto" }`; `vllm` and `comfyui` without it are unmanaged (their engine
-    /// is looked for on the host's PATH when a worker starts).
+    /// `{ artifact = "auto" }`; `vllm` and `comfyui` have none: without it their launchers are
+    /// installed, but a worker of theirs cannot start (no launcher looks for an engine on the
+    /// host's PATH; declare `{ path = … }` for one installed by hand).
     #[serde(default)]
     pub engine: Option<EngineEntry>,
 }
@@ -359,6 +367,9 @@ fn default_health_timeout() -> Spanned<i64> {
 }
 fn default_reschedule_after() -> Spanned<i64> {
     unspanned(secs(rbee_proto::deployment::DEFAULT_RESCHEDULE_AFTER_MS))
+}
+fn default_max_heartbeats_per_second() -> Spanned<i64> {
+    unspanned(i64::from(rbee_proto::operation::DEFAULT_MAX_HEARTBEATS_PER_SECOND))
 }
 fn default_replicas() -> Spanned<i64> {
     unspanned(1)

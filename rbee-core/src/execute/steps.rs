@@ -84,10 +84,16 @@ if [ -f "$target" ] && [ -f "$records/$name" ] && read -r oldsha _ < "$records/$
   mkdir -p "$prev" && { ln -f "$target" "$prev/$name" 2>/dev/null || cp -p "$target" "$prev/$name"; } &&
     cp -f "$records/$name" "$prev/$name.record" || exit 1
 fi
-chmod 755 "$staging" && mv -f "$staging" "$target" || exit 1
+# On disk before the rename, and the rename itself after it (coreutils' `sync FILE` fsyncs
+# that file or directory only): a power cut never leaves an empty binary or record in place.
+durable() { sync "$@" 2>/dev/null || :; }
+chmod 755 "$staging" && durable "$staging" && mv -f "$staging" "$target" || exit 1
+durable "$(dirname "$target")"
 # The install record observation trusts while size, mtime, ctime and inode are unchanged.
 mkdir -p "$records" && rec="$records/$(basename "$target")" &&
-  printf '%s %s %s\n' "$want" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "$version" > "$rec.tmp" && mv -f "$rec.tmp" "$rec" || exit 1
+  printf '%s %s %s\n' "$want" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "$version" > "$rec.tmp" &&
+  durable "$rec.tmp" && mv -f "$rec.tmp" "$rec" || exit 1
+durable "$records"
 # Staging files of earlier interrupted installs of this target.
 # Leftovers of interrupted installs of this target (staging files, and partial uploads of them).
 for f in "$(dirname "$target")/.$(basename "$target").rbee-tmp-"* "$(dirname "$target")/..$(basename "$target").rbee-tmp-"*; do
@@ -660,7 +666,17 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let state = home.path().join(Layout::STATE_DIR);
         std::fs::create_dir_all(state.join("installed")).unwrap();
-        for f in ["hive.pid", "hive.log", "hive.token", "queen.link", "installed/rbee-hive", "queen.token", "notes"] {
+        let files = [
+            "hive.pid",
+            "hive.log",
+            "hive.log.1",
+            "hive.token",
+            "queen.link",
+            "installed/rbee-hive",
+            "queen.token",
+            "notes",
+        ];
+        for f in files {
             std::fs::write(state.join(f), "x").unwrap();
         }
         let t = LocalTransport::new(home.path());
@@ -769,6 +785,38 @@ mod tests {
     /// the user manager reads it, reloaded only when it changed, enabled and restarted; a
     /// failing `enable-linger` is reported in the output and the hive log, and the start goes
     /// on.
+    /// The installed binary and its record are fsynced before their renames, and their
+    /// directories after (a `sync` stand-in logs each call with what is in place then).
+    #[test]
+    fn an_install_is_fsynced_before_and_after_its_renames() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let fake = h.join("fake-bin");
+        std::fs::create_dir_all(&fake).unwrap();
+        let sync = "#!/bin/sh\nfor f in \"$@\"; do if [ -e bin/rbee-hive ]; then s=in-place; else s=staged; fi; echo \"$f $s\" >> sync.calls; done\n";
+        std::fs::write(fake.join("sync"), sync).unwrap();
+        std::process::Command::new("chmod").arg("755").arg(fake.join("sync")).status().unwrap();
+        std::fs::create_dir_all(h.join("bin")).unwrap();
+        std::fs::write(h.join("bin/.rbee-hive.tmp"), b"binary").unwrap();
+        let digest = std::process::Command::new("sha256sum").arg(h.join("bin/.rbee-hive.tmp")).output().unwrap();
+        let got = String::from_utf8_lossy(&digest.stdout).split(' ').next().unwrap().to_owned();
+        let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+        let out = std::process::Command::new("sh")
+            .args(["-c", VERIFY_AND_RENAME, "sh", "bin/.rbee-hive.tmp", "bin/rbee-hive", &got, "0.1.0", "records"])
+            .env("PATH", &path)
+            .current_dir(h)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let calls = std::fs::read_to_string(h.join("sync.calls")).unwrap();
+        assert_eq!(
+            calls.lines().collect::<Vec<_>>(),
+            ["bin/.rbee-hive.tmp staged", "bin in-place", "records/rbee-hive.tmp in-place", "records in-place"],
+            "{calls}"
+        );
+        assert!(std::fs::read_to_string(h.join("records/rbee-hive")).unwrap().starts_with(&got));
+    }
+
     #[test]
     fn the_start_script_writes_enables_and_restarts_the_unit() {
         let home = tempfile::tempdir().unwrap();

@@ -395,6 +395,27 @@ fn a_missing_hives_conf_says_how_to_create_one() {
     assert!(msg.contains("create it with at least one [[hive]]"), "{msg}");
 }
 
+/// A config file that is a directory or not UTF-8 said only "could not read": the error says why.
+#[test]
+fn read_errors_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("hives.conf")).unwrap();
+    let msg = config::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("hives.conf: it is a directory, not a file"), "{msg}");
+
+    std::fs::remove_dir(dir.path().join("hives.conf")).unwrap();
+    std::fs::write(dir.path().join("hives.conf"), b"[[hive]]\nalias = \"caf\xe9\"\n").unwrap();
+    let err = config::load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, ConfigError::NotUtf8 { line: 2, column: 13, byte: 0xe9, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("hives.conf:2:13: not UTF-8 text (byte 0xe9): save the file as UTF-8"), "{msg}");
+
+    std::fs::write(dir.path().join("hives.conf"), "[[hive]]\nalias = \"a\"\nhostname = \"localhost\"\n").unwrap();
+    std::fs::write(dir.path().join("rbee.conf"), b"\xff").unwrap();
+    let msg = config::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("rbee.conf:1:1: not UTF-8 text (byte 0xff)"), "{msg}");
+}
+
 #[test]
 fn schema_covers_both_files() {
     let schema = config::json_schema();
