@@ -336,10 +336,13 @@ systemd-system|systemd-user)
   fi
   ;;
 esac
+# Looked for every 10 ms for a second (a hive writes its pid file within tens of ms), then
+# every 100 ms: 10 s in all.
 i=0
-while [ $i -lt 100 ]; do
+while [ $i -lt 190 ]; do
   if alive; then exit 0; fi
-  sleep 0.1; i=$((i+1))
+  if [ $i -lt 100 ]; then sleep 0.01; else sleep 0.1; fi
+  i=$((i+1))
 done
 echo "rbee-hive did not start; last lines of ~/$log:"; tail -n 5 "$log"
 case "$mode" in systemd-*) sc "$mode" status --no-pager --lines=0 "$unit" 2>&1 | head -n 5 ;; esac
