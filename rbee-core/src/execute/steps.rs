@@ -384,21 +384,73 @@ pub async fn link_queen(
     deadline: Duration,
 ) -> Result<(), StepError> {
     let Some(spec) = spec else { return Ok(()) };
-    // The directories the secrets go into are the owner's alone, whatever they were before.
-    let dirs = "# rbee-step: secret-dirs\numask 077; mkdir -p \"$1\" \"$2\" && chmod 700 \"$1\" \"$2\"";
-    let args = vec![Layout::STATE_DIR.to_owned(), Layout::hive_tls_dir()];
-    script(t, "making the hive's state directory private", dirs, args, deadline).await?;
+    let mut files: Vec<(String, u32, String)> = Vec::new();
     if spec.issuer.ca_pem().is_some() {
         let issued = spec.issuer.issue(alias).map_err(|e| StepError::Failed(format!("issuing a certificate: {e}")))?;
-        t.upload(Upload::new(issued.key_pem.as_bytes(), &Layout::hive_tls_key(), 0o600, deadline)).await?;
-        t.upload(Upload::new(issued.cert_pem.as_bytes(), &Layout::hive_tls_cert(), 0o644, deadline)).await?;
-        t.upload(Upload::new(issued.ca_pem.as_bytes(), &Layout::hive_tls_ca(), 0o644, deadline)).await?;
+        files.push((Layout::hive_tls_key(), 0o600, issued.key_pem));
+        files.push((Layout::hive_tls_cert(), 0o644, issued.cert_pem));
+        files.push((Layout::hive_tls_ca(), 0o644, issued.ca_pem));
     }
     let link = spec.link_for(alias);
     let json = serde_json::to_string(&link).map_err(|e| StepError::Failed(e.to_string()))?;
-    t.upload(Upload::new(link.token.as_bytes(), &Layout::hive_token(), 0o600, deadline)).await?;
-    t.upload(Upload::new(json.as_bytes(), &Layout::queen_link(), 0o644, deadline)).await?;
+    files.push((Layout::hive_token(), 0o600, link.token.clone()));
+    files.push((Layout::queen_link(), 0o644, json));
+    let (args, stdin) = link_files(&files)?;
+    let mut command = RemoteCommand::script(LINK, args, deadline);
+    command.stdin = Some(stdin);
+    checked(t, "linking the hive to the queen", t.run(command).await?)?;
     Ok(())
+}
+
+/// The line that ends each file in [`LINK`]'s input.
+const LINK_END: &str = "--rbee-link-file-end--";
+
+/// `$1` and `$2` the directories made private, `$3` the end line, then `PATH MODE NL` per file
+/// (`NL` 1 when the file ends with a newline); standard input holds each file's lines, then
+/// the end line. Each file is written byte for byte with umask 077 next to its place (as
+/// `.NAME.rbee-tmp`), given its mode and renamed into place. One command for what were six, and the secrets never
+/// appear in a command line, where other users of the host could read them.
+const LINK: &str = r#"# rbee-step: link-queen
+set -u
+umask 077
+mkdir -p "$1" "$2" && chmod 700 "$1" "$2" || exit 1
+end=$3; shift 3
+while [ $# -ge 3 ]; do
+  path=$1; mode=$2; nl=$3; shift 3
+  tmp="${path%/*}/.${path##*/}.rbee-tmp"
+  : > "$tmp" || exit 1
+  found=0; first=1
+  while IFS= read -r line; do
+    if [ "$line" = "$end" ]; then found=1; break; fi
+    if [ "$first" = 0 ]; then printf '\n' >> "$tmp" || exit 1; fi
+    printf '%s' "$line" >> "$tmp" || exit 1
+    first=0
+  done
+  [ "$found" = 1 ] || { rm -f "$tmp"; echo "the input for $path ended early"; exit 1; }
+  if [ "$nl" = 1 ]; then printf '\n' >> "$tmp" || exit 1; fi
+  chmod "$mode" "$tmp" && mv -f "$tmp" "$path" || exit 1
+done
+"#;
+
+/// [`LINK`]'s arguments and input for `files` (path, mode, text): each text's lines, then the
+/// end line, which no text may contain.
+fn link_files(files: &[(String, u32, String)]) -> Result<(Vec<String>, Vec<u8>), StepError> {
+    let mut args = vec![Layout::STATE_DIR.to_owned(), Layout::hive_tls_dir(), LINK_END.to_owned()];
+    let mut stdin = String::new();
+    for (path, mode, text) in files {
+        if text.is_empty() || text.lines().any(|l| l == LINK_END) || text.contains(['\r', '\0']) {
+            return Err(StepError::Failed(format!("{path}: its text cannot be sent to the host")));
+        }
+        args.push(path.clone());
+        args.push(format!("{mode:o}"));
+        let nl = text.ends_with('\n');
+        args.push(if nl { "1" } else { "0" }.to_owned());
+        stdin.push_str(text.strip_suffix('\n').unwrap_or(text));
+        stdin.push('\n');
+        stdin.push_str(LINK_END);
+        stdin.push('\n');
+    }
+    Ok((args, stdin.into_bytes()))
 }
 
 /// `$1` grace seconds, `$2` hive binary, `$3` pid file, `$4` the unit's name. Under systemd the
@@ -442,6 +494,9 @@ pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -
 const WAIT_HEALTHY: &str = r#"# rbee-step: wait-healthy
 set -u
 port=$1; end=$(( $(date +%s) + $2 )); bin=$3; log=$4
+# Asked again after 50 ms for the first two seconds (a hive binds its port within tens of
+# ms), then every 200 ms.
+i=0
 while :; do
   if out=$("$bin" probe --port "$port" --timeout-ms 1000 2>&1); then echo "$out"; exit 0; fi
   if [ "$(date +%s)" -ge "$end" ]; then
@@ -449,7 +504,8 @@ while :; do
     tail -n 5 "$log" 2>/dev/null
     exit 1
   fi
-  sleep 0.2
+  if [ $i -lt 40 ]; then sleep 0.05; else sleep 0.2; fi
+  i=$((i+1))
 done
 "#;
 
@@ -788,6 +844,55 @@ mod tests {
     /// the user manager reads it, reloaded only when it changed, enabled and restarted; a
     /// failing `enable-linger` is reported in the output and the hive log, and the start goes
     /// on.
+    /// The link's files (key, certificates, token, queen.link) go to the host in one command,
+    /// byte for byte, each with its mode, through a temporary file that is never open to others.
+    #[tokio::test]
+    async fn the_link_writes_every_file_in_one_command_byte_for_byte() {
+        let home = tempfile::tempdir().unwrap();
+        let t = LocalTransport::new(home.path());
+        let files = vec![
+            (
+                Layout::hive_tls_key(),
+                0o600,
+                "-----BEGIN PRIVATE KEY-----\nabc\\def  \n\n-----END PRIVATE KEY-----\n".to_owned(),
+            ),
+            (
+                Layout::hive_tls_cert(),
+                0o644,
+                "-----BEGIN CERTIFICATE-----\nxyz\n-----END CERTIFICATE-----\n".to_owned(),
+            ),
+            (Layout::hive_token(), 0o600, "0123abcd".to_owned()),
+            (Layout::queen_link(), 0o644, r#"{"url":"https://q:8500","interval_ms":5000}"#.to_owned()),
+        ];
+        let (args, stdin) = link_files(&files).unwrap();
+        let mut command = RemoteCommand::script(LINK, args, Duration::from_secs(10));
+        command.stdin = Some(stdin);
+        let out = t.run(command).await.unwrap();
+        assert!(out.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        for (path, mode, text) in &files {
+            let path = home.path().join(path);
+            assert_eq!(&std::fs::read_to_string(&path).unwrap(), text, "{}", path.display());
+            let bits = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+            assert_eq!(bits & 0o777, *mode, "{}", path.display());
+        }
+        for dir in [Layout::STATE_DIR.to_owned(), Layout::hive_tls_dir()] {
+            let bits = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(home.path().join(dir)).unwrap().permissions(),
+            );
+            assert_eq!(bits & 0o777, 0o700);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(home.path().join(Layout::STATE_DIR))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("rbee-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // A text holding the end line, or nothing, is refused before anything is sent.
+        let bad = vec![(Layout::hive_token(), 0o600, format!("a\n{LINK_END}\nb"))];
+        assert!(link_files(&bad).is_err());
+        assert!(link_files(&[(Layout::hive_token(), 0o600, String::new())]).is_err());
+    }
+
     /// The installed binary and its record are fsynced before their renames, and their
     /// directories after (a `sync` stand-in logs each call with what is in place then).
     #[test]
