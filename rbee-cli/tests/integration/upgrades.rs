@@ -47,6 +47,10 @@ fn a_hive_that_exits_at_once_is_rolled_back_on_every_host_and_again_on_the_next_
     fleet.ssh_timeout = 20;
     fleet.write_config();
     fleet.rbee(&["sync"]).expect_code(0);
+    // The test hosts run no systemd: every hive is a detached process, and status says so.
+    let status = fleet.rbee(&["status", "--verbose"]).expect_code(0);
+    let detached = status.stdout().matches("supervisor: detached process").count();
+    assert_eq!(detached, fleet.bed.hosts.len(), "{}", status.stdout());
     let old = sha256_file(&release_tree().join("0.1.0/rbee-hive"));
     broken_release(&mut fleet);
     for round in 0..2 {
@@ -154,7 +158,11 @@ fn max_failed_stops_an_upgrade_after_the_first_failure_and_leaves_the_rest_untou
     fleet.rbee(&["sync"]).expect_code(0);
     fleet.upgrade_source();
     let conf = fleet.config_dir().join("rbee.conf");
-    let text = std::fs::read_to_string(&conf).unwrap().replace("[package]\n", "[package]\nmax_failed = 1\n");
+    // The config lets every hive restart at once: only `--batch 1` below makes it one at a time
+    // (else both broken hosts would fail together and none would be held).
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("[package]\n", "[package]\nmax_failed = 1\nmax_unavailable = \"100%\"\n");
     std::fs::write(&conf, text).unwrap();
     let old = sha256_file(&release_tree().join("0.1.0/rbee-hive"));
     // Two broken hosts (their uploads arrive corrupted); one hive upgraded at a time.
