@@ -215,8 +215,8 @@ impl Clone for HttpSource {
             base: self.base.clone(),
             client: self.client.clone(),
             cache: self.cache.clone(),
-            latest: Mutex::new(self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()),
-            sums: Mutex::new(self.sums.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()),
+            latest: Mutex::new(crate::locked(&self.latest).clone()),
+            sums: Mutex::new(crate::locked(&self.sums).clone()),
         }
     }
 }
@@ -327,16 +327,16 @@ impl ArtifactSource {
         versions.sort();
         versions.dedup();
         for v in versions {
-            if h.sums.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&v) {
+            if crate::locked(&h.sums).contains_key(&v) {
                 continue;
             }
             let sums = match get(format!("{}/{v}/SHA256SUMS", h.base)).await {
                 Ok(bytes) => parse_sums(&String::from_utf8_lossy(&bytes)),
                 Err(_) => BTreeMap::new(), // resolve says the version is missing
             };
-            h.sums.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(v, sums);
+            crate::locked(&h.sums).insert(v, sums);
         }
-        *h.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(latest);
+        *crate::locked(&h.latest) = Some(latest);
         Ok(())
     }
 
@@ -359,14 +359,10 @@ impl ArtifactSource {
 
     fn latest(&self) -> Result<String, ArtifactError> {
         match &self.kind {
-            SourceKind::Http(h) => {
-                h.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or_else(|| {
-                    ArtifactError::Source {
-                        source_name: h.base.clone(),
-                        reason: "not prepared: call ArtifactSource::prepare first".into(),
-                    }
-                })
-            }
+            SourceKind::Http(h) => crate::locked(&h.latest).clone().ok_or_else(|| ArtifactError::Source {
+                source_name: h.base.clone(),
+                reason: "not prepared: call ArtifactSource::prepare first".into(),
+            }),
             SourceKind::Memory { version, .. } => Ok(version.clone()),
             SourceKind::Build => Ok(RBEE_VERSION.to_owned()),
             SourceKind::Releases => {
@@ -409,7 +405,7 @@ impl ArtifactSource {
             return Ok(Artifact { name: name.to_owned(), version, sha256: sha256.clone(), size: bytes.len() as u64 });
         }
         if let SourceKind::Http(h) = &self.kind {
-            let sums = h.sums.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let sums = crate::locked(&h.sums);
             let sum = sums.get(&version).and_then(|s| s.get(name)).cloned().ok_or_else(|| ArtifactError::Missing {
                 artifact: name.to_owned(),
                 version: version.clone(),
@@ -454,13 +450,9 @@ impl ArtifactSource {
         };
         Ok(match &self.kind {
             SourceKind::Memory { files, .. } => files.keys().cloned().collect(),
-            SourceKind::Http(h) => h
-                .sums
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&version)
-                .map(|s| s.keys().cloned().collect())
-                .unwrap_or_default(),
+            SourceKind::Http(h) => {
+                crate::locked(&h.sums).get(&version).map(|s| s.keys().cloned().collect()).unwrap_or_default()
+            }
             SourceKind::Releases => {
                 let path = self.root.join(&version).join("SHA256SUMS");
                 match std::fs::read_to_string(&path) {
@@ -558,11 +550,11 @@ impl ArtifactSource {
     }
 
     fn digest_of(&self, path: &Path) -> Result<(Sha256, u64), ArtifactError> {
-        if let Some(hit) = self.digests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(path) {
+        if let Some(hit) = crate::locked(&self.digests).get(path) {
             return Ok(hit.clone());
         }
         let entry = hash_file(path).map_err(|source| ArtifactError::Io { path: path.to_owned(), source })?;
-        self.digests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(path.to_owned(), entry.clone());
+        crate::locked(&self.digests).insert(path.to_owned(), entry.clone());
         Ok(entry)
     }
 

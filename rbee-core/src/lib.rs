@@ -142,6 +142,12 @@ mod fuzz_tests;
 #[cfg(test)]
 mod interaction_tests;
 
+/// `m`'s guard, also after another holder panicked: rbee's shared maps and caches are whole
+/// after each change, so one panic must not make every later caller panic too.
+pub fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub use rbee_proto as proto;
 pub use rbee_proto::Sha256;
 

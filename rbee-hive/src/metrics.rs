@@ -6,7 +6,7 @@
 //! seconds, however many scrapers ask; a host without `nvidia-smi` exports no GPU metrics).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -170,7 +170,7 @@ impl HiveMetrics {
 
     /// The metrics in the OpenMetrics text format, set from `observed`.
     fn render(&self, observed: &Observed) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one = rbee_core::locked(&self.scrape);
         for state in WORKER_STATES {
             let n = observed.workers.iter().filter(|w| w.name() == state).count();
             self.workers.get_or_create(&StateLabel { state }).set(gauge(n as u64));

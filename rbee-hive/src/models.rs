@@ -343,7 +343,7 @@ struct Claim(PathBuf);
 impl Claim {
     fn take(part: &Path, name: &str) -> Result<Self, ModelError> {
         let key = std::path::absolute(part).unwrap_or_else(|_| part.to_owned());
-        let mut running = RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut running = rbee_core::locked(&RUNNING);
         if !running.insert(key.clone()) {
             return Err(ModelError::AlreadyRunning { name: name.to_owned() });
         }
@@ -353,7 +353,7 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.0);
+        rbee_core::locked(&RUNNING).remove(&self.0);
     }
 }
 

@@ -114,7 +114,7 @@ pub struct Hive {
 impl Hive {
     /// The catalog as last scanned.
     pub fn catalog(&self) -> Vec<String> {
-        self.catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        rbee_core::locked(&self.catalog).clone()
     }
 }
 
@@ -180,7 +180,7 @@ pub async fn handle(hive: &Hive, op: Operation, emit: &(dyn Fn(HiveEvent) + Send
         }
         Operation::WorkerCatalogRefresh { .. } => {
             let workers = hive.workers.scan_catalog();
-            *hive.catalog.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = workers.clone();
+            *rbee_core::locked(&hive.catalog) = workers.clone();
             hive.workers.notify();
             Ok(OperationResult::Catalog { hive: alias, workers })
         }

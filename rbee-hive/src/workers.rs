@@ -365,7 +365,7 @@ impl Workers {
     /// compared in constant time; `None` when the hive has no worker `id`. A worker re-adopted
     /// from an older hive's record has the hive's token; one without any token is refused.
     pub fn authorized(&self, id: &str, authorization: Option<&str>) -> Option<bool> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = rbee_core::locked(&self.entries);
         let entry = entries.get(id)?;
         let token = entry.token.as_ref().map(|t| t.0.as_str()).or(self.settings.token.as_deref());
         Some(token.is_some_and(|token| rbee_core::proto::authorized(authorization, token)))
@@ -373,14 +373,14 @@ impl Workers {
 
     /// The token the hive sends on its calls to worker `id` (see [`Workers::authorized`]).
     pub fn token_of(&self, id: &str) -> Option<String> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = rbee_core::locked(&self.entries);
         let entry = entries.get(id)?;
         entry.token.as_ref().map(|t| t.0.clone()).or_else(|| self.settings.token.clone())
     }
 
     /// A worker's heartbeat: it is ready (or still loading).
     pub fn heartbeat(&self, id: &str, ready: bool) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = rbee_core::locked(&self.entries);
         let Some(entry) = entries.get_mut(id) else { return false };
         if !entry.process.state.is_alive() {
             return false;
@@ -397,7 +397,7 @@ impl Workers {
     }
 
     fn set_exited(&self, id: &str, state: WorkerState) {
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = rbee_core::locked(&self.entries);
         if let Some(entry) = entries.get_mut(id) {
             entry.process.state = if entry.deleting { WorkerState::Stopped } else { state };
             if let WorkerState::Crashed { message, .. } = &entry.process.state {
@@ -448,7 +448,7 @@ impl Workers {
         let port = self.free_port()?;
         let started_ms = now_ms();
         let id = {
-            let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entries = rbee_core::locked(&self.entries);
             let mut n = started_ms % 1_000_000;
             while entries.contains_key(&format!("{worker_type}-{n}")) {
                 n += 1;
@@ -559,7 +559,7 @@ impl Workers {
     /// already exited is cleared from the list.
     pub async fn delete(&self, id: &str, grace: Duration) -> Result<WorkerProcess, WorkerError> {
         let process = {
-            let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut entries = rbee_core::locked(&self.entries);
             let Some(entry) = entries.get_mut(id) else {
                 drop(entries);
                 return Err(self.no_such(id));
@@ -590,12 +590,7 @@ impl Workers {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut process = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id)
-            .map_or(process, |e| e.process);
+        let mut process = rbee_core::locked(&self.entries).remove(id).map_or(process, |e| e.process);
         process.state = WorkerState::Stopped;
         let _ = std::fs::remove_file(self.settings.registry_dir.join(format!("{id}.json")));
         remove_log(&self.log_path(id));

@@ -164,7 +164,7 @@ impl Job {
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, EventLog> {
-        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        rbee_core::locked(&self.events)
     }
 
     /// Appends an event. Its place is taken under the same lock as the append, so events are
@@ -223,7 +223,7 @@ impl Jobs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Job>>> {
-        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        rbee_core::locked(&self.jobs)
     }
 
     /// A new job for `operation`, submitted at `now_ms`, stored.

@@ -17,7 +17,7 @@
 //! token; the opening role-only and closing events carry none); for a non-streamed one, the
 //! answer's `usage.completion_tokens`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -268,7 +268,7 @@ impl QueenMetrics {
 
     /// The metrics in the OpenMetrics text format, the gauges set from `observed`.
     pub(crate) fn render(&self, observed: &Observed) -> String {
-        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one = rbee_core::locked(&self.scrape);
         self.hives.get_or_create(&StateLabel { state: "fresh" }).set(gauge(observed.fresh_hives));
         self.hives.get_or_create(&StateLabel { state: "stale" }).set(gauge(observed.stale_hives));
         // Workers and deployments that are gone disappear from the next scrape.

@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use rbee_core::locked as lock;
 use std::time::Duration;
 
 use rbee_core::execute::now_ms;
@@ -71,10 +73,6 @@ pub(crate) struct Deployments {
     /// when the statuses reflect what it applied.
     applied: std::sync::atomic::AtomicU64,
     decided: std::sync::atomic::AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Why the deployments file could not be read.

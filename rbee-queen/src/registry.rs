@@ -207,7 +207,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hive>> {
-        self.hives.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        rbee_core::locked(&self.hives)
     }
 
     /// [`Self::try_record`] for tests, where every beat is accepted.
