@@ -198,29 +198,10 @@ pub(crate) fn capabilities(json: bool, alias: &str, caps: &Capabilities) {
     }
 }
 
-/// `rbee hive list|get`: the queen's registry.
-pub(crate) fn hives(json: bool, hives: &[HiveEntry]) {
-    if json {
-        say_json!("{}", serde_json::to_string(hives).unwrap_or_default());
-    } else {
-        let rows: Vec<HiveRow<'_>> = hives
-            .iter()
-            .map(|h| {
-                let b = &h.heartbeat;
-                HiveRow {
-                    alias: Cow::Borrowed(&b.alias),
-                    version: Cow::Borrowed(&b.version),
-                    pid: b.pid,
-                    port: b.port,
-                    workers: b.workers.iter().map(|w| Cow::Borrowed(w.as_str())).collect(),
-                    processes: b.processes.clone(),
-                    age_ms: h.age_ms,
-                    stale: h.stale,
-                }
-            })
-            .collect();
-        hive_rows(&rows);
-    }
+/// `rbee hive get A --json`: entries of the queen's registry (the table is [`hive_rows`]; `rbee hive
+/// list --json` passes the queen's answer on as it came).
+pub(crate) fn hives_json(hives: &[HiveEntry]) {
+    say_json!("{}", serde_json::to_string(hives).unwrap_or_default());
 }
 
 /// JSON passed on as it came (a queen's answer), escaped for a terminal, in one write.

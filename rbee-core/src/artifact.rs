@@ -147,15 +147,12 @@ pub enum ArtifactData {
 impl ArtifactData {
     /// Its length in bytes.
     pub fn len(&self) -> u64 {
-        match self {
-            ArtifactData::Bytes(b) => b.len() as u64,
-            ArtifactData::File { len, .. } => *len,
-        }
+        self.upload_data().len()
     }
 
     /// True when it has no bytes.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.upload_data().is_empty()
     }
 
     /// What an upload of it sends.

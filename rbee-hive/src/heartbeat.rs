@@ -21,10 +21,7 @@ pub fn load_link(state_dir: &Path) -> Option<QueenLink> {
 }
 
 pub use rbee_core::proto::operation::Heartbeat;
-use rbee_core::proto::operation::{HeartbeatAck, MAX_HEARTBEAT_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS};
-
-/// The intervals a queen may ask for; others are clamped to these (as the queen clamps ours).
-const INTERVAL_MS: std::ops::RangeInclusive<u64> = MIN_HEARTBEAT_INTERVAL_MS..=MAX_HEARTBEAT_INTERVAL_MS;
+use rbee_core::proto::operation::{HeartbeatAck, heartbeat_interval_ms};
 
 /// Why a heartbeat did not reach the queen.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +134,7 @@ pub(crate) async fn run(
     records: PathBuf,
 ) {
     let mut gpus = GpuCache::new();
-    let mut interval_ms = link.interval_ms.clamp(*INTERVAL_MS.start(), *INTERVAL_MS.end());
+    let mut interval_ms = heartbeat_interval_ms(link.interval_ms);
     let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
     loop {
         tokio::select! {
@@ -153,7 +150,7 @@ pub(crate) async fn run(
         beat.interval_ms = interval_ms;
         match post(&link, tls.as_ref(), &beat).await {
             Ok(Some(ack)) => {
-                let told = ack.interval_ms.clamp(*INTERVAL_MS.start(), *INTERVAL_MS.end());
+                let told = heartbeat_interval_ms(ack.interval_ms);
                 if told != interval_ms {
                     tracing::info!(queen = %link.url, "the queen asks for a heartbeat every {told} ms (was {interval_ms} ms)");
                     interval_ms = told;

@@ -292,6 +292,12 @@ pub const MIN_HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// The longest heartbeat interval a queen accepts or asks for (ms): ten minutes.
 pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 10 * 60 * 1000;
 
+/// `ms` within [`MIN_HEARTBEAT_INTERVAL_MS`]..=[`MAX_HEARTBEAT_INTERVAL_MS`]: what a queen makes
+/// of the interval a hive reports, and a hive of the one a queen asks for.
+pub fn heartbeat_interval_ms(ms: u64) -> u64 {
+    ms.clamp(MIN_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS)
+}
+
 /// The interval a queen asks of each hive ([`HeartbeatAck`]) when `hives` hives beat and at
 /// most `per_second` beats a second are wanted: the configured `base_ms`, or longer once the
 /// fleet is larger than `per_second` × `base_ms` allows; within
@@ -299,7 +305,7 @@ pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 10 * 60 * 1000;
 pub fn paced_interval_ms(base_ms: u64, hives: usize, per_second: u32) -> u64 {
     let hives = u64::try_from(hives).unwrap_or(u64::MAX);
     let spread_ms = hives.saturating_mul(1000).div_ceil(u64::from(per_second.max(1)));
-    base_ms.max(spread_ms).clamp(MIN_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS)
+    heartbeat_interval_ms(base_ms.max(spread_ms))
 }
 
 /// The queen's answer to a [`Heartbeat`]: when to send the next one. The queen paces its

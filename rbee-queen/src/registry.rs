@@ -25,10 +25,9 @@ use rbee_core::proto::operation::HeartbeatAck;
 /// A hive is stale once this many of its heartbeat intervals pass without a beat.
 const MISSED_BEATS: u64 = 3;
 
-/// The heartbeat intervals the registry accepts; others are clamped to these.
-pub(crate) use rbee_core::proto::operation::{
-    MAX_HEARTBEAT_INTERVAL_MS as MAX_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS as MIN_INTERVAL_MS, paced_interval_ms,
-};
+// Reported intervals are clamped (`heartbeat_interval_ms`); the one each hive is told is
+// paced by the fleet's size (`paced_interval_ms`).
+use rbee_core::proto::operation::{heartbeat_interval_ms, paced_interval_ms};
 
 /// The most hives the registry holds: 100,000. A heartbeat of a new hive beyond it replaces
 /// the hive silent longest if that one is stale, and is refused otherwise.
@@ -235,7 +234,7 @@ impl Registry {
         }
         // A hostile or broken interval (0, or u64::MAX) must not make a hive fresh forever or
         // stale at once.
-        beat.interval_ms = beat.interval_ms.clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS);
+        beat.interval_ms = heartbeat_interval_ms(beat.interval_ms);
         self.warmup_ms.fetch_max(beat.interval_ms.saturating_add(1000), std::sync::atomic::Ordering::Relaxed);
         let mut hives = self.lock();
         if hives.len() >= self.max_hives && !hives.contains_key(&beat.alias) {
@@ -532,6 +531,9 @@ fn list_chunks(listed: Vec<Listed>, chunk_bytes: usize, table: bool) -> impl Ite
 pub(crate) mod tests {
     use super::*;
     use rbee_core::proto::hive::{WorkerProcess, WorkerState};
+    use rbee_core::proto::operation::{
+        MAX_HEARTBEAT_INTERVAL_MS as MAX_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS as MIN_INTERVAL_MS,
+    };
 
     pub(crate) const INTERVAL_MS: u64 = 1000;
 

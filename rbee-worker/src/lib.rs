@@ -57,7 +57,7 @@ fn absolute_path(path: PathBuf) -> Result<PathBuf, String> {
 /// What an engine is missing on this host; the launcher prints it and exits 127.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotInstalled {
-    /// The engine's program is not on `$PATH`.
+    /// A program the engine runs under (ComfyUI's `python3`) is not on `$PATH`.
     #[error("`{program}` not found: this worker needs {needs}")]
     Program {
         /// The program looked for.
@@ -190,21 +190,19 @@ impl Engine {
         let Some(engine) = &args.engine else {
             return Err(NotInstalled::NoEngine { needs: self.requirement() });
         };
-        {
-            // ComfyUI's `main.py` is run by `python3`: it need only be a file (named in UTF-8,
-            // as it is one of `python3`'s arguments).
-            let why = if !engine.is_absolute() {
-                Some("is not an absolute path".into())
-            } else if self == Engine::ComfyUi && engine.to_str().is_none() {
-                Some("is not valid UTF-8".into())
-            } else if self == Engine::ComfyUi {
-                not_a_file(engine)
-            } else {
-                not_executable(engine)
-            };
-            if let Some(why) = why {
-                return Err(NotInstalled::Engine { path: engine.clone(), why });
-            }
+        // ComfyUI's `main.py` is run by `python3`: it need only be a file (named in UTF-8, as it
+        // is one of `python3`'s arguments).
+        let why = if !engine.is_absolute() {
+            Some("is not an absolute path".into())
+        } else if self == Engine::ComfyUi && engine.to_str().is_none() {
+            Some("is not valid UTF-8".into())
+        } else if self == Engine::ComfyUi {
+            not_a_file(engine)
+        } else {
+            not_executable(engine)
+        };
+        if let Some(why) = why {
+            return Err(NotInstalled::Engine { path: engine.clone(), why });
         }
         // Only ComfyUI's interpreter comes from `$PATH`.
         if !program.is_absolute() && find_in(path, &program).is_none() {

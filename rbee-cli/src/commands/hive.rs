@@ -54,7 +54,7 @@ async fn list(cli: &Cli, only: Option<&str>) -> Outcome {
             if hives.is_empty() {
                 return Err(no_such_hive(alias));
             }
-            render::hives(true, &hives);
+            render::hives_json(&hives);
         }
         (false, only) => {
             let mut rows: Vec<render::HiveRow<'_>> = serde_json::from_str(text).map_err(|e| bad(&e))?;
