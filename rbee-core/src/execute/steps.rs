@@ -893,22 +893,30 @@ mod tests {
         assert!(link_files(&[(Layout::hive_token(), 0o600, String::new())]).is_err());
     }
 
+    /// Writes each `(name, script)` as an executable stand-in in `home/fake-bin`; returns a
+    /// `PATH` that finds them first.
+    fn stand_ins(home: &std::path::Path, programs: &[(&str, &str)]) -> String {
+        let fake = home.join("fake-bin");
+        std::fs::create_dir_all(&fake).unwrap();
+        for (name, script) in programs {
+            std::fs::write(fake.join(name), script).unwrap();
+            std::process::Command::new("chmod").arg("755").arg(fake.join(name)).status().unwrap();
+        }
+        format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default())
+    }
+
     /// The installed binary and its record are fsynced before their renames, and their
     /// directories after (a `sync` stand-in logs each call with what is in place then).
     #[test]
     fn an_install_is_fsynced_before_and_after_its_renames() {
         let home = tempfile::tempdir().unwrap();
         let h = home.path();
-        let fake = h.join("fake-bin");
-        std::fs::create_dir_all(&fake).unwrap();
         let sync = "#!/bin/sh\nfor f in \"$@\"; do if [ -e bin/rbee-hive ]; then s=in-place; else s=staged; fi; echo \"$f $s\" >> sync.calls; done\n";
-        std::fs::write(fake.join("sync"), sync).unwrap();
-        std::process::Command::new("chmod").arg("755").arg(fake.join("sync")).status().unwrap();
+        let path = stand_ins(h, &[("sync", sync)]);
         std::fs::create_dir_all(h.join("bin")).unwrap();
         std::fs::write(h.join("bin/.rbee-hive.tmp"), b"binary").unwrap();
         let digest = std::process::Command::new("sha256sum").arg(h.join("bin/.rbee-hive.tmp")).output().unwrap();
         let got = String::from_utf8_lossy(&digest.stdout).split(' ').next().unwrap().to_owned();
-        let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
         let out = std::process::Command::new("sh")
             .args(["-c", VERIFY_AND_RENAME, "sh", "bin/.rbee-hive.tmp", "bin/rbee-hive", &got, "0.1.0", "records"])
             .env("PATH", &path)
@@ -929,8 +937,6 @@ mod tests {
     fn the_start_script_writes_enables_and_restarts_the_unit() {
         let home = tempfile::tempdir().unwrap();
         let h = home.path();
-        let fake = h.join("fake-bin");
-        std::fs::create_dir_all(&fake).unwrap();
         std::fs::create_dir_all(h.join(Layout::BIN_DIR)).unwrap();
         // The hive stand-in must be a binary of its own (the start checks /proc/PID/exe).
         std::fs::copy("/bin/sleep", h.join(Layout::hive_binary())).unwrap();
@@ -942,12 +948,8 @@ case "$*" in
 esac
 "#;
         let loginctl = "#!/bin/sh\necho \"Access denied\" >&2\nexit 1\n";
-        for (name, text) in [("systemctl", systemctl), ("loginctl", loginctl)] {
-            std::fs::write(fake.join(name), text).unwrap();
-            std::process::Command::new("chmod").arg("755").arg(fake.join(name)).status().unwrap();
-        }
+        let path = stand_ins(h, &[("systemctl", systemctl), ("loginctl", loginctl)]);
         let unit = systemd::hive_unit(h.to_str().unwrap(), 8600, "gpu-1", systemd::UnitScope::User).unwrap();
-        let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
         let start = |unit: &str| {
             let out = std::process::Command::new("sh")
                 .args(["-c", START, "sh", "8600", "gpu-1"])
