@@ -15,7 +15,9 @@ use rbee_core::config::{self, HiveConfig};
 use rbee_core::execute::ExecuteOptions;
 use rbee_core::fleet::{Connector, local_transport};
 use rbee_core::package::{self, SyncRequest};
-use rbee_core::transport::{CommandOutput, LocalTransport, RemoteCommand, Transport, TransportError, Upload};
+use rbee_core::transport::{
+    CommandOutput, LocalTransport, Progress, RemoteCommand, Transport, TransportError, Upload, UploadData,
+};
 
 /// Records what it is asked to do, then does it locally.
 struct Recording {
@@ -37,6 +39,18 @@ impl Transport for Recording {
     async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
         self.log.lock().unwrap().push(format!("upload {} ({} bytes)", file.path, file.data.len()));
         self.inner.upload(file).await
+    }
+    // Optional: without it, rbee uploads the input to a temporary file and runs the command
+    // on that (two round trips instead of one).
+    async fn run_with_input(
+        &self,
+        command: RemoteCommand,
+        input: UploadData<'_>,
+        progress: Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        let what = command.argv.get(2).and_then(|s| s.lines().next()).unwrap_or("");
+        self.log.lock().unwrap().push(format!("stream {what} ({} bytes)", input.len()));
+        self.inner.run_with_input(command, input, progress).await
     }
     async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
         self.log.lock().unwrap().push(format!("read   {path}"));

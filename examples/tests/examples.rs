@@ -47,7 +47,7 @@ fn custom_transport_records_what_the_sync_did() {
     let (out, text) = run("custom_transport", &[]);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("sync: Ok"), "{text}");
-    assert!(text.contains("upload .local/bin/.rbee-hive.rbee-tmp-"), "{text}");
+    assert!(text.contains("stream # rbee-step: install-binary"), "{text}");
 }
 
 #[test]

@@ -64,19 +64,29 @@ macro_rules! sh_is_hive {
   case "$1" in ''|0|1|*[!0-9]*) return 1 ;; esac
   kill -s 0 "$1" 2>/dev/null || return 1
   e=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
-  d=$(cd "$(dirname "$bin")" 2>/dev/null && pwd -P) || return 1
-  n=$(basename "$bin")
+  case "$bin" in */*) d=${bin%/*} ;; *) d=. ;; esac
+  d=$(cd "$d" 2>/dev/null && pwd -P) || return 1
+  n=${bin##*/}
   [ "$e" = "$d/$n" ] || [ "$e" = "$d/$n (deleted)" ]
 }
 "#
     };
 }
 
-/// Shell function `digest FILE`: the file's sha256 in hex (`sha256sum`, or `shasum` where
-/// there is none), for the scripts that observe and install.
+/// Shell function `digest FILE`: the file's sha256 in hex, for the scripts that observe and
+/// install. `openssl dgst` where the host has it (it uses the CPU's SHA instructions: 24 MiB in
+/// 15 ms where coreutils' `sha256sum` takes 70), else `sha256sum`, else `shasum`; an answer
+/// that is not 64 hex digits is not trusted and the next tool asked.
 macro_rules! sh_digest {
     () => {
-        r#"digest() { if command -v sha256sum >/dev/null 2>&1; then sha256sum < "$1"; else shasum -a 256 < "$1"; fi | cut -d' ' -f1; }
+        r#"digest() {
+  if command -v openssl >/dev/null 2>&1 && dg=$(openssl dgst -sha256 -r < "$1" 2>/dev/null); then
+    dg=${dg%% *}
+    case "$dg" in *[!0-9a-f]*) ;; *) if [ ${#dg} -eq 64 ]; then echo "$dg"; return 0; fi ;; esac
+  fi
+  if command -v sha256sum >/dev/null 2>&1; then dg=$(sha256sum < "$1"); else dg=$(shasum -a 256 < "$1"); fi || return 1
+  echo "${dg%% *}"
+}
 "#
     };
 }

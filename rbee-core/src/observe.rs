@@ -31,7 +31,7 @@ cd "$HOME" || { echo "error cannot enter home directory"; exit 3; }
 echo "rbee-observe 1"
 for f in "$bin" "$catalog/$prefix"*; do
   [ -f "$f" ] || continue
-  rec=$records/$(basename "$f")
+  rec=$records/${f##*/}
   st=$(stat -c '%s %.9Y %.9Z %i' "$f" 2>/dev/null || echo none)
   if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$size $mtime $ctime $ino" = "$st" ]; then
     echo "file $sha $f $version"
@@ -40,16 +40,17 @@ for f in "$bin" "$catalog/$prefix"*; do
     if [ -f "$rec" ] && read -r sha size mtime ctime ino version < "$rec" && [ "$sha" = "$got" ]; then echo "file $got $f $version"; else echo "file $got $f"; fi
   fi
 done
-for rec in "$(dirname "$records")/previous/"*.record; do
+case "$records" in */*) prev=${records%/*}/previous ;; *) prev=previous ;; esac
+for rec in "$prev/"*.record; do
   [ -f "$rec" ] || continue
-  name=$(basename "$rec" .record)
-  [ -f "$(dirname "$rec")/$name" ] || continue
+  name=${rec##*/}; name=${name%.record}
+  [ -f "$prev/$name" ] || continue
   read -r sha _ _ _ _ version < "$rec" && echo "previous $name $sha ${version:-}"
 done
 tab=$(printf '\t')
 for rec in "$engines"/*/current; do
   [ -f "$rec" ] || continue
-  kind=$(basename "$(dirname "$rec")")
+  kind=${rec%/current}; kind=${kind##*/}
   IFS="$tab" read -r id sha st version program < "$rec" || true
   if [ -z "${program:-}" ] || [ ! -f "$program" ]; then state=missing
   elif [ "$(stat -c '%s %.9Y %.9Z %i' "$program" 2>/dev/null)" = "$st" ]; then state=ok
@@ -58,7 +59,7 @@ for rec in "$engines"/*/current; do
   echo "engine $kind ${id:-none} $state ${version:-unknown} ${program:-}"
 done
 if command -v nvidia-smi >/dev/null 2>&1 && timeout 5 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then echo "gpu"; fi
-pid=$(cat "$pidf" 2>/dev/null || true)
+pid=; { read -r pid < "$pidf"; } 2>/dev/null
 if is_hive "$pid"; then
   echo "running $pid"
   if [ -x "$bin" ]; then

@@ -300,15 +300,15 @@ impl SshTransport {
     }
 }
 
-/// `timeout` on the host, when the host has it (coreutils, busybox).
-const WITH_DEADLINE: &str = r#"t=$1; shift
-if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 "$t" "$@"; else exec "$@"; fi"#;
-
+/// The line sent to the host for `argv`: its words become the login shell's positional
+/// parameters, run under `timeout` when the host has it (coreutils, busybox), else as they
+/// are. Read by the login shell itself, so a command costs the host no extra shell.
 fn with_deadline(argv: &[String], deadline: Duration) -> String {
-    let mut full = vec!["sh".to_owned(), "-c".to_owned(), WITH_DEADLINE.to_owned(), "sh".to_owned()];
-    full.push(deadline.as_secs().max(1).to_string());
-    full.extend(argv.iter().cloned());
-    shell_line(&full)
+    format!(
+        "set -- {}; if command -v timeout >/dev/null 2>&1; then exec timeout -k 5 {} \"$@\"; else exec \"$@\"; fi",
+        shell_line(argv),
+        deadline.as_secs().max(1)
+    )
 }
 
 /// `$3` is the length the upload sends: a stream cut short (the connection dropped, the local
@@ -357,6 +357,17 @@ impl Transport for SshTransport {
                 reason: format!("exit status {}: {}", out.status, out.stderr_text()),
             })
         }
+    }
+
+    async fn run_with_input(
+        &self,
+        command: RemoteCommand,
+        input: UploadData<'_>,
+        progress: Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
+        let line = with_deadline(&command.argv, command.deadline);
+        self.exec(line, Some(input), progress, command.deadline, &what, self.output_limit).await
     }
 
     async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {

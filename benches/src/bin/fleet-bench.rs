@@ -21,6 +21,46 @@ use rbee_testbed::Testbed;
 
 const RUNS: usize = 3;
 
+/// The whole machine's CPU time (user + system of every process, the test hosts' sshd and
+/// hives included) and the processes forked so far, from `/proc/stat`: what a run cost the
+/// machine, not only the `rbee` process.
+#[derive(Clone, Copy, Default)]
+struct MachineCounters {
+    cpu_s: f64,
+    forks: u64,
+}
+
+impl MachineCounters {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let mut c = Self::default();
+        let tick = 100.0; // USER_HZ on Linux
+        for line in stat.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some("cpu") => {
+                    // user nice system idle iowait irq softirq steal
+                    let v: Vec<f64> = f.filter_map(|x| x.parse().ok()).collect();
+                    let busy: f64 = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+                    c.cpu_s = busy / tick;
+                }
+                Some("processes") => c.forks = f.next().and_then(|x| x.parse().ok()).unwrap_or(0),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self { cpu_s: self.cpu_s - before.cpu_s, forks: self.forks.saturating_sub(before.forks) }
+    }
+}
+
+fn median_f(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn sh(cmd: &mut Command) -> std::process::Output {
     cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
@@ -210,6 +250,7 @@ fn main() {
         "| hosts | rbee cold | OpenSSH cold (floor) | ratio | rbee warm | OpenSSH warm (floor) | ratio | rbee peak RSS | rbee CPU cold |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut machine_rows = Vec::new();
     for &n in &sizes {
         let bed = Testbed::up(n, &work.path().join(format!("bed{n}"))).unwrap();
         let config = work.path().join(format!("config{n}"));
@@ -236,9 +277,12 @@ fn main() {
         let home = work.path().join("home");
         let (mut rc, mut rw, mut oc, mut ow) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut rss, mut cpu) = (0u64, Vec::new());
+        let (mut rbee_machine, mut floor_machine) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
             reset(&bed);
+            let before = MachineCounters::now();
             let cold = rbee_sync(&config, &home, work.path());
+            rbee_machine.push(MachineCounters::now().since(before));
             if let Some(path) = std::env::var_os("FLEET_BENCH_EVENTS") {
                 let _ = std::fs::copy(&path, format!("{}.cold", path.to_string_lossy()));
             }
@@ -248,7 +292,9 @@ fn main() {
             rc.push(cold.wall);
             rw.push(warm.wall);
             reset(&bed);
+            let before = MachineCounters::now();
             oc.push(openssh_cold(&bed, &stage));
+            floor_machine.push(MachineCounters::now().since(before));
             ow.push(openssh_warm(&bed));
         }
         let (rc, oc, rw, ow) = (median(rc), median(oc), median(rw), median(ow));
@@ -265,6 +311,15 @@ fn main() {
             rss as f64 / 1024.0,
             median(cpu).as_secs_f64()
         );
+        let cpu_of = |v: &[MachineCounters]| median_f(v.iter().map(|c| c.cpu_s).collect());
+        let forks_of = |v: &[MachineCounters]| median_f(v.iter().map(|c| c.forks as f64).collect());
+        machine_rows.push(format!(
+            "| {n} | {:.2} s | {:.2} s | {:.0} | {:.0} |",
+            cpu_of(&rbee_machine),
+            cpu_of(&floor_machine),
+            forks_of(&rbee_machine),
+            forks_of(&floor_machine)
+        ));
         reset(&bed);
         // The queen the syncs started (it would hold the port for the next size's config).
         let _ = Command::new(release_dir().join("rbee"))
@@ -273,5 +328,13 @@ fn main() {
             .args(["queen", "stop"])
             .env("HOME", &home)
             .output();
+    }
+    println!();
+    println!("Cold runs, the whole machine (medians): CPU seconds and processes started");
+    println!();
+    println!("| hosts | rbee cold CPU | floor cold CPU | rbee cold processes | floor cold processes |");
+    println!("|---:|---:|---:|---:|---:|");
+    for row in machine_rows {
+        println!("{row}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::systemd;
 use crate::layout::Layout;
 use crate::state::Artifact;
-use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, Upload, UploadData};
+use crate::transport::{CommandOutput, Progress, RemoteCommand, Transport, TransportError, UploadData};
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,17 +69,34 @@ pub enum InstallFault {
     StopBeforeRename,
 }
 
-const VERIFY_AND_RENAME: &str = r#"# rbee-step: verify-and-rename
-set -u
-staging=$1; target=$2; want=$3; version=$4; records=$5
-if command -v sha256sum >/dev/null 2>&1; then got=$(sha256sum < "$staging" | cut -d' ' -f1); else got=$(shasum -a 256 < "$staging" | cut -d' ' -f1); fi
+/// `$1` staging name, `$2` target, `$3` sha256, `$4` version, `$5` install records, `$6`
+/// the length sent, `$7` `stop-before-rename` (a test hook) or empty; the file arrives on
+/// standard input. One command per file: received into the staging name (private until
+/// checked), its sha256 checked, the replaced binary kept for a rollback, fsynced, renamed
+/// into place, its install record written the same way. Only shell built-ins where a program
+/// is not needed: an install runs this on every host at once, and each program started costs
+/// the host's CPU.
+const INSTALL: &str = concat!(
+    "# rbee-step: install-binary\n",
+    sh_digest!(),
+    r#"set -u
+staging=$1; target=$2; want=$3; version=$4; records=$5; len=$6; stop=${7:-}
+case "$target" in */*) dir=${target%/*} ;; *) dir=. ;; esac
+name=${target##*/}
+[ -d "$dir" ] || mkdir -p "$dir" || exit 1
+umask 077
+if ! cat > "$staging"; then rm -f "$staging"; echo "cannot write $staging"; exit 1; fi
+got=$(digest "$staging")
 if [ "$got" != "$want" ]; then
+  n=$(wc -c < "$staging"); n=${n##* }
   rm -f "$staging"
+  if [ "$n" != "$len" ]; then echo "received $n of $len bytes for $target; the installed file is unchanged"; exit 1; fi
   echo "sha256 mismatch for $target: expected $want, got $got on the host; the installed file is unchanged"
   exit 65
 fi
+[ -z "$stop" ] || exit 0
 # The binary being replaced is kept (a hard link: no copy) with its record, for a rollback.
-name=$(basename "$target"); prev="$(dirname "$records")/previous"
+case "$records" in */*) prev=${records%/*}/previous ;; *) prev=previous ;; esac
 if [ -f "$target" ] && [ -f "$records/$name" ] && read -r oldsha _ < "$records/$name" && [ "$oldsha" != "$want" ]; then
   mkdir -p "$prev" && { ln -f "$target" "$prev/$name" 2>/dev/null || cp -p "$target" "$prev/$name"; } &&
     cp -f "$records/$name" "$prev/$name.record" || exit 1
@@ -88,24 +105,25 @@ fi
 # that file or directory only): a power cut never leaves an empty binary or record in place.
 durable() { sync "$@" 2>/dev/null || :; }
 chmod 755 "$staging" && durable "$staging" && mv -f "$staging" "$target" || exit 1
-durable "$(dirname "$target")"
 # The install record observation trusts while size, mtime, ctime and inode are unchanged.
-mkdir -p "$records" && rec="$records/$(basename "$target")" &&
-  printf '%s %s %s\n' "$want" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "$version" > "$rec.tmp" &&
-  durable "$rec.tmp" && mv -f "$rec.tmp" "$rec" || exit 1
+[ -d "$records" ] || mkdir -p "$records" || exit 1
+rec="$records/$name"
+printf '%s %s %s\n' "$want" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "$version" > "$rec.tmp" || exit 1
+# The directory of the rename above and the record, in one call.
+durable "$dir" "$rec.tmp" && mv -f "$rec.tmp" "$rec" || exit 1
 durable "$records"
-# Staging files of earlier interrupted installs of this target.
 # Leftovers of interrupted installs of this target (staging files, and partial uploads of them).
-for f in "$(dirname "$target")/.$(basename "$target").rbee-tmp-"* "$(dirname "$target")/..$(basename "$target").rbee-tmp-"*; do
+for f in "$dir/.$name.rbee-tmp-"* "$dir/..$name.rbee-tmp-"*; do
   [ -e "$f" ] && rm -f "$f"
 done
 exit 0
-"#;
+"#
+);
 
 /// Installs `data` (which must be `artifact`: bytes, or a file streamed as it is sent) at
-/// `target`: upload to a staging name in the same directory, verify the sha256 on the host,
-/// chmod, rename over the old file. At every point the target is either the old file or the
-/// new one.
+/// `target` in one command ([`INSTALL`]): received into a staging name in the same directory,
+/// its sha256 checked on the host, renamed over the old file. At every point the target is
+/// either the old file or the new one.
 pub async fn install_binary(
     t: &dyn Transport,
     artifact: &Artifact,
@@ -134,18 +152,21 @@ pub async fn install_binary(
     } else {
         data
     };
-    t.upload(Upload::from_data(payload, &staging, 0o600, deadline).with_progress(progress)).await?;
-    if fault == Some(InstallFault::StopBeforeRename) {
-        return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
-    }
+    let stop = fault == Some(InstallFault::StopBeforeRename);
     let args = vec![
         staging,
         target.to_owned(),
         artifact.sha256.to_string(),
         artifact.version.clone(),
         Layout::installed_dir(),
+        payload.len().to_string(),
+        if stop { "stop-before-rename" } else { "" }.to_owned(),
     ];
-    script(t, &format!("installing {target}"), VERIFY_AND_RENAME, args, deadline).await?;
+    let out = t.run_with_input(RemoteCommand::script(INSTALL, args, deadline), payload, progress).await?;
+    checked(t, &format!("installing {target}"), out)?;
+    if stop {
+        return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
+    }
     Ok(())
 }
 
@@ -183,9 +204,10 @@ pub async fn remove_file(t: &dyn Transport, target: &str, deadline: Duration) ->
 const TRY_LOCK: &str = r#"# rbee-step: try-lock
 set -u
 dir=$1; stale_s=$2; owner=$3; breakable=$4
-mkdir -p "$(dirname "$dir")" || exit 1
+case "$dir" in */*) [ -d "${dir%/*}" ] || mkdir -p "${dir%/*}" || exit 1 ;; esac
 take() { mkdir "$dir" 2>/dev/null || return 1; date +%s > "$dir/since"; printf '%s\n' "$owner" > "$dir/owner"; }
-if [ -n "$breakable" ] && [ "$(cat "$dir/owner" 2>/dev/null)" = "$breakable" ]; then rm -rf "$dir"; fi
+held=; { read -r held < "$dir/owner"; } 2>/dev/null
+if [ -n "$breakable" ] && [ "$held" = "$breakable" ]; then rm -rf "$dir"; fi
 take && exit 0
 # A lock without a readable "since" (its holder died between mkdir and writing it) ages from
 # the directory's own time, so it is taken over after the lease like any other.
@@ -273,14 +295,14 @@ pub async fn lock(
 
 /// Releases the lock if `owner` still holds it.
 pub async fn unlock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = "# rbee-step: unlock\nif [ \"$(cat \"$1/owner\" 2>/dev/null)\" = \"$2\" ]; then rm -rf \"$1\"; fi";
+    let text = "# rbee-step: unlock\no=; { read -r o < \"$1/owner\"; } 2>/dev/null; if [ \"$o\" = \"$2\" ]; then rm -rf \"$1\"; fi";
     script(t, "releasing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
 
 /// Keeps the lock fresh while a long step runs, so it is not taken for stale.
 pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = "# rbee-step: refresh-lock\nif [ \"$(cat \"$1/owner\" 2>/dev/null)\" = \"$2\" ]; then date +%s > \"$1/since\"; fi";
+    let text = "# rbee-step: refresh-lock\no=; { read -r o < \"$1/owner\"; } 2>/dev/null; if [ \"$o\" = \"$2\" ]; then date +%s > \"$1/since\"; fi";
     script(t, "refreshing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
@@ -301,9 +323,9 @@ const START: &str = concat!(
     sh_supervisor!(),
     r#"set -u
 port=$1; alias=$2; bin=$3; pidf=$4; log=$5; unit=${6:-rbee-hive.service}; mode=${7:-}; text=${8:-}
-mkdir -p "$(dirname "$pidf")" "$(dirname "$log")" || exit 1
-alive() { p=$(cat "$pidf" 2>/dev/null) && is_hive "$p"; }
-if alive; then echo "already running (pid $(cat "$pidf"))"; exit 0; fi
+for d in "${pidf%/*}" "${log%/*}"; do [ -d "$d" ] || mkdir -p "$d" || exit 1; done
+alive() { p=; { read -r p < "$pidf"; } 2>/dev/null; is_hive "$p"; }
+if alive; then echo "already running (pid $p)"; exit 0; fi
 [ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
 [ -n "$mode" ] || mode=$(supervisor)
 [ -z "${9:-}" ] || printf 'rbee: %s\n' "$9" | tee -a "$log"
@@ -495,11 +517,11 @@ const WAIT_HEALTHY: &str = r#"# rbee-step: wait-healthy
 set -u
 port=$1; end=$(( $(date +%s) + $2 )); bin=$3; log=$4
 # Asked again after 50 ms for the first two seconds (a hive binds its port within tens of
-# ms), then every 200 ms.
+# ms), then every 200 ms; the clock is read only once the fast tries are over.
 i=0
 while :; do
   if out=$("$bin" probe --port "$port" --timeout-ms 1000 2>&1); then echo "$out"; exit 0; fi
-  if [ "$(date +%s)" -ge "$end" ]; then
+  if [ $i -ge 40 ] && [ "$(date +%s)" -ge "$end" ]; then
     echo "rbee-hive did not answer /health on port $port within $2s: $out"
     tail -n 5 "$log" 2>/dev/null
     exit 1
@@ -913,16 +935,18 @@ mod tests {
         let h = home.path();
         let sync = "#!/bin/sh\nfor f in \"$@\"; do if [ -e bin/rbee-hive ]; then s=in-place; else s=staged; fi; echo \"$f $s\" >> sync.calls; done\n";
         let path = stand_ins(h, &[("sync", sync)]);
-        std::fs::create_dir_all(h.join("bin")).unwrap();
-        std::fs::write(h.join("bin/.rbee-hive.tmp"), b"binary").unwrap();
-        let digest = std::process::Command::new("sha256sum").arg(h.join("bin/.rbee-hive.tmp")).output().unwrap();
-        let got = String::from_utf8_lossy(&digest.stdout).split(' ').next().unwrap().to_owned();
-        let out = std::process::Command::new("sh")
-            .args(["-c", VERIFY_AND_RENAME, "sh", "bin/.rbee-hive.tmp", "bin/rbee-hive", &got, "0.1.0", "records"])
+        let got = crate::artifact::sha256_hex(b"binary");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", INSTALL, "sh", "bin/.rbee-hive.tmp", "bin/rbee-hive", &got, "0.1.0", "records", "6"])
             .env("PATH", &path)
             .current_dir(h)
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"binary").unwrap();
+        let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         let calls = std::fs::read_to_string(h.join("sync.calls")).unwrap();
         assert_eq!(
@@ -930,6 +954,7 @@ mod tests {
             ["bin/.rbee-hive.tmp staged", "bin in-place", "records/rbee-hive.tmp in-place", "records in-place"],
             "{calls}"
         );
+        assert_eq!(std::fs::read(h.join("bin/rbee-hive")).unwrap(), b"binary");
         assert!(std::fs::read_to_string(h.join("records/rbee-hive")).unwrap().starts_with(&got));
     }
 

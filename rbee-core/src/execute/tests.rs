@@ -46,10 +46,8 @@ fn good_host(name: &str, desired: &Desired) -> MockTransport {
 fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
     mock.on_run("# rbee-step: try-lock", Ok(CommandOutput::ok("")))
         .on_run("# rbee-step: observe", Ok(CommandOutput::ok(EMPTY_HOST)))
-        .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
-        .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
-        .on_run("# rbee-step: verify-and-rename", Ok(CommandOutput::ok("")))
-        .on_run("# rbee-step: verify-and-rename", Ok(CommandOutput::ok("")))
+        .on_run(".rbee-hive.rbee-tmp-", Ok(CommandOutput::ok("")))
+        .on_run(".rbee-worker-vllm.rbee-tmp-", Ok(CommandOutput::ok("")))
         .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")))
         .on_run("# rbee-step: wait-healthy", Ok(health(desired)))
         .on_run("# rbee-step: unlock", Ok(CommandOutput::ok("")))
@@ -104,11 +102,9 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
         MockTransport::new("a")
             .on_run("# rbee-step: try-lock", Ok(CommandOutput::ok("")))
             .on_run("# rbee-step: observe", Ok(CommandOutput::ok(EMPTY_HOST)))
-            .on_upload(".rbee-hive.rbee-tmp-", Ok(()))
-            .on_upload(".rbee-worker-vllm.rbee-tmp-", Ok(()))
-            .on_run("# rbee-step: verify-and-rename", Ok(CommandOutput::ok("")))
+            .on_run(".rbee-hive.rbee-tmp-", Ok(CommandOutput::ok("")))
             .on_run(
-                "sha256 mismatch for",
+                ".rbee-worker-vllm.rbee-tmp-",
                 Ok(CommandOutput { status: 65, stdout: b"sha256 mismatch for x".to_vec(), stderr: Vec::new() }),
             )
             .on_run("# rbee-step: unlock", Ok(CommandOutput::ok(""))),

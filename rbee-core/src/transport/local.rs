@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::{CommandOutput, MAX_OUTPUT, RemoteCommand, Transport, TransportError, Upload};
+use super::{CommandOutput, MAX_OUTPUT, Progress, RemoteCommand, Transport, TransportError, Upload, UploadData};
 
 static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -46,6 +46,61 @@ impl LocalTransport {
         TransportError::Remote { host: self.describe(), what: what.to_owned(), reason: e.to_string() }
     }
 
+    /// Runs `command` with `input` (if any) written to its stdin a chunk at a time, telling
+    /// `progress`; an input that cannot be read to its end fails the call (the child is
+    /// killed before it sees an end-of-file).
+    async fn spawn(
+        &self,
+        command: RemoteCommand,
+        input: Option<UploadData<'_>>,
+        progress: Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        let what = command.argv.first().cloned().unwrap_or_default();
+        tokio::fs::create_dir_all(&self.home).await.map_err(|e| self.remote_err("creating home", &e))?;
+        let mut cmd = tokio::process::Command::new(&what);
+        cmd.args(&command.argv[1..])
+            .env("HOME", &self.home)
+            .current_dir(&self.home)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| self.remote_err(&what, &e))?;
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let work = async {
+            let feed = async {
+                if let (Some(mut pipe), Some(data)) = (stdin.take(), input) {
+                    let mut chunks = data.chunks(1 << 20).await?;
+                    let mut sent = 0u64;
+                    while let Some(chunk) = chunks.next().await? {
+                        // A command that exits without reading its input is not an error here.
+                        if pipe.write_all(chunk).await.is_err() {
+                            return Ok(());
+                        }
+                        sent += chunk.len() as u64;
+                        progress(sent);
+                    }
+                }
+                Ok::<(), TransportError>(())
+            };
+            // Both streams at once, each up to the limit; a stream past it ends the wait at
+            // once, and the child is killed when dropped.
+            let (_, out, err) = tokio::try_join!(
+                feed,
+                self.read_capped(&mut stdout, &what, "stdout"),
+                self.read_capped(&mut stderr, &what, "stderr"),
+            )?;
+            let status = child.wait().await.map_err(|e| self.remote_err(&what, &e))?;
+            Ok(CommandOutput { status: status.code().unwrap_or(-1), stdout: out, stderr: err })
+        };
+        match tokio::time::timeout(command.deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: command.deadline }),
+        }
+    }
+
     /// Reads `pipe` to its end, failing once it gives more than the output limit.
     async fn read_capped(
         &self,
@@ -75,45 +130,18 @@ impl Transport for LocalTransport {
     }
 
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
-        let what = command.argv.first().cloned().unwrap_or_default();
-        tokio::fs::create_dir_all(&self.home).await.map_err(|e| self.remote_err("creating home", &e))?;
-        let mut cmd = tokio::process::Command::new(&what);
-        cmd.args(&command.argv[1..])
-            .env("HOME", &self.home)
-            .current_dir(&self.home)
-            .stdin(if command.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| self.remote_err(&what, &e))?;
-        let stdin_data = command.stdin.clone();
-        let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let work = async {
-            let feed = async {
-                if let (Some(mut pipe), Some(data)) = (stdin.take(), stdin_data) {
-                    // A command that exits without reading its input is not an error here.
-                    let _ = pipe.write_all(&data).await;
-                }
-            };
-            // Both streams at once, each up to the limit; a stream past it ends the wait at
-            // once, and the child is killed when dropped.
-            let (_, out, err) = tokio::try_join!(
-                async {
-                    feed.await;
-                    Ok(())
-                },
-                self.read_capped(&mut stdout, &what, "stdout"),
-                self.read_capped(&mut stderr, &what, "stderr"),
-            )?;
-            let status = child.wait().await.map_err(|e| self.remote_err(&what, &e))?;
-            Ok(CommandOutput { status: status.code().unwrap_or(-1), stdout: out, stderr: err })
-        };
-        match tokio::time::timeout(command.deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout { host: self.describe(), what, after: command.deadline }),
-        }
+        let stdin = command.stdin.clone();
+        let input = stdin.as_deref().map(UploadData::Bytes);
+        self.spawn(command, input, &|_| {}).await
+    }
+
+    async fn run_with_input(
+        &self,
+        command: RemoteCommand,
+        input: UploadData<'_>,
+        progress: Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        self.spawn(command, Some(input), progress).await
     }
 
     async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
@@ -207,6 +235,53 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec!["file"], "no temporary file left behind");
+    }
+
+    /// A transport that only has the three primitives (the trait's default `run_with_input`).
+    struct Primitives(LocalTransport);
+
+    #[async_trait]
+    impl Transport for Primitives {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
+            self.0.run(command).await
+        }
+        async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
+            self.0.upload(file).await
+        }
+        async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
+            self.0.read_file(path, max, deadline).await
+        }
+    }
+
+    /// A command gets its input streamed, from memory or from a file, with progress, and its
+    /// exit status and output come back; the default (upload, then run on the file) gives the
+    /// same and leaves no file behind.
+    #[tokio::test]
+    async fn run_with_input_feeds_the_command_natively_and_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("input");
+        std::fs::write(&file, vec![b'x'; 3 << 20]).unwrap();
+        let home = dir.path().join("home");
+        let native = LocalTransport::new(&home);
+        let by_default = Primitives(LocalTransport::new(&home));
+        let script = r#"n=$(wc -c); echo "got ${n##* } $1"; exit 7"#;
+        for t in [&native as &dyn Transport, &by_default] {
+            for (input, len) in
+                [(UploadData::Bytes(b"hello"), 5u64), (UploadData::File { path: &file, len: 3 << 20 }, 3 << 20)]
+            {
+                let seen = std::sync::Mutex::new(0u64);
+                let progress = |n| *seen.lock().unwrap() = n;
+                let command = RemoteCommand::script(script, ["arg"], Duration::from_secs(10));
+                let out = t.run_with_input(command, input, &progress).await.unwrap();
+                assert_eq!((out.status, out.stdout_text()), (7, format!("got {len} arg\n")));
+                assert_eq!(*seen.lock().unwrap(), len);
+            }
+        }
+        let left: Vec<_> = std::fs::read_dir(&home).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// A file is streamed from disk, from its start at each attempt; a file that is not the

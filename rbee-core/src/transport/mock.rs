@@ -173,6 +173,19 @@ impl Transport for MockTransport {
         Ok(())
     }
 
+    async fn run_with_input(
+        &self,
+        command: RemoteCommand,
+        input: super::UploadData<'_>,
+        progress: super::Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        // Recorded as a `run`; the input is not read, only its whole length reported sent.
+        let len = input.len();
+        let out = self.run(command).await?;
+        progress(len);
+        Ok(out)
+    }
+
     async fn read_file(&self, path: &str, _max: u64, _deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {
         let reply = self.answer(|k| matches!(k, Kind::Read), MockCall::Read(path.to_owned()), path).await?;
         Ok(reply.map(|o| o.stdout))

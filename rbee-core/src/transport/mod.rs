@@ -352,4 +352,32 @@ pub trait Transport: Send + Sync {
 
     /// Reads a file of at most `max` bytes; `None` if it does not exist.
     async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError>;
+
+    /// Runs `command` (whose own `stdin` is ignored) with `input` streamed to its standard
+    /// input, read a chunk at a time as it is sent, never whole; `progress` gets the bytes
+    /// sent so far. What lets an install receive, check and rename a file in one command.
+    /// If `input` cannot be read to its end, the command gets no end-of-file where the
+    /// transport can avoid it, and the local error is returned.
+    ///
+    /// The default, for transports that cannot stream into a command, uploads `input` to a
+    /// private temporary file in the home directory with [`Transport::upload`], then runs
+    /// `command` reading that file (removed afterwards): the same result, in two round trips.
+    async fn run_with_input(
+        &self,
+        command: RemoteCommand,
+        input: UploadData<'_>,
+        progress: Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!(".rbee-input-{}-{seq}", std::process::id());
+        self.upload(Upload::from_data(input, &path, 0o600, command.deadline).with_progress(progress)).await?;
+        let mut argv = vec!["sh".to_owned(), "-c".to_owned(), FROM_FILE.to_owned(), "sh".to_owned(), path];
+        argv.extend(command.argv);
+        self.run(RemoteCommand { argv, stdin: None, deadline: command.deadline }).await
+    }
 }
+
+/// `$1` a file, then a command: runs the command reading the file, removes it, and exits
+/// with the command's status ([`Transport::run_with_input`]'s default).
+const FROM_FILE: &str = r#"f=$1; shift; "$@" < "$f"; s=$?; rm -f "$f"; exit $s"#;
