@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::layout::{Layout, WORKER_PREFIX};
 use crate::state::{HiveState, Installed, InstalledEngine, Observed, Supervisor};
-use crate::transport::{RemoteCommand, Transport};
+use crate::transport::{CommandOutput, RemoteCommand, Transport, TransportError};
 use rbee_proto::engine::EngineProblem;
 
 /// The observation script. `$1` is the hive port, `$2` the hive binary, `$3` the worker
@@ -115,6 +115,12 @@ fn shown(text: &str) -> String {
 /// Observes one host. Failures to reach or read it become [`HiveState::Unreachable`] with the
 /// reason; this never fails and never guesses.
 pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Duration) -> HiveState {
+    let cmd = RemoteCommand { argv: observe_argv(hive_port), stdin: None, deadline };
+    observation(transport, transport.run(cmd).await)
+}
+
+/// The command that observes a host (the sync lock runs it too, once it holds the lock).
+pub(crate) fn observe_argv(hive_port: u16) -> Vec<String> {
     let args = [
         hive_port.to_string(),
         Layout::hive_binary(),
@@ -125,8 +131,12 @@ pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Durati
         Layout::ENGINES_DIR.to_owned(),
         crate::execute::systemd::UNIT_NAME.to_owned(),
     ];
-    let cmd = RemoteCommand::script(OBSERVE_SCRIPT, args, deadline);
-    match transport.run(cmd).await {
+    ["sh", "-c", OBSERVE_SCRIPT, "sh"].into_iter().map(str::to_owned).chain(args).collect()
+}
+
+/// What the observation command's `result` says of the host.
+pub(crate) fn observation(transport: &dyn Transport, result: Result<CommandOutput, TransportError>) -> HiveState {
+    match result {
         Err(e) => HiveState::Unreachable { reason: e.to_string() },
         Ok(out) if !out.success() => HiveState::Unreachable {
             reason: format!(

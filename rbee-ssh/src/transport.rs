@@ -232,13 +232,13 @@ impl SshTransport {
             };
             let writer = async {
                 if let Some(data) = stdin {
-                    // Read a chunk and hand it to the channel whole (russh cuts it into packets
+                    // Take a chunk and hand it to the channel whole (russh cuts it into packets
                     // of the channel's maximum size, each waiting for the channel's window: the
-                    // backpressure), then read the next: one chunk is held at a time, and
-                    // progress is told once a chunk. As owned bytes (`data_bytes`), not through
-                    // `data(AsyncRead)`, which copies through an 8 KiB buffer and so sends 8 KiB
-                    // packets: four times the packets for the host's sshd to handle (it spent
-                    // most of an upload's time on them).
+                    // backpressure), then the next: a file is read a few chunks ahead
+                    // ([`UploadData::chunks`]), never whole, and progress is told once a chunk.
+                    // As owned bytes (`data_bytes`), not through `data(AsyncRead)`, which copies
+                    // through an 8 KiB buffer and so sends 8 KiB packets: four times the packets
+                    // for the host's sshd to handle (it spent most of an upload's time on them).
                     let mut chunks = data.chunks(UPLOAD_CHUNK).await?;
                     let mut sent = 0u64;
                     while let Some(chunk) = chunks.next().await? {

@@ -209,6 +209,7 @@ struct Measured {
 
 fn rbee_sync(config: &Path, home: &Path, work: &Path) -> Measured {
     let stats = work.join("time.out");
+    let launched_ms = rbee_core::execute::now_ms();
     let started = Instant::now();
     let out = sh(Command::new("/usr/bin/time")
         .args(["-f", "%U %S %M", "-o"])
@@ -221,8 +222,15 @@ fn rbee_sync(config: &Path, home: &Path, work: &Path) -> Measured {
         .env_remove("SSH_AUTH_SOCK"));
     let wall = started.elapsed();
     if let Some(path) = std::env::var_os("FLEET_BENCH_EVENTS") {
-        // The events of the last run, for looking at where the time goes.
-        let _ = std::fs::write(path, &out.stdout);
+        // The events of the last run, for looking at where the time goes, and when `rbee`
+        // started and ended on the same clock as the events (the phases before the first hive
+        // is locked: the queen's job, connecting, observing, planning).
+        let _ = std::fs::write(&path, &out.stdout);
+        let exited_ms = rbee_core::execute::now_ms();
+        let _ = std::fs::write(
+            format!("{}.times", path.to_string_lossy()),
+            format!("launched_ms {launched_ms}\nexited_ms {exited_ms}\n"),
+        );
     }
     assert!(out.status.success(), "rbee sync failed: {}", String::from_utf8_lossy(&out.stdout));
     let text = std::fs::read_to_string(&stats).unwrap_or_default();
@@ -285,6 +293,10 @@ fn main() {
             rbee_machine.push(MachineCounters::now().since(before));
             if let Some(path) = std::env::var_os("FLEET_BENCH_EVENTS") {
                 let _ = std::fs::copy(&path, format!("{}.cold", path.to_string_lossy()));
+                let _ = std::fs::copy(
+                    format!("{}.times", path.to_string_lossy()),
+                    format!("{}.cold.times", path.to_string_lossy()),
+                );
             }
             let warm = rbee_sync(&config, &home, work.path());
             rss = rss.max(cold.max_rss_kib).max(warm.max_rss_kib);
@@ -293,8 +305,14 @@ fn main() {
             rw.push(warm.wall);
             reset(&bed);
             let before = MachineCounters::now();
+            let launched_ms = rbee_core::execute::now_ms();
             oc.push(openssh_cold(&bed, &stage));
             floor_machine.push(MachineCounters::now().since(before));
+            if let Some(path) = std::env::var_os("FLEET_BENCH_EVENTS") {
+                // When the floor's cold run began and ended, for a profile of the same window.
+                let times = format!("launched_ms {launched_ms}\nexited_ms {}\n", rbee_core::execute::now_ms());
+                let _ = std::fs::write(format!("{}.floor.times", path.to_string_lossy()), times);
+            }
             ow.push(openssh_warm(&bed));
         }
         let (rc, oc, rw, ow) = (median(rc), median(oc), median(rw), median(ow));

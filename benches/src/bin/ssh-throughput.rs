@@ -1,5 +1,9 @@
 //! Upload throughput of one SshTransport connection to one test host (root only):
 //! `cargo run --release -p rbee-benches --bin ssh-throughput -- [MiB] [parallel] [hosts]`.
+//!
+//! With `EXECS=K`, instead: what a command costs the host. Each host runs K commands that do
+//! nothing (`true`, one after the other, on its one connection), and the machine's CPU seconds
+//! are divided by the commands run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,17 +34,55 @@ async fn main() {
         };
         transports.push(Arc::new(SshTransport::connect(target).await.expect("connect")));
     }
+    if let Some(k) = std::env::var("EXECS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let cpu0 = cpu_ticks();
+        let started = Instant::now();
+        let tasks: Vec<_> = transports
+            .iter()
+            .map(|t| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    for _ in 0..k {
+                        let cmd = rbee_core::transport::RemoteCommand::new(["true"], Duration::from_secs(30));
+                        assert!(t.run(cmd).await.expect("run").success());
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let cpu = (cpu_ticks() - cpu0) as f64 / 100.0;
+        let n = (k * nhosts) as f64;
+        println!(
+            "rbee-ssh: {nhosts} hosts x {k} commands in {:.2}s: machine CPU busy {cpu:.2}s, {:.2} ms a command",
+            started.elapsed().as_secs_f64(),
+            cpu * 1000.0 / n
+        );
+        return;
+    }
     let data = Arc::new(vec![7u8; mib << 20]);
+    // FROM_FILE=1: the bytes are streamed from a file, as a sync's artifacts are.
+    let source = bed.dir.join("source");
+    let from_file = std::env::var_os("FROM_FILE").is_some();
+    if from_file {
+        std::fs::write(&source, &*data).unwrap();
+    }
     let cpu0 = cpu_ticks();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in &transports {
         for i in 0..parallel {
-            let (t, data) = (t.clone(), data.clone());
+            let (t, data, source) = (t.clone(), data.clone(), source.clone());
             tasks.push(tokio::spawn(async move {
-                t.upload(rbee_core::transport::Upload::new(&data, &format!("f{i}"), 0o644, Duration::from_secs(120)))
-                    .await
-                    .expect("upload");
+                let bytes = if from_file {
+                    rbee_core::transport::UploadData::File { path: &source, len: data.len() as u64 }
+                } else {
+                    rbee_core::transport::UploadData::Bytes(&data)
+                };
+                let name = format!("f{i}");
+                let upload = rbee_core::transport::Upload::from_data(bytes, &name, 0o644, Duration::from_secs(120));
+                t.upload(upload).await.expect("upload");
             }));
         }
     }

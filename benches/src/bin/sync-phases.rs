@@ -3,6 +3,11 @@
 //! step's start and end in ms from the first event, and for uploads the time to the last byte
 //! sent (the rest of the step is the check of the sha256 on the host and the rename).
 //!
+//! With `EVENTS.json.times` beside it (fleet-bench writes one: when `rbee` was launched and
+//! when it exited, on the events' clock), it also prints the time before the first hive was
+//! locked (the queen's job, connecting, observing, planning) and after the last was done. Last,
+//! a summary per kind of step over all hives: mean start, end and duration, and the latest end.
+//!
 //! `cargo run --release -p rbee-benches --bin sync-phases -- events.json`
 
 use std::collections::BTreeMap;
@@ -57,6 +62,16 @@ fn main() {
     let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     println!("| hive | step | start ms | last byte ms | end ms | took ms | MiB/s while sending |");
     println!("|---|---|---:|---:|---:|---:|---:|");
+    // Per kind of step ("lock", "worker", "hive-binary", "start", …): starts, ends.
+    let mut kinds: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for (alias, hive) in &hives {
+        for (name, s) in &hive.steps {
+            let kind = name.strip_prefix(&format!("{alias}/")).unwrap_or(name).split('/').next().unwrap_or("");
+            if let (Some(a), Some(b)) = (s.started, s.finished) {
+                kinds.entry(kind.to_owned()).or_default().push((a, b));
+            }
+        }
+    }
     for (alias, hive) in &hives {
         let took = hive.done.zip(hive.started).map(|(d, s)| d - s);
         println!("| {alias} | (hive) | {} |  | {} | {} |  |", ms(hive.started), ms(hive.done), ms(took));
@@ -76,6 +91,35 @@ fn main() {
                 ms(s.last_byte),
                 ms(s.finished),
                 ms(took)
+            );
+        }
+    }
+    println!();
+    println!("| step | count | mean start ms | mean end ms | mean took ms | latest end ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (kind, spans) in &kinds {
+        let n = spans.len() as u64;
+        let mean = |f: &dyn Fn(&(u64, u64)) -> u64| spans.iter().map(f).sum::<u64>() / n;
+        println!(
+            "| {kind} | {n} | {} | {} | {} | {} |",
+            mean(&|s| s.0),
+            mean(&|s| s.1),
+            mean(&|s| s.1 - s.0),
+            spans.iter().map(|s| s.1).max().unwrap_or(0)
+        );
+    }
+    if let Ok(times) = std::fs::read_to_string(format!("{path}.times")) {
+        let value =
+            |key: &str| times.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok()));
+        let last = hives.values().filter_map(|h| h.done).max().unwrap_or(0) + t0;
+        if let (Some(launched), Some(exited)) = (value("launched_ms"), value("exited_ms")) {
+            println!();
+            println!(
+                "`rbee` launched → first hive locked: {} ms; first hive locked → last hive done: {} ms; last hive done → `rbee` exited: {} ms; in all {} ms",
+                t0.saturating_sub(launched),
+                last - t0,
+                exited.saturating_sub(last),
+                exited.saturating_sub(launched)
             );
         }
     }

@@ -32,7 +32,6 @@ use crate::artifact::{ArtifactData, ArtifactError, ArtifactSource};
 use crate::config::PackageSettings;
 use crate::fleet::join_all;
 use crate::layout::Layout;
-use crate::observe::observe;
 use crate::plan::{Action, ActionKind, Binary, Change, HiveStatus, Plan, PlanOptions, plan, plan_uninstall};
 use crate::state::{Actual, Artifact, Desired, DesiredHive, HiveState, Installed};
 use crate::transport::Transport;
@@ -298,9 +297,17 @@ impl HiveRun<'_> {
         (self.on_event)(SyncEvent::new(self.alias(), now_ms(), SyncEventKind::HiveStarted));
         let o = self.options;
         let lock_id = format!("{}/lock", self.alias());
+        // The host is looked at again once locked (another sync may have changed it), in the
+        // same command that takes the lock.
+        let observe = crate::observe::observe_argv(self.want.hive_port);
+        let observed = std::sync::Mutex::new(None);
         if let Err(e) = self
-            .step(&lock_id, "take the sync lock", || {
-                steps::lock(self.t, owner, o.lock_wait, o.lock_stale_after, o.step_timeout, &o.cancel)
+            .step(&lock_id, "take the sync lock", || async {
+                let out =
+                    steps::lock(self.t, owner, &observe, o.lock_wait, o.lock_stale_after, o.step_timeout, &o.cancel)
+                        .await?;
+                *crate::locked(&observed) = Some(out);
+                Ok(())
             })
             .await
         {
@@ -317,8 +324,12 @@ impl HiveRun<'_> {
                 let _ = steps::refresh_lock(self.t, owner, o.step_timeout).await;
             }
         };
+        let observed = crate::locked(&observed).take().map_or_else(
+            || HiveState::Unreachable { reason: "the host was not observed under the lock".into() },
+            |out| crate::observe::observation(self.t, Ok(out)),
+        );
         let outcome = tokio::select! {
-            outcome = self.locked(intent) => outcome,
+            outcome = self.locked(intent, observed) => outcome,
             never = refresher => never,
         };
         // Best effort: a lock left behind is taken over once stale, and the next sync says so.
@@ -329,8 +340,7 @@ impl HiveRun<'_> {
         outcome
     }
 
-    async fn locked(&self, intent: &Intent) -> HiveOutcome {
-        let observed = observe(self.t, self.want.hive_port, self.options.step_timeout).await;
+    async fn locked(&self, intent: &Intent, observed: HiveState) -> HiveOutcome {
         if let HiveState::Unreachable { reason } = &observed {
             return HiveOutcome::Unreachable { reason: reason.clone() };
         }
@@ -432,7 +442,7 @@ impl HiveRun<'_> {
         let o = self.options;
         steps::restore_previous(self.t, targets, o.step_timeout).await?;
         steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
-        steps::start_hive(self.t, port, self.alias(), o.step_timeout).await?;
+        steps::start_hive(self.t, port, self.alias(), None, o.step_timeout).await?;
         steps::wait_healthy(self.t, port, want, o.health_timeout).await
     }
 
@@ -543,18 +553,19 @@ impl HiveRun<'_> {
                     .collect();
                 self.step(&action.id, &description, || self.restore_and_restart(&targets, *port, &to.sha256)).await
             }
+            // The link to the queen is written by the command that starts the hive.
             ActionKind::StartHive { port } => {
                 self.step(&action.id, &description, || async {
-                    steps::link_queen(self.t, o.link.as_ref(), self.alias(), o.step_timeout).await?;
-                    steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await
+                    let link = steps::link_payload(o.link.as_ref(), self.alias())?;
+                    steps::start_hive(self.t, *port, self.alias(), link.as_ref(), o.step_timeout).await
                 })
                 .await
             }
             ActionKind::RestartHive { port, .. } => {
                 self.step(&action.id, &description, || async {
-                    steps::link_queen(self.t, o.link.as_ref(), self.alias(), o.step_timeout).await?;
+                    let link = steps::link_payload(o.link.as_ref(), self.alias())?;
                     steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
-                    steps::start_hive(self.t, *port, self.alias(), o.step_timeout).await
+                    steps::start_hive(self.t, *port, self.alias(), link.as_ref(), o.step_timeout).await
                 })
                 .await
             }

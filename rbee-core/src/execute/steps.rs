@@ -201,22 +201,31 @@ pub async fn remove_file(t: &dyn Transport, target: &str, deadline: Duration) ->
     Ok(())
 }
 
+/// `$1` the lock directory, `$2` seconds after which a lock is stale, `$3` this owner, `$4` an
+/// owner whose lock may be broken at once (or empty), then a command run once the lock is
+/// held (the observation, so that taking the lock and looking at the host are one command):
+/// its output follows a first line `rbee-locked`, and its status is the script's.
 const TRY_LOCK: &str = r#"# rbee-step: try-lock
 set -u
-dir=$1; stale_s=$2; owner=$3; breakable=$4
+dir=$1; stale_s=$2; owner=$3; breakable=$4; shift 4
 case "$dir" in */*) [ -d "${dir%/*}" ] || mkdir -p "${dir%/*}" || exit 1 ;; esac
 take() { mkdir "$dir" 2>/dev/null || return 1; date +%s > "$dir/since"; printf '%s\n' "$owner" > "$dir/owner"; }
-held=; { read -r held < "$dir/owner"; } 2>/dev/null
-if [ -n "$breakable" ] && [ "$held" = "$breakable" ]; then rm -rf "$dir"; fi
-take && exit 0
+held() { echo rbee-locked; if [ $# -gt 0 ]; then exec "$@"; fi; exit 0; }
+h=; { read -r h < "$dir/owner"; } 2>/dev/null
+if [ -n "$breakable" ] && [ "$h" = "$breakable" ]; then rm -rf "$dir"; fi
+take && held "$@"
 # A lock without a readable "since" (its holder died between mkdir and writing it) ages from
 # the directory's own time, so it is taken over after the lease like any other.
-now=$(date +%s); since=$(cat "$dir/since" 2>/dev/null || stat -c %Y "$dir" 2>/dev/null || echo "$now")
+now=$(date +%s); since=; { read -r since < "$dir/since"; } 2>/dev/null
 case "$since" in ''|*[!0-9]*) since=$(stat -c %Y "$dir" 2>/dev/null || echo "$now") ;; esac
-if [ $(( now - since )) -gt "$stale_s" ]; then rm -rf "$dir"; take && exit 0; fi
-printf 'busy %s\n' "$(cat "$dir/owner" 2>/dev/null)"
+if [ $(( now - since )) -gt "$stale_s" ]; then rm -rf "$dir"; take && held "$@"; fi
+h=; { read -r h < "$dir/owner"; } 2>/dev/null
+printf 'busy %s\n' "$h"
 exit 75
 "#;
+
+/// The first line of [`TRY_LOCK`]'s output once it holds the lock.
+const LOCKED: &str = "rbee-locked\n";
 
 /// Who holds a lock: this process, on this machine. Another sync on the same machine whose
 /// process is gone left the lock behind and it can be broken at once.
@@ -241,24 +250,29 @@ fn dead_local_owner(owner: &str) -> bool {
     }
 }
 
-/// Takes the per-host sync lock, waiting up to `wait` while another sync holds it. A lock
-/// whose holder stopped refreshing it for `stale_after`, or whose holder was a process of
-/// this machine that has exited, is taken over.
+/// Takes the per-host sync lock, waiting up to `wait` while another sync holds it, then runs
+/// `then` (a command's argv) in the same command and returns its output: what the host looks
+/// like under the lock. A lock whose holder stopped refreshing it for `stale_after`, or whose
+/// holder was a process of this machine that has exited, is taken over. Once this returns
+/// `Ok`, the lock is held whatever `then` did.
 pub async fn lock(
     t: &dyn Transport,
     owner: &str,
+    then: &[String],
     wait: Duration,
     stale_after: Duration,
     deadline: Duration,
     cancel: &std::sync::atomic::AtomicBool,
-) -> Result<(), StepError> {
+) -> Result<CommandOutput, StepError> {
     let started = tokio::time::Instant::now();
     let mut breakable = String::new();
     loop {
-        let args = vec![Layout::lock_dir(), stale_after.as_secs().to_string(), owner.to_owned(), breakable.clone()];
-        let out = t.run(RemoteCommand::script(TRY_LOCK, args, deadline)).await?;
-        if out.success() {
-            return Ok(());
+        let mut args = vec![Layout::lock_dir(), stale_after.as_secs().to_string(), owner.to_owned(), breakable.clone()];
+        args.extend(then.iter().cloned());
+        let mut out = t.run(RemoteCommand::script(TRY_LOCK, args, deadline)).await?;
+        if out.stdout.starts_with(LOCKED.as_bytes()) {
+            out.stdout.drain(..LOCKED.len());
+            return Ok(out);
         }
         let text = out.stdout_text();
         // An empty holder: the other sync made the lock a moment ago and is writing its name.
@@ -307,6 +321,46 @@ pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) ->
     Ok(())
 }
 
+/// The line that ends each file in `link_files`' input ([`link_payload`]).
+const LINK_END: &str = "--rbee-link-file-end--";
+
+/// Shell function `link_files DIR1 DIR2 END [PATH MODE NL]...`: `DIR1` and `DIR2` made private,
+/// `END` the end line, then per file its path, mode and `NL` (1 when the file ends with a
+/// newline); standard input holds each file's lines, then the end line. Each file is written
+/// byte for byte next to its place (as `.NAME.rbee-tmp`), created with its mode (a umask, so
+/// no file is ever open to others, and no `chmod` for the usual 0600 and 0644) and renamed into
+/// place. The secrets never appear in a command line, where other users of the host could read
+/// them. A subshell, so the umask stays inside.
+macro_rules! sh_link_files {
+    () => {
+        r#"link_files() (
+  set -u
+  umask 077
+  { [ -d "$1" ] && [ -d "$2" ] || mkdir -p "$1" "$2"; } && chmod 700 "$1" "$2" || exit 1
+  end=$3; shift 3
+  while [ $# -ge 3 ]; do
+    path=$1; mode=$2; nl=$3; shift 3
+    tmp="${path%/*}/.${path##*/}.rbee-tmp"
+    case "$mode" in 600) umask 077; m= ;; 644) umask 022; m= ;; *) umask 077; m=$mode ;; esac
+    if [ -e "$tmp" ]; then rm -f "$tmp" || exit 1; fi
+    : > "$tmp" || exit 1
+    found=0; first=1
+    while IFS= read -r line; do
+      if [ "$line" = "$end" ]; then found=1; break; fi
+      if [ "$first" = 0 ]; then printf '\n' >> "$tmp" || exit 1; fi
+      printf '%s' "$line" >> "$tmp" || exit 1
+      first=0
+    done
+    [ "$found" = 1 ] || { rm -f "$tmp"; echo "the input for $path ended early"; exit 1; }
+    if [ "$nl" = 1 ]; then printf '\n' >> "$tmp" || exit 1; fi
+    if [ -n "$m" ]; then chmod "$m" "$tmp" || exit 1; fi
+    mv -f "$tmp" "$path" || exit 1
+  done
+)
+"#
+    };
+}
+
 /// `$1` port, `$2` alias, `$3` hive binary, `$4` pid file, `$5` log (paths from [`Layout`]),
 /// `$6` the unit's name; from [`start_hive`]'s second call: `$7` the supervisor and `$8` the
 /// unit, or `$7` `detached` and `$8` empty with `$9` why the unit cannot be used.
@@ -321,14 +375,16 @@ const START: &str = concat!(
     "# rbee-step: start-hive\n",
     sh_is_hive!(),
     sh_supervisor!(),
+    sh_link_files!(),
     r#"set -u
-port=$1; alias=$2; bin=$3; pidf=$4; log=$5; unit=${6:-rbee-hive.service}; mode=${7:-}; text=${8:-}
+port=$1; alias=$2; bin=$3; pidf=$4; log=$5; unit=${6:-rbee-hive.service}; mode=${7:-}; text=${8:-}; why=${9:-}
+if [ $# -gt 9 ]; then shift 9; link_files "$@" || exit 1; fi
 for d in "${pidf%/*}" "${log%/*}"; do [ -d "$d" ] || mkdir -p "$d" || exit 1; done
 alive() { p=; { read -r p < "$pidf"; } 2>/dev/null; is_hive "$p"; }
 if alive; then echo "already running (pid $p)"; exit 0; fi
 [ -x "$bin" ] || { echo "$bin is not installed"; exit 1; }
 [ -n "$mode" ] || mode=$(supervisor)
-[ -z "${9:-}" ] || printf 'rbee: %s\n' "$9" | tee -a "$log"
+[ -z "$why" ] || printf 'rbee: %s\n' "$why" | tee -a "$log"
 case "$mode" in
 systemd-system|systemd-user)
   if [ -z "$text" ]; then printf 'rbee-unit-needed %s\n%s\n' "$mode" "$(cd "$HOME" && pwd -P)"; exit 10; fi
@@ -374,8 +430,15 @@ exit 1
 
 /// Starts the hive: as a systemd service where the host runs systemd (see [`systemd`]), fully
 /// detached elsewhere (own session, output to the hive log, pid file). Does nothing if it is
-/// already running.
-pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Duration) -> Result<(), StepError> {
+/// already running. With `link` (from [`link_payload`]), the hive's link to the queen is
+/// written first, in the same command.
+pub async fn start_hive(
+    t: &dyn Transport,
+    port: u16,
+    alias: &str,
+    link: Option<&LinkPayload>,
+    deadline: Duration,
+) -> Result<(), StepError> {
     let mut args = vec![
         port.to_string(),
         alias.to_owned(),
@@ -385,7 +448,13 @@ pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Dur
         systemd::UNIT_NAME.to_owned(),
     ];
     let what = "starting rbee-hive";
-    let out = t.run(RemoteCommand::script(START, args.clone(), deadline)).await?;
+    let mut first = RemoteCommand::script(START, args.clone(), deadline);
+    if let Some(link) = link {
+        // `$7`–`$9` empty (the supervisor is found on the host), then the link's arguments.
+        first.argv.extend(["", "", ""].map(str::to_owned).into_iter().chain(link.args.iter().cloned()));
+        first.stdin = Some(link.stdin.clone());
+    }
+    let out = t.run(first).await?;
     let request = (out.status == systemd::NEED_UNIT).then(|| systemd::parse_unit_request(&out.stdout_text())).flatten();
     let Some((scope, home)) = request else { return checked(t, what, out).map(drop) };
     match systemd::hive_unit(&home, port, alias, scope) {
@@ -396,16 +465,12 @@ pub async fn start_hive(t: &dyn Transport, port: u16, alias: &str, deadline: Dur
     Ok(())
 }
 
-/// Links hive `alias` to the queen: a new certificate from the queen's CA (key 0600), its own
-/// credential (`hive.token`, 0600) and the queen's address (`queen.link`), in that order. The
-/// hive reads them when it starts.
-pub async fn link_queen(
-    t: &dyn Transport,
-    spec: Option<&crate::link::LinkSpec>,
-    alias: &str,
-    deadline: Duration,
-) -> Result<(), StepError> {
-    let Some(spec) = spec else { return Ok(()) };
+/// What links hive `alias` to the queen, for [`start_hive`]: a new certificate from the
+/// queen's CA (key 0600), its own credential (`hive.token`, 0600) and the queen's address
+/// (`queen.link`), in that order, as `link_files`' arguments and input. The hive reads them
+/// when it starts. `None` without a queen (an in-process run leaves the host's link as it is).
+pub fn link_payload(spec: Option<&crate::link::LinkSpec>, alias: &str) -> Result<Option<LinkPayload>, StepError> {
+    let Some(spec) = spec else { return Ok(None) };
     let mut files: Vec<(String, u32, String)> = Vec::new();
     if spec.issuer.ca_pem().is_some() {
         let issued = spec.issuer.issue(alias).map_err(|e| StepError::Failed(format!("issuing a certificate: {e}")))?;
@@ -418,44 +483,18 @@ pub async fn link_queen(
     files.push((Layout::hive_token(), 0o600, link.token.clone()));
     files.push((Layout::queen_link(), 0o644, json));
     let (args, stdin) = link_files(&files)?;
-    let mut command = RemoteCommand::script(LINK, args, deadline);
-    command.stdin = Some(stdin);
-    checked(t, "linking the hive to the queen", t.run(command).await?)?;
-    Ok(())
+    Ok(Some(LinkPayload { args, stdin }))
 }
 
-/// The line that ends each file in [`LINK`]'s input.
-const LINK_END: &str = "--rbee-link-file-end--";
+/// The link's files for the start command: `link_files`' arguments, and its input.
+#[derive(Debug, Clone)]
+pub struct LinkPayload {
+    args: Vec<String>,
+    stdin: Vec<u8>,
+}
 
-/// `$1` and `$2` the directories made private, `$3` the end line, then `PATH MODE NL` per file
-/// (`NL` 1 when the file ends with a newline); standard input holds each file's lines, then
-/// the end line. Each file is written byte for byte with umask 077 next to its place (as
-/// `.NAME.rbee-tmp`), given its mode and renamed into place. One command for what were six, and the secrets never
-/// appear in a command line, where other users of the host could read them.
-const LINK: &str = r#"# rbee-step: link-queen
-set -u
-umask 077
-mkdir -p "$1" "$2" && chmod 700 "$1" "$2" || exit 1
-end=$3; shift 3
-while [ $# -ge 3 ]; do
-  path=$1; mode=$2; nl=$3; shift 3
-  tmp="${path%/*}/.${path##*/}.rbee-tmp"
-  : > "$tmp" || exit 1
-  found=0; first=1
-  while IFS= read -r line; do
-    if [ "$line" = "$end" ]; then found=1; break; fi
-    if [ "$first" = 0 ]; then printf '\n' >> "$tmp" || exit 1; fi
-    printf '%s' "$line" >> "$tmp" || exit 1
-    first=0
-  done
-  [ "$found" = 1 ] || { rm -f "$tmp"; echo "the input for $path ended early"; exit 1; }
-  if [ "$nl" = 1 ]; then printf '\n' >> "$tmp" || exit 1; fi
-  chmod "$mode" "$tmp" && mv -f "$tmp" "$path" || exit 1
-done
-"#;
-
-/// [`LINK`]'s arguments and input for `files` (path, mode, text): each text's lines, then the
-/// end line, which no text may contain.
+/// `link_files`' arguments and input for `files` (path, mode, text): each text's lines, then
+/// the end line, which no text may contain.
 fn link_files(files: &[(String, u32, String)]) -> Result<(Vec<String>, Vec<u8>), StepError> {
     let mut args = vec![Layout::STATE_DIR.to_owned(), Layout::hive_tls_dir(), LINK_END.to_owned()];
     let mut stdin = String::new();
@@ -785,9 +824,14 @@ mod tests {
         let t = LocalTransport::new(home.path());
         let started = std::time::Instant::now();
         let never = std::sync::atomic::AtomicBool::new(false);
-        lock(&t, "me", Duration::from_secs(20), Duration::from_secs(60), Duration::from_secs(10), &never)
-            .await
-            .unwrap();
+        // What runs once the lock is held comes back as it is, its failure included: the lock
+        // is held all the same.
+        let then = ["sh", "-c", "echo observed; exit 3"].map(str::to_owned);
+        let out =
+            lock(&t, "me", &then, Duration::from_secs(20), Duration::from_secs(60), Duration::from_secs(10), &never)
+                .await
+                .unwrap();
+        assert_eq!((out.status, out.stdout_text()), (3, "observed\n".to_owned()));
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
         assert_eq!(std::fs::read_to_string(dir.join("owner")).unwrap().trim(), "me");
     }
@@ -810,7 +854,8 @@ mod tests {
         });
         let started = std::time::Instant::now();
         let wait = Duration::from_secs(60);
-        let err = lock(&t, "me", wait, Duration::from_secs(60), Duration::from_secs(10), &cancel).await.unwrap_err();
+        let err =
+            lock(&t, "me", &[], wait, Duration::from_secs(60), Duration::from_secs(10), &cancel).await.unwrap_err();
         assert!(err.to_string().contains("cancelled"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     }
@@ -827,7 +872,7 @@ mod tests {
         let mock = crate::transport::MockTransport::new("h1")
             .on_run("# rbee-step: start-hive", Ok(asks))
             .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")));
-        start_hive(&mock, 8600, "gpu-1", Duration::from_secs(5)).await.unwrap();
+        start_hive(&mock, 8600, "gpu-1", None, Duration::from_secs(5)).await.unwrap();
         mock.verify().unwrap();
         let calls = mock.calls();
         let crate::transport::MockCall::Run(second) = &calls[1] else { panic!("{calls:?}") };
@@ -847,7 +892,7 @@ mod tests {
         let mock = crate::transport::MockTransport::new("h1")
             .on_run("# rbee-step: start-hive", Ok(asks))
             .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")));
-        start_hive(&mock, 8600, "gpu-1", Duration::from_secs(5)).await.unwrap();
+        start_hive(&mock, 8600, "gpu-1", None, Duration::from_secs(5)).await.unwrap();
         let calls = mock.calls();
         let crate::transport::MockCall::Run(second) = &calls[1] else { panic!("{calls:?}") };
         assert!(
@@ -857,7 +902,7 @@ mod tests {
         // Any other failure is the step's failure, as before.
         let mock = crate::transport::MockTransport::new("h1")
             .on_run("# rbee-step: start-hive", Ok(CommandOutput { status: 10, ..CommandOutput::ok("something else") }));
-        let err = start_hive(&mock, 8600, "gpu-1", Duration::from_secs(5)).await.unwrap_err();
+        let err = start_hive(&mock, 8600, "gpu-1", None, Duration::from_secs(5)).await.unwrap_err();
         assert!(err.to_string().contains("exit status 10): something else"), "{err}");
     }
 
@@ -887,7 +932,13 @@ mod tests {
             (Layout::queen_link(), 0o644, r#"{"url":"https://q:8500","interval_ms":5000}"#.to_owned()),
         ];
         let (args, stdin) = link_files(&files).unwrap();
-        let mut command = RemoteCommand::script(LINK, args, Duration::from_secs(10));
+        // A leftover of an interrupted link, open to others: replaced, never reused.
+        std::fs::create_dir_all(home.path().join(Layout::STATE_DIR)).unwrap();
+        let leftover = home.path().join(Layout::STATE_DIR).join(".hive.token.rbee-tmp");
+        std::fs::write(&leftover, "old").unwrap();
+        std::fs::set_permissions(&leftover, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        let script = concat!(sh_link_files!(), r#"link_files "$@""#);
+        let mut command = RemoteCommand::script(script, args, Duration::from_secs(10));
         command.stdin = Some(stdin);
         let out = t.run(command).await.unwrap();
         assert!(out.success(), "{}", String::from_utf8_lossy(&out.stdout));

@@ -10,7 +10,8 @@ use crate::artifact::{ArtifactSource, resolve, sha256_hex};
 use crate::config;
 use crate::transport::{CommandOutput, MockTransport, TransportError};
 
-const EMPTY_HOST: &str = "rbee-observe 1\nend\n";
+/// The lock taken, then the observation of an empty host, in the one command that does both.
+const LOCKED_EMPTY_HOST: &str = "rbee-locked\nrbee-observe 1\nend\n";
 
 fn fixture() -> (tempfile::TempDir, Desired, ArtifactSource) {
     let dir = tempfile::tempdir().unwrap();
@@ -44,8 +45,7 @@ fn good_host(name: &str, desired: &Desired) -> MockTransport {
 }
 
 fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
-    mock.on_run("# rbee-step: try-lock", Ok(CommandOutput::ok("")))
-        .on_run("# rbee-step: observe", Ok(CommandOutput::ok(EMPTY_HOST)))
+    mock.on_run("# rbee-step: try-lock", Ok(CommandOutput::ok(LOCKED_EMPTY_HOST)))
         .on_run(".rbee-hive.rbee-tmp-", Ok(CommandOutput::ok("")))
         .on_run(".rbee-worker-vllm.rbee-tmp-", Ok(CommandOutput::ok("")))
         .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")))
@@ -100,8 +100,7 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
     let (_dir, desired, source) = fixture();
     let a = Arc::new(
         MockTransport::new("a")
-            .on_run("# rbee-step: try-lock", Ok(CommandOutput::ok("")))
-            .on_run("# rbee-step: observe", Ok(CommandOutput::ok(EMPTY_HOST)))
+            .on_run("# rbee-step: try-lock", Ok(CommandOutput::ok(LOCKED_EMPTY_HOST)))
             .on_run(".rbee-hive.rbee-tmp-", Ok(CommandOutput::ok("")))
             .on_run(
                 ".rbee-worker-vllm.rbee-tmp-",
