@@ -53,6 +53,45 @@ impl Proc {
     }
 }
 
+/// The whole machine's CPU time (user, nice, system, irq, softirq and steal of every process:
+/// the test hosts' sshd and hives included) and the processes forked so far, from
+/// `/proc/stat`: what a run cost the machine, not only one process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCounters {
+    /// Busy CPU seconds since boot.
+    pub cpu_s: f64,
+    /// Processes forked since boot.
+    pub forks: u64,
+}
+
+impl MachineCounters {
+    /// The counters now.
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let mut c = Self::default();
+        let tick = 100.0; // USER_HZ on Linux
+        for line in stat.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some("cpu") => {
+                    // user nice system idle iowait irq softirq steal
+                    let v: Vec<f64> = f.filter_map(|x| x.parse().ok()).collect();
+                    let busy: f64 = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+                    c.cpu_s = busy / tick;
+                }
+                Some("processes") => c.forks = f.next().and_then(|x| x.parse().ok()).unwrap_or(0),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// What was used between `before` and `self`.
+    pub fn since(self, before: Self) -> Self {
+        Self { cpu_s: self.cpu_s - before.cpu_s, forks: self.forks.saturating_sub(before.forks) }
+    }
+}
+
 /// CPU in % of one core, mean and max RSS (MiB) over a window, sampled every second.
 pub struct Window {
     /// CPU time over wall time, in % of one core.

@@ -115,12 +115,11 @@ fn shown(text: &str) -> String {
 /// Observes one host. Failures to reach or read it become [`HiveState::Unreachable`] with the
 /// reason; this never fails and never guesses.
 pub async fn observe(transport: &dyn Transport, hive_port: u16, deadline: Duration) -> HiveState {
-    let cmd = RemoteCommand { argv: observe_argv(hive_port), stdin: None, deadline };
-    observation(transport, transport.run(cmd).await)
+    observation(transport, transport.run(observe_command(hive_port, deadline)).await)
 }
 
-/// The command that observes a host (the sync lock runs it too, once it holds the lock).
-pub(crate) fn observe_argv(hive_port: u16) -> Vec<String> {
+/// The command that observes a host (the sync lock runs its argv too, once it holds the lock).
+pub(crate) fn observe_command(hive_port: u16, deadline: Duration) -> RemoteCommand {
     let args = [
         hive_port.to_string(),
         Layout::hive_binary(),
@@ -131,7 +130,7 @@ pub(crate) fn observe_argv(hive_port: u16) -> Vec<String> {
         Layout::ENGINES_DIR.to_owned(),
         crate::execute::systemd::UNIT_NAME.to_owned(),
     ];
-    ["sh", "-c", OBSERVE_SCRIPT, "sh"].into_iter().map(str::to_owned).chain(args).collect()
+    RemoteCommand::script(OBSERVE_SCRIPT, args, deadline)
 }
 
 /// What the observation command's `result` says of the host.

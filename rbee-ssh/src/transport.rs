@@ -243,10 +243,11 @@ impl SshTransport {
                     let mut sent = 0u64;
                     while let Some(chunk) = chunks.next().await? {
                         // A failed write means the command ended early; its status says why.
-                        if write.data_bytes(chunk.to_vec()).await.is_err() {
+                        let len = chunk.len() as u64;
+                        if write.data_bytes(chunk.into_owned()).await.is_err() {
                             return Ok(());
                         }
-                        sent += chunk.len() as u64;
+                        sent += len;
                         progress(sent);
                     }
                 }
@@ -300,6 +301,20 @@ impl SshTransport {
     }
 }
 
+impl SshTransport {
+    /// Runs `command` under its deadline, with `stdin` (if any) as its input.
+    async fn run_command(
+        &self,
+        command: &RemoteCommand,
+        stdin: Option<UploadData<'_>>,
+        progress: Progress<'_>,
+    ) -> Result<CommandOutput, TransportError> {
+        let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
+        let line = with_deadline(&command.argv, command.deadline);
+        self.exec(line, stdin, progress, command.deadline, &what, self.output_limit).await
+    }
+}
+
 /// The line sent to the host for `argv`: its words become the login shell's positional
 /// parameters, run under `timeout` when the host has it (coreutils, busybox), else as they
 /// are. Read by the login shell itself, so a command costs the host no extra shell.
@@ -336,10 +351,8 @@ impl Transport for SshTransport {
     }
 
     async fn run(&self, command: RemoteCommand) -> Result<CommandOutput, TransportError> {
-        let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
-        let line = with_deadline(&command.argv, command.deadline);
         let stdin = command.stdin.as_deref().map(UploadData::Bytes);
-        self.exec(line, stdin, &|_| {}, command.deadline, &what, self.output_limit).await
+        self.run_command(&command, stdin, &|_| {}).await
     }
 
     async fn upload(&self, file: Upload<'_>) -> Result<(), TransportError> {
@@ -365,9 +378,7 @@ impl Transport for SshTransport {
         input: UploadData<'_>,
         progress: Progress<'_>,
     ) -> Result<CommandOutput, TransportError> {
-        let what = command.argv.iter().take(2).cloned().collect::<Vec<_>>().join(" ");
-        let line = with_deadline(&command.argv, command.deadline);
-        self.exec(line, Some(input), progress, command.deadline, &what, self.output_limit).await
+        self.run_command(&command, Some(input), progress).await
     }
 
     async fn read_file(&self, path: &str, max: u64, deadline: Duration) -> Result<Option<Vec<u8>>, TransportError> {

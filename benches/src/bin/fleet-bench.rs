@@ -17,44 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rbee_benches::MachineCounters;
 use rbee_testbed::Testbed;
 
 const RUNS: usize = 3;
-
-/// The whole machine's CPU time (user + system of every process, the test hosts' sshd and
-/// hives included) and the processes forked so far, from `/proc/stat`: what a run cost the
-/// machine, not only the `rbee` process.
-#[derive(Clone, Copy, Default)]
-struct MachineCounters {
-    cpu_s: f64,
-    forks: u64,
-}
-
-impl MachineCounters {
-    fn now() -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let mut c = Self::default();
-        let tick = 100.0; // USER_HZ on Linux
-        for line in stat.lines() {
-            let mut f = line.split_whitespace();
-            match f.next() {
-                Some("cpu") => {
-                    // user nice system idle iowait irq softirq steal
-                    let v: Vec<f64> = f.filter_map(|x| x.parse().ok()).collect();
-                    let busy: f64 = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
-                    c.cpu_s = busy / tick;
-                }
-                Some("processes") => c.forks = f.next().and_then(|x| x.parse().ok()).unwrap_or(0),
-                _ => {}
-            }
-        }
-        c
-    }
-
-    fn since(self, before: Self) -> Self {
-        Self { cpu_s: self.cpu_s - before.cpu_s, forks: self.forks.saturating_sub(before.forks) }
-    }
-}
 
 fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

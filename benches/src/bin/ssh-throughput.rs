@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rbee_benches::MachineCounters;
 use rbee_core::config::HostKeyPolicy;
 use rbee_core::transport::Transport;
 use rbee_ssh::{SshTarget, SshTransport};
@@ -35,7 +36,7 @@ async fn main() {
         transports.push(Arc::new(SshTransport::connect(target).await.expect("connect")));
     }
     if let Some(k) = std::env::var("EXECS").ok().and_then(|v| v.parse::<usize>().ok()) {
-        let cpu0 = cpu_ticks();
+        let cpu0 = MachineCounters::now();
         let started = Instant::now();
         let tasks: Vec<_> = transports
             .iter()
@@ -52,7 +53,7 @@ async fn main() {
         for task in tasks {
             task.await.unwrap();
         }
-        let cpu = (cpu_ticks() - cpu0) as f64 / 100.0;
+        let cpu = MachineCounters::now().since(cpu0).cpu_s;
         let n = (k * nhosts) as f64;
         println!(
             "rbee-ssh: {nhosts} hosts x {k} commands in {:.2}s: machine CPU busy {cpu:.2}s, {:.2} ms a command",
@@ -68,7 +69,7 @@ async fn main() {
     if from_file {
         std::fs::write(&source, &*data).unwrap();
     }
-    let cpu0 = cpu_ticks();
+    let cpu0 = MachineCounters::now();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in &transports {
@@ -94,9 +95,9 @@ async fn main() {
     println!(
         "rbee-ssh: {nhosts} hosts x {parallel} x {mib} MiB in {s:.2}s: {:.1} MiB/s, machine CPU busy {:.2}s",
         total / s,
-        (cpu_ticks() - cpu0) as f64 / 100.0
+        MachineCounters::now().since(cpu0).cpu_s
     );
-    let cpu0 = cpu_ticks();
+    let cpu0 = MachineCounters::now();
     if std::env::var_os("ONLY_RBEE").is_some() {
         return;
     }
@@ -128,14 +129,6 @@ async fn main() {
     println!(
         "OpenSSH:  {nhosts} hosts x {parallel} x {mib} MiB in {s:.2}s: {:.1} MiB/s, machine CPU busy {:.2}s",
         total / s,
-        (cpu_ticks() - cpu0) as f64 / 100.0
+        MachineCounters::now().since(cpu0).cpu_s
     );
-}
-
-/// Busy CPU ticks of the whole machine (user + nice + system + irq + softirq).
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> =
-        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    [0usize, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum()
 }

@@ -299,7 +299,7 @@ impl HiveRun<'_> {
         let lock_id = format!("{}/lock", self.alias());
         // The host is looked at again once locked (another sync may have changed it), in the
         // same command that takes the lock.
-        let observe = crate::observe::observe_argv(self.want.hive_port);
+        let observe = crate::observe::observe_command(self.want.hive_port, o.step_timeout).argv;
         let observed = std::sync::Mutex::new(None);
         if let Err(e) = self
             .step(&lock_id, "take the sync lock", || async {

@@ -76,7 +76,7 @@ impl LocalTransport {
                     let mut sent = 0u64;
                     while let Some(chunk) = chunks.next().await? {
                         // A command that exits without reading its input is not an error here.
-                        if pipe.write_all(chunk).await.is_err() {
+                        if pipe.write_all(&chunk).await.is_err() {
                             return Ok(());
                         }
                         sent += chunk.len() as u64;
@@ -172,7 +172,7 @@ impl Transport for LocalTransport {
                 let mut chunks = data.chunks(1 << 20).await?;
                 let mut sent = 0u64;
                 while let Some(chunk) = chunks.next().await? {
-                    file.write_all(chunk).await.map_err(io)?;
+                    file.write_all(&chunk).await.map_err(io)?;
                     sent += chunk.len() as u64;
                     progress(sent);
                 }

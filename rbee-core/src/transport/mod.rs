@@ -7,6 +7,7 @@ mod local;
 mod mock;
 mod shell;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -241,7 +242,7 @@ impl<'a> UploadData<'a> {
                 let file = std::fs::File::open(path).map_err(|e| local_file(path, &e.to_string()))?;
                 let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
                 tokio::task::spawn_blocking(move || read_chunks(file, len, chunk, &tx));
-                ChunkSource::File { path, rx, current: Vec::new() }
+                ChunkSource::File { path, rx }
             }
         };
         Ok(Chunks { source, chunk })
@@ -302,7 +303,7 @@ pub struct Chunks<'a> {
 
 enum ChunkSource<'a> {
     Bytes(&'a [u8]),
-    File { path: &'a Path, rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ReadEnd>>, current: Vec<u8> },
+    File { path: &'a Path, rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ReadEnd>> },
 }
 
 impl std::fmt::Debug for ChunkSource<'_> {
@@ -314,10 +315,12 @@ impl std::fmt::Debug for ChunkSource<'_> {
     }
 }
 
-impl Chunks<'_> {
-    /// The next chunk, or `None` at the end. A file that ends before its announced length,
-    /// or goes on past it, is an error ([`TransportError::LocalFile`]).
-    pub async fn next(&mut self) -> Result<Option<&[u8]>, TransportError> {
+impl<'a> Chunks<'a> {
+    /// The next chunk, or `None` at the end: borrowed from bytes in memory, owned when read
+    /// from a file (a transport that needs it owned takes it without a copy). A file that ends
+    /// before its announced length, or goes on past it, is an error
+    /// ([`TransportError::LocalFile`]).
+    pub async fn next(&mut self) -> Result<Option<Cow<'a, [u8]>>, TransportError> {
         match &mut self.source {
             ChunkSource::Bytes(rest) => {
                 if rest.is_empty() {
@@ -325,14 +328,11 @@ impl Chunks<'_> {
                 }
                 let (head, tail) = rest.split_at(self.chunk.min(rest.len()));
                 *rest = tail;
-                Ok(Some(head))
+                Ok(Some(Cow::Borrowed(head)))
             }
-            ChunkSource::File { path, rx, current } => match rx.recv().await {
+            ChunkSource::File { path, rx } => match rx.recv().await {
                 None => Ok(None),
-                Some(Ok(chunk)) => {
-                    *current = chunk;
-                    Ok(Some(current.as_slice()))
-                }
+                Some(Ok(chunk)) => Ok(Some(Cow::Owned(chunk))),
                 Some(Err(end)) => Err(local_file(
                     path,
                     &match end {
