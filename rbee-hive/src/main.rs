@@ -42,9 +42,24 @@ enum Cmd {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // `probe` is one request, run by scripts on every host of a sync: a runtime on this thread
+    // alone (no worker threads to start and park) costs the host about half the CPU.
+    let runtime = match args.command {
+        Some(Cmd::Probe { .. }) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            eprintln!("rbee-hive: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     match args.command {
         Some(Cmd::Probe { port, timeout_ms }) => {
             match rbee_hive::probe(port, Duration::from_millis(timeout_ms)).await {

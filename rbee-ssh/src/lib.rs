@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod connector;
+mod flow;
 pub mod ssh_config;
 mod transport;
 

@@ -136,6 +136,9 @@ pub struct SshTransport {
     channels: Semaphore,
     /// The most a command's stdout, or its stderr, may hold.
     output_limit: usize,
+    /// The connection's TCP round trip (its handshake), in microseconds: how much an upload
+    /// keeps on the way ([`crate::flow`]).
+    round_trip_us: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SshTransport {
@@ -147,12 +150,13 @@ impl std::fmt::Debug for SshTransport {
 impl SshTransport {
     /// Connects and authenticates.
     pub async fn connect(target: SshTarget) -> Result<Self, TransportError> {
-        let handle = open(&target).await?;
+        let (handle, rtt) = open(&target).await?;
         Ok(Self {
             target,
             handle: tokio::sync::Mutex::new(Some(Arc::new(handle))),
             channels: Semaphore::new(MAX_CHANNELS),
             output_limit: MAX_OUTPUT,
+            round_trip_us: std::sync::atomic::AtomicU64::new(micros(rtt)),
         })
     }
 
@@ -172,7 +176,9 @@ impl SshTransport {
         if let Some(h) = guard.as_ref().filter(|h| !h.is_closed()) {
             return Ok(h.clone());
         }
-        let h = Arc::new(open(&self.target).await?);
+        let (h, rtt) = open(&self.target).await?;
+        self.round_trip_us.store(micros(rtt), std::sync::atomic::Ordering::Relaxed);
+        let h = Arc::new(h);
         *guard = Some(h.clone());
         Ok(h)
     }
@@ -199,6 +205,8 @@ impl SshTransport {
         let work = async {
             let session = self.session().await?;
             let channel = session.channel_open_session().await.map_err(|e| self.lost(e))?;
+            let rtt = Duration::from_micros(self.round_trip_us.load(std::sync::atomic::Ordering::Relaxed));
+            let pacer = if stdin.is_some() { crate::flow::Pacer::new(rtt) } else { crate::flow::Pacer::off() };
             let (mut read, write) = channel.split();
             write.exec(true, line.into_bytes()).await.map_err(|e| self.lost(e))?;
             let reader = async {
@@ -222,6 +230,7 @@ impl SshTransport {
                             got_status = true;
                         }
                         ChannelMsg::Close => break,
+                        ChannelMsg::WindowAdjusted { new_size } => pacer.window_adjusted(new_size),
                         _ => {}
                     }
                     if overflow.is_some() {
@@ -239,15 +248,21 @@ impl SshTransport {
                     // As owned bytes (`data_bytes`), not through `data(AsyncRead)`, which copies
                     // through an 8 KiB buffer and so sends 8 KiB packets: four times the packets
                     // for the host's sshd to handle (it spent most of an upload's time on them).
+                    // Paced ([`crate::flow`]): only so much on the way as the link needs.
                     let mut chunks = data.chunks(UPLOAD_CHUNK).await?;
                     let mut sent = 0u64;
                     while let Some(chunk) = chunks.next().await? {
-                        // A failed write means the command ended early; its status says why.
-                        let len = chunk.len() as u64;
-                        if write.data_bytes(chunk.into_owned()).await.is_err() {
-                            return Ok(());
+                        let mut chunk = bytes::Bytes::from(chunk.into_owned());
+                        while !chunk.is_empty() {
+                            let piece = chunk.split_to(pacer.next_piece(chunk.len()).await);
+                            let len = piece.len() as u64;
+                            // A failed write means the command ended early; its status says why.
+                            if write.data_bytes(piece).await.is_err() {
+                                return Ok(());
+                            }
+                            pacer.sent(len);
+                            sent += len;
                         }
-                        sent += len;
                         progress(sent);
                     }
                 }
@@ -400,7 +415,26 @@ impl Transport for SshTransport {
     }
 }
 
-async fn open(target: &SshTarget) -> Result<client::Handle<Client>, TransportError> {
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Opens a TCP connection to the first of `host`'s addresses that answers, timing its
+/// handshake: a round trip on the link, taken by the kernels alone.
+async fn tcp_connect(host: &str, port: u16) -> std::io::Result<(tokio::net::TcpStream, Duration)> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let started = std::time::Instant::now();
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => return Ok((stream, started.elapsed())),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")))
+}
+
+/// Connects and authenticates; also the connection's TCP round trip.
+async fn open(target: &SshTarget) -> Result<(client::Handle<Client>, Duration), TransportError> {
     let host = target.describe();
     let verdict = Arc::new(Mutex::new(None));
     let handler = Client {
@@ -428,7 +462,12 @@ async fn open(target: &SshTarget) -> Result<client::Handle<Client>, TransportErr
         ..client::Config::default()
     });
     let work = async {
-        let connected = client::connect(config, (target.host.as_str(), target.port), handler).await;
+        let (stream, rtt) = tcp_connect(&target.host, target.port)
+            .await
+            .map_err(|e| TransportError::Connect { host: host.clone(), reason: e.to_string() })?;
+        // As russh's own `connect` does with `nodelay` set.
+        let _ = stream.set_nodelay(true);
+        let connected = client::connect_stream(config, stream, handler).await;
         let mut handle = match connected {
             Ok(h) => h,
             Err(e) => {
@@ -439,7 +478,7 @@ async fn open(target: &SshTarget) -> Result<client::Handle<Client>, TransportErr
             }
         };
         authenticate(&mut handle, target).await?;
-        Ok(handle)
+        Ok((handle, rtt))
     };
     match tokio::time::timeout(target.connect_timeout, work).await {
         Ok(result) => result,

@@ -244,8 +244,10 @@ pub async fn execute(
                 cache,
                 bytes: AtomicU64::new(0),
                 steps_done: std::sync::Mutex::new(Vec::new()),
+                owner,
+                unlocked: std::sync::atomic::AtomicBool::new(false),
             };
-            let outcome = run.run(intent, owner).await;
+            let outcome = run.run(intent).await;
             if outcome.is_failure() {
                 failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -286,6 +288,9 @@ struct HiveRun<'a> {
     cache: &'a ArtifactCache<'a>,
     bytes: AtomicU64,
     steps_done: std::sync::Mutex<Vec<String>>,
+    /// This sync's lock owner, and whether the last step already released the lock.
+    owner: &'a str,
+    unlocked: std::sync::atomic::AtomicBool,
 }
 
 impl HiveRun<'_> {
@@ -293,7 +298,8 @@ impl HiveRun<'_> {
         &self.want.alias
     }
 
-    async fn run(&self, intent: &Intent, owner: &str) -> HiveOutcome {
+    async fn run(&self, intent: &Intent) -> HiveOutcome {
+        let owner = self.owner;
         (self.on_event)(SyncEvent::new(self.alias(), now_ms(), SyncEventKind::HiveStarted));
         let o = self.options;
         let lock_id = format!("{}/lock", self.alias());
@@ -333,7 +339,9 @@ impl HiveRun<'_> {
             never = refresher => never,
         };
         // Best effort: a lock left behind is taken over once stale, and the next sync says so.
-        let _ = steps::unlock(self.t, owner, o.step_timeout).await;
+        if !self.unlocked.load(Ordering::Relaxed) {
+            let _ = steps::unlock(self.t, owner, o.step_timeout).await;
+        }
         if matches!(intent, Intent::Uninstall { purge: true }) {
             let _ = steps::remove_empty_state_dir(self.t, o.step_timeout).await;
         }
@@ -364,7 +372,16 @@ impl HiveRun<'_> {
             if ready.is_empty() {
                 return HiveOutcome::Failed { step: rest[0].id.clone(), reason: "dependency cycle in plan".into() };
             }
-            let results = join_all(ready.iter().map(|a| async move { (a, self.action(a).await) })).await;
+            // The hive's very last step releases the lock in its own command when it succeeds.
+            let last = rest.is_empty() && ready.len() == 1;
+            // A wave's binaries go to the host in one command; its other actions each in theirs.
+            let (installs, others): (Vec<&Action>, Vec<&Action>) =
+                ready.iter().partition(|a| matches!(a.kind, ActionKind::InstallBinary { .. }));
+            let (mut results, rest_results) = tokio::join!(
+                self.install_binaries(&installs),
+                join_all(others.iter().map(|a| async move { (*a, self.action(a, last).await) }))
+            );
+            results.extend(rest_results);
             for (action, result) in results {
                 match result {
                     Ok(()) => {
@@ -443,7 +460,7 @@ impl HiveRun<'_> {
         steps::restore_previous(self.t, targets, o.step_timeout).await?;
         steps::stop_hive(self.t, o.stop_grace, o.step_timeout).await?;
         steps::start_hive(self.t, port, self.alias(), None, o.step_timeout).await?;
-        steps::wait_healthy(self.t, port, want, o.health_timeout).await
+        steps::wait_healthy(self.t, port, want, o.health_timeout, None).await.map(drop)
     }
 
     /// Runs one step with events and retries for transient failures.
@@ -452,12 +469,26 @@ impl HiveRun<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), StepError>>,
     {
+        let once = || {
+            let work = f();
+            async move { work.await.map_err(|e| (0, e)) }
+        };
+        self.steps(&[(id, description)], once).await.map_err(|(_, e)| e)
+    }
+
+    /// Runs steps that are done together (by one command) with the events of each, and retries
+    /// for transient failures: `f` fails with the place of the step that failed, and each other
+    /// step is reported failed with it.
+    async fn steps<F, Fut>(&self, steps: &[(&str, &str)], mut f: F) -> Result<(), (usize, StepError)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), (usize, StepError)>>,
+    {
         let alias = self.alias().to_owned();
-        (self.on_event)(SyncEvent::new(
-            &alias,
-            now_ms(),
-            SyncEventKind::StepStarted { step: id.to_owned(), description: description.to_owned() },
-        ));
+        let emit = |kind| (self.on_event)(SyncEvent::new(&alias, now_ms(), kind));
+        for (id, description) in steps {
+            emit(SyncEventKind::StepStarted { step: (*id).to_owned(), description: (*description).to_owned() });
+        }
         let started = Instant::now();
         let mut backoff = self.options.backoff;
         let mut attempt = 0;
@@ -465,23 +496,24 @@ impl HiveRun<'_> {
             match f().await {
                 Ok(()) => {
                     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    (self.on_event)(SyncEvent::new(
-                        alias,
-                        now_ms(),
-                        SyncEventKind::StepFinished { step: id.to_owned(), elapsed_ms },
-                    ));
-                    self.steps_done.lock().expect("steps lock").push(id.to_owned());
+                    for (id, _) in steps {
+                        emit(SyncEventKind::StepFinished { step: (*id).to_owned(), elapsed_ms });
+                        self.steps_done.lock().expect("steps lock").push((*id).to_owned());
+                    }
                     return Ok(());
                 }
-                Err(e) => {
+                Err((failed, e)) => {
                     let will_retry = e.is_transient() && attempt < self.options.retries;
-                    (self.on_event)(SyncEvent::new(
-                        &alias,
-                        now_ms(),
-                        SyncEventKind::StepFailed { step: id.to_owned(), error: e.to_string(), will_retry },
-                    ));
+                    for (i, (id, _)) in steps.iter().enumerate() {
+                        let error = if i == failed {
+                            e.to_string()
+                        } else {
+                            format!("done together with {}, which failed: {e}", steps[failed.min(steps.len() - 1)].0)
+                        };
+                        emit(SyncEventKind::StepFailed { step: (*id).to_owned(), error, will_retry });
+                    }
                     if !will_retry {
-                        return Err(e);
+                        return Err((failed, e));
                     }
                     attempt += 1;
                     tokio::time::sleep(backoff).await;
@@ -491,37 +523,97 @@ impl HiveRun<'_> {
         }
     }
 
+    /// The binaries of one wave, installed by one command (one stream of all their bytes):
+    /// each keeps its own step, events and progress. The result of each action, the failed one
+    /// first (the others did not happen without it).
+    async fn install_binaries<'p>(&self, actions: &[&'p Action]) -> Vec<(&'p Action, Result<(), StepError>)> {
+        if actions.is_empty() {
+            return Vec::new();
+        }
+        let o = self.options;
+        // The failed action first, then the others, which were not installed without it.
+        let failed_first = |failed: &'p Action, e: StepError| {
+            let mut results = vec![(failed, Err(e))];
+            for a in actions.iter().filter(|a| a.id != failed.id) {
+                results.push((*a, Err(StepError::Failed(format!("not installed: {} failed", failed.id)))));
+            }
+            results
+        };
+        let mut files = Vec::new();
+        for a in actions {
+            let ActionKind::InstallBinary { binary, artifact, .. } = &a.kind else { continue };
+            match self.cache.get(artifact).await {
+                Ok(data) => files.push((artifact, data, binary.path())),
+                Err(e) => return failed_first(a, StepError::Failed(e.to_string())),
+            }
+        }
+        let installs: Vec<steps::BinaryInstall<'_>> = files
+            .iter()
+            .map(|(artifact, data, target)| steps::BinaryInstall { artifact, data: data.upload_data(), target })
+            .collect();
+        let sizes: Vec<u64> = installs.iter().map(|f| f.data.len()).collect();
+        let total: u64 = sizes.iter().sum();
+        // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
+        let deadline = o.step_timeout + Duration::from_secs(total >> 20);
+        let fault = o.faults.get(self.alias()).copied();
+        let descriptions: Vec<String> = actions
+            .iter()
+            .map(|a| {
+                let text = a.kind.to_string();
+                text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        let steps: Vec<(&str, &str)> =
+            actions.iter().zip(&descriptions).map(|(a, d)| (a.id.as_str(), d.as_str())).collect();
+        // The stream's bytes so far, told as each file's own progress.
+        let sent_before = AtomicU64::new(0);
+        let progress = |sent: u64| {
+            let prev = sent_before.swap(sent, Ordering::Relaxed);
+            self.bytes.fetch_add(sent.saturating_sub(prev), Ordering::Relaxed);
+            let mut start = 0;
+            for (a, len) in actions.iter().zip(&sizes) {
+                let end = start + len;
+                // Each file whose bytes this report moved: the one being sent, and any finished since.
+                if sent > start && prev < end {
+                    self.progress(&a.id, sent.min(end) - start, *len);
+                }
+                start = end;
+            }
+        };
+        let outcome = self
+            .steps(&steps, || {
+                sent_before.store(0, Ordering::Relaxed);
+                let installs = &installs;
+                let progress = &progress;
+                async move {
+                    steps::install_binaries(self.t, installs, deadline, progress, fault)
+                        .await
+                        .map_err(|f| (f.index, f.error))
+                }
+            })
+            .await;
+        match outcome {
+            Ok(()) => actions.iter().map(|a| (*a, Ok(()))).collect(),
+            Err((failed, e)) => failed_first(actions[failed.min(actions.len() - 1)], e),
+        }
+    }
+
     /// Reports `sent` of `total` bytes of step `id`.
     fn progress(&self, id: &str, sent: u64, total: u64) {
         let kind = SyncEventKind::Progress { step: id.to_owned(), bytes: sent, total };
         (self.on_event)(SyncEvent::new(self.alias(), now_ms(), kind));
     }
 
-    async fn action(&self, action: &Action) -> Result<(), StepError> {
+    /// Runs `action`; `last`: nothing runs after it on this hive.
+    async fn action(&self, action: &Action, last: bool) -> Result<(), StepError> {
         let o = self.options;
         let text = action.kind.to_string();
         let description =
             text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ");
         match &action.kind {
-            ActionKind::InstallBinary { binary, artifact, .. } => {
-                let data = self.cache.get(artifact).await.map_err(|e| StepError::Failed(e.to_string()))?;
-                let target = binary.path();
-                let fault = o.faults.get(self.alias()).copied();
-                let total = data.len();
-                // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
-                let deadline = o.step_timeout + Duration::from_secs(total >> 20);
-                let progress = |sent: u64| self.progress(&action.id, sent, total);
-                let sent_before = AtomicU64::new(0);
-                let counted = |sent: u64| {
-                    let prev = sent_before.swap(sent, Ordering::Relaxed);
-                    self.bytes.fetch_add(sent.saturating_sub(prev), Ordering::Relaxed);
-                    progress(sent);
-                };
-                self.step(&action.id, &description, || {
-                    sent_before.store(0, Ordering::Relaxed);
-                    steps::install_binary(self.t, artifact, data.upload_data(), &target, deadline, &counted, fault)
-                })
-                .await
+            ActionKind::InstallBinary { .. } => {
+                let mut results = self.install_binaries(&[action]).await;
+                results.pop().map_or(Ok(()), |(_, result)| result)
             }
             ActionKind::InstallEngine { worker, engine, .. } => {
                 let mut files = Vec::new();
@@ -573,8 +665,14 @@ impl HiveRun<'_> {
                 self.step(&action.id, &description, || steps::stop_hive(self.t, o.stop_grace, o.step_timeout)).await
             }
             ActionKind::WaitHealthy { port } => {
-                self.step(&action.id, &description, || {
-                    steps::wait_healthy(self.t, *port, &self.want.hive.sha256, o.health_timeout)
+                let release = last.then_some(self.owner);
+                self.step(&action.id, &description, || async move {
+                    let released =
+                        steps::wait_healthy(self.t, *port, &self.want.hive.sha256, o.health_timeout, release).await?;
+                    if released == steps::Released::Lock {
+                        self.unlocked.store(true, Ordering::Relaxed);
+                    }
+                    Ok(())
                 })
                 .await
             }

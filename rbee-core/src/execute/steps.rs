@@ -69,78 +69,152 @@ pub enum InstallFault {
     StopBeforeRename,
 }
 
-/// `$1` staging name, `$2` target, `$3` sha256, `$4` version, `$5` install records, `$6`
-/// the length sent, `$7` `stop-before-rename` (a test hook) or empty; the file arrives on
-/// standard input. One command per file: received into the staging name (private until
-/// checked), its sha256 checked, the replaced binary kept for a rollback, fsynced, renamed
-/// into place, its install record written the same way. Only shell built-ins where a program
-/// is not needed: an install runs this on every host at once, and each program started costs
-/// the host's CPU.
+/// `$1` install records, `$2` the directory of replaced binaries, `$3` `stop-before-rename`
+/// (a test hook) or empty, then five arguments per file: staging name, target, sha256, version,
+/// length; the files arrive on standard input one after the other. One command installs all of
+/// a host's binaries: each is received into its staging name (private until checked) and its
+/// sha256 checked; only when every one of them is right, the replaced binaries are kept for a
+/// rollback, the new ones fsynced, renamed into place, and their install records written the
+/// same way. A file that fails its check leaves every target as it was: the output starts with
+/// `rbee-install-failed N` (the file's place, from 1), then why. Shell built-ins where a program
+/// is not needed, and one `chmod`, `stat` and `sync` for all the files: an install runs this
+/// on every host at once, and each program started costs the host's CPU. Paths (from
+/// [`Layout`]) hold no newline: lists of them are split on newlines only, with globbing off.
 const INSTALL: &str = concat!(
     "# rbee-step: install-binary\n",
     sh_digest!(),
     r#"set -u
-staging=$1; target=$2; want=$3; version=$4; records=$5; len=$6; stop=${7:-}
-case "$target" in */*) dir=${target%/*} ;; *) dir=. ;; esac
-name=${target##*/}
-[ -d "$dir" ] || mkdir -p "$dir" || exit 1
+records=$1; prev=$2; stop=$3; shift 3
+nl='
+'
+staged=; targets=; code=1
+# Each file's five arguments to function $1, with the file's place first.
+each() {
+  e_f=$1; shift; e_i=0
+  while [ $# -ge 5 ]; do e_i=$((e_i+1)); "$e_f" "$e_i" "$1" "$2" "$3" "$4" "$5" || return 1; shift 5; done
+}
+failed() { printf 'rbee-install-failed %s\n%s\n' "$1" "$2"; }
+receive() {
+  case "$3" in */*) d=${3%/*} ;; *) d=. ;; esac
+  [ -d "$d" ] || mkdir -p "$d" || { failed "$1" "cannot create $d"; return 1; }
+  staged="$staged$2$nl"
+  if ! head -c "$6" > "$2"; then failed "$1" "cannot write $2"; return 1; fi
+  got=$(digest "$2")
+  [ "$got" = "$4" ] && return 0
+  n=$(wc -c < "$2"); n=${n##* }
+  if [ "$n" != "$6" ]; then failed "$1" "received $n of $6 bytes for $3; the installed file is unchanged"; return 1; fi
+  code=65
+  failed "$1" "sha256 mismatch for $3: expected $4, got $got on the host; the installed file is unchanged"
+  return 1
+}
 umask 077
-if ! cat > "$staging"; then rm -f "$staging"; echo "cannot write $staging"; exit 1; fi
-got=$(digest "$staging")
-if [ "$got" != "$want" ]; then
-  n=$(wc -c < "$staging"); n=${n##* }
-  rm -f "$staging"
-  if [ "$n" != "$len" ]; then echo "received $n of $len bytes for $target; the installed file is unchanged"; exit 1; fi
-  echo "sha256 mismatch for $target: expected $want, got $got on the host; the installed file is unchanged"
-  exit 65
-fi
+set -f
+if ! each receive "$@"; then IFS=$nl; rm -f $staged; exit $code; fi
 [ -z "$stop" ] || exit 0
-# The binary being replaced is kept (a hard link: no copy) with its record, for a rollback.
-case "$records" in */*) prev=${records%/*}/previous ;; *) prev=previous ;; esac
-if [ -f "$target" ] && [ -f "$records/$name" ] && read -r oldsha _ < "$records/$name" && [ "$oldsha" != "$want" ]; then
-  mkdir -p "$prev" && { ln -f "$target" "$prev/$name" 2>/dev/null || cp -p "$target" "$prev/$name"; } &&
-    cp -f "$records/$name" "$prev/$name.record" || exit 1
-fi
-# On disk before the rename, and the rename itself after it (coreutils' `sync FILE` fsyncs
-# that file or directory only): a power cut never leaves an empty binary or record in place.
+# A binary being replaced is kept (a hard link: no copy) with its record, for a rollback.
+keep() {
+  n=${3##*/}
+  if [ -f "$3" ] && [ -f "$records/$n" ] && read -r oldsha _ < "$records/$n" && [ "$oldsha" != "$4" ]; then
+    [ -d "$prev" ] || mkdir -p "$prev" || return 1
+    { ln -f "$3" "$prev/$n" 2>/dev/null || cp -p "$3" "$prev/$n"; } && cp -f "$records/$n" "$prev/$n.record"
+  fi
+}
+each keep "$@" || exit 1
+# On disk before the renames, and the renames themselves after them (coreutils' `sync FILE`
+# fsyncs that file or directory only): a power cut never leaves an empty binary or record.
 durable() { sync "$@" 2>/dev/null || :; }
-chmod 755 "$staging" && durable "$staging" && mv -f "$staging" "$target" || exit 1
-# The install record observation trusts while size, mtime, ctime and inode are unchanged.
+IFS=$nl
+chmod 755 $staged && durable $staged || exit 1
+dirs=
+place() {
+  mv -f "$2" "$3" || return 1
+  targets="$targets$3$nl"
+  case "$3" in */*) d=${3%/*} ;; *) d=. ;; esac
+  case "$nl$dirs" in *"$nl$d$nl"*) ;; *) dirs="$dirs$d$nl" ;; esac
+}
+each place "$@" || exit 1
+# The install records observation trusts while size, mtime, ctime and inode are unchanged.
 [ -d "$records" ] || mkdir -p "$records" || exit 1
-rec="$records/$name"
-printf '%s %s %s\n' "$want" "$(stat -c '%s %.9Y %.9Z %i' "$target")" "$version" > "$rec.tmp" || exit 1
-# The directory of the rename above and the record, in one call.
-durable "$dir" "$rec.tmp" && mv -f "$rec.tmp" "$rec" || exit 1
+stats=$(stat -c '%s %.9Y %.9Z %i' $targets) || exit 1
+tmps=
+record() {
+  st=${stats%%"$nl"*}; stats=${stats#*"$nl"}
+  printf '%s %s %s\n' "$4" "$st" "$5" > "$records/${3##*/}.tmp" || return 1
+  tmps="$tmps$records/${3##*/}.tmp$nl"
+}
+each record "$@" || exit 1
+# The directories of the renames above and the records, in one call.
+durable $dirs $tmps
+commit() { mv -f "$records/${3##*/}.tmp" "$records/${3##*/}"; }
+each commit "$@" || exit 1
 durable "$records"
-# Leftovers of interrupted installs of this target (staging files, and partial uploads of them).
-for f in "$dir/.$name.rbee-tmp-"* "$dir/..$name.rbee-tmp-"*; do
-  [ -e "$f" ] && rm -f "$f"
-done
+# Leftovers of interrupted installs of these targets (staging files, partial uploads of them).
+set +f
+unset IFS
+tidy() {
+  case "$3" in */*) d=${3%/*} ;; *) d=. ;; esac
+  for f in "$d/.${3##*/}.rbee-tmp-"* "$d/..${3##*/}.rbee-tmp-"*; do
+    [ -e "$f" ] && rm -f "$f"
+  done
+  return 0
+}
+each tidy "$@"
 exit 0
 "#
 );
 
-/// Installs `data` (which must be `artifact`: bytes, or a file streamed as it is sent) at
-/// `target` in one command ([`INSTALL`]): received into a staging name in the same directory,
-/// its sha256 checked on the host, renamed over the old file. At every point the target is
-/// either the old file or the new one.
-pub async fn install_binary(
+/// The first line of [`INSTALL`]'s output when a file failed its check.
+const INSTALL_FAILED: &str = "rbee-install-failed ";
+
+/// One binary for [`install_binaries`]: what it must be, its bytes (which must be `artifact`:
+/// in memory, or a file streamed as it is sent), and where it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct BinaryInstall<'a> {
+    /// What it must be.
+    pub artifact: &'a Artifact,
+    /// Its bytes.
+    pub data: UploadData<'a>,
+    /// Where it goes (a [`Layout`] path).
+    pub target: &'a str,
+}
+
+/// Why [`install_binaries`] failed: the file at `index` (or the whole command, reported as
+/// the first file's), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallFailure {
+    /// The failed file's place in the list.
+    pub index: usize,
+    /// Why.
+    pub error: StepError,
+}
+
+/// Installs every file of `files` in one command ([`INSTALL`]): each is received into a
+/// staging name in its target's directory, its sha256 checked on the host, and only when all
+/// are right are they renamed over the old files. At every point each target is either the
+/// old file or the new one; a file that fails its check changes none of them.
+pub async fn install_binaries(
     t: &dyn Transport,
-    artifact: &Artifact,
-    data: UploadData<'_>,
-    target: &str,
+    files: &[BinaryInstall<'_>],
     deadline: Duration,
     progress: Progress<'_>,
     fault: Option<InstallFault>,
-) -> Result<(), StepError> {
-    let staging = Layout::staging(target, &artifact.sha256);
+) -> Result<(), InstallFailure> {
+    let whole = |error: StepError| InstallFailure { index: 0, error };
+    let mut data: Vec<UploadData<'_>> = files.iter().map(|f| f.data).collect();
     let corrupted;
-    let payload = if fault == Some(InstallFault::CorruptUpload) {
-        let mut b = match data {
-            UploadData::Bytes(b) => b.to_vec(),
+    if fault == Some(InstallFault::CorruptUpload) {
+        let mut b = match data[0] {
             UploadData::File { path, .. } => tokio::fs::read(path)
                 .await
-                .map_err(|e| StepError::Failed(format!("test hook: cannot read {}: {e}", path.display())))?,
+                .map_err(|e| whole(StepError::Failed(format!("test hook: cannot read {}: {e}", path.display()))))?,
+            other => {
+                let mut b = Vec::new();
+                let mut chunks = other.chunks(1 << 20).await.map_err(|e| whole(e.into()))?;
+                while let Some(c) = chunks.next().await.map_err(|e| whole(e.into()))? {
+                    b.extend_from_slice(&c);
+                }
+                b
+            }
         };
         if let Some(first) = b.first_mut() {
             *first ^= 0xff;
@@ -148,24 +222,51 @@ pub async fn install_binary(
             b.push(0);
         }
         corrupted = b;
-        UploadData::Bytes(&corrupted)
-    } else {
-        data
-    };
+        data[0] = UploadData::Bytes(&corrupted);
+    }
     let stop = fault == Some(InstallFault::StopBeforeRename);
-    let args = vec![
-        staging,
-        target.to_owned(),
-        artifact.sha256.to_string(),
-        artifact.version.clone(),
-        Layout::installed_dir(),
-        payload.len().to_string(),
-        if stop { "stop-before-rename" } else { "" }.to_owned(),
-    ];
-    let out = t.run_with_input(RemoteCommand::script(INSTALL, args, deadline), payload, progress).await?;
-    checked(t, &format!("installing {target}"), out)?;
+    let mut args =
+        vec![Layout::installed_dir(), Layout::previous_dir(), if stop { "stop-before-rename" } else { "" }.to_owned()];
+    for (f, d) in files.iter().zip(&data) {
+        if f.target.contains('\n') {
+            return Err(whole(StepError::Failed(format!("{:?}: a target cannot hold a newline", f.target))));
+        }
+        args.extend([
+            Layout::staging(f.target, &f.artifact.sha256),
+            f.target.to_owned(),
+            f.artifact.sha256.to_string(),
+            f.artifact.version.clone(),
+            d.len().to_string(),
+        ]);
+    }
+    let what = match files {
+        [one] => format!("installing {}", one.target),
+        _ => format!("installing {} binaries", files.len()),
+    };
+    let input = UploadData::Concat(&data);
+    let out = t
+        .run_with_input(RemoteCommand::script(INSTALL, args, deadline), input, progress)
+        .await
+        .map_err(|e| whole(e.into()))?;
+    if !out.success() {
+        let text = out.stdout_text();
+        if let Some((index, why)) = text
+            .strip_prefix(INSTALL_FAILED)
+            .and_then(|rest| rest.split_once('\n'))
+            .and_then(|(n, why)| Some((n.trim().parse::<usize>().ok()?.checked_sub(1)?, why)))
+            .filter(|(i, _)| *i < files.len())
+        {
+            let failure = CommandOutput { stdout: why.as_bytes().to_vec(), ..out };
+            let error = checked(t, &format!("installing {}", files[index].target), failure).err();
+            return Err(InstallFailure { index, error: error.unwrap_or_else(|| StepError::Failed(why.to_owned())) });
+        }
+        return Err(whole(checked(t, &what, out).err().unwrap_or_else(|| StepError::Failed(what.clone()))));
+    }
     if stop {
-        return Err(StepError::Failed(format!("install of {target} interrupted before rename (test hook)")));
+        let targets: Vec<&str> = files.iter().map(|f| f.target).collect();
+        let error =
+            StepError::Failed(format!("install of {} interrupted before rename (test hook)", targets.join(", ")));
+        return Err(whole(error));
     }
     Ok(())
 }
@@ -551,15 +652,28 @@ pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -
     Ok(())
 }
 
-/// `$1` port, `$2` seconds, `$3` hive binary, `$4` log.
+/// `$1` port, `$2` seconds, `$3` hive binary, `$4` log, then optionally `$5` the lock
+/// directory, `$6` this sync's owner and `$7` the sha256 the hive must run: once the hive
+/// answers with that sha256, the sync lock is released when this owner still holds it (the
+/// last step of a hive saves the unlock's own command), and a last line [`UNLOCKED`] says so.
+/// A hive that does not answer, or runs another binary, keeps the lock held (a rollback runs
+/// under it).
 const WAIT_HEALTHY: &str = r#"# rbee-step: wait-healthy
 set -u
-port=$1; end=$(( $(date +%s) + $2 )); bin=$3; log=$4
+port=$1; end=$(( $(date +%s) + $2 )); bin=$3; log=$4; lock=${5:-}; owner=${6:-}; want=${7:-}
 # Asked again after 50 ms for the first two seconds (a hive binds its port within tens of
 # ms), then every 200 ms; the clock is read only once the fast tries are over.
 i=0
 while :; do
-  if out=$("$bin" probe --port "$port" --timeout-ms 1000 2>&1); then echo "$out"; exit 0; fi
+  if out=$("$bin" probe --port "$port" --timeout-ms 1000 2>&1); then
+    echo "$out"
+    case "$out" in *"\"$want\""*) ;; *) lock= ;; esac
+    if [ -n "$lock" ] && [ -n "$want" ]; then
+      o=; { read -r o < "$lock/owner"; } 2>/dev/null
+      if [ "$o" = "$owner" ] && rm -rf "$lock"; then echo rbee-unlocked; fi
+    fi
+    exit 0
+  fi
   if [ $i -ge 40 ] && [ "$(date +%s)" -ge "$end" ]; then
     echo "rbee-hive did not answer /health on port $port within $2s: $out"
     tail -n 5 "$log" 2>/dev/null
@@ -570,18 +684,43 @@ while :; do
 done
 "#;
 
-/// Polls `/health` on the host until it answers, and checks the hive runs `want`.
+/// The last line of [`WAIT_HEALTHY`]'s output when it released the sync lock.
+const UNLOCKED: &str = "rbee-unlocked";
+
+/// Whether [`wait_healthy`] released the sync lock on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// It did: this sync no longer holds it.
+    Lock,
+    /// It did not (not asked to, or another owner holds it): unlock as usual.
+    Nothing,
+}
+
+/// Polls `/health` on the host until it answers, and checks the hive runs `want`. With
+/// `release` (this sync's owner), the same command then releases the sync lock if that owner
+/// holds it — only once the hive answered, so that a rollback still runs under the lock.
 pub async fn wait_healthy(
     t: &dyn Transport,
     port: u16,
     want: &rbee_proto::Sha256,
     timeout: Duration,
-) -> Result<(), StepError> {
-    let args = vec![port.to_string(), timeout.as_secs().max(1).to_string(), Layout::hive_binary(), Layout::hive_log()];
+    release: Option<&str>,
+) -> Result<Released, StepError> {
+    let mut args =
+        vec![port.to_string(), timeout.as_secs().max(1).to_string(), Layout::hive_binary(), Layout::hive_log()];
+    if let Some(owner) = release {
+        args.extend([Layout::lock_dir(), owner.to_owned(), want.to_string()]);
+    }
     let out = script(t, "waiting for /health", WAIT_HEALTHY, args, timeout + Duration::from_secs(10)).await?;
-    let body = out.stdout_text();
-    match serde_json::from_str::<rbee_proto::hive::HiveHealth>(body.trim()) {
-        Ok(health) if health.sha256 == *want => Ok(()),
+    let text = out.stdout_text();
+    let mut body = text.trim();
+    let mut released = Released::Nothing;
+    if let Some(rest) = body.strip_suffix(UNLOCKED).filter(|_| release.is_some()) {
+        body = rest.trim_end();
+        released = Released::Lock;
+    }
+    match serde_json::from_str::<rbee_proto::hive::HiveHealth>(body) {
+        Ok(health) if health.sha256 == *want => Ok(released),
         Ok(health) => Err(StepError::Failed(format!(
             "the process answering on port {port} runs rbee-hive sha256:{} but {} was installed; is another hive using that port?",
             health.sha256.short(),
@@ -836,6 +975,125 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("owner")).unwrap().trim(), "me");
     }
 
+    fn artifact_of(name: &str, bytes: &[u8], version: &str) -> Artifact {
+        Artifact {
+            name: name.into(),
+            version: version.into(),
+            sha256: crate::artifact::sha256_of(bytes),
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// A host's binaries go in one command, one after the other on its input: all installed
+    /// with their records, a replaced one kept for a rollback; and when one of them is not
+    /// what was sent, none of the targets changes and nothing is left behind.
+    #[tokio::test]
+    async fn several_binaries_are_installed_by_one_command_or_none_is() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let t = LocalTransport::new(h);
+        let d = Duration::from_secs(10);
+        let (hive, vllm, comfy) =
+            (Layout::hive_binary(), Layout::worker_binary("vllm"), Layout::worker_binary("comfyui"));
+        let old = artifact_of("rbee-hive", b"hive 1", "1");
+        let one = [BinaryInstall { artifact: &old, data: UploadData::Bytes(b"hive 1"), target: &hive }];
+        install_binaries(&t, &one, d, &|_| {}, None).await.unwrap();
+
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+        let new = [artifact_of("rbee-hive", b"hive 2", "2"), artifact_of("v", &big, "3"), artifact_of("c", b"", "4")];
+        let mut files = vec![
+            BinaryInstall { artifact: &new[0], data: UploadData::Bytes(b"hive 2"), target: &hive },
+            BinaryInstall { artifact: &new[1], data: UploadData::Bytes(&big), target: &vllm },
+            BinaryInstall { artifact: &new[2], data: UploadData::Bytes(b""), target: &comfy },
+        ];
+        let seen = std::sync::Mutex::new(0u64);
+        install_binaries(&t, &files, d, &|n| *seen.lock().unwrap() = n, None).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), 6 + big.len() as u64);
+        assert_eq!(std::fs::read(h.join(&hive)).unwrap(), b"hive 2");
+        assert_eq!(std::fs::read(h.join(&vllm)).unwrap(), big);
+        assert_eq!(std::fs::read(h.join(&comfy)).unwrap(), b"");
+        for (target, a) in [(&hive, &new[0]), (&vllm, &new[1]), (&comfy, &new[2])] {
+            let name = target.rsplit('/').next().unwrap();
+            let record = std::fs::read_to_string(h.join(Layout::installed_dir()).join(name)).unwrap();
+            assert!(record.starts_with(a.sha256.as_str()) && record.trim_end().ends_with(&a.version), "{record}");
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(h.join(target)).unwrap().permissions());
+            assert_eq!(mode & 0o777, 0o755);
+        }
+        // The hive binary it replaced is kept, with its record.
+        assert_eq!(std::fs::read(h.join(Layout::previous_dir()).join("rbee-hive")).unwrap(), b"hive 1");
+        assert!(h.join(Layout::previous_dir()).join("rbee-hive.record").exists());
+
+        // The second file is not what its artifact says: nothing changes.
+        let next = [artifact_of("rbee-hive", b"hive 3", "5"), artifact_of("v", b"vllm 4", "6")];
+        files = vec![
+            BinaryInstall { artifact: &next[0], data: UploadData::Bytes(b"hive 3"), target: &hive },
+            BinaryInstall { artifact: &next[1], data: UploadData::Bytes(b"vllm 4 but not"), target: &vllm },
+            BinaryInstall { artifact: &new[2], data: UploadData::Bytes(b""), target: &comfy },
+        ];
+        let failure = install_binaries(&t, &files, d, &|_| {}, None).await.unwrap_err();
+        assert_eq!(failure.index, 1, "{failure:?}");
+        assert!(failure.error.to_string().contains(&format!("sha256 mismatch for {vllm}")), "{failure:?}");
+        assert_eq!(std::fs::read(h.join(&hive)).unwrap(), b"hive 2");
+        assert_eq!(std::fs::read(h.join(&vllm)).unwrap(), big);
+        let left: Vec<String> = ["", "/workers"]
+            .iter()
+            .flat_map(|sub| std::fs::read_dir(h.join(format!("{}{sub}", Layout::BIN_DIR))).into_iter().flatten())
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("rbee-tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A corrupted upload of the first file (the test hook) is refused the same way.
+        let failure =
+            install_binaries(&t, &files[..1], d, &|_| {}, Some(InstallFault::CorruptUpload)).await.unwrap_err();
+        assert_eq!(failure.index, 0);
+        assert!(failure.error.to_string().contains("sha256 mismatch"), "{failure:?}");
+        assert_eq!(std::fs::read(h.join(&hive)).unwrap(), b"hive 2");
+    }
+
+    /// The wait for `/health`, as a hive's last step, releases the sync lock only when the
+    /// hive answers with the binary installed and this sync holds the lock.
+    #[tokio::test]
+    async fn the_wait_for_health_releases_only_its_own_lock_and_only_on_the_right_binary() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let t = LocalTransport::new(h);
+        let want = crate::artifact::sha256_of(b"hive");
+        let other = crate::artifact::sha256_of(b"other hive");
+        let bin = h.join(Layout::hive_binary());
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        let answer = |sha: &rbee_proto::Sha256| {
+            let probe =
+                format!("#!/bin/sh\necho '{{\"status\":\"ok\",\"version\":\"1\",\"sha256\":\"{sha}\",\"pid\":1}}'\n");
+            std::fs::write(&bin, probe).unwrap();
+            std::process::Command::new("chmod").arg("755").arg(&bin).status().unwrap();
+        };
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let d = Duration::from_secs(5);
+        let lock_dir = h.join(Layout::lock_dir());
+        let take = |owner: &'static str| {
+            let t = &t;
+            let never = &never;
+            async move { lock(t, owner, &[], d, Duration::from_secs(60), d, never).await.unwrap() }
+        };
+        answer(&want);
+        take("me").await;
+        // Not asked to: the lock stays.
+        assert_eq!(wait_healthy(&t, 1, &want, d, None).await.unwrap(), Released::Nothing);
+        assert!(lock_dir.exists());
+        // Another owner's lock stays.
+        assert_eq!(wait_healthy(&t, 1, &want, d, Some("someone else")).await.unwrap(), Released::Nothing);
+        assert!(lock_dir.exists());
+        // Another binary answers: the step fails and the lock stays for a rollback.
+        answer(&other);
+        assert!(wait_healthy(&t, 1, &want, d, Some("me")).await.is_err());
+        assert!(lock_dir.exists());
+        answer(&want);
+        assert_eq!(wait_healthy(&t, 1, &want, d, Some("me")).await.unwrap(), Released::Lock);
+        assert!(!lock_dir.exists());
+    }
+
     /// A cancel (Ctrl-C, `DELETE /v1/jobs/ID`) while another sync held the lock was only
     /// noticed after the whole lock wait (2 minutes by default).
     #[tokio::test]
@@ -988,7 +1246,19 @@ mod tests {
         let path = stand_ins(h, &[("sync", sync)]);
         let got = crate::artifact::sha256_hex(b"binary");
         let mut child = std::process::Command::new("sh")
-            .args(["-c", INSTALL, "sh", "bin/.rbee-hive.tmp", "bin/rbee-hive", &got, "0.1.0", "records", "6"])
+            .args([
+                "-c",
+                INSTALL,
+                "sh",
+                "records",
+                "previous",
+                "",
+                "bin/.rbee-hive.tmp",
+                "bin/rbee-hive",
+                &got,
+                "0.1.0",
+                "6",
+            ])
             .env("PATH", &path)
             .current_dir(h)
             .stdin(std::process::Stdio::piped())

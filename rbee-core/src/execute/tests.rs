@@ -46,8 +46,7 @@ fn good_host(name: &str, desired: &Desired) -> MockTransport {
 
 fn accepts_install(mock: MockTransport, desired: &Desired) -> MockTransport {
     mock.on_run("# rbee-step: try-lock", Ok(CommandOutput::ok(LOCKED_EMPTY_HOST)))
-        .on_run(".rbee-hive.rbee-tmp-", Ok(CommandOutput::ok("")))
-        .on_run(".rbee-worker-vllm.rbee-tmp-", Ok(CommandOutput::ok("")))
+        .on_run("# rbee-step: install-binary", Ok(CommandOutput::ok("")))
         .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")))
         .on_run("# rbee-step: wait-healthy", Ok(health(desired)))
         .on_run("# rbee-step: unlock", Ok(CommandOutput::ok("")))
@@ -101,18 +100,34 @@ async fn a_deterministic_failure_is_not_retried_and_other_hives_finish() {
     let a = Arc::new(
         MockTransport::new("a")
             .on_run("# rbee-step: try-lock", Ok(CommandOutput::ok(LOCKED_EMPTY_HOST)))
-            .on_run(".rbee-hive.rbee-tmp-", Ok(CommandOutput::ok("")))
+            // Both binaries in one command, the worker (the second) failing its check.
             .on_run(
-                ".rbee-worker-vllm.rbee-tmp-",
-                Ok(CommandOutput { status: 65, stdout: b"sha256 mismatch for x".to_vec(), stderr: Vec::new() }),
+                "# rbee-step: install-binary",
+                Ok(CommandOutput {
+                    status: 65,
+                    stdout: b"rbee-install-failed 2\nsha256 mismatch for x".to_vec(),
+                    stderr: Vec::new(),
+                }),
             )
             .on_run("# rbee-step: unlock", Ok(CommandOutput::ok(""))),
     );
     let b = Arc::new(good_host("b", &desired));
     let (report, events) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
     assert_eq!(report.overall(), Overall::Partial);
-    let HiveOutcome::Failed { reason, .. } = &report.hives[0].outcome else { panic!("{report:#?}") };
+    let HiveOutcome::Failed { step, reason } = &report.hives[0].outcome else { panic!("{report:#?}") };
     assert!(reason.contains("sha256 mismatch"), "{reason}");
+    assert_eq!(step, "a/worker/vllm", "the file that failed its check is the step that failed");
+    // The hive binary, sent in the same command, is reported as not installed, not as done.
+    let failed: Vec<&str> = events
+        .iter()
+        .filter(|e| e.alias == "a")
+        .filter_map(|e| match &e.kind {
+            SyncEventKind::StepFailed { step, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, ["a/hive-binary", "a/worker/vllm"], "{events:#?}");
+    assert!(!report.hives[0].steps_done.iter().any(|s| s.contains("binary") || s.contains("worker")));
     assert_eq!(report.hives[1].outcome, HiveOutcome::Ok { changed: true });
     assert!(events.iter().all(|e| !matches!(e.kind, SyncEventKind::StepFailed { will_retry: true, .. })));
     // Nothing after the failed wave ran on a: no start.
@@ -133,6 +148,33 @@ async fn binaries_are_in_place_before_the_hive_starts() {
     let pos = |needle: &str| calls.iter().rposition(|c| c.contains(needle)).unwrap();
     assert!(pos("sha256 mismatch for") < pos("setsid"));
     assert!(pos("setsid") < pos("probe --port"));
+    // Both binaries, in one command that receives them one after the other.
+    let installs: Vec<&String> = calls.iter().filter(|c| c.contains("# rbee-step: install-binary")).collect();
+    assert_eq!(installs.len(), 1, "{calls:#?}");
+    assert!(installs[0].contains(".rbee-hive.rbee-tmp-") && installs[0].contains(".rbee-worker-vllm.rbee-tmp-"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_step_releases_the_lock_in_its_own_command() {
+    let (_dir, desired, source) = fixture();
+    let mut answer = health(&desired);
+    answer.stdout.extend_from_slice(b"rbee-unlocked\n");
+    // No unlock command is expected: the wait for /health released the lock.
+    let a = Arc::new(
+        MockTransport::new("a")
+            .on_run("# rbee-step: try-lock", Ok(CommandOutput::ok(LOCKED_EMPTY_HOST)))
+            .on_run("# rbee-step: install-binary", Ok(CommandOutput::ok("")))
+            .on_run("# rbee-step: start-hive", Ok(CommandOutput::ok("")))
+            .on_run("# rbee-step: wait-healthy", Ok(answer)),
+    );
+    // A host whose answer does not say so is unlocked as before.
+    let b = Arc::new(good_host("b", &desired));
+    let (report, _) = run(&desired, &source, vec![("a", a.clone()), ("b", b.clone())]).await;
+    assert_eq!(report.overall(), Overall::Ok, "{report:#?}");
+    a.verify().unwrap();
+    b.verify().unwrap();
+    let wait = a.calls().iter().map(|c| format!("{c:?}")).find(|c| c.contains("wait-healthy")).unwrap();
+    assert!(wait.contains(&steps::lock_owner()[..12]) && wait.contains(&Layout::lock_dir()), "{wait}");
 }
 
 #[tokio::test]
@@ -148,7 +190,8 @@ async fn observation_trusts_the_install_record_until_the_file_changes() {
     };
     let target = Layout::worker_binary("vllm");
     let data = crate::transport::UploadData::Bytes(&bytes);
-    steps::install_binary(&t, &artifact, data, &target, Duration::from_secs(5), &|_| {}, None).await.unwrap();
+    let files = [steps::BinaryInstall { artifact: &artifact, data, target: &target }];
+    steps::install_binaries(&t, &files, Duration::from_secs(5), &|_| {}, None).await.unwrap();
     let observe = || crate::observe::observe(&t, 1, Duration::from_secs(5));
     let HiveState::Reachable(o) = observe().await else { panic!() };
     assert_eq!(o.workers["vllm"].sha256, artifact.sha256);

@@ -268,10 +268,9 @@ mod tests {
         let native = LocalTransport::new(&home);
         let by_default = Primitives(LocalTransport::new(&home));
         let script = r#"n=$(wc -c); echo "got ${n##* } $1"; exit 7"#;
+        let parts = [UploadData::Bytes(b"hello"), UploadData::File { path: &file, len: 3 << 20 }];
         for t in [&native as &dyn Transport, &by_default] {
-            for (input, len) in
-                [(UploadData::Bytes(b"hello"), 5u64), (UploadData::File { path: &file, len: 3 << 20 }, 3 << 20)]
-            {
+            for (input, len) in [(parts[0], 5u64), (parts[1], 3 << 20), (UploadData::Concat(&parts), 5 + (3 << 20))] {
                 let seen = std::sync::Mutex::new(0u64);
                 let progress = |n| *seen.lock().unwrap() = n;
                 let command = RemoteCommand::script(script, ["arg"], Duration::from_secs(10));
@@ -282,6 +281,35 @@ mod tests {
         }
         let left: Vec<_> = std::fs::read_dir(&home).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Several parts, nested or not, are read back to back in their order: each chunk from one
+    /// part, at most the chunk size, and a file among them read like any other.
+    #[tokio::test]
+    async fn concatenated_data_is_read_part_after_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&file, &bytes).unwrap();
+        let inner = [UploadData::Bytes(b""), UploadData::File { path: &file, len: bytes.len() as u64 }];
+        let parts = [UploadData::Bytes(b"abc"), UploadData::Concat(&inner), UploadData::Bytes(b"xyz")];
+        let data = UploadData::Concat(&parts);
+        assert_eq!(data.len(), 6 + bytes.len() as u64);
+        let mut chunks = data.chunks(4096).await.unwrap();
+        let (mut got, mut sizes) = (Vec::new(), Vec::new());
+        while let Some(c) = chunks.next().await.unwrap() {
+            sizes.push(c.len());
+            got.extend_from_slice(&c);
+        }
+        let want: Vec<u8> = [&b"abc"[..], &bytes, b"xyz"].concat();
+        assert_eq!(got, want);
+        assert_eq!(sizes, [3, 4096, 4096, 1808, 3]);
+        // A missing file among the parts fails when its turn comes.
+        let gone = dir.path().join("gone");
+        let parts = [UploadData::Bytes(b"abc"), UploadData::File { path: &gone, len: 1 }];
+        let mut chunks = UploadData::Concat(&parts).chunks(4096).await.unwrap();
+        assert_eq!(chunks.next().await.unwrap().as_deref(), Some(&b"abc"[..]));
+        assert!(matches!(chunks.next().await, Err(TransportError::LocalFile { .. })));
     }
 
     /// A file is streamed from disk, from its start at each attempt; a file that is not the

@@ -202,6 +202,7 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
 /// from its first byte; it must have exactly `len` bytes (a file that shrank or grew since
 /// fails the upload rather than sending something else).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum UploadData<'a> {
     /// Bytes held by the caller (a token, a certificate, a small file).
     Bytes(&'a [u8]),
@@ -212,6 +213,9 @@ pub enum UploadData<'a> {
         /// Its length.
         len: u64,
     },
+    /// Several of the others, back to back, in one stream: what lets one command receive
+    /// several files. A file among them is opened when its turn comes.
+    Concat(&'a [UploadData<'a>]),
 }
 
 impl<'a> UploadData<'a> {
@@ -220,6 +224,7 @@ impl<'a> UploadData<'a> {
         match self {
             UploadData::Bytes(b) => b.len() as u64,
             UploadData::File { len, .. } => *len,
+            UploadData::Concat(parts) => parts.iter().map(UploadData::len).sum(),
         }
     }
 
@@ -236,16 +241,34 @@ impl<'a> UploadData<'a> {
     /// CPU of the same bytes sent from memory.)
     pub async fn chunks(&self, chunk: usize) -> Result<Chunks<'a>, TransportError> {
         let chunk = chunk.max(1);
-        let source = match *self {
-            UploadData::Bytes(b) => ChunkSource::Bytes(b),
+        let mut parts = Vec::new();
+        self.flatten(&mut parts);
+        let mut rest = parts.into_iter();
+        // A file among several is opened only when the parts before it have been sent.
+        let current = rest.next().map(|p| p.leaf(chunk)).transpose()?;
+        Ok(Chunks { current, rest, chunk })
+    }
+
+    /// The files and bytes this data is made of, in order.
+    fn flatten(self, out: &mut Vec<UploadData<'a>>) {
+        match self {
+            UploadData::Concat(parts) => parts.iter().for_each(|p| p.flatten(out)),
+            leaf => out.push(leaf),
+        }
+    }
+
+    /// A source of chunks of this data, one of [`Self::flatten`]'s parts.
+    fn leaf(self, chunk: usize) -> Result<Leaf<'a>, TransportError> {
+        Ok(match self {
             UploadData::File { path, len } => {
                 let file = std::fs::File::open(path).map_err(|e| local_file(path, &e.to_string()))?;
                 let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
                 tokio::task::spawn_blocking(move || read_chunks(file, len, chunk, &tx));
-                ChunkSource::File { path, rx }
+                Leaf::File { path, rx }
             }
-        };
-        Ok(Chunks { source, chunk })
+            UploadData::Bytes(b) => Leaf::Bytes(b),
+            UploadData::Concat(_) => Leaf::Bytes(&[]),
+        })
     }
 }
 
@@ -297,40 +320,40 @@ fn local_file(path: &Path, reason: &str) -> TransportError {
 /// [`UploadData`] read from its start, one chunk at a time: what a transport sends.
 #[derive(Debug)]
 pub struct Chunks<'a> {
-    source: ChunkSource<'a>,
+    /// The part being sent (`None` at the end), and the parts after it.
+    current: Option<Leaf<'a>>,
+    rest: std::vec::IntoIter<UploadData<'a>>,
     chunk: usize,
 }
 
-enum ChunkSource<'a> {
+/// One part's chunks.
+enum Leaf<'a> {
     Bytes(&'a [u8]),
     File { path: &'a Path, rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, ReadEnd>> },
 }
 
-impl std::fmt::Debug for ChunkSource<'_> {
+impl std::fmt::Debug for Leaf<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChunkSource::Bytes(b) => write!(f, "Bytes({} left)", b.len()),
-            ChunkSource::File { path, .. } => write!(f, "File({})", path.display()),
+            Leaf::Bytes(b) => write!(f, "Bytes({} left)", b.len()),
+            Leaf::File { path, .. } => write!(f, "File({})", path.display()),
         }
     }
 }
 
-impl<'a> Chunks<'a> {
-    /// The next chunk, or `None` at the end: borrowed from bytes in memory, owned when read
-    /// from a file (a transport that needs it owned takes it without a copy). A file that ends
-    /// before its announced length, or goes on past it, is an error
-    /// ([`TransportError::LocalFile`]).
-    pub async fn next(&mut self) -> Result<Option<Cow<'a, [u8]>>, TransportError> {
-        match &mut self.source {
-            ChunkSource::Bytes(rest) => {
+impl<'a> Leaf<'a> {
+    /// The next chunk of this part; `None` at its end.
+    async fn next(&mut self, chunk: usize) -> Result<Option<Cow<'a, [u8]>>, TransportError> {
+        match self {
+            Leaf::Bytes(rest) => {
                 if rest.is_empty() {
                     return Ok(None);
                 }
-                let (head, tail) = rest.split_at(self.chunk.min(rest.len()));
+                let (head, tail) = rest.split_at(chunk.min(rest.len()));
                 *rest = tail;
                 Ok(Some(Cow::Borrowed(head)))
             }
-            ChunkSource::File { path, rx } => match rx.recv().await {
+            Leaf::File { path, rx } => match rx.recv().await {
                 None => Ok(None),
                 Some(Ok(chunk)) => Ok(Some(Cow::Owned(chunk))),
                 Some(Err(end)) => Err(local_file(
@@ -342,6 +365,22 @@ impl<'a> Chunks<'a> {
                     },
                 )),
             },
+        }
+    }
+}
+
+impl<'a> Chunks<'a> {
+    /// The next chunk, or `None` at the end: borrowed from bytes in memory, owned when read
+    /// from a file (a transport that needs it owned takes it without a copy). A file that ends
+    /// before its announced length, or goes on past it, is an error
+    /// ([`TransportError::LocalFile`]).
+    pub async fn next(&mut self) -> Result<Option<Cow<'a, [u8]>>, TransportError> {
+        loop {
+            let Some(leaf) = &mut self.current else { return Ok(None) };
+            if let Some(c) = leaf.next(self.chunk).await? {
+                return Ok(Some(c));
+            }
+            self.current = self.rest.next().map(|p| p.leaf(self.chunk)).transpose()?;
         }
     }
 }
