@@ -224,35 +224,86 @@ pub(crate) struct HiveRow<'a> {
     port: u16,
     #[serde(borrow, default)]
     workers: Vec<Cow<'a, str>>,
-    #[serde(default)]
-    processes: Vec<WorkerProcess>,
+    #[serde(borrow, default)]
+    processes: Vec<ProcessRow<'a>>,
     age_ms: u64,
     stale: bool,
 }
 
+/// What the table shows of a [`WorkerProcess`], borrowing its strings; its state's fields are
+/// read where the wire format has them (beside the others), without buffering the object.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ProcessRow<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(borrow)]
+    device: Cow<'a, str>,
+    port: u16,
+    pid: u32,
+    #[serde(default)]
+    adopted: bool,
+    #[serde(borrow)]
+    state: Cow<'a, str>,
+    #[serde(default)]
+    exit_code: Option<i32>,
+    #[serde(default)]
+    signal: Option<i32>,
+}
+
 /// `rbee hive list` as a table: a line per hive and one per worker process, written at once.
+/// Each line is written in place and escaped only where it holds a control character.
 pub(crate) fn hive_rows(hives: &[HiveRow<'_>]) {
     use std::io::Write;
     if hives.is_empty() {
         say!("No hive has sent a heartbeat yet: hives started by a sync through the queen report to it.");
         return;
     }
-    let mut text = String::with_capacity(hives.len() * 128);
+    let _ = std::io::stdout().lock().write_all(hive_table(hives).as_bytes());
+}
+
+/// The text of [`hive_rows`].
+fn hive_table(hives: &[HiveRow<'_>]) -> String {
+    let mut text = String::with_capacity(hives.len() * 256);
     for h in hives {
+        let start = text.len();
         let state = if h.stale { "STALE" } else { "fresh" };
-        let workers = if h.workers.is_empty() { "-".to_owned() } else { h.workers.join(", ") };
-        let line = format!(
-            "{:<16} {state:<6} last beat {:>6} ms ago  rbee-hive {} (pid {}, port {})  workers: {workers}",
+        let _ = write!(
+            text,
+            "{:<16} {state:<6} last beat {:>6} ms ago  rbee-hive {} (pid {}, port {})  workers: ",
             h.alias, h.age_ms, h.version, h.pid, h.port,
         );
-        text.push_str(&shown(&line));
+        if h.workers.is_empty() {
+            text.push('-');
+        }
+        for (i, w) in h.workers.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(w);
+        }
+        escape_from(&mut text, start);
         text.push('\n');
         for p in &h.processes {
-            text.push_str(&shown(&format!("{:<16}   {}", "", worker_line(&h.alias, p))));
+            let start = text.len();
+            let _ = write!(text, "{:<16}   ", "");
+            let state = crashed_text(&p.state, p.exit_code, p.signal);
+            let state = state.as_deref().unwrap_or_else(|| state_text(&p.state));
+            write_worker_line(&mut text, &h.alias, &p.id, state, &p.model, &p.device, p.pid, p.port, p.adopted);
+            escape_from(&mut text, start);
             text.push('\n');
         }
     }
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    text
+}
+
+/// What [`shown`] makes of `text[start..]`, in place.
+fn escape_from(text: &mut String, start: usize) {
+    if let Cow::Owned(escaped) = shown(&text[start..]) {
+        text.truncate(start);
+        text.push_str(&escaped);
+    }
 }
 
 /// `rbee jobs`.
@@ -596,22 +647,120 @@ pub(crate) fn deployment(json: bool, d: &DeploymentStatus) {
 }
 
 fn worker_line(hive: &str, w: &WorkerProcess) -> String {
-    let state = match &w.state {
-        WorkerState::Starting => "starting".to_owned(),
-        WorkerState::Ready => "ready".to_owned(),
-        WorkerState::Unresponsive => "UNRESPONSIVE".to_owned(),
-        WorkerState::Stopped => "stopped".to_owned(),
-        WorkerState::Crashed { exit_code: Some(c), .. } => format!("CRASHED (exit {c})"),
-        WorkerState::Crashed { signal: Some(s), .. } => format!("CRASHED (signal {s})"),
-        WorkerState::Crashed { .. } => "CRASHED".to_owned(),
+    let crashed = match &w.state {
+        WorkerState::Crashed { exit_code, signal, .. } => crashed_text("crashed", *exit_code, *signal),
+        _ => None,
     };
-    let adopted = if w.adopted { ", re-adopted" } else { "" };
-    format!("{hive}  {:<24} {:<14} {} on {} (pid {}, port {}{adopted})", w.id, state, w.model, w.device, w.pid, w.port)
+    let state = crashed.as_deref().unwrap_or_else(|| state_text(w.state.name()));
+    let mut line = String::with_capacity(128);
+    write_worker_line(&mut line, hive, &w.id, state, &w.model, &w.device, w.pid, w.port, w.adopted);
+    line
+}
+
+/// A worker state (its wire name) as the tables show it; a crash with its exit is
+/// [`crashed_text`].
+fn state_text(name: &str) -> &str {
+    match name {
+        "unresponsive" => "UNRESPONSIVE",
+        "crashed" => "CRASHED",
+        other => other,
+    }
+}
+
+/// A crashed worker's state with its exit code or signal, when it has one.
+fn crashed_text(name: &str, exit_code: Option<i32>, signal: Option<i32>) -> Option<String> {
+    match (name, exit_code, signal) {
+        ("crashed", Some(c), _) => Some(format!("CRASHED (exit {c})")),
+        ("crashed", None, Some(s)) => Some(format!("CRASHED (signal {s})")),
+        _ => None,
+    }
+}
+
+/// A worker process's line, appended to `out`.
+#[allow(clippy::too_many_arguments)]
+fn write_worker_line(
+    out: &mut String,
+    hive: &str,
+    id: &str,
+    state: &str,
+    model: &str,
+    device: &str,
+    pid: u32,
+    port: u16,
+    adopted: bool,
+) {
+    let adopted = if adopted { ", re-adopted" } else { "" };
+    let _ = write!(out, "{hive}  {id:<24} {state:<14} {model} on {device} (pid {pid}, port {port}{adopted})");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table reads a worker's fields from the queen's JSON as they are (its state beside
+    /// the others) and shows each state as the worker lists do, escaped where needed.
+    #[test]
+    fn the_hive_table_shows_workers_as_the_worker_lists_do() {
+        let crashed = |exit_code, signal| WorkerState::Crashed { exit_code, signal, message: "gone".into() };
+        let states = [
+            WorkerState::Starting,
+            WorkerState::Ready,
+            WorkerState::Unresponsive,
+            WorkerState::Stopped,
+            crashed(Some(3), None),
+            crashed(None, Some(9)),
+            crashed(None, None),
+        ];
+        let processes: Vec<WorkerProcess> = states
+            .into_iter()
+            .enumerate()
+            .map(|(i, state)| WorkerProcess {
+                id: format!("w{i}"),
+                worker_type: "llama-cpp".into(),
+                model: if i == 1 { "evil\u{1b}[2J.gguf".into() } else { "m.gguf".into() },
+                device: "cpu".into(),
+                port: 9000 + i as u16,
+                pid: 100 + i as u32,
+                started_ms: 1,
+                last_heartbeat_ms: None,
+                adopted: i == 2,
+                replica: None,
+                args: Vec::new(),
+                state,
+            })
+            .collect();
+        let json = serde_json::json!([{
+            "alias": "gpu-1", "version": "1.0.0", "pid": 7, "port": 8600, "workers": ["llama-cpp", "vllm"],
+            "processes": processes, "age_ms": 12, "stale": false,
+        }])
+        .to_string();
+        let rows: Vec<HiveRow<'_>> = serde_json::from_str(&json).unwrap();
+        let text = hive_table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "gpu-1            fresh  last beat     12 ms ago  rbee-hive 1.0.0 (pid 7, port 8600)  workers: llama-cpp, vllm"
+        );
+        assert_eq!(lines.len(), 1 + processes.len());
+        for (line, p) in lines[1..].iter().zip(&processes) {
+            assert_eq!(*line, shown(&format!("{:<16}   {}", "", worker_line("gpu-1", p))), "{p:?}");
+        }
+        assert!(
+            lines[2].contains("evil\\u{1b}[2J.gguf")
+                && lines[3].contains("UNRESPONSIVE")
+                && lines[3].contains("re-adopted")
+        );
+        assert!(lines[5].contains("CRASHED (exit 3)") && lines[6].contains("CRASHED (signal 9)"));
+        let indent = " ".repeat(19);
+        assert_eq!(
+            lines[5],
+            format!("{indent}gpu-1  w4{} CRASHED (exit 3) m.gguf on cpu (pid 104, port 9004)", " ".repeat(22))
+        );
+        assert_eq!(
+            lines[7],
+            format!("{indent}gpu-1  w6{} CRASHED        m.gguf on cpu (pid 106, port 9006)", " ".repeat(22))
+        );
+    }
 
     /// A worker log, a host's error output or an alias printed as is could retitle the
     /// terminal, clear it or overwrite a line: every control character but newline and tab is

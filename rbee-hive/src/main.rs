@@ -87,7 +87,12 @@ async fn run(args: Args) -> ExitCode {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(2000),
             };
-            match rbee_hive::serve(config, shutdown_signal()).await {
+            // On a runtime worker rather than the thread blocking on `main`, so that each
+            // accepted connection does not wake a second thread.
+            let served = tokio::spawn(rbee_hive::serve(config, shutdown_signal())).await.unwrap_or_else(|e| {
+                Err(rbee_hive::HiveError::Serve(std::io::Error::other(format!("the server task ended: {e}"))))
+            });
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let mut msg = e.to_string();

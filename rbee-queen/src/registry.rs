@@ -130,6 +130,9 @@ struct Hive {
     beat: Arc<Heartbeat>,
     /// The interval the queen told it in answer to that beat.
     told_ms: u64,
+    /// Its row of `GET /v1/hives?fields=table` but for the age and staleness (see
+    /// [`table_prefix`]), written once per beat rather than once per listing.
+    table: Arc<[u8]>,
 }
 
 impl Hive {
@@ -236,6 +239,7 @@ impl Registry {
         // stale at once.
         beat.interval_ms = heartbeat_interval_ms(beat.interval_ms);
         self.warmup_ms.fetch_max(beat.interval_ms.saturating_add(1000), std::sync::atomic::Ordering::Relaxed);
+        let table = table_prefix(&beat);
         let mut hives = self.lock();
         if hives.len() >= self.max_hives && !hives.contains_key(&beat.alias) {
             let silent_longest = hives
@@ -254,7 +258,7 @@ impl Registry {
         }
         let fleet = hives.len() + usize::from(!hives.contains_key(&beat.alias));
         let told_ms = paced_interval_ms(self.base_ms, fleet, self.per_second);
-        let new = Hive { seen_ms: now_ms, ip, beat: Arc::new(beat), told_ms };
+        let new = Hive { seen_ms: now_ms, ip, beat: Arc::new(beat), told_ms, table };
         let changed = match hives.get_mut(&new.beat.alias) {
             Some(old) => {
                 let changed = !same_states(&old.beat, &new.beat) || !old.is_fresh(now_ms);
@@ -286,6 +290,7 @@ impl Registry {
                     age_ms,
                     stale: is_stale(age_ms, hive.interval_ms()),
                     address: hive.ip,
+                    table: hive.table.clone(),
                 }
             })
             .collect()
@@ -432,6 +437,8 @@ struct Listed {
     age_ms: u64,
     stale: bool,
     address: IpAddr,
+    #[serde(skip)]
+    table: Arc<[u8]>,
 }
 
 /// `GET /v1/hives` is written in pieces of about this size, so that a large registry's answer
@@ -439,7 +446,8 @@ struct Listed {
 const LIST_CHUNK_BYTES: usize = 64 << 10;
 
 /// What `rbee hive list` shows of a hive (`GET /v1/hives?fields=table`): a [`HiveEntry`]
-/// without its GPUs, models, installed versions, digest and address, about half its size.
+/// without its GPUs, models, installed versions, digest and address, about half its size —
+/// these fields, then `age_ms` and `stale`.
 #[derive(serde::Serialize)]
 struct TableRow<'a> {
     alias: &'a str,
@@ -448,27 +456,27 @@ struct TableRow<'a> {
     port: u16,
     workers: &'a [String],
     processes: &'a [rbee_core::proto::hive::WorkerProcess],
-    age_ms: u64,
-    stale: bool,
 }
 
-impl Listed {
-    fn table_row(&self) -> TableRow<'_> {
-        let b = &self.heartbeat;
-        TableRow {
-            alias: &b.alias,
-            version: &b.version,
-            pid: b.pid,
-            port: b.port,
-            workers: &b.workers,
-            processes: &b.processes,
-            age_ms: self.age_ms,
-            stale: self.stale,
-        }
-    }
+/// `beat`'s [`TableRow`] as JSON without its closing brace: the listing appends the age and
+/// staleness of the moment and closes it.
+fn table_prefix(beat: &Heartbeat) -> Arc<[u8]> {
+    let row = TableRow {
+        alias: &beat.alias,
+        version: &beat.version,
+        pid: beat.pid,
+        port: beat.port,
+        workers: &beat.workers,
+        processes: &beat.processes,
+    };
+    // Plain data serialised into memory: this does not fail, and ends with its `}`.
+    let mut json = serde_json::to_vec(&row).unwrap_or_else(|_| b"{}".to_vec());
+    json.pop();
+    json.into()
 }
 
-/// `GET /v1/hives`'s query: `fields=table` for [`TableRow`]s instead of whole entries.
+/// `GET /v1/hives`'s query: `fields=table` for [`TableRow`]s (with their age and staleness)
+/// instead of whole entries.
 #[derive(serde::Deserialize)]
 pub(crate) struct HivesQuery {
     fields: Option<String>,
@@ -513,7 +521,10 @@ fn list_chunks(listed: Vec<Listed>, chunk_bytes: usize, table: bool) -> impl Ite
             }
             // Plain data serialised into memory: this does not fail.
             if table {
-                serde_json::to_writer(&mut chunk, &listed[next].table_row()).unwrap_or_default();
+                use std::io::Write;
+                let l = &listed[next];
+                chunk.extend_from_slice(&l.table);
+                let _ = write!(chunk, ",\"age_ms\":{},\"stale\":{}}}", l.age_ms, l.stale);
             } else {
                 serde_json::to_writer(&mut chunk, &listed[next]).unwrap_or_default();
             }
@@ -607,6 +618,10 @@ pub(crate) mod tests {
             let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
             assert_eq!(keys, ["age_ms", "alias", "pid", "port", "processes", "stale", "version", "workers"]);
             assert_eq!(row["alias"], entry.heartbeat.alias);
+            assert_eq!(row["version"], entry.heartbeat.version);
+            assert_eq!((row["pid"].as_u64(), row["port"].as_u64()), (Some(42), Some(u64::from(entry.heartbeat.port))));
+            assert_eq!(row["workers"], serde_json::to_value(&entry.heartbeat.workers).unwrap());
+            assert_eq!(row["age_ms"], entry.age_ms);
             assert_eq!(row["stale"], entry.stale);
             assert_eq!(row["processes"], serde_json::to_value(&entry.heartbeat.processes).unwrap());
         }

@@ -18,7 +18,8 @@
 //!
 //! `cargo build --release -p rbee-queen --bin queen-rbee -p rbee-benches --bin queen-scale
 //! [-p rbee-cli --bin rbee] && target/release/queen-scale [HIVES [WINDOW_S [STREAMS
-//! [SAMPLES]]]] [--keep-alive]` (defaults 10000, 60, 100, 20).
+//! [SAMPLES]]]] [--keep-alive]` (defaults 10000, 60, 100, 20). `QUEEN_SCALE_HOLD_S=N` keeps
+//! the load on for N s after the samples (it prints how to reach the queen), to look at it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -292,8 +293,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// `GET /v1/hives` with the admin token: the time to the whole answer, and the answer.
 async fn get_hives(queen: &QueenProcess) -> (Duration, Vec<u8>) {
+    get_hives_at(queen, "/v1/hives").await
+}
+
+/// `GET path` (`/v1/hives`, with a query or not) with the admin token.
+async fn get_hives_at(queen: &QueenProcess, path: &str) -> (Duration, Vec<u8>) {
     let bearer = rbee_core::proto::bearer(&queen.token);
-    let url = format!("http://{}/v1/hives", queen.addr);
+    let url = format!("http://{}{path}", queen.addr);
     let started = Instant::now();
     let response = rbee_http::send("GET", &url, &[("authorization", &bearer)], Vec::new()).await.unwrap();
     assert!(response.status().is_success(), "GET /v1/hives: {}", response.status());
@@ -477,8 +483,16 @@ async fn main() {
     // token) and config (port); their output read whole, as a terminal or a pipe would.
     let rbee = std::env::current_exe().unwrap().parent().unwrap().join("rbee");
     let (mut cli_ms, mut cli_json_ms) = (Vec::new(), Vec::new());
+    // Where `rbee hive list`'s time goes: the queen's answer alone, and a process that starts
+    // and exits (`rbee --version`).
+    let (mut table_ms, mut start_ms) = (Vec::new(), Vec::new());
     if rbee.exists() {
         for _ in 0..5.min(samples) {
+            table_ms.push(get_hives_at(&queen, "/v1/hives?fields=table").await.0.as_secs_f64() * 1000.0);
+            let started = Instant::now();
+            let out = tokio::process::Command::new(&rbee).arg("--version").output().await.unwrap();
+            assert!(out.status.success());
+            start_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             for (json, times) in [(false, &mut cli_ms), (true, &mut cli_json_ms)] {
                 let started = Instant::now();
                 let out = tokio::process::Command::new(&rbee)
@@ -498,6 +512,16 @@ async fn main() {
         }
         cli_ms.sort_by(f64::total_cmp);
         cli_json_ms.sort_by(f64::total_cmp);
+        table_ms.sort_by(f64::total_cmp);
+        start_ms.sort_by(f64::total_cmp);
+    }
+    if let Some(hold) = std::env::var("QUEEN_SCALE_HOLD_S").ok().and_then(|v| v.parse::<u64>().ok()) {
+        eprintln!(
+            "queen-scale: holding the load for {hold} s: HOME={} rbee --config {} hive list",
+            queen.home.display(),
+            queen.config.display()
+        );
+        tokio::time::sleep(Duration::from_secs(hold)).await;
     }
     let hwm_end = proc.status_kib("VmHWM:") as f64 / 1024.0;
     let rss_end = proc.status_kib("VmRSS:") as f64 / 1024.0;
@@ -555,7 +579,12 @@ async fn main() {
         percentile(&visible_ms, 0.5),
         percentile(&visible_ms, 0.95)
     );
-    for (what, times) in [("`rbee hive list`", &cli_ms), ("`rbee hive list --json`", &cli_json_ms)] {
+    for (what, times) in [
+        ("`rbee hive list`", &cli_ms),
+        ("`rbee hive list --json`", &cli_json_ms),
+        ("of which the queen: `GET /v1/hives?fields=table`", &table_ms),
+        ("of which a process's start and exit: `rbee --version`", &start_ms),
+    ] {
         if !times.is_empty() {
             println!(
                 "| {what} ({} runs): median / max | {:.1} / {:.1} ms |",
