@@ -12,9 +12,11 @@
 //! on stay under a cap: enough for the link (the connection's TCP round trip times
 //! [`LINK_RATE`]), never under [`MIN_IN_FLIGHT`]. What is on the way is told by the server's
 //! `WINDOW_ADJUST`s: the largest window it offered (sshd offers a session 0 bytes at first,
-//! then its whole window once the command runs) less the window left. A server that gives
-//! window back only in large steps is not starved: with no adjustment for [`STALL`] while a
-//! piece waits, the cap doubles.
+//! then its whole window once the command runs) less the window left. The first pieces, sent
+//! before that first window, are counted only from it: up to one cap more is on the way at
+//! first (waiting for that first window instead measured no better: 0.78–0.84 s for 20
+//! hosts' uploads, within this machine's noise of 0.79–0.91 s without it that hour). A server that gives window back only in large steps is not starved: with no
+//! adjustment for [`STALL`] while a piece waits, the cap doubles.
 
 use std::sync::Mutex;
 use std::time::Duration;
