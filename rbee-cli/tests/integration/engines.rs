@@ -96,19 +96,48 @@ fn sync_installs_a_real_llama_server_that_serves_tokens_and_repairs_it_when_dele
     assert_eq!(worker["state"], "ready", "{worker}");
     let engine_dir = fleet.host("h1").root.join(".local/share/rbee/engines/llama-cpp");
     assert_eq!(processes_with("bin/llama-server --model").len(), 1, "one engine for the worker");
-    let streamed = fleet.via_queen(&["infer", "--model", "tiny", "--hive", "h1", "hello", "--json"]).expect_code(0);
-    let tokens = streamed.json_lines().iter().filter(|l| l["event"] == "hive" && l["data"]["kind"] == "token").count();
-    assert!(tokens >= 2, "tokens streamed one by one: {}", streamed.stdout());
+    // The engine samples (temperature > 0) from random weights, so now and then the first token
+    // it draws is the model's end token and the answer is empty (seen once in CI): up to three
+    // prompts, one of which must stream its tokens one by one.
+    let (mut most, mut answers) = (0, Vec::new());
+    for _ in 0..3 {
+        let streamed = fleet.via_queen(&["infer", "--model", "tiny", "--hive", "h1", "hello", "--json"]).expect_code(0);
+        let tokens =
+            streamed.json_lines().iter().filter(|l| l["event"] == "hive" && l["data"]["kind"] == "token").count();
+        most = most.max(tokens);
+        answers.push(streamed.stdout());
+        if tokens >= 2 {
+            break;
+        }
+    }
+    assert!(most >= 2, "tokens streamed one by one: {answers:#?}");
     let ask = |stream: bool| serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": stream});
-    let (status, body) = chat(&fleet, ask(false));
-    assert_eq!(status, 200, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["object"], "chat.completion", "{body}");
-    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{body}");
-    let (status, body) = chat(&fleet, ask(true));
-    assert_eq!(status, 200, "{body}");
-    assert!(body.matches("chat.completion.chunk").count() >= 2, "{body}");
-    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    // Each answer well formed; up to three asks (as above) for one that has tokens.
+    let (mut most, mut bodies) = (0, Vec::new());
+    for _ in 0..3 {
+        let (status, body) = chat(&fleet, ask(false));
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["object"], "chat.completion", "{body}");
+        most = most.max(answer["usage"]["completion_tokens"].as_u64().unwrap());
+        bodies.push(body);
+        if most > 0 {
+            break;
+        }
+    }
+    assert!(most > 0, "{bodies:#?}");
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = chat(&fleet, ask(true));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        let chunks = body.matches("chat.completion.chunk").count();
+        bodies.push(body);
+        if chunks >= 2 {
+            break;
+        }
+    }
+    assert!(bodies.iter().any(|b| b.matches("chat.completion.chunk").count() >= 2), "{bodies:#?}");
 
     // Deleting the worker leaves no llama-server on the host.
     fleet.via_queen(&["worker", "delete", "--hive", "h1", &id]).expect_code(0);
