@@ -288,9 +288,7 @@ fn hive_table(hives: &[HiveRow<'_>]) -> String {
         for p in &h.processes {
             let start = text.len();
             let _ = write!(text, "{:<16}   ", "");
-            let state = crashed_text(&p.state, p.exit_code, p.signal);
-            let state = state.as_deref().unwrap_or_else(|| state_text(&p.state));
-            write_worker_line(&mut text, &h.alias, &p.id, state, &p.model, &p.device, p.pid, p.port, p.adopted);
+            p.write_line(&mut text, &h.alias);
             escape_from(&mut text, start);
             text.push('\n');
         }
@@ -647,50 +645,53 @@ pub(crate) fn deployment(json: bool, d: &DeploymentStatus) {
 }
 
 fn worker_line(hive: &str, w: &WorkerProcess) -> String {
-    let crashed = match &w.state {
-        WorkerState::Crashed { exit_code, signal, .. } => crashed_text("crashed", *exit_code, *signal),
-        _ => None,
-    };
-    let state = crashed.as_deref().unwrap_or_else(|| state_text(w.state.name()));
     let mut line = String::with_capacity(128);
-    write_worker_line(&mut line, hive, &w.id, state, &w.model, &w.device, w.pid, w.port, w.adopted);
+    ProcessRow::from(w).write_line(&mut line, hive);
     line
 }
 
-/// A worker state (its wire name) as the tables show it; a crash with its exit is
-/// [`crashed_text`].
-fn state_text(name: &str) -> &str {
-    match name {
-        "unresponsive" => "UNRESPONSIVE",
-        "crashed" => "CRASHED",
-        other => other,
+impl<'a> From<&'a WorkerProcess> for ProcessRow<'a> {
+    fn from(w: &'a WorkerProcess) -> Self {
+        let (exit_code, signal) = match &w.state {
+            WorkerState::Crashed { exit_code, signal, .. } => (*exit_code, *signal),
+            _ => (None, None),
+        };
+        Self {
+            id: Cow::Borrowed(&w.id),
+            model: Cow::Borrowed(&w.model),
+            device: Cow::Borrowed(&w.device),
+            port: w.port,
+            pid: w.pid,
+            adopted: w.adopted,
+            state: Cow::Borrowed(w.state.name()),
+            exit_code,
+            signal,
+        }
     }
 }
 
-/// A crashed worker's state with its exit code or signal, when it has one.
-fn crashed_text(name: &str, exit_code: Option<i32>, signal: Option<i32>) -> Option<String> {
-    match (name, exit_code, signal) {
-        ("crashed", Some(c), _) => Some(format!("CRASHED (exit {c})")),
-        ("crashed", None, Some(s)) => Some(format!("CRASHED (signal {s})")),
-        _ => None,
+impl ProcessRow<'_> {
+    /// Its state as the tables show it: a crash with its exit code or signal, when it has one.
+    fn state_shown(&self) -> Cow<'_, str> {
+        match (&*self.state, self.exit_code, self.signal) {
+            ("crashed", Some(c), _) => Cow::Owned(format!("CRASHED (exit {c})")),
+            ("crashed", None, Some(s)) => Cow::Owned(format!("CRASHED (signal {s})")),
+            ("crashed", None, None) => Cow::Borrowed("CRASHED"),
+            ("unresponsive", ..) => Cow::Borrowed("UNRESPONSIVE"),
+            (other, ..) => Cow::Borrowed(other),
+        }
     }
-}
 
-/// A worker process's line, appended to `out`.
-#[allow(clippy::too_many_arguments)]
-fn write_worker_line(
-    out: &mut String,
-    hive: &str,
-    id: &str,
-    state: &str,
-    model: &str,
-    device: &str,
-    pid: u32,
-    port: u16,
-    adopted: bool,
-) {
-    let adopted = if adopted { ", re-adopted" } else { "" };
-    let _ = write!(out, "{hive}  {id:<24} {state:<14} {model} on {device} (pid {pid}, port {port}{adopted})");
+    /// Its line in the worker tables (`hive` its hive's alias), appended to `out`.
+    fn write_line(&self, out: &mut String, hive: &str) {
+        let adopted = if self.adopted { ", re-adopted" } else { "" };
+        let (id, state) = (&self.id, self.state_shown());
+        let _ = write!(
+            out,
+            "{hive}  {id:<24} {state:<14} {} on {} (pid {}, port {}{adopted})",
+            self.model, self.device, self.pid, self.port
+        );
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,15 @@ macro_rules! sh_is_hive {
     };
 }
 
+/// Shell function `held_by DIR OWNER`: true when the sync lock at `DIR` is held by `OWNER`
+/// (its `owner` file names it), for the scripts that release or refresh the lock.
+macro_rules! sh_held_by {
+    () => {
+        r#"held_by() { hb=; { read -r hb < "$1/owner"; } 2>/dev/null; [ "$hb" = "$2" ]; }
+"#
+    };
+}
+
 /// Shell function `digest FILE`: the file's sha256 in hex, for the scripts that observe and
 /// install. `openssl dgst` where the host has it (it uses the CPU's SHA instructions: 24 MiB in
 /// 15 ms where coreutils' `sha256sum` takes 70), else `sha256sum`, else `shasum`; an answer

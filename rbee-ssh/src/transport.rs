@@ -465,8 +465,10 @@ async fn open(target: &SshTarget) -> Result<(client::Handle<Client>, Duration), 
         let (stream, rtt) = tcp_connect(&target.host, target.port)
             .await
             .map_err(|e| TransportError::Connect { host: host.clone(), reason: e.to_string() })?;
-        // As russh's own `connect` does with `nodelay` set.
-        let _ = stream.set_nodelay(true);
+        // As russh's own `connect` does.
+        if config.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         let connected = client::connect_stream(config, stream, handler).await;
         let mut handle = match connected {
             Ok(h) => h,

@@ -258,6 +258,12 @@ pub async fn execute(
     SyncReport { hives: join_all(tasks).await }
 }
 
+/// An action as its step describes it: its plan line without the change mark.
+fn description(action: &Action) -> String {
+    let text = action.kind.to_string();
+    text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// What the hive binary was before this run replaced it, when it did.
 fn upgraded_hive<'p>(actions: &'p [Action], finished: &BTreeSet<String>) -> Option<&'p Installed> {
     actions.iter().find_map(|a| match &a.kind {
@@ -556,13 +562,7 @@ impl HiveRun<'_> {
         // Allow for slow links: the deadline grows with the size (1 MiB/s floor).
         let deadline = o.step_timeout + Duration::from_secs(total >> 20);
         let fault = o.faults.get(self.alias()).copied();
-        let descriptions: Vec<String> = actions
-            .iter()
-            .map(|a| {
-                let text = a.kind.to_string();
-                text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ")
-            })
-            .collect();
+        let descriptions: Vec<String> = actions.iter().map(|a| description(a)).collect();
         let steps: Vec<(&str, &str)> =
             actions.iter().zip(&descriptions).map(|(a, d)| (a.id.as_str(), d.as_str())).collect();
         // The stream's bytes so far, told as each file's own progress.
@@ -607,9 +607,7 @@ impl HiveRun<'_> {
     /// Runs `action`; `last`: nothing runs after it on this hive.
     async fn action(&self, action: &Action, last: bool) -> Result<(), StepError> {
         let o = self.options;
-        let text = action.kind.to_string();
-        let description =
-            text.trim_start_matches(['+', '~', '-', ' ']).split_whitespace().collect::<Vec<_>>().join(" ");
+        let description = description(action);
         match &action.kind {
             ActionKind::InstallBinary { .. } => {
                 let mut results = self.install_binaries(&[action]).await;

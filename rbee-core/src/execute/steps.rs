@@ -42,19 +42,20 @@ pub(super) async fn script(
 
 /// A script's output, or [`StepError::Failed`] with it when it exited non-zero.
 fn checked(t: &dyn Transport, what: &str, out: CommandOutput) -> Result<CommandOutput, StepError> {
-    if out.success() {
-        Ok(out)
-    } else {
-        let mut detail = out.stdout_text().trim().to_owned();
-        let err = out.stderr_text();
-        if !err.is_empty() {
-            if !detail.is_empty() {
-                detail.push_str("; ");
-            }
-            detail.push_str(&err);
+    if out.success() { Ok(out) } else { Err(failure(t, what, &out)) }
+}
+
+/// A failed script's error: what failed where, its exit status, stdout and stderr.
+fn failure(t: &dyn Transport, what: &str, out: &CommandOutput) -> StepError {
+    let mut detail = out.stdout_text().trim().to_owned();
+    let err = out.stderr_text();
+    if !err.is_empty() {
+        if !detail.is_empty() {
+            detail.push_str("; ");
         }
-        Err(StepError::Failed(format!("{what} failed on {} (exit status {}): {detail}", t.describe(), out.status)))
+        detail.push_str(&err);
     }
+    StepError::Failed(format!("{what} failed on {} (exit status {}): {detail}", t.describe(), out.status))
 }
 
 /// Test hooks that break an install on purpose, to prove a broken install leaves the old
@@ -94,8 +95,10 @@ each() {
   while [ $# -ge 5 ]; do e_i=$((e_i+1)); "$e_f" "$e_i" "$1" "$2" "$3" "$4" "$5" || return 1; shift 5; done
 }
 failed() { printf 'rbee-install-failed %s\n%s\n' "$1" "$2"; }
+# The directory of path $1, in $d.
+dir_of() { case "$1" in */*) d=${1%/*} ;; *) d=. ;; esac; }
 receive() {
-  case "$3" in */*) d=${3%/*} ;; *) d=. ;; esac
+  dir_of "$3"
   [ -d "$d" ] || mkdir -p "$d" || { failed "$1" "cannot create $d"; return 1; }
   staged="$staged$2$nl"
   if ! head -c "$6" > "$2"; then failed "$1" "cannot write $2"; return 1; fi
@@ -129,7 +132,7 @@ dirs=
 place() {
   mv -f "$2" "$3" || return 1
   targets="$targets$3$nl"
-  case "$3" in */*) d=${3%/*} ;; *) d=. ;; esac
+  dir_of "$3"
   case "$nl$dirs" in *"$nl$d$nl"*) ;; *) dirs="$dirs$d$nl" ;; esac
 }
 each place "$@" || exit 1
@@ -152,7 +155,7 @@ durable "$records"
 set +f
 unset IFS
 tidy() {
-  case "$3" in */*) d=${3%/*} ;; *) d=. ;; esac
+  dir_of "$3"
   for f in "$d/.${3##*/}.rbee-tmp-"* "$d/..${3##*/}.rbee-tmp-"*; do
     [ -e "$f" ] && rm -f "$f"
   done
@@ -203,19 +206,12 @@ pub async fn install_binaries(
     let mut data: Vec<UploadData<'_>> = files.iter().map(|f| f.data).collect();
     let corrupted;
     if fault == Some(InstallFault::CorruptUpload) {
-        let mut b = match data[0] {
-            UploadData::File { path, .. } => tokio::fs::read(path)
-                .await
-                .map_err(|e| whole(StepError::Failed(format!("test hook: cannot read {}: {e}", path.display()))))?,
-            other => {
-                let mut b = Vec::new();
-                let mut chunks = other.chunks(1 << 20).await.map_err(|e| whole(e.into()))?;
-                while let Some(c) = chunks.next().await.map_err(|e| whole(e.into()))? {
-                    b.extend_from_slice(&c);
-                }
-                b
-            }
-        };
+        // The first file read whole (bytes, or a file's chunks), its first byte flipped.
+        let mut b = Vec::new();
+        let mut chunks = data[0].chunks(1 << 20).await.map_err(|e| whole(e.into()))?;
+        while let Some(c) = chunks.next().await.map_err(|e| whole(e.into()))? {
+            b.extend_from_slice(&c);
+        }
         if let Some(first) = b.first_mut() {
             *first ^= 0xff;
         } else {
@@ -239,10 +235,6 @@ pub async fn install_binaries(
             d.len().to_string(),
         ]);
     }
-    let what = match files {
-        [one] => format!("installing {}", one.target),
-        _ => format!("installing {} binaries", files.len()),
-    };
     let input = UploadData::Concat(&data);
     let out = t
         .run_with_input(RemoteCommand::script(INSTALL, args, deadline), input, progress)
@@ -256,11 +248,17 @@ pub async fn install_binaries(
             .and_then(|(n, why)| Some((n.trim().parse::<usize>().ok()?.checked_sub(1)?, why)))
             .filter(|(i, _)| *i < files.len())
         {
-            let failure = CommandOutput { stdout: why.as_bytes().to_vec(), ..out };
-            let error = checked(t, &format!("installing {}", files[index].target), failure).err();
-            return Err(InstallFailure { index, error: error.unwrap_or_else(|| StepError::Failed(why.to_owned())) });
+            let out = CommandOutput { stdout: why.as_bytes().to_vec(), ..out };
+            return Err(InstallFailure {
+                index,
+                error: failure(t, &format!("installing {}", files[index].target), &out),
+            });
         }
-        return Err(whole(checked(t, &what, out).err().unwrap_or_else(|| StepError::Failed(what.clone()))));
+        let what = match files {
+            [one] => format!("installing {}", one.target),
+            _ => format!("installing {} binaries", files.len()),
+        };
+        return Err(whole(failure(t, &what, &out)));
     }
     if stop {
         let targets: Vec<&str> = files.iter().map(|f| f.target).collect();
@@ -410,14 +408,18 @@ pub async fn lock(
 
 /// Releases the lock if `owner` still holds it.
 pub async fn unlock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = "# rbee-step: unlock\no=; { read -r o < \"$1/owner\"; } 2>/dev/null; if [ \"$o\" = \"$2\" ]; then rm -rf \"$1\"; fi";
+    let text = concat!("# rbee-step: unlock\n", sh_held_by!(), "if held_by \"$1\" \"$2\"; then rm -rf \"$1\"; fi");
     script(t, "releasing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
 
 /// Keeps the lock fresh while a long step runs, so it is not taken for stale.
 pub async fn refresh_lock(t: &dyn Transport, owner: &str, deadline: Duration) -> Result<(), StepError> {
-    let text = "# rbee-step: refresh-lock\no=; { read -r o < \"$1/owner\"; } 2>/dev/null; if [ \"$o\" = \"$2\" ]; then date +%s > \"$1/since\"; fi";
+    let text = concat!(
+        "# rbee-step: refresh-lock\n",
+        sh_held_by!(),
+        "if held_by \"$1\" \"$2\"; then date +%s > \"$1/since\"; fi"
+    );
     script(t, "refreshing the sync lock", text, vec![Layout::lock_dir(), owner.to_owned()], deadline).await?;
     Ok(())
 }
@@ -658,8 +660,10 @@ pub async fn stop_hive(t: &dyn Transport, grace: Duration, deadline: Duration) -
 /// last step of a hive saves the unlock's own command), and a last line [`UNLOCKED`] says so.
 /// A hive that does not answer, or runs another binary, keeps the lock held (a rollback runs
 /// under it).
-const WAIT_HEALTHY: &str = r#"# rbee-step: wait-healthy
-set -u
+const WAIT_HEALTHY: &str = concat!(
+    "# rbee-step: wait-healthy\n",
+    sh_held_by!(),
+    r#"set -u
 port=$1; end=$(( $(date +%s) + $2 )); bin=$3; log=$4; lock=${5:-}; owner=${6:-}; want=${7:-}
 # Asked again after 50 ms for the first two seconds (a hive binds its port within tens of
 # ms), then every 200 ms; the clock is read only once the fast tries are over.
@@ -668,10 +672,7 @@ while :; do
   if out=$("$bin" probe --port "$port" --timeout-ms 1000 2>&1); then
     echo "$out"
     case "$out" in *"\"$want\""*) ;; *) lock= ;; esac
-    if [ -n "$lock" ] && [ -n "$want" ]; then
-      o=; { read -r o < "$lock/owner"; } 2>/dev/null
-      if [ "$o" = "$owner" ] && rm -rf "$lock"; then echo rbee-unlocked; fi
-    fi
+    if [ -n "$lock" ] && [ -n "$want" ] && held_by "$lock" "$owner" && rm -rf "$lock"; then echo rbee-unlocked; fi
     exit 0
   fi
   if [ $i -ge 40 ] && [ "$(date +%s)" -ge "$end" ]; then
@@ -682,7 +683,8 @@ while :; do
   if [ $i -lt 40 ]; then sleep 0.05; else sleep 0.2; fi
   i=$((i+1))
 done
-"#;
+"#
+);
 
 /// The last line of [`WAIT_HEALTHY`]'s output when it released the sync lock.
 const UNLOCKED: &str = "rbee-unlocked";
